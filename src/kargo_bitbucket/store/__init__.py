@@ -1,0 +1,1 @@
+"""Where resources live: the embedded SQLite store and the shared in-memory indexes."""
