@@ -1,0 +1,299 @@
+"""Turn a Bitbucket delivery (event key + raw body) into a Push or PullRequestClosed (SPEC §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "HANDLED_EVENTS",
+    "InvalidPayload",
+    "NoPullRequestURL",
+    "NoRepositoryURL",
+    "PullRequestClosed",
+    "Push",
+    "is_handled",
+    "is_ping",
+    "parse_event",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A push to one repository, known by all the URLs the payload gives for it.
+
+    `repo_urls`: Cloud `(links.html.href,)`; Server every non-empty
+    `links.clone[].href` in payload order, duplicates dropped. `refs`: fully
+    qualified refs (`refs/heads/…`, `refs/tags/…`), duplicates dropped, in
+    payload order; None means "refs unknown", so every candidate is refreshed.
+    """
+
+    repo_urls: tuple[str, ...]
+    refs: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequestClosed:
+    """A pull request was merged or declined; Promotions waiting on `pr_url` are refreshed."""
+
+    pr_url: str
+
+
+class InvalidPayload(ValueError):
+    """The body is not a JSON object of the expected shape (HTTP 400 "invalid request body").
+
+    `detail` is short, names the offending field path and never echoes input values.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NoRepositoryURL(InvalidPayload):
+    """A push without any repository URL (Server 5.x has no `links`): HTTP 400 of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("payload has no repository URL")
+
+
+class NoPullRequestURL(InvalidPayload):
+    """A PR event without a PR URL (Server 5.x has no `links`): it cannot match any Promotion.
+
+    Answered like any other malformed body (HTTP 400 "invalid request body" with
+    this detail), not 200: the sender should see that nothing was refreshed, just as
+    §4 row 9 does for a push without a repository URL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("payload has no pull request URL")
+
+
+_PING = "diagnostics:ping"
+_TAG_TYPES = frozenset({"tag", "annotated_tag"})
+
+_Obj = dict[str, Any]
+
+
+# Field access. Each helper checks the type with isinstance only, so a well-formed
+# payload raises nothing; `where` is the dotted path of the containing value, used
+# only to build an error detail.
+
+
+def _kind(expected: type) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}[expected]
+
+
+def _need(obj: _Obj, key: str, expected: type, where: str) -> Any:
+    """Return obj[key], which must be present, non-null and of `expected` type."""
+    value = obj.get(key)
+    if isinstance(value, expected):
+        return value
+    path = f"{where}.{key}" if where else key
+    if value is None:
+        raise InvalidPayload(f"{path} is {'null' if key in obj else 'missing'}")
+    raise InvalidPayload(f"{path} is not {_kind(expected)}")
+
+
+def _optional(obj: _Obj, key: str, expected: type, where: str) -> Any:
+    """Return obj[key], or None if it is missing or null; a wrong type is still an error."""
+    value = obj.get(key)
+    if value is None or isinstance(value, expected):
+        return value
+    raise InvalidPayload(f"{f'{where}.{key}' if where else key} is not {_kind(expected)}")
+
+
+def _element(items: list[Any], index: int, where: str) -> _Obj:
+    """Return items[index], which must be an object (an array element is never optional)."""
+    value = items[index]
+    if isinstance(value, dict):
+        return value
+    path = f"{where}[{index}]"
+    raise InvalidPayload(f"{path} is null" if value is None else f"{path} is not an object")
+
+
+def _optional_objects(root: _Obj, *keys: str) -> _Obj | None:
+    """Follow nested optional objects from the root; None as soon as one is missing or null."""
+    obj = root
+    where = ""
+    for key in keys:
+        value = _optional(obj, key, dict, where)
+        if value is None:
+            return None
+        obj = value
+        where = f"{where}.{key}" if where else key
+    return obj
+
+
+def _nonblank(value: str | None) -> str | None:
+    return value if value is not None and value.strip() else None
+
+
+# Extraction per flavour.
+
+
+def _cloud_repo_urls(root: _Obj) -> tuple[str, ...]:
+    html = _optional_objects(root, "repository", "links", "html")
+    if html is None:
+        return ()
+    href = _nonblank(_optional(html, "href", str, "repository.links.html"))
+    return (href,) if href is not None else ()
+
+
+def _server_repo_urls(root: _Obj) -> tuple[str, ...]:
+    links = _optional_objects(root, "repository", "links")
+    clone = None if links is None else _optional(links, "clone", list, "repository.links")
+    if not clone:
+        return ()
+    urls: dict[str, None] = {}
+    for i in range(len(clone)):
+        entry = _element(clone, i, "repository.links.clone")
+        href = _need(entry, "href", str, f"repository.links.clone[{i}]")
+        if href.strip():
+            urls[href] = None
+    return tuple(urls)
+
+
+def _cloud_refs(root: _Obj) -> tuple[str, ...] | None:
+    push = _need(root, "push", dict, "")
+    changes = _need(push, "changes", list, "push")
+    refs: dict[str, None] = {}
+    for i in range(len(changes)):
+        where = f"push.changes[{i}]"
+        change = _element(changes, i, "push.changes")
+        side = "new"
+        state = _optional(change, "new", dict, where)
+        if state is None:  # deletion: the ref that went away is in `old`
+            side = "old"
+            state = _optional(change, "old", dict, where)
+            if state is None:
+                raise InvalidPayload(f"{where} has neither new nor old")
+        ref_type = _need(state, "type", str, f"{where}.{side}")
+        name = _need(state, "name", str, f"{where}.{side}")
+        if not name:
+            raise InvalidPayload(f"{where}.{side}.name is empty")
+        prefix = "refs/tags/" if ref_type in _TAG_TYPES else "refs/heads/"
+        refs[prefix + name] = None
+    return tuple(refs) or None
+
+
+def _server_refs(root: _Obj) -> tuple[str, ...] | None:
+    changes = _need(root, "changes", list, "")
+    refs: dict[str, None] = {}
+    for i in range(len(changes)):
+        where = f"changes[{i}]"
+        change = _element(changes, i, "changes")
+        ref = _optional(change, "ref", dict, where)
+        ref_id = None if ref is None else _optional(ref, "id", str, f"{where}.ref")
+        field = "ref.id"
+        if ref_id is None:
+            field = "refId"
+            ref_id = _optional(change, "refId", str, where)
+            if ref_id is None:
+                raise InvalidPayload(f"{where} has neither ref.id nor refId")
+        if not ref_id.startswith("refs/"):
+            raise InvalidPayload(f"{where}.{field} is not a fully qualified ref")
+        refs[ref_id] = None
+    return tuple(refs) or None
+
+
+def _push(urls: tuple[str, ...], refs: tuple[str, ...] | None) -> Push:
+    # The body's shape is checked before the URL (§4: row 8 before row 9).
+    if not urls:
+        raise NoRepositoryURL()
+    return Push(repo_urls=urls, refs=refs)
+
+
+def _parse_cloud_push(root: _Obj) -> Push:
+    urls = _cloud_repo_urls(root)
+    return _push(urls, _cloud_refs(root))
+
+
+def _parse_server_push(root: _Obj) -> Push:
+    urls = _server_repo_urls(root)
+    return _push(urls, _server_refs(root))
+
+
+def _parse_mirror_sync(root: _Obj) -> Push:
+    urls = _server_repo_urls(root)
+    if _optional(root, "refLimitExceeded", bool, ""):
+        return _push(urls, None)  # the mirror did not list the refs: refresh everything
+    return _push(urls, _server_refs(root))
+
+
+def _parse_cloud_pr(root: _Obj) -> PullRequestClosed:
+    html = _optional_objects(root, "pullrequest", "links", "html")
+    href = None if html is None else _optional(html, "href", str, "pullrequest.links.html")
+    href = _nonblank(href)
+    if href is None:
+        raise NoPullRequestURL()
+    return PullRequestClosed(pr_url=href)
+
+
+def _parse_server_pr(root: _Obj) -> PullRequestClosed:
+    links = _optional_objects(root, "pullRequest", "links")
+    self_links = None if links is None else _optional(links, "self", list, "pullRequest.links")
+    if not self_links:
+        raise NoPullRequestURL()
+    first = _element(self_links, 0, "pullRequest.links.self")
+    href = _nonblank(_optional(first, "href", str, "pullRequest.links.self[0]"))
+    if href is None:
+        raise NoPullRequestURL()
+    return PullRequestClosed(pr_url=href)
+
+
+_PARSERS: dict[str, Callable[[_Obj], Push | PullRequestClosed]] = {
+    "repo:push": _parse_cloud_push,
+    "repo:refs_changed": _parse_server_push,
+    "mirror:repo_synchronized": _parse_mirror_sync,
+    "pullrequest:fulfilled": _parse_cloud_pr,
+    "pullrequest:rejected": _parse_cloud_pr,
+    "pr:merged": _parse_server_pr,
+    "pr:declined": _parse_server_pr,
+}
+
+HANDLED_EVENTS: frozenset[str] = frozenset(_PARSERS)
+"""Lower-case event keys that trigger work (SPEC §5); `diagnostics:ping` is not one of them."""
+
+
+def _normalize_key(event_key: str) -> str:
+    # ASCII-only case folding: str.lower() maps e.g. the Kelvin sign to "k".
+    return event_key.lower() if event_key.isascii() else event_key
+
+
+def is_ping(event_key: str) -> bool:
+    """True for Server/DC's unsigned "Test connection" event, answered before any check."""
+    return _normalize_key(event_key) == _PING
+
+
+def is_handled(event_key: str) -> bool:
+    """True if the event key (compared case-insensitively) triggers refreshes."""
+    return _normalize_key(event_key) in HANDLED_EVENTS
+
+
+def parse_event(event_key: str, body: bytes) -> Push | PullRequestClosed:
+    """Parse the raw body of a handled event into what the refresh logic needs.
+
+    Raises InvalidPayload (HTTP 400) for a body that is not a JSON object or has a
+    field we need missing, null or of the wrong type; its subclass NoRepositoryURL
+    for a push whose payload carries no repository URL at all (checked after the
+    rest of the body, per §4 row 8 before row 9), and NoPullRequestURL for a PR
+    event without a PR URL (Server 5.x `pr:merged`). On the way to a URL a missing
+    or null field means "no URL"; anywhere else a missing or null field we need is
+    InvalidPayload, and a wrong type is InvalidPayload everywhere. Fields we do not
+    need are never looked at. Raises plain ValueError for a key that is not handled:
+    that is the caller's bug, not the sender's.
+    """
+    parser = _PARSERS.get(_normalize_key(event_key))
+    if parser is None:
+        raise ValueError(f"event key {event_key!r} is not handled")
+    try:
+        root = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidPayload("body is not valid JSON") from None
+    if not isinstance(root, dict):
+        raise InvalidPayload("body is not a JSON object")
+    return parser(root)

@@ -1,0 +1,40 @@
+"""Repository identity: one key per Git repository, however its URL is spelled (SPEC §6.2)."""
+
+from __future__ import annotations
+
+import re
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
+_SCP = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>(?!//).*)$")
+
+
+def repository_identity(url: str) -> str:
+    """Return ``host/path`` for a Git URL in URL or SCP syntax.
+
+    Whitespace and non-printable characters are dropped, the result is lower-cased,
+    scheme, userinfo and port are removed, and one trailing ``/`` then one trailing
+    ``.git`` are stripped, so every spelling Bitbucket or a Warehouse may use of one
+    repository gives the same key.
+    """
+    text = "".join(ch for ch in url if ch.isprintable() and not ch.isspace()).lower()
+    scheme = _SCHEME.match(text)
+    if scheme:
+        rest = text[scheme.end() :]
+        authority, slash, path = rest.partition("/")
+        host = authority.rpartition("@")[2]
+        host = _strip_port(host)
+        text = host + slash + path
+    else:
+        scp = _SCP.match(text)
+        if scp:
+            text = scp.group("host") + "/" + scp.group("path").lstrip("/")
+    text = text.removesuffix("/")
+    return text.removesuffix(".git")
+
+
+def _strip_port(host: str) -> str:
+    """Drop a ``:port`` suffix, keeping bracketed IPv6 literals intact."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.partition(":")[0]

@@ -1,0 +1,210 @@
+"""Receiver URLs and publication: Kargo-exact paths, routes, and each owner's status (SPEC §3)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+CLUSTER_CONFIG_NAME = "cluster"
+SECRET_KEY = "secret"
+FAILED_REASON = "SyncWebhookReceiversFailed"
+SYNCED_REASON = "Synced"
+
+
+class BaseURLError(ValueError):
+    """The configured base URL cannot yield reachable receiver URLs."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaseURL:
+    """A validated base URL: receiver URLs are ``origin + path + /bitbucket/<hash>``."""
+
+    origin: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> BaseURL:
+        """Validate ``text``; reject what Kargo would silently turn into a dead URL."""
+        if "%" in text:
+            raise BaseURLError(f"base URL {text!r} must not contain percent-escapes")
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BaseURLError(f"base URL {text!r} needs an http:// or https:// scheme and a host")
+        if parts.query or "?" in text:
+            raise BaseURLError(f"base URL {text!r} must not have a query")
+        if parts.fragment or "#" in text:
+            raise BaseURLError(f"base URL {text!r} must not have a fragment")
+        segments = [s for s in parts.path.split("/") if s]
+        path = "".join("/" + s for s in segments)
+        return cls(origin=f"{parts.scheme}://{parts.netloc}", path=path)
+
+    def receiver_path(self, project: str, receiver: str, secret: bytes) -> str:
+        """The path Kargo derives: ``<base path>/bitbucket/<sha256(project+name+secret)>``."""
+        digest = hashlib.sha256(project.encode() + receiver.encode() + secret).hexdigest()
+        return f"{self.path}/bitbucket/{digest}"
+
+    def url(self, path: str) -> str:
+        """The full URL for a receiver path."""
+        return self.origin + path
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The ProjectConfig (namespace = project) or the ClusterConfig (namespace "") of receivers."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def scope(self) -> str | None:
+        """Namespace whose objects this owner's receivers refresh; ``None`` means all."""
+        return self.namespace if self.kind == "ProjectConfig" else None
+
+    @property
+    def label(self) -> str:
+        """How people name the owner: its project, or ``cluster``."""
+        return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A routable receiver: what an incoming request on ``path`` is checked and scoped with."""
+
+    owner: Owner
+    name: str
+    path: str
+    secret: bytes
+    secret_ref: str
+    """``namespace/name`` of the Secret, to name it in messages (never its data)."""
+
+
+@dataclass(slots=True)
+class OwnerStatus:
+    """What to publish in one owner's ``status``: receivers and the Ready condition."""
+
+    receivers: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def conditions(self) -> list[dict[str, str]]:
+        """Kubernetes-style conditions (``lastTransitionTime`` is added by the writer)."""
+        if self.problems:
+            return [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": FAILED_REASON,
+                    "message": "; ".join(self.problems),
+                },
+                {
+                    "type": "Reconciling",
+                    "status": "False",
+                    "reason": FAILED_REASON,
+                    "message": "webhook receivers reconciled with errors",
+                },
+            ]
+        count = len(self.receivers)
+        return [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": SYNCED_REASON,
+                "message": f"{count} webhook receiver(s) published",
+            },
+            {
+                "type": "Reconciling",
+                "status": "False",
+                "reason": SYNCED_REASON,
+                "message": "webhook receivers reconciled",
+            },
+        ]
+
+
+@dataclass(slots=True)
+class Resolution:
+    """Every routable path, and the status each owner should show."""
+
+    routes: dict[str, Route]
+    statuses: dict[Owner, OwnerStatus]
+
+
+SecretLookup = Callable[[str, str], Mapping[str, bytes] | None]
+"""(namespace, name) -> decoded Secret data, or None when the Secret does not exist."""
+
+
+def owner_of(config: Mapping[str, Any]) -> Owner:
+    """The owner identity of a ProjectConfig or ClusterConfig body."""
+    meta = config.get("metadata") or {}
+    kind = str(config.get("kind"))
+    namespace = str(meta.get("namespace") or "") if kind == "ProjectConfig" else ""
+    return Owner(kind=kind, namespace=namespace, name=str(meta.get("name") or ""))
+
+
+def resolve(
+    configs: Iterable[Mapping[str, Any]],
+    secrets: SecretLookup,
+    base: BaseURL,
+    system_namespace: str,
+) -> Resolution:
+    """Derive routes and statuses from all configs and the current Secrets.
+
+    Receivers are taken in spec order; one whose Secret or key is missing is left
+    out with a reason; paths claimed by more than one receiver route nowhere.
+    """
+    statuses: dict[Owner, OwnerStatus] = {}
+    in_spec_order: list[Route] = []
+    for config in configs:
+        owner = owner_of(config)
+        if owner.kind == "ClusterConfig" and owner.name != CLUSTER_CONFIG_NAME:
+            continue
+        status = statuses.setdefault(owner, OwnerStatus())
+        secret_namespace = owner.namespace if owner.kind == "ProjectConfig" else system_namespace
+        project = owner.namespace if owner.kind == "ProjectConfig" else ""
+        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
+            bitbucket = receiver.get("bitbucket")
+            if not isinstance(bitbucket, Mapping):
+                continue
+            name = str(receiver.get("name"))
+            secret_name = str((bitbucket.get("secretRef") or {}).get("name") or "")
+            data = secrets(secret_namespace, secret_name)
+            where = f"receiver {name!r}: Secret {secret_namespace}/{secret_name}"
+            if data is None:
+                status.problems.append(f"{where} not found")
+                continue
+            secret = data.get(SECRET_KEY)
+            if secret is None:
+                status.problems.append(f"{where} has no key {SECRET_KEY!r}")
+                continue
+            path = base.receiver_path(project, name, secret)
+            in_spec_order.append(
+                Route(
+                    owner=owner,
+                    name=name,
+                    path=path,
+                    secret=secret,
+                    secret_ref=f"{secret_namespace}/{secret_name}",
+                )
+            )
+    claims: dict[str, list[Route]] = {}
+    for route in in_spec_order:
+        claims.setdefault(route.path, []).append(route)
+    routes: dict[str, Route] = {}
+    for path, claimants in claims.items():
+        if len(claimants) == 1:
+            routes[path] = claimants[0]
+            continue
+        names = ", ".join(f"{c.owner.label}/{c.name}" for c in claimants)
+        for claimant in claimants:
+            statuses[claimant.owner].problems.append(
+                f"receiver {claimant.name!r}: path {path} is also derived by {names}; "
+                "none of them is routable"
+            )
+    for route in in_spec_order:
+        if routes.get(route.path) is route:
+            statuses[route.owner].receivers.append(
+                {"name": route.name, "path": route.path, "url": base.url(route.path)}
+            )
+    return Resolution(routes=routes, statuses=statuses)

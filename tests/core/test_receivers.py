@@ -1,0 +1,126 @@
+"""Receiver URLs are bit-exact with Kargo; publication follows the current Secrets (SPEC §3)."""
+
+import hashlib
+
+import pytest
+
+from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, Owner, resolve
+
+SPEC_EXAMPLE_HASH = "75f9b18441bbe62d4440dc0a405621bc2fa35bb4f31c2ddb48e72764d2ceb1d0"
+
+
+def test_spec_example_hash() -> None:
+    path = BaseURL.parse("https://kargo.example.com").receiver_path(
+        "kargo-demo", "bb-wh-receiver", b"mysupersecret"
+    )
+    assert path == f"/bitbucket/{SPEC_EXAMPLE_HASH}"
+
+
+@pytest.mark.parametrize(
+    ("base", "prefix", "origin"),
+    [
+        ("https://h", "/bitbucket/", "https://h"),
+        ("https://h/", "/bitbucket/", "https://h"),
+        ("https://h/webhooks/", "/webhooks/bitbucket/", "https://h"),
+        ("https://h/webhooks", "/webhooks/bitbucket/", "https://h"),
+        ("https://h//a//b/", "/a/b/bitbucket/", "https://h"),
+        ("http://h:8080", "/bitbucket/", "http://h:8080"),
+        ("http://127.0.0.1:8080", "/bitbucket/", "http://127.0.0.1:8080"),
+    ],
+)
+def test_base_path_joined_with_single_slashes(base: str, prefix: str, origin: str) -> None:
+    parsed = BaseURL.parse(base)
+    path = parsed.receiver_path("p", "r", b"s")
+    digest = hashlib.sha256(b"prs").hexdigest()
+    assert path == prefix + digest
+    assert parsed.url(path) == origin + prefix + digest
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://h/?x=1",
+        "https://h/#frag",
+        "https://h/a%20b",
+        "h.example.com",
+        "/webhooks",
+        "ftp://h/",
+        "https://",
+        "https://h/?",
+    ],
+)
+def test_unusable_base_urls_are_rejected(base: str) -> None:
+    with pytest.raises(BaseURLError):
+        BaseURL.parse(base)
+
+
+def project_config(namespace: str, *receivers: tuple[str, str]) -> dict:
+    return {
+        "kind": "ProjectConfig",
+        "metadata": {"namespace": namespace, "name": namespace},
+        "spec": {
+            "webhookReceivers": [
+                {"name": name, "bitbucket": {"secretRef": {"name": secret}}}
+                for name, secret in receivers
+            ]
+        },
+    }
+
+
+BASE = BaseURL.parse("https://kargo.example.com")
+
+
+def test_receivers_published_in_spec_order_and_missing_secret_named() -> None:
+    config = project_config("demo", ("zeta", "s1"), ("alpha", "missing"), ("mid", "nokey"))
+    config["spec"]["webhookReceivers"].append(
+        {"name": "gh", "github": {"secretRef": {"name": "s1"}}}
+    )
+    secrets = {("demo", "s1"): {"secret": b"one"}, ("demo", "nokey"): {"token": b"x"}}
+    result = resolve([config], lambda ns, n: secrets.get((ns, n)), BASE, "kargo-system-resources")
+    status = result.statuses[Owner("ProjectConfig", "demo", "demo")]
+    assert [r["name"] for r in status.receivers] == ["zeta"]
+    expected = hashlib.sha256(b"demozetaone").hexdigest()
+    assert status.receivers[0] == {
+        "name": "zeta",
+        "path": f"/bitbucket/{expected}",
+        "url": f"https://kargo.example.com/bitbucket/{expected}",
+    }
+    ready = status.conditions()[0]
+    assert ready["status"] == "False" and ready["reason"] == "SyncWebhookReceiversFailed"
+    assert "alpha" in ready["message"] and "demo/missing" in ready["message"]
+    assert "mid" in ready["message"] and "'secret'" in ready["message"]
+    assert list(result.routes) == [f"/bitbucket/{expected}"]
+    assert result.routes[f"/bitbucket/{expected}"].owner.scope == "demo"
+
+
+def test_cluster_receivers_use_system_namespace_and_empty_project() -> None:
+    cluster = {
+        "kind": "ClusterConfig",
+        "metadata": {"name": "cluster"},
+        "spec": {"webhookReceivers": [{"name": "all", "bitbucket": {"secretRef": {"name": "s"}}}]},
+    }
+    secrets = {("sys", "s"): {"secret": b"k"}}
+    result = resolve([cluster], lambda ns, n: secrets.get((ns, n)), BASE, "sys")
+    (route,) = result.routes.values()
+    assert route.path == "/bitbucket/" + hashlib.sha256(b"allk").hexdigest()
+    assert route.owner.scope is None
+    assert result.statuses[route.owner].conditions()[0]["status"] == "True"
+
+
+def test_colliding_paths_route_nowhere_and_both_owners_say_so() -> None:
+    # project "a" + receiver "bc" and project "ab" + receiver "c" hash the same bytes.
+    configs = [project_config("a", ("bc", "s")), project_config("ab", ("c", "s"))]
+    secrets = {("a", "s"): {"secret": b"x"}, ("ab", "s"): {"secret": b"x"}}
+    result = resolve(configs, lambda ns, n: secrets.get((ns, n)), BASE, "sys")
+    assert result.routes == {}
+    for owner, status in result.statuses.items():
+        assert status.receivers == []
+        message = status.conditions()[0]["message"]
+        assert "none of them is routable" in message, owner
+
+
+def test_rotation_changes_the_path() -> None:
+    config = project_config("demo", ("r", "s"))
+    before = resolve([config], lambda ns, n: {"secret": b"old"}, BASE, "sys")
+    after = resolve([config], lambda ns, n: {"secret": b"new"}, BASE, "sys")
+    assert set(before.routes).isdisjoint(after.routes)
