@@ -1,0 +1,247 @@
+"""Warehouse Git subscriptions and whether a pushed ref concerns them (SPEC §6.3, §6.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.semver import Constraint, SemverError, parse_version
+
+BRANCH_STRATEGY = "NewestFromBranch"
+TAG_STRATEGIES = frozenset({"SemVer", "Lexical", "NewestTag"})
+DEFAULT_BRANCHES = ("main", "master")
+BRANCH_PREFIX = "refs/heads/"
+TAG_PREFIX = "refs/tags/"
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One tag regex: compiled, or the reason it could not be."""
+
+    field: str
+    text: str
+    regex: Any | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GitSubscription:
+    """The parts of one ``spec.subscriptions[i].git`` that decide whether a push concerns it.
+
+    ``problems`` lists fields we could not evaluate (bad regex, bad constraint,
+    deprecated field, unknown strategy), each as ``field: why``.
+    """
+
+    index: int
+    repo_url: str
+    identity: str
+    strategy: str
+    branch: str | None
+    constraint: Constraint | None
+    constraint_error: str | None
+    constraint_text: str
+    strict: bool
+    allow: tuple[Pattern, ...]
+    ignore: tuple[Pattern, ...]
+    deprecated: tuple[str, ...]
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Every field of this subscription that cannot be evaluated, with why."""
+        found = [f"{p.field}: {p.error}" for p in (*self.allow, *self.ignore) if p.error]
+        if self.constraint_error:
+            found.append(f"semverConstraint: {self.constraint_error}")
+        found.extend(f"{name}: deprecated field is not evaluated" for name in self.deprecated)
+        if self.strategy not in TAG_STRATEGIES and self.strategy != BRANCH_STRATEGY:
+            found.append(f"commitSelectionStrategy: unknown strategy {self.strategy!r}")
+        return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class RefVerdict:
+    """Whether one ref concerns one subscription, and the sentence that says why.
+
+    ``uncertain`` names the unevaluable field that decided a match (refresh anyway).
+    """
+
+    matched: bool
+    reason: str
+    uncertain: str | None = None
+
+
+def git_subscriptions(warehouse: Mapping[str, Any]) -> tuple[GitSubscription, ...]:
+    """The Git subscriptions of a Warehouse body, compiled once for every later push."""
+    spec = warehouse.get("spec")
+    subscriptions = spec.get("subscriptions") if isinstance(spec, Mapping) else None
+    if not isinstance(subscriptions, list):
+        return ()
+    compiled = []
+    for index, subscription in enumerate(subscriptions):
+        git = subscription.get("git") if isinstance(subscription, Mapping) else None
+        if isinstance(git, Mapping) and isinstance(git.get("repoURL"), str):
+            compiled.append(_compile(index, git))
+    return tuple(compiled)
+
+
+def _compile(index: int, git: Mapping[str, Any]) -> GitSubscription:
+    """Compile one ``git`` subscription; never raises, records problems instead."""
+    repo_url = git["repoURL"]
+    constraint: Constraint | None = None
+    constraint_error: str | None = None
+    constraint_text = git.get("semverConstraint") or ""
+    if not isinstance(constraint_text, str):
+        constraint_text, constraint_error = str(constraint_text), "not a string"
+    elif constraint_text:
+        try:
+            constraint = Constraint.parse(constraint_text)
+        except SemverError as error:
+            constraint_error = f"invalid constraint {constraint_text!r}: {error}"
+    deprecated = tuple(name for name in ("allowTags", "ignoreTags") if git.get(name))
+    branch = git.get("branch")
+    return GitSubscription(
+        index=index,
+        repo_url=repo_url,
+        identity=repository_identity(repo_url),
+        strategy=str(git.get("commitSelectionStrategy") or BRANCH_STRATEGY),
+        branch=branch if isinstance(branch, str) and branch else None,
+        constraint=constraint,
+        constraint_error=constraint_error,
+        constraint_text=constraint_text,
+        strict=git.get("strictSemvers") is True,
+        allow=_patterns("allowTagsRegexes", git.get("allowTagsRegexes")),
+        ignore=_patterns("ignoreTagsRegexes", git.get("ignoreTagsRegexes")),
+        deprecated=deprecated,
+    )
+
+
+def _patterns(field: str, values: Any) -> tuple[Pattern, ...]:
+    """Compile a list of RE2 patterns, keeping the broken ones with their error."""
+    if not isinstance(values, list):
+        return ()
+    patterns = []
+    for position, text in enumerate(values):
+        name = f"{field}[{position}]"
+        if not isinstance(text, str):
+            patterns.append(Pattern(name, str(text), None, "not a string"))
+            continue
+        try:
+            patterns.append(Pattern(name, text, re2.compile(text, options=_RE2_OPTIONS), None))
+        except re2.error as error:
+            message = error.args[0] if error.args else error
+            if isinstance(message, bytes):
+                message = message.decode(errors="replace")
+            patterns.append(Pattern(name, text, None, f"invalid regex {text!r}: {message}"))
+    return tuple(patterns)
+
+
+def match_ref(subscription: GitSubscription, ref: str) -> RefVerdict:
+    """Decide whether a pushed, fully qualified ref concerns a subscription."""
+    strategy = subscription.strategy
+    if strategy == BRANCH_STRATEGY:
+        return _match_branch(subscription, ref)
+    if strategy in TAG_STRATEGIES:
+        return _match_tag(subscription, ref)
+    return RefVerdict(
+        True,
+        f"ref {ref} refreshes anyway: unknown commitSelectionStrategy {strategy!r}",
+        "commitSelectionStrategy",
+    )
+
+
+def _match_branch(subscription: GitSubscription, ref: str) -> RefVerdict:
+    """``NewestFromBranch``: the ref is the subscribed branch (default main or master)."""
+    wanted = (subscription.branch,) if subscription.branch else DEFAULT_BRANCHES
+    described = (
+        f'subscription branch "{subscription.branch}"'
+        if subscription.branch
+        else 'default branch "main" or "master"'
+    )
+    if not ref.startswith(BRANCH_PREFIX):
+        return RefVerdict(
+            False, f"{_describe(ref)} is not a branch; subscription follows {described}"
+        )
+    branch = ref[len(BRANCH_PREFIX) :]
+    if branch in wanted:
+        return RefVerdict(True, f'branch "{branch}" matches {described}')
+    return RefVerdict(False, f'branch "{branch}" does not match {described}')
+
+
+def _match_tag(subscription: GitSubscription, ref: str) -> RefVerdict:
+    """Tag strategies: allowed, not ignored, and for SemVer a satisfying version.
+
+    Unevaluable parts count as "unknown" (three-valued logic): a ref is dropped
+    only when the parts we can evaluate already rule it out.
+    """
+    strategy = subscription.strategy
+    if not ref.startswith(TAG_PREFIX):
+        return RefVerdict(
+            False, f"{_describe(ref)} is not a tag; {strategy} subscription follows tags"
+        )
+    tag = ref[len(TAG_PREFIX) :]
+    uncertain: list[str] = []
+
+    for pattern in subscription.ignore:
+        if pattern.regex is None:
+            uncertain.append(pattern.field)
+        elif pattern.regex.search(tag):
+            return RefVerdict(False, f'tag "{tag}": ignoreTagsRegexes "{pattern.text}" matched')
+    if "ignoreTags" in subscription.deprecated:
+        uncertain.append("ignoreTags")
+
+    allow_terms = [*subscription.allow]
+    if allow_terms or "allowTags" in subscription.deprecated:
+        allowed_by = next(
+            (p for p in allow_terms if p.regex is not None and p.regex.search(tag)), None
+        )
+        if allowed_by is None:
+            unknown = [p.field for p in allow_terms if p.regex is None]
+            if "allowTags" in subscription.deprecated:
+                unknown.append("allowTags")
+            if not unknown:
+                listed = ", ".join(f'"{p.text}"' for p in allow_terms)
+                return RefVerdict(False, f'tag "{tag}" matches none of allowTagsRegexes {listed}')
+            uncertain.extend(unknown)
+
+    if strategy == "SemVer":
+        try:
+            version = parse_version(tag, strict=subscription.strict)
+        except SemverError:
+            kind = "strict semantic version" if subscription.strict else "semantic version"
+            return RefVerdict(False, f'tag "{tag}" is not a {kind}')
+        if subscription.constraint is not None:
+            if not subscription.constraint.allows(version):
+                return RefVerdict(
+                    False, f'tag "{tag}" does not satisfy "{subscription.constraint_text}"'
+                )
+        elif subscription.constraint_error:
+            uncertain.append("semverConstraint")
+
+    if uncertain:
+        fields = ", ".join(dict.fromkeys(uncertain))
+        return RefVerdict(
+            True, f'tag "{tag}" refreshes anyway: {fields} cannot be evaluated', fields
+        )
+    if strategy == "SemVer" and subscription.constraint is not None:
+        return RefVerdict(True, f'tag "{tag}" satisfies "{subscription.constraint_text}"')
+    return RefVerdict(True, f'tag "{tag}" is accepted by the {strategy} subscription')
+
+
+def _describe(ref: str) -> str:
+    """Name a ref the way a person would: ``tag "v1"``, ``branch "main"``, or the raw ref."""
+    if ref.startswith(TAG_PREFIX):
+        return f'tag "{ref[len(TAG_PREFIX) :]}"'
+    if ref.startswith(BRANCH_PREFIX):
+        return f'branch "{ref[len(BRANCH_PREFIX) :]}"'
+    return f'ref "{ref}"'
+
+
+def identities(urls: Sequence[str]) -> frozenset[str]:
+    """The repository identities of a push's URLs."""
+    return frozenset(repository_identity(url) for url in urls)

@@ -1,0 +1,239 @@
+"""Whether a pushed ref concerns a subscription, for every strategy (SPEC §6.3, §6.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kargo_bitbucket.core.subscriptions import GitSubscription, git_subscriptions, match_ref
+
+REPO = "https://bitbucket.org/acme/app.git"
+
+
+def sub(**git: Any) -> GitSubscription:
+    (subscription,) = git_subscriptions(
+        {"spec": {"subscriptions": [{"git": {"repoURL": REPO, **git}}]}}
+    )
+    return subscription
+
+
+def matches(subscription: GitSubscription, ref: str) -> bool:
+    return match_ref(subscription, ref).matched
+
+
+@pytest.mark.parametrize(
+    ("git", "ref", "expected"),
+    [
+        ({}, "refs/heads/main", True),
+        ({}, "refs/heads/master", True),
+        ({}, "refs/heads/develop", False),
+        ({}, "refs/tags/main", False),
+        ({"branch": "develop"}, "refs/heads/develop", True),
+        ({"branch": "develop"}, "refs/heads/main", False),
+        ({"branch": "feature/x"}, "refs/heads/feature/x", True),
+        ({"branch": "feature/x"}, "refs/heads/feature/x/y", False),
+        ({"branch": "Main"}, "refs/heads/main", False),
+        (
+            {"branch": "main", "commitSelectionStrategy": "NewestFromBranch"},
+            "refs/heads/main",
+            True,
+        ),
+        ({"branch": ""}, "refs/heads/master", True),
+        ({"branch": "v1"}, "refs/tags/v1", False),
+    ],
+)
+def test_newest_from_branch(git: dict[str, Any], ref: str, expected: bool) -> None:
+    assert matches(sub(**git), ref) is expected
+
+
+@pytest.mark.parametrize("strategy", ["NewestTag", "Lexical"])
+@pytest.mark.parametrize(
+    ("git", "ref", "expected"),
+    [
+        ({}, "refs/tags/anything", True),
+        ({}, "refs/heads/main", False),
+        ({"allowTagsRegexes": ["^release-"]}, "refs/tags/release-1", True),
+        ({"allowTagsRegexes": ["^release-"]}, "refs/tags/pre-release-1", False),
+        ({"allowTagsRegexes": ["rel"]}, "refs/tags/pre-release-1", True),  # unanchored search
+        ({"allowTagsRegexes": ["^a", "^b"]}, "refs/tags/b1", True),
+        ({"ignoreTagsRegexes": ["rc"]}, "refs/tags/v1-rc1", False),
+        ({"ignoreTagsRegexes": ["rc"]}, "refs/tags/v1", True),
+        ({"allowTagsRegexes": ["^v"], "ignoreTagsRegexes": ["-rc"]}, "refs/tags/v2-rc", False),
+        ({"allowTagsRegexes": [r"^v\d+$"]}, "refs/tags/v12", True),
+        ({"allowTagsRegexes": [r"^\p{Greek}+$"]}, "refs/tags/αβγ", True),
+        ({"allowTagsRegexes": ["(?i)^REL"]}, "refs/tags/release", True),
+    ],
+)
+def test_tag_strategies(strategy: str, git: dict[str, Any], ref: str, expected: bool) -> None:
+    assert matches(sub(commitSelectionStrategy=strategy, **git), ref) is expected
+
+
+@pytest.mark.parametrize(
+    ("git", "tag", "expected"),
+    [
+        ({}, "v1.2.3", True),
+        ({}, "1.2.3", True),
+        ({}, "not-a-version", False),
+        ({}, "1.2", True),
+        ({"strictSemvers": True}, "1.2", False),
+        ({"strictSemvers": True}, "v1.2.3", True),
+        ({"strictSemvers": True}, "1.2.3-rc.1+build.5", True),
+        ({"semverConstraint": "^1.0"}, "v1.4.0", True),
+        ({"semverConstraint": "^1.0"}, "v2.0.0", False),
+        ({"semverConstraint": "^1.0"}, "v1.5.0-rc.1", False),
+        ({"semverConstraint": ">=1.5.0-rc.0"}, "v1.5.0-rc.1", True),
+        ({"semverConstraint": "~1.2"}, "1.2.9", True),
+        ({"semverConstraint": "~1.2"}, "1.3.0", False),
+        ({"semverConstraint": "1.2 - 1.4"}, "1.4.5", True),
+        ({"semverConstraint": "1.2 - 1.4"}, "1.5.0", False),
+        ({"semverConstraint": "<1.0 || >=3"}, "3.1.0", True),
+        ({"semverConstraint": "<1.0 || >=3"}, "2.0.0", False),
+        ({"semverConstraint": ">=1, <2"}, "1.9.9", True),
+        ({"semverConstraint": ">=1 <2"}, "2.0.0", False),
+        ({"semverConstraint": "1.x"}, "1.8.0", True),
+        ({"semverConstraint": "!=1.2.3"}, "1.2.3", False),
+        ({"semverConstraint": "^1.0", "ignoreTagsRegexes": ["^v1\\.4"]}, "v1.4.0", False),
+        ({"semverConstraint": "^1.0", "allowTagsRegexes": ["^v"]}, "1.4.0", False),
+    ],
+)
+def test_semver(git: dict[str, Any], tag: str, expected: bool) -> None:
+    assert matches(sub(commitSelectionStrategy="SemVer", **git), f"refs/tags/{tag}") is expected
+
+
+def test_semver_never_matches_branches() -> None:
+    assert not matches(sub(commitSelectionStrategy="SemVer"), "refs/heads/1.2.3")
+
+
+@pytest.mark.parametrize(
+    ("git", "ref", "expected", "field"),
+    [
+        # A broken allow regex would decide: refresh anyway and name it.
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["("]},
+            "refs/tags/v1",
+            True,
+            "allowTagsRegexes[0]",
+        ),
+        # ...unless a working one already allows the tag.
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["(", "^v"]},
+            "refs/tags/v1",
+            True,
+            None,
+        ),
+        # A working ignore regex still rules a tag out.
+        (
+            {
+                "commitSelectionStrategy": "NewestTag",
+                "allowTagsRegexes": ["("],
+                "ignoreTagsRegexes": ["^v"],
+            },
+            "refs/tags/v1",
+            False,
+            None,
+        ),
+        # A tag strategy never matches a branch, broken parts or not.
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["("]},
+            "refs/heads/main",
+            False,
+            None,
+        ),
+        # Lookahead is not RE2 (Go) syntax: unevaluable.
+        (
+            {"commitSelectionStrategy": "NewestTag", "ignoreTagsRegexes": ["(?!x)"]},
+            "refs/tags/v1",
+            True,
+            "ignoreTagsRegexes[0]",
+        ),
+        (
+            {"commitSelectionStrategy": "SemVer", "semverConstraint": ">>1"},
+            "refs/tags/v1.0.0",
+            True,
+            "semverConstraint",
+        ),
+        # A non-version tag is ruled out before the broken constraint matters.
+        (
+            {"commitSelectionStrategy": "SemVer", "semverConstraint": ">>1"},
+            "refs/tags/latest",
+            False,
+            None,
+        ),
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTags": "^v"},
+            "refs/tags/v1",
+            True,
+            "allowTags",
+        ),
+        (
+            {"commitSelectionStrategy": "NewestTag", "ignoreTags": ["v1"]},
+            "refs/tags/v1",
+            True,
+            "ignoreTags",
+        ),
+        ({"commitSelectionStrategy": "Newest"}, "refs/heads/main", True, "commitSelectionStrategy"),
+        ({"commitSelectionStrategy": "Newest"}, "refs/tags/v1", True, "commitSelectionStrategy"),
+    ],
+)
+def test_unevaluable_parts(
+    git: dict[str, Any], ref: str, expected: bool, field: str | None
+) -> None:
+    verdict = match_ref(sub(**git), ref)
+    assert verdict.matched is expected
+    if field is None:
+        assert verdict.uncertain is None
+    else:
+        assert verdict.uncertain is not None and field in verdict.uncertain
+
+
+@pytest.mark.parametrize(
+    ("git", "ref", "reason"),
+    [
+        (
+            {"branch": "main"},
+            "refs/heads/develop",
+            'branch "develop" does not match subscription branch "main"',
+        ),
+        ({"branch": "main"}, "refs/heads/main", 'branch "main" matches subscription branch "main"'),
+        (
+            {"commitSelectionStrategy": "SemVer", "semverConstraint": "^1.0"},
+            "refs/tags/v2.0.0",
+            'tag "v2.0.0" does not satisfy "^1.0"',
+        ),
+        (
+            {"commitSelectionStrategy": "NewestTag", "ignoreTagsRegexes": ["rc"]},
+            "refs/tags/v1-rc",
+            'tag "v1-rc": ignoreTagsRegexes "rc" matched',
+        ),
+    ],
+)
+def test_reasons_read_as_sentences(git: dict[str, Any], ref: str, reason: str) -> None:
+    assert match_ref(sub(**git), ref).reason == reason
+
+
+def test_problems_name_fields() -> None:
+    problems = sub(
+        commitSelectionStrategy="SemVer",
+        semverConstraint="x>",
+        allowTagsRegexes=["["],
+        allowTags="v",
+    ).problems
+    assert any(p.startswith("allowTagsRegexes[0]: invalid regex") for p in problems)
+    assert any(p.startswith("semverConstraint: invalid constraint") for p in problems)
+    assert any(p.startswith("allowTags: deprecated") for p in problems)
+
+
+def test_only_git_subscriptions_with_a_url_count() -> None:
+    body = {
+        "spec": {
+            "subscriptions": [
+                {"image": {"repoURL": "nginx"}},
+                {"chart": {"repoURL": "oci://x"}},
+                {"git": {"branch": "main"}},
+                {"git": {"repoURL": REPO}},
+                "junk",
+            ]
+        }
+    }
+    assert [s.index for s in git_subscriptions(body)] == [3]
