@@ -1,0 +1,720 @@
+"""Tests for manifest parsing and CRD-like checking (core.manifests)."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kargo_bitbucket.core.manifests import (
+    KINDS,
+    ManifestError,
+    Resource,
+    UnknownKindError,
+    canonical_kind,
+    parse_manifests,
+    validate_object,
+)
+
+SRC = "manifests/demo.yaml"
+
+WAREHOUSE = """\
+apiVersion: kargo.akuity.io/v1alpha1
+kind: Warehouse
+metadata:
+  name: app
+  namespace: demo
+spec:
+  subscriptions:
+  - git:
+      repoURL: https://bitbucket.org/acme/app.git
+      branch: main
+"""
+
+PROJECT_CONFIG = """\
+apiVersion: kargo.akuity.io/v1alpha1
+kind: ProjectConfig
+metadata:
+  name: demo
+  namespace: demo
+spec:
+  webhookReceivers:
+  - name: bb-receiver
+    bitbucket:
+      secretRef:
+        name: bb-secret
+"""
+
+CLUSTER_CONFIG = """\
+apiVersion: kargo.akuity.io/v1alpha1
+kind: ClusterConfig
+metadata:
+  name: cluster
+spec:
+  webhookReceivers:
+  - name: bb-cluster
+    bitbucket:
+      secretRef:
+        name: bb-secret
+"""
+
+SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bb-secret
+  namespace: demo
+data:
+  secret: bXlzdXBlcnNlY3JldA==
+"""
+
+PROMOTION = """\
+apiVersion: kargo.akuity.io/v1alpha1
+kind: Promotion
+metadata:
+  name: prod.01h
+  namespace: demo
+spec:
+  stage: prod
+  freight: abc123
+  steps:
+  - uses: git-open-pr
+    as: open-pr
+    config:
+      repoURL: https://bitbucket.org/acme/app.git
+  - uses: git-wait-for-pr
+    as: wait
+    config:
+      prNumber: ${{ outputs['open-pr'].pr.id }}
+status:
+  phase: Running
+  currentStep: 1
+  state:
+    wait:
+      pr:
+        url: https://bitbucket.org/acme/app/pull-requests/7
+"""
+
+
+def parse(text: str, **kwargs: Any) -> list[Resource]:
+    return parse_manifests(textwrap.dedent(text), SRC, **kwargs)
+
+
+def error_of(text: str, **kwargs: Any) -> str:
+    with pytest.raises(ManifestError) as info:
+        parse(text, **kwargs)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"{SRC}: document "), message
+    return message
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# ---------------------------------------------------------------------------- valid input
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "namespace", "name"),
+    [
+        (WAREHOUSE, "Warehouse", "demo", "app"),
+        (PROJECT_CONFIG, "ProjectConfig", "demo", "demo"),
+        (CLUSTER_CONFIG, "ClusterConfig", "", "cluster"),
+        (SECRET, "Secret", "demo", "bb-secret"),
+        (PROMOTION, "Promotion", "demo", "prod.01h"),
+    ],
+)
+def test_valid_kinds(text: str, kind: str, namespace: str, name: str) -> None:
+    (resource,) = parse(text)
+    assert (resource.kind, resource.namespace, resource.name) == (kind, namespace, name)
+    assert resource.body["kind"] == kind
+    assert resource.body["metadata"]["name"] == name
+    assert resource.warnings == ()
+
+
+def test_all_kinds_in_one_stream_with_empty_documents() -> None:
+    text = "---\n" + "---\n".join([WAREHOUSE, "", PROJECT_CONFIG, "# only a comment\n", SECRET])
+    resources = parse(text + "---\n---\n")
+    assert [r.kind for r in resources] == ["Warehouse", "ProjectConfig", "Secret"]
+
+
+def test_empty_text_gives_nothing() -> None:
+    assert parse("") == []
+    assert parse("---\n---\n# nothing\n") == []
+
+
+def test_full_git_subscription_is_kept_verbatim() -> None:
+    text = edit(
+        WAREHOUSE,
+        "      branch: main\n",
+        """\
+      commitSelectionStrategy: SemVer
+      semverConstraint: ^1.2.0
+      strictSemvers: true
+      allowTagsRegexes: ["^v1\\\\."]
+      ignoreTagsRegexes: ["-rc"]
+      includePaths: [charts/app]
+      excludePaths: ["glob:*.md"]
+      allowTags: "^v"
+      ignoreTags: [v1.0.0]
+      expressionFilter: "tag != 'v1.2.3'"
+      insecureSkipTLSVerify: false
+      discoveryLimit: 20
+""",
+    )
+    (resource,) = parse(text)
+    git = resource.body["spec"]["subscriptions"][0]["git"]
+    assert git["commitSelectionStrategy"] == "SemVer"
+    assert git["allowTagsRegexes"] == ["^v1\\."]
+    assert git["strictSemvers"] is True
+    assert git["ignoreTags"] == ["v1.0.0"]
+    assert git["discoveryLimit"] == 20
+    assert resource.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "allowTagsRegexes: ['[']\n      ignoreTagsRegexes: ['(unclosed']",
+        "commitSelectionStrategy: SemVer\n      semverConstraint: '>>1'",
+        "semverConstraint: not a constraint at all",
+    ],
+)
+def test_unevaluable_regex_or_constraint_is_accepted(fields: str) -> None:
+    (resource,) = parse(edit(WAREHOUSE, "branch: main", fields))
+    assert resource.kind == "Warehouse"
+
+
+def test_other_subscription_types_and_generic_ones_are_kept() -> None:
+    text = edit(
+        WAREHOUSE,
+        "  - git:\n",
+        """\
+  - image:
+      repoURL: public.ecr.aws/nginx/nginx
+      imageSelectionStrategy: NewestBuild
+  - chart:
+      repoURL: oci://ghcr.io/acme/charts/app
+  - mything:
+      name: custom
+      config: {a: 1}
+  - git:
+""",
+    )
+    (resource,) = parse(text)
+    subs = resource.body["spec"]["subscriptions"]
+    assert [next(iter(s)) for s in subs] == ["image", "chart", "mything", "git"]
+    assert subs[2]["mything"]["config"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bitbucket.org/acme/app",
+        "https://user@bitbucket.org/acme/app.git",
+        "ssh://git@bitbucket.example.com:7999/proj/app.git",
+        "git@bitbucket.org:acme/app.git",
+        "http://localhost:7990/scm/proj/app.git",
+    ],
+)
+def test_git_url_forms_accepted(url: str) -> None:
+    parse(edit(WAREHOUSE, "https://bitbucket.org/acme/app.git", url))
+
+
+def test_secret_string_data_is_folded_into_base64_data() -> None:
+    text = edit(SECRET, "data:\n  secret: bXlzdXBlcnNlY3JldA==\n", "")
+    text += "stringData:\n  secret: mysupersecret\n  note: 'héllo'\n"
+    text += "data:\n  secret: b2xk\n  x: eQ==\n"
+    (resource,) = parse(text)
+    assert "stringData" not in resource.body
+    data = resource.body["data"]
+    assert base64.b64decode(data["secret"]) == b"mysupersecret"  # stringData wins
+    assert base64.b64decode(data["note"]) == "héllo".encode()
+    assert data["x"] == "eQ=="
+
+
+def test_secret_base64_is_normalized_like_go() -> None:
+    (resource,) = parse(edit(SECRET, "bXlzdXBlcnNlY3JldA==", "|\n    bXlzdXBl\n    cnNlY3JldA=="))
+    assert resource.body["data"]["secret"] == "bXlzdXBlcnNlY3JldA=="
+
+
+def test_non_bitbucket_receivers_are_kept_opaque() -> None:
+    text = PROJECT_CONFIG + textwrap.indent(
+        "- name: gh\n  github:\n    secretRef: {name: gh-secret}\n    whatever: [1, 2]\n"
+        "- name: gl\n  gitlab: {secretRef: {name: x}}\n",
+        "  ",
+    )
+    (resource,) = parse(text)
+    receivers = resource.body["spec"]["webhookReceivers"]
+    assert [r["name"] for r in receivers] == ["bb-receiver", "gh", "gl"]
+    assert receivers[1]["github"]["whatever"] == [1, 2]
+    assert resource.warnings == ()
+
+
+def test_unknown_fields_are_kept_with_a_warning() -> None:
+    text = edit(WAREHOUSE, "      branch: main\n", "      branch: main\n      futureField: 3\n")
+    text += "  shard: east\n  newThing: {a: b}\n"
+    (resource,) = parse(text)
+    assert resource.body["spec"]["newThing"] == {"a": "b"}
+    assert resource.body["spec"]["subscriptions"][0]["git"]["futureField"] == 3
+    assert len(resource.warnings) == 2
+    assert all(len(w.splitlines()) == 1 for w in resource.warnings)
+    assert "spec.subscriptions[0].git.futureField: unknown field" in resource.warnings[0]
+    assert resource.warnings[1].startswith(f"{SRC}: document 1 (Warehouse demo/app): spec.newThing")
+
+
+def test_status_is_open_for_server_written_fields() -> None:
+    (resource,) = parse(PROMOTION + "  freightCollection: {id: x}\n")
+    assert resource.warnings == ()
+    assert resource.body["status"]["currentStep"] == 1
+    assert resource.body["status"]["state"]["wait"]["pr"]["url"].endswith("/7")
+
+
+def test_null_optional_fields_are_dropped_like_the_api_server() -> None:
+    text = edit(WAREHOUSE, "      branch: main\n", "      branch:\n      strictSemvers: ~\n")
+    text = edit(text, "  namespace: demo\n", "  namespace: demo\n  labels: null\n")
+    (resource,) = parse(text)
+    assert resource.body["spec"]["subscriptions"][0]["git"] == {
+        "repoURL": "https://bitbucket.org/acme/app.git"
+    }
+    assert "labels" not in resource.body["metadata"]
+
+
+def test_no_defaults_are_added() -> None:
+    (resource,) = parse(WAREHOUSE)
+    git = resource.body["spec"]["subscriptions"][0]["git"]
+    assert "commitSelectionStrategy" not in git
+    assert "strictSemvers" not in git
+    assert "interval" not in resource.body["spec"]
+
+
+def test_default_namespace_fills_a_missing_namespace() -> None:
+    text = edit(WAREHOUSE, "  namespace: demo\n", "")
+    (resource,) = parse(text, default_namespace="team-a")
+    assert resource.namespace == "team-a"
+    assert list(resource.body["metadata"]) == ["name", "namespace"]
+    (explicit,) = parse(WAREHOUSE, default_namespace="team-a")
+    assert explicit.namespace == "demo"
+
+
+def test_cluster_config_namespace_is_ignored_with_a_warning() -> None:
+    text = edit(CLUSTER_CONFIG, "  name: cluster\n", "  name: cluster\n  namespace: x\n")
+    (resource,) = parse(text)
+    assert resource.namespace == ""
+    assert "namespace" not in resource.body["metadata"]
+    assert "metadata.namespace: ignored" in resource.warnings[0]
+
+
+def test_kind_list_is_unpacked() -> None:
+    items = [WAREHOUSE, SECRET]
+    body = "".join("- " + textwrap.indent(i, "  ")[2:] for i in items)
+    resources = parse("apiVersion: v1\nkind: List\nitems:\n" + body)
+    assert [r.kind for r in resources] == ["Warehouse", "Secret"]
+    assert parse("apiVersion: v1\nkind: List\nitems: []\n") == []
+
+
+def test_list_item_errors_name_the_item() -> None:
+    bad = edit(WAREHOUSE, "branch: main", "branch: 1.20")
+    body = "".join("- " + textwrap.indent(i, "  ")[2:] for i in [SECRET, bad])
+    message = error_of("apiVersion: v1\nkind: List\nitems:\n" + body)
+    assert message.startswith(f"{SRC}: document 1, items[1] (Warehouse demo/app): ")
+    assert "spec.subscriptions[0].git.branch: must be a string, got number 1.20" in message
+
+
+def test_list_inside_list_is_refused() -> None:
+    message = error_of("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: List}\n")
+    assert "document 1, items[0]: a List cannot contain another List" in message
+
+
+def test_older_regex_spelling_is_kept_with_a_warning() -> None:
+    (resource,) = parse(edit(WAREHOUSE, "branch: main", "allowTagsRegex: ['^v']"))
+    assert resource.body["spec"]["subscriptions"][0]["git"]["allowTagsRegex"] == ["^v"]
+    assert "git.allowTagsRegex: older spelling of allowTagsRegexes" in resource.warnings[0]
+
+
+def test_anchors_and_merge_keys() -> None:
+    text = edit(
+        WAREHOUSE,
+        "  - git:\n      repoURL: https://bitbucket.org/acme/app.git\n      branch: main\n",
+        "  - git: &g\n      repoURL: https://bitbucket.org/acme/app.git\n      branch: main\n"
+        "  - git:\n      <<: *g\n      branch: dev\n",
+    )
+    (resource,) = parse(text)
+    subs = resource.body["spec"]["subscriptions"]
+    assert subs[1]["git"] == {"repoURL": "https://bitbucket.org/acme/app.git", "branch": "dev"}
+    subs[0]["git"]["branch"] = "changed"
+    assert subs[1]["git"]["branch"] == "dev"  # aliases are copies, not shared
+
+
+def test_timestamps_stay_strings() -> None:
+    text = edit(WAREHOUSE, "  namespace: demo\n", "  namespace: demo\n"
+                "  creationTimestamp: 2024-01-02T03:04:05Z\n  labels: {day: 2024-01-02}\n")
+    (resource,) = parse(text)
+    assert resource.body["metadata"]["creationTimestamp"] == "2024-01-02T03:04:05Z"
+    assert resource.body["metadata"]["labels"] == {"day": "2024-01-02"}
+
+
+# ---------------------------------------------------------------------------- errors
+
+W_GIT = "spec.subscriptions[0].git"
+
+ERRORS: list[tuple[str, str, str, str, list[str]]] = [
+    # (id, base, old, new, expected substrings)
+    ("branch-float", WAREHOUSE, "branch: main", "branch: 1.20",
+     ["(Warehouse demo/app): ", f"{W_GIT}.branch: must be a string, got number 1.20", "(line 10)"]),
+    ("branch-bool", WAREHOUSE, "branch: main", "branch: no",
+     [f"{W_GIT}.branch: must be a string, got boolean no"]),
+    ("branch-pattern", WAREHOUSE, "branch: main", "branch: 'feature/'",
+     [f"{W_GIT}.branch: must be a branch name"]),
+    ("strict-semvers-string", WAREHOUSE, "branch: main", 'strictSemvers: "yes"',
+     [f'{W_GIT}.strictSemvers: must be a boolean (true or false), got string "yes"']),
+    ("strategy-enum", WAREHOUSE, "branch: main", "commitSelectionStrategy: Newest",
+     [f"{W_GIT}.commitSelectionStrategy: must be one of NewestFromBranch, SemVer, Lexical, "
+      'NewestTag; got "Newest"']),
+    ("regexes-not-list", WAREHOUSE, "branch: main", "allowTagsRegexes: '^v1'",
+     [f'{W_GIT}.allowTagsRegexes: must be a list, got string "^v1"']),
+    ("regexes-item-int", WAREHOUSE, "branch: main", "includePaths: [charts, 12]",
+     [f"{W_GIT}.includePaths[1]: must be a string, got number 12"]),
+    ("ignore-tags-is-a-list", WAREHOUSE, "branch: main", "ignoreTags: v1.0.0",
+     [f'{W_GIT}.ignoreTags: must be a list, got string "v1.0.0"']),
+    ("discovery-limit", WAREHOUSE, "branch: main", "discoveryLimit: 500",
+     [f"{W_GIT}.discoveryLimit: must be between 1 and 100, got 500"]),
+    ("repo-url-null", WAREHOUSE, "https://bitbucket.org/acme/app.git", "null",
+     [f"{W_GIT}.repoURL: must be a string, got null"]),
+    ("repo-url-missing", WAREHOUSE, "repoURL: https://bitbucket.org/acme/app.git",
+     "insecureSkipTLSVerify: true",
+     [f"{W_GIT}.repoURL: required field is missing"]),
+    ("repo-url-not-a-url", WAREHOUSE, "https://bitbucket.org/acme/app.git", "bitbucket.org/acme",
+     [f"{W_GIT}.repoURL: must be a Git URL"]),
+    ("git-is-list", WAREHOUSE, "  - git:\n", "  - git:\n    -\n",
+     [f"{W_GIT}: must be an object, got list"]),
+    ("subscriptions-object", WAREHOUSE, "  - git:\n", "    git:\n",
+     ['spec.subscriptions: must be a list, got object']),
+    ("subscriptions-empty", WAREHOUSE,
+     "subscriptions:\n  - git:\n      repoURL: https://bitbucket.org/acme/app.git\n"
+     "      branch: main\n", "subscriptions: []\n",
+     ["spec.subscriptions: must have at least 1 item(s)"]),
+    ("subscriptions-null", WAREHOUSE, "  - git:\n      repoURL: https://bitbucket.org/acme/app.git\n"
+     "      branch: main\n", "", ["spec.subscriptions: must be a list, got null"]),
+    ("subscription-two-types", WAREHOUSE, "  - git:\n", "  - image: {repoURL: x}\n    git:\n",
+     ["spec.subscriptions[0]: must have exactly one subscription type", "got 2: image, git"]),
+    ("spec-list", WAREHOUSE,
+     "spec:\n  subscriptions:\n  - git:\n      repoURL: https://bitbucket.org/acme/app.git\n"
+     "      branch: main\n", "spec: []\n",
+     ["(Warehouse demo/app): spec: must be an object, got list"]),
+    ("spec-missing", WAREHOUSE,
+     "spec:\n  subscriptions:\n  - git:\n      repoURL: https://bitbucket.org/acme/app.git\n"
+     "      branch: main\n", "", ["spec: required field is missing"]),
+    ("interval", WAREHOUSE, "spec:\n", "spec:\n  interval: 300\n",
+     ["spec.interval: must be a string, got number 300"]),
+    ("name-int", WAREHOUSE, "name: app", "name: 123",
+     ["metadata.name: must be a string, got number 123"]),
+    ("name-null", WAREHOUSE, "name: app", "name:", ["metadata.name: must be a string, got null"]),
+    ("name-syntax", WAREHOUSE, "name: app", "name: My_App",
+     ['metadata.name: must be a lowercase RFC 1123 subdomain', 'got "My_App"']),
+    ("namespace-syntax", WAREHOUSE, "namespace: demo", "namespace: demo.x",
+     ["metadata.namespace: must be a lowercase RFC 1123 label"]),
+    ("namespace-missing", WAREHOUSE, "  namespace: demo\n", "",
+     ["(Warehouse app): metadata.namespace: required field is missing"]),
+    ("metadata-missing", WAREHOUSE, "metadata:\n  name: app\n  namespace: demo\n", "",
+     ["(Warehouse): metadata: required field is missing"]),
+    ("labels-list", WAREHOUSE, "  namespace: demo\n", "  namespace: demo\n  labels: [a]\n",
+     ["metadata.labels: must be an object, got list"]),
+    ("label-value-int", WAREHOUSE, "  namespace: demo\n", "  namespace: demo\n  labels: {a: 1}\n",
+     ["metadata.labels.a: must be a string, got number 1"]),
+    ("label-value-syntax", WAREHOUSE, "  namespace: demo\n",
+     "  namespace: demo\n  labels: {a: 'x y'}\n", ["metadata.labels.a: must be empty or"]),
+    ("annotation-key", WAREHOUSE, "  namespace: demo\n",
+     "  namespace: demo\n  annotations: {'Bad/Key/x': v}\n",
+     ['metadata.annotations[Bad/Key/x]: invalid key "Bad/Key/x": the prefix']),
+    ("annotation-value-int", WAREHOUSE, "  namespace: demo\n",
+     "  namespace: demo\n  annotations: {kargo.akuity.io/refresh: 2026}\n",
+     ["metadata.annotations[kargo.akuity.io/refresh]: must be a string, got number 2026"]),
+    ("current-step-string", PROMOTION, "currentStep: 1", 'currentStep: "2"',
+     ['(Promotion demo/prod.01h): status.currentStep: must be an integer, got string "2"']),
+    ("current-step-float", PROMOTION, "currentStep: 1", "currentStep: 1.5",
+     ["status.currentStep: must be an integer, got number 1.5"]),
+    ("state-list", PROMOTION, "  state:\n", "  state: []\n  x:\n",
+     ["status.state: must be an object, got list"]),
+    ("phase-int", PROMOTION, "phase: Running", "phase: 1", ["status.phase: must be a string"]),
+    ("step-uses-int", PROMOTION, "uses: git-open-pr", "uses: 5",
+     ["spec.steps[0].uses: must be a string, got number 5"]),
+    ("step-as-bool", PROMOTION, "as: wait", "as: true",
+     ["spec.steps[1].as: must be a string, got boolean true"]),
+    ("step-config-list", PROMOTION, "    config:\n      repoURL", "    config:\n    - repoURL",
+     ["spec.steps[0].config: must be an object, got list"]),
+    ("step-without-uses", PROMOTION, "  - uses: git-open-pr\n    as: open-pr\n",
+     "  - as: open-pr\n",
+     ["spec.steps[0].uses: required field is missing"]),
+    ("cluster-config-name", CLUSTER_CONFIG, "name: cluster", "name: main",
+     ['metadata.name: ClusterConfig must be named "cluster", got "main"']),
+    ("project-config-name", PROJECT_CONFIG, "  name: demo\n", "  name: other\n",
+     ["(ProjectConfig demo/other): metadata.name: a ProjectConfig must be named like its "
+      'namespace (the Project) "demo", got "other"']),
+    ("receiver-duplicate", PROJECT_CONFIG, "        name: bb-secret\n",
+     "        name: bb-secret\n  - name: bb-receiver\n    github: {secretRef: {name: y}}\n",
+     ['spec.webhookReceivers[1].name: duplicate receiver name "bb-receiver" '
+      "(also spec.webhookReceivers[0])"]),
+    ("receiver-name-syntax", PROJECT_CONFIG, "name: bb-receiver", "name: BB_Receiver",
+     ["spec.webhookReceivers[0].name: must be a lowercase RFC 1123 subdomain"]),
+    ("receiver-name-long", PROJECT_CONFIG, "name: bb-receiver", "name: " + "a" * 254,
+     ["spec.webhookReceivers[0].name: must be a lowercase RFC 1123 subdomain"]),
+    ("receiver-name-empty", PROJECT_CONFIG, "name: bb-receiver", "name: ''",
+     ["spec.webhookReceivers[0].name: must not be empty"]),
+    ("receiver-name-missing", PROJECT_CONFIG, "  - name: bb-receiver\n    bitbucket:",
+     "  - bitbucket:", ["spec.webhookReceivers[0].name: required field is missing"]),
+    ("receiver-two-types", PROJECT_CONFIG, "    bitbucket:\n",
+     "    github: {secretRef: {name: x}}\n    bitbucket:\n",
+     ["spec.webhookReceivers[0]: must configure exactly one receiver type",
+      "got 2: github, bitbucket"]),
+    ("receiver-no-type", PROJECT_CONFIG,
+     "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+     "    bitbucket:\n    secretRef:\n      name: bb-secret\n",
+     ["spec.webhookReceivers[0]: must configure exactly one receiver type",
+      "got none (unknown fields: secretRef)"]),
+    ("receiver-secret-name-null", PROJECT_CONFIG, "name: bb-secret", "name: null",
+     ["spec.webhookReceivers[0].bitbucket.secretRef.name: must be a string, got null"]),
+    ("receiver-secret-ref-missing", PROJECT_CONFIG,
+     "      secretRef:\n        name: bb-secret\n", "      secret: x\n",
+     ["spec.webhookReceivers[0].bitbucket.secretRef: required field is missing"]),
+    ("receiver-github-not-object", PROJECT_CONFIG, "    bitbucket:\n      secretRef:\n"
+     "        name: bb-secret\n", "    github: token\n",
+     ['spec.webhookReceivers[0].github: must be an object, got string "token"']),
+    ("secret-not-base64", SECRET, "bXlzdXBlcnNlY3JldA==", "not base64!",
+     ["(Secret demo/bb-secret): data.secret: must be valid base64"]),
+    ("secret-bad-padding", SECRET, "bXlzdXBlcnNlY3JldA==", "bXlzdXBlcnNlY3JldA",
+     ["data.secret: must be valid base64"]),
+    ("secret-data-int", SECRET, "bXlzdXBlcnNlY3JldA==", "12345",
+     ["data.secret: must be a base64 string, got number ("]),
+    ("secret-string-data-int", SECRET, "data:\n  secret: bXlzdXBlcnNlY3JldA==",
+     "stringData:\n  secret: 987654", ["stringData.secret: must be a string, got number ("]),
+    ("secret-data-key", SECRET, "  secret: bXlz", "  'bad key': bXlz",
+     ['data["bad key"]: invalid key "bad key"']),
+    ("secret-api-version", SECRET, "apiVersion: v1", "apiVersion: core/v1",
+     ['apiVersion: must be v1 for Secret, got string "core/v1"']),
+    ("kargo-api-version", WAREHOUSE, "kargo.akuity.io/v1alpha1", "kargo.akuity.io/v1beta1",
+     ['apiVersion: must be kargo.akuity.io/v1alpha1 for Warehouse, got string '
+      '"kargo.akuity.io/v1beta1"']),
+    ("api-version-missing", WAREHOUSE, "apiVersion: kargo.akuity.io/v1alpha1\n", "",
+     ["(Warehouse demo/app): apiVersion: required field is missing"]),
+    ("unknown-kind", WAREHOUSE, "kind: Warehouse", "kind: Stage",
+     ['document 1: kind: unknown kind "Stage"; accepted: Secret, ProjectConfig, ClusterConfig']),
+    ("kind-case", WAREHOUSE, "kind: Warehouse", "kind: warehouse",
+     ['unknown kind "warehouse" (kinds are case-sensitive: did you mean Warehouse?)']),
+    ("kind-missing", WAREHOUSE, "kind: Warehouse\n", "",
+     ["document 1: kind: required field is missing"]),
+    ("kind-int", WAREHOUSE, "kind: Warehouse", "kind: 7", ["kind: must be a string, got number 7"]),
+    ("duplicate-key", WAREHOUSE, "      branch: main\n", "      branch: main\n      branch: dev\n",
+     ["(Warehouse demo/app): spec.subscriptions[0].git.branch: duplicate key (first at line 10)",
+      "(line 11)"]),
+    ("duplicate-top-key", WAREHOUSE, "kind: Warehouse\n", "kind: Warehouse\nkind: Warehouse\n",
+     ["kind: duplicate key"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "old", "new", "expected"),
+    [pytest.param(b, o, n, e, id=i) for i, b, o, n, e in ERRORS],
+)
+def test_errors(base: str, old: str, new: str, expected: list[str]) -> None:
+    message = error_of(edit(base, old, new))
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("secret", ["12345", "hunter2hunter2", "bXlzdXBlcnNlY3JldA"])
+def test_secret_values_never_appear_in_messages(secret: str) -> None:
+    for text in (
+        edit(SECRET, "bXlzdXBlcnNlY3JldA==", secret),
+        edit(SECRET, "data:\n  secret: bXlzdXBlcnNlY3JldA==", f"stringData:\n  secret: {secret}\n"
+             "  other: [1]"),
+    ):
+        with pytest.raises(ManifestError) as info:
+            parse(text)
+        assert secret not in str(info.value)
+
+
+def test_error_in_second_document_rejects_everything() -> None:
+    bad = edit(SECRET, "name: bb-secret", "name: 5")
+    message = error_of(WAREHOUSE + "---\n" + bad)
+    assert message.startswith(f"{SRC}: document 2 (Secret): metadata.name: must be a string")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: [1, 2\n", "document 1: line 2, column 1: "),
+        (WAREHOUSE + "---\nkind: Secret\n  bad: indent\n", "document 2: line 13, column 6: "),
+        (WAREHOUSE + "---\n---\nfoo: 'unclosed\n", "document 3: line "),
+        ("a: b\n\tc: d\n", "document 1: line 2, column 1: found character '\\t'"),
+        ("x: *nope\n", "document 1: line 1, column 4: found undefined alias 'nope'"),
+        ("a: 1\n---\nb: \x00\n", "document 2: line 3: unacceptable character #x0000"),
+        ("a: !!binary aGk=\n", "document 1: a: unsupported YAML tag tag:yaml.org,2002:binary"),
+        ("a: !custom {}\n", "document 1: a: unsupported YAML tag !custom"),
+        ("a: !!set {x}\n", "unsupported YAML tag tag:yaml.org,2002:set"),
+        ("a: .inf\n", "document 1: a: numbers must be finite, got .inf (line 1)"),
+        ("a: " + "9" * 5000 + "\n", "document 1: a: invalid int"),
+        ('a: !!int ""\n', "document 1: a: invalid int"),
+        ('a: "\\ud800"\n', "document 1: a: invalid Unicode text"),
+        ("? [a]\n: b\n", "document 1: mapping keys must be plain strings"),
+        ("[" * 5000 + "]" * 5000, "document 1: "),
+        ("- 1\n- 2\n", "document 1: must be an object (a Kubernetes resource), got list"),
+        ("just text\n", 'document 1: must be an object (a Kubernetes resource), got string "just'),
+        ("a: <<\n<<: 3\n", "document 1: "),
+    ],
+)
+def test_malformed_yaml(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert expected in message, message
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    message = error_of("\n".join(lines) + "\n")
+    assert "after expanding YAML aliases" in message
+
+
+def test_deep_nesting_is_refused() -> None:
+    text = "a:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(300)) + "  " * 301 + "v\n"
+    assert "nested more than" in error_of(text)
+
+
+def test_messages_escape_line_breaks() -> None:
+    message = error_of(edit(WAREHOUSE, "branch: main", 'branch: "a\\nb\\u2028c"'))
+    assert "\\n" in message and "\\u2028" in message
+
+
+# ---------------------------------------------------------------------------- validate_object
+
+
+def test_validate_object_on_a_dict() -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s"},
+        "stringData": {"secret": "x"},
+    }
+    resource = validate_object(body, "state.db: Secret default/s", default_namespace="default")
+    assert resource.body["data"] == {"secret": "eA=="}
+    assert "stringData" in body  # the input is not modified
+    assert resource.body["metadata"]["namespace"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "d"},
+          "data": {"k": b"raw"}}, "data.k: unsupported value of type bytes"),
+        ({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": 1.5, "namespace": "d"}},
+         "metadata.name: must be a string, got number 1.5"),
+        ({"kind": "Warehouse", "metadata": {1: "x"}}, "metadata: object keys must be strings"),
+        ({"kind": "Promotion", "status": {"currentStep": float("nan")}}, "numbers must be finite"),
+        ({"apiVersion": "kargo.akuity.io/v1alpha1", "kind": "Promotion",
+          "metadata": {"name": "p", "namespace": "n"}, "spec": {}, "status": {"currentStep": True}},
+         "status.currentStep: must be an integer, got boolean true"),
+        (["not", "an", "object"], "must be an object (a Kubernetes resource), got list"),
+        ({"apiVersion": "v1", "kind": "List", "items": []}, 'unknown kind "List"'),
+    ],
+)
+def test_validate_object_errors(body: Any, expected: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        validate_object(body, "somewhere")
+    message = str(info.value)
+    assert message.startswith("somewhere")
+    assert expected in message
+    assert len(message.splitlines()) == 1
+
+
+def test_validate_object_shows_json_values_without_yaml_tokens() -> None:
+    body = {
+        "apiVersion": "kargo.akuity.io/v1alpha1",
+        "kind": "Promotion",
+        "metadata": {"name": "p", "namespace": "n"},
+        "spec": {"steps": [{"uses": "x", "as": 1.2}]},
+    }
+    expected = r"spec\.steps\[0\]\.as: must be a string, got number 1\.2$"
+    with pytest.raises(ManifestError, match=expected):
+        validate_object(body, "k8s")
+
+
+# ---------------------------------------------------------------------------- kinds
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("wh", "Warehouse"),
+        ("warehouses", "Warehouse"),
+        ("Warehouse", "Warehouse"),
+        ("WAREHOUSE", "Warehouse"),
+        ("warehouses.kargo.akuity.io", "Warehouse"),
+        ("promo", "Promotion"),
+        ("promos", "Promotion"),
+        ("promotion", "Promotion"),
+        ("secrets", "Secret"),
+        ("secret", "Secret"),
+        ("projectconfigs", "ProjectConfig"),
+        ("ProjectConfig", "ProjectConfig"),
+        ("clusterconfigs", "ClusterConfig"),
+        (" clusterconfig ", "ClusterConfig"),
+    ],
+)
+def test_canonical_kind(text: str, kind: str) -> None:
+    assert canonical_kind(text) == kind
+
+
+@pytest.mark.parametrize("text", ["stages", "", "wh2", "List"])
+def test_canonical_kind_unknown(text: str) -> None:
+    with pytest.raises(UnknownKindError, match="accepted: secrets, projectconfigs") as info:
+        canonical_kind(text)
+    assert isinstance(info.value, ValueError)
+
+
+def test_kinds_table() -> None:
+    kinds = {"Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion"}
+    assert set(KINDS.values()) == kinds
+    assert KINDS["wh"] == "Warehouse" and KINDS["promo"] == "Promotion"
+    assert all(KINDS[kind] == kind for kind in KINDS.values())
+
+
+# ---------------------------------------------------------------------------- properties
+
+_FRAGMENTS = [
+    "apiVersion: kargo.akuity.io/v1alpha1\n", "apiVersion: v1\n", "kind: Warehouse\n",
+    "kind: Secret\n", "kind: List\n", "kind: ProjectConfig\n", "kind: Promotion\n",
+    "metadata:\n", "  name: a\n", "  namespace: b\n", "spec:\n", "  subscriptions:\n",
+    "  - git:\n", "      repoURL: https://h/x\n", "      branch: 1.20\n", "data:\n",
+    "  secret: eA==\n", "items:\n", "- ", "---\n", "&a ", "*a", "<<: ", "[", "]", "{", "}",
+    ": ", "- ", "\n", "  ", "!!int ", "!!binary ", "~", "'", '"', "\\", "#", "? ", "null",
+    "  webhookReceivers:\n", "  - name: x\n", "    bitbucket: {secretRef: {name: s}}\n",
+    "status:\n", "  currentStep: '1'\n", "  state: 3\n", "stringData: {a: 1}\n",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text())
+def test_arbitrary_text_raises_only_manifest_error(text: str) -> None:
+    try:
+        parse_manifests(text, "fuzz.yaml")
+    except ManifestError as error:
+        assert len(str(error).splitlines()) == 1
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=40).map("".join))
+def test_yamlish_text_raises_only_manifest_error(text: str) -> None:
+    try:
+        resources = parse_manifests(text, "fuzz.yaml", default_namespace="d")
+    except ManifestError as error:
+        assert len(str(error).splitlines()) == 1
+    else:
+        for resource in resources:
+            assert resource.body["kind"] == resource.kind
