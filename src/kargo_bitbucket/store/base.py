@@ -1,0 +1,52 @@
+"""The one interface a delivery needs from a store, whichever backend holds the resources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kargo_bitbucket.store.index import Indexes
+
+REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One object to refresh."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(slots=True)
+class RefreshResult:
+    """What became of the targets of one refresh call."""
+
+    refreshed: list[Target] = field(default_factory=list)
+    gone: list[Target] = field(default_factory=list)
+    failed: list[Target] = field(default_factory=list)
+
+
+class Store(Protocol):
+    """Watch the kinds, keep ``indexes`` current, patch the refresh annotation, write status."""
+
+    indexes: Indexes
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been loaded into the indexes."""
+        ...
+
+    async def start(self) -> None:
+        """Load everything, publish receivers, and begin following changes."""
+        ...
+
+    async def refresh(self, targets: Sequence[Target], value: str) -> RefreshResult:
+        """Set the refresh annotation of each target to ``value``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop following changes and release resources."""
+        ...

@@ -1,0 +1,188 @@
+"""In-memory indexes fed by either store: Warehouses by repository, Promotions by PR, routes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kargo_bitbucket.core.decision import WarehouseEntry
+from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
+from kargo_bitbucket.core.receivers import BaseURL, Resolution, Route, resolve
+
+Key = tuple[str, str]
+"""(namespace, name) of an object; namespace is "" for cluster-scoped objects."""
+
+
+def decode_secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
+    """The decoded ``data`` of a Secret body; undecodable values are left out."""
+    data = body.get("data")
+    decoded: dict[str, bytes] = {}
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if isinstance(value, str):
+                try:
+                    decoded[str(key)] = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    continue
+    return decoded
+
+
+class Indexes:
+    """What a delivery reads, kept current by a store's change feed; no delivery scans."""
+
+    def __init__(self, base: BaseURL, system_namespace: str) -> None:
+        self.base = base
+        self.system_namespace = system_namespace
+        self._warehouses: dict[Key, WarehouseEntry] = {}
+        self._by_identity: dict[str, dict[str, set[str]]] = {}
+        self._promotion_urls: dict[Key, frozenset[str]] = {}
+        self._by_pr: dict[str, dict[str, set[str]]] = {}
+        self._configs: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._secrets: dict[Key, dict[str, bytes]] = {}
+        self._routes: dict[str, Route] = {}
+        self.resolution = Resolution(routes={}, statuses={})
+
+    def apply(
+        self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None
+    ) -> bool:
+        """Feed one object (``body`` None = deleted); True when ``reroute`` is due."""
+        if kind == "Warehouse":
+            self.put_warehouse(body) if body is not None else self.drop_warehouse(namespace, name)
+            return False
+        if kind == "Promotion":
+            self.put_promotion(body) if body is not None else self.drop_promotion(namespace, name)
+            return False
+        if kind == "Secret":
+            self.put_secret(body) if body is not None else self.drop_secret(namespace, name)
+        elif body is not None:
+            self.put_config(body)
+        else:
+            self.drop_config(kind, namespace, name)
+        return True
+
+    # Warehouses
+    def put_warehouse(self, body: Mapping[str, Any]) -> WarehouseEntry:
+        """Index (or re-index) a Warehouse under every repository it subscribes to."""
+        entry = WarehouseEntry.from_body(body)
+        key = (entry.namespace, entry.name)
+        self.drop_warehouse(*key)
+        self._warehouses[key] = entry
+        for identity in entry.identities:
+            self._by_identity.setdefault(identity, {}).setdefault(entry.namespace, set()).add(
+                entry.name
+            )
+        return entry
+
+    def drop_warehouse(self, namespace: str, name: str) -> None:
+        """Forget a Warehouse."""
+        old = self._warehouses.pop((namespace, name), None)
+        if old is not None:
+            _unlink(self._by_identity, old.identities, namespace, name)
+
+    def warehouses_for(self, identities: Iterable[str], scope: str | None) -> list[WarehouseEntry]:
+        """Warehouses subscribed to any of ``identities`` within ``scope`` (None = all)."""
+        keys: dict[Key, None] = {}
+        for identity in identities:
+            for namespace, names in _in_scope(self._by_identity.get(identity), scope):
+                for name in names:
+                    keys[(namespace, name)] = None
+        return [self._warehouses[key] for key in sorted(keys)]
+
+    # Promotions
+    def put_promotion(self, body: Mapping[str, Any]) -> None:
+        """Index a Promotion by the PR URLs it is waiting on (none unless Running)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        self.drop_promotion(*key)
+        urls = awaited_pr_urls(body)
+        if urls:
+            self._promotion_urls[key] = urls
+            for url in urls:
+                self._by_pr.setdefault(url, {}).setdefault(key[0], set()).add(key[1])
+
+    def drop_promotion(self, namespace: str, name: str) -> None:
+        """Forget a Promotion."""
+        old = self._promotion_urls.pop((namespace, name), None)
+        if old is not None:
+            _unlink(self._by_pr, old, namespace, name)
+
+    def promotions_waiting_on(self, pr_url: str, scope: str | None) -> list[Key]:
+        """Running Promotions waiting on ``pr_url`` within ``scope``."""
+        found = _in_scope(self._by_pr.get(pr_url_key(pr_url)), scope)
+        return sorted((namespace, name) for namespace, names in found for name in names)
+
+    # Receivers
+    def put_config(self, body: Mapping[str, Any]) -> None:
+        """Remember a ProjectConfig or ClusterConfig (call ``reroute`` after a batch)."""
+        meta = body.get("metadata") or {}
+        key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))
+        self._configs[key] = body
+
+    def drop_config(self, kind: str, namespace: str, name: str) -> None:
+        """Forget a ProjectConfig or ClusterConfig (call ``reroute`` after a batch)."""
+        self._configs.pop((kind, namespace, name), None)
+
+    def put_secret(self, body: Mapping[str, Any]) -> None:
+        """Remember a Secret's decoded data (call ``reroute`` after a batch)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        self._secrets[key] = decode_secret_data(body)
+
+    def drop_secret(self, namespace: str, name: str) -> None:
+        """Forget a Secret (call ``reroute`` after a batch)."""
+        self._secrets.pop((namespace, name), None)
+
+    def reroute(self) -> Resolution:
+        """Recompute routes and owner statuses from the current configs and Secrets."""
+        configs = [self._configs[key] for key in sorted(self._configs)]
+        self.resolution = resolve(
+            configs,
+            lambda namespace, name: self._secrets.get((namespace, name)),
+            self.base,
+            self.system_namespace,
+        )
+        self._routes = self.resolution.routes
+        return self.resolution
+
+    def route(self, path: str) -> Route | None:
+        """The receiver published at exactly ``path``, if any."""
+        return self._routes.get(path)
+
+    def counts(self) -> dict[str, int]:
+        """How many objects each index holds (for logs and metrics)."""
+        return {
+            "warehouses": len(self._warehouses),
+            "promotions_waiting": len(self._promotion_urls),
+            "receivers": len(self._routes),
+        }
+
+
+def _in_scope(
+    by_namespace: dict[str, set[str]] | None, scope: str | None
+) -> list[tuple[str, set[str]]]:
+    """The (namespace, names) pairs of one index bucket that fall within ``scope``."""
+    if not by_namespace:
+        return []
+    if scope is None:
+        return list(by_namespace.items())
+    names = by_namespace.get(scope)
+    return [(scope, names)] if names else []
+
+
+def _unlink(
+    index: dict[str, dict[str, set[str]]], keys: Iterable[str], namespace: str, name: str
+) -> None:
+    """Remove ``namespace/name`` from each bucket of ``index``, dropping empty buckets."""
+    for key in keys:
+        bucket = index.get(key)
+        if bucket is None:
+            continue
+        names = bucket.get(namespace)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del bucket[namespace]
+        if not bucket:
+            del index[key]

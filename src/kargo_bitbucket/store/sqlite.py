@@ -1,0 +1,395 @@
+"""The embedded store: resources in one SQLite file (WAL), followed by polling a change counter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kargo_bitbucket.core.manifests import Resource
+from kargo_bitbucket.core.receivers import Owner, OwnerStatus
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
+from kargo_bitbucket.store.index import Indexes
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body BLOB NOT NULL, status BLOB, refresh TEXT, rv INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_rv ON objects (rv);
+CREATE TABLE IF NOT EXISTS tombstones (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, rv INTEGER NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombstones_rv ON tombstones (rv);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
+"""
+
+POLL_INTERVAL = 0.25
+WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
+
+
+class StateFileError(RuntimeError):
+    """The state file cannot be opened or is not ours."""
+
+
+def now_rfc3339(micro: bool = False) -> str:
+    """Current UTC time in RFC 3339, with microseconds when asked (refresh values)."""
+    now = datetime.now(UTC)
+    if micro:
+        return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One object created, changed or deleted since the last poll (``body`` None = deleted)."""
+
+    kind: str
+    namespace: str
+    name: str
+    body: dict[str, Any] | None
+
+
+class StateFile:
+    """Synchronous access to the state file, for the CLI and the store's worker thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StateFileError(f"state file {self.path} does not exist")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise StateFileError(f"state file {self.path}: {error}") from error
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately so concurrent writers queue."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _next_rv(self, db: sqlite3.Connection) -> int:
+        """Bump and return the change counter (inside a transaction)."""
+        row = db.execute("UPDATE meta SET value = value + 1 WHERE key = 'rv' RETURNING value")
+        return int(row.fetchone()[0])
+
+    # Manifests
+    def apply(self, resources: Sequence[Resource]) -> list[tuple[Resource, str]]:
+        """Create or update every resource in one transaction; say what happened to each.
+
+        ``status`` and the refresh annotation of an existing object are kept unless
+        the manifest sets them (SPEC §10).
+        """
+        outcomes = []
+        with self._transaction() as db:
+            for resource in resources:
+                outcomes.append((resource, self._apply_one(db, resource)))
+        return outcomes
+
+    def _apply_one(self, db: sqlite3.Connection, resource: Resource) -> str:
+        body = copy.deepcopy(resource.body)
+        status = body.pop("status", None)
+        meta = body.setdefault("metadata", {})
+        annotations = meta.get("annotations") or {}
+        refresh = annotations.pop(REFRESH_ANNOTATION, None)
+        if not annotations:
+            meta.pop("annotations", None)
+        for server_field in ("generation", "resourceVersion", "creationTimestamp", "uid"):
+            meta.pop(server_field, None)
+        key = (resource.kind, resource.namespace, resource.name)
+        row = db.execute(
+            "SELECT body, status, refresh FROM objects "
+            "WHERE kind = ? AND namespace = ? AND name = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            meta["generation"] = 1
+            db.execute(
+                "INSERT INTO objects (kind, namespace, name, body, status, refresh, rv, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *key,
+                    orjson.dumps(body),
+                    orjson.dumps(status) if status is not None else None,
+                    refresh,
+                    self._next_rv(db),
+                    now_rfc3339(),
+                ),
+            )
+            db.execute("DELETE FROM tombstones WHERE kind = ? AND namespace = ? AND name = ?", key)
+            return "created"
+        old_body = orjson.loads(row[0])
+        generation = int(old_body.get("metadata", {}).get("generation", 1))
+        if old_body.get("spec") != body.get("spec"):
+            generation += 1
+        meta["generation"] = generation
+        new_status = orjson.dumps(status) if status is not None else row[1]
+        new_refresh = refresh if refresh is not None else row[2]
+        if old_body == body and new_status == row[1] and new_refresh == row[2]:
+            return "unchanged"
+        db.execute(
+            "UPDATE objects SET body = ?, status = ?, refresh = ?, rv = ? "
+            "WHERE kind = ? AND namespace = ? AND name = ?",
+            (orjson.dumps(body), new_status, new_refresh, self._next_rv(db), *key),
+        )
+        return "configured"
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete one object; False when it did not exist."""
+        key = (kind, namespace, name)
+        with self._transaction() as db:
+            gone = db.execute(
+                "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", key
+            ).rowcount
+            if gone:
+                db.execute(
+                    "INSERT OR REPLACE INTO tombstones (kind, namespace, name, rv) "
+                    "VALUES (?, ?, ?, ?)",
+                    (*key, self._next_rv(db)),
+                )
+        return bool(gone)
+
+    def get(
+        self, kind: str, namespace: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` as the API would show them, optionally by namespace and name."""
+        query = "SELECT body, status, refresh, rv, created FROM objects WHERE kind = ?"
+        args: list[Any] = [kind]
+        if namespace is not None:
+            query += " AND namespace = ?"
+            args.append(namespace)
+        if name is not None:
+            query += " AND name = ?"
+            args.append(name)
+        query += " ORDER BY namespace, name"
+        return [_assemble(*row) for row in self._db.execute(query, args)]
+
+    # What the server uses
+    def revision(self) -> int:
+        """The change counter: bumped by every apply or delete, by any process."""
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()[0])
+
+    def changes_since(self, revision: int) -> tuple[int, list[Change]]:
+        """Objects changed and deleted after ``revision``, and the revision they bring us to."""
+        self._db.execute("BEGIN")
+        try:
+            current = self.revision()
+            changes = [
+                Change(kind, namespace, name, None)
+                for kind, namespace, name in self._db.execute(
+                    "SELECT kind, namespace, name FROM tombstones WHERE rv > ? ORDER BY rv",
+                    (revision,),
+                )
+            ]
+            for row in self._db.execute(
+                "SELECT kind, namespace, name, body, status, refresh, rv, created FROM objects "
+                "WHERE rv > ? ORDER BY rv",
+                (revision,),
+            ):
+                changes.append(Change(row[0], row[1], row[2], _assemble(*row[3:])))
+        finally:
+            self._db.execute("COMMIT")
+        return current, changes
+
+    def refresh(self, batch: Sequence[tuple[Target, str]]) -> set[Target]:
+        """Write refresh values in one transaction; return the targets that exist."""
+        found = set()
+        with self._transaction() as db:
+            for target, value in batch:
+                updated = db.execute(
+                    "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
+                    (value, target.kind, target.namespace, target.name),
+                ).rowcount
+                if updated:
+                    found.add(target)
+        return found
+
+    def write_status(self, owner: Owner, status: OwnerStatus) -> bool:
+        """Publish an owner's receivers and conditions; False when nothing changed."""
+        key = (owner.kind, owner.namespace, owner.name)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT body, status FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                key,
+            ).fetchone()
+            if row is None:
+                return False
+            generation = orjson.loads(row[0]).get("metadata", {}).get("generation", 1)
+            old = orjson.loads(row[1]) if row[1] else {}
+            new = _owner_status(old, status, generation)
+            if new == old:
+                return False
+            db.execute(
+                "UPDATE objects SET status = ? WHERE kind = ? AND namespace = ? AND name = ?",
+                (orjson.dumps(new), *key),
+            )
+        return True
+
+
+def _owner_status(old: Mapping[str, Any], status: OwnerStatus, generation: int) -> dict[str, Any]:
+    """The new ``status`` of an owner, keeping transition times of unchanged conditions."""
+    previous = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
+    conditions = []
+    for condition in status.conditions():
+        before = previous.get(condition["type"])
+        same = before is not None and all(
+            before.get(k) == condition[k] for k in ("status", "reason", "message")
+        )
+        stamp = before.get("lastTransitionTime") if same and before else now_rfc3339()
+        conditions.append(
+            {**condition, "observedGeneration": generation, "lastTransitionTime": stamp}
+        )
+    new = dict(old)
+    new["webhookReceivers"] = status.receivers
+    new["conditions"] = conditions
+    new["observedGeneration"] = generation
+    return new
+
+
+def _assemble(
+    body: bytes, status: bytes | None, refresh: str | None, rv: int, created: str
+) -> dict[str, Any]:
+    """Rebuild the object a reader expects from the stored columns."""
+    obj: dict[str, Any] = orjson.loads(body)
+    meta = obj.setdefault("metadata", {})
+    meta["resourceVersion"] = str(rv)
+    meta["creationTimestamp"] = created
+    if refresh is not None:
+        meta.setdefault("annotations", {})[REFRESH_ANNOTATION] = refresh
+    if status is not None:
+        obj["status"] = orjson.loads(status)
+    return obj
+
+
+class SqliteStore:
+    """The embedded backend: indexes fed from the state file, refreshes grouped per burst."""
+
+    def __init__(self, state: StateFile, indexes: Indexes) -> None:
+        self.state = state
+        self.indexes = indexes
+        self._revision = 0
+        self._ready = False
+        self._poller: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._pending: list[tuple[Target, str, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the state file has been loaded and receivers published."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Load the whole state, publish receivers, then poll for other processes' changes."""
+        await self.sync()
+        self._ready = True
+        self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
+
+    async def sync(self) -> None:
+        """Apply every change since the last sync to the indexes; republish if receivers moved."""
+        revision, changes = await self._run(self.state.changes_since, self._revision)
+        self._revision = revision
+        if not changes:
+            return
+        rerouted = False
+        for change in changes:
+            rerouted |= self.indexes.apply(change.kind, change.namespace, change.name, change.body)
+        if rerouted or not self._ready:
+            resolution = self.indexes.reroute()
+            for owner, status in resolution.statuses.items():
+                await self._run(self.state.write_status, owner, status)
+
+    async def _poll(self) -> None:
+        """Follow changes made by other processes (``apply`` while serving)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                if await self._run(self.state.revision) != self._revision:
+                    await self.sync()
+            except sqlite3.Error as error:
+                log.warning("state file poll failed: %s", error)
+
+    async def refresh(self, targets: Sequence[Target], value: str) -> RefreshResult:
+        """Queue the writes; concurrent deliveries share one transaction per burst."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for target in targets:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._pending.append((target, value, future))
+            futures.append(future)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="refresh-writer")
+        result = RefreshResult()
+        for target, future in zip(targets, futures, strict=True):
+            try:
+                exists = await future
+            except sqlite3.Error as error:
+                log.error("refresh of %s %s/%s failed: %s", *_who(target), error)
+                result.failed.append(target)
+                continue
+            (result.refreshed if exists else result.gone).append(target)
+        return result
+
+    async def _flush(self) -> None:
+        """Write everything queued, batch after batch, until the queue is empty."""
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                found = await self._run(
+                    self.state.refresh, [(target, value) for target, value, _ in batch]
+                )
+            except sqlite3.Error as error:
+                for _, _, future in batch:
+                    future.set_exception(error)
+                continue
+            for target, _, future in batch:
+                future.set_result(target in found)
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        """Run a state-file call on the store's single database thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def close(self) -> None:
+        """Stop polling and release the database thread."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        self._executor.shutdown(wait=True)
+
+
+def _who(target: Target) -> tuple[str, str, str]:
+    """A target's kind, namespace and name, for log lines."""
+    return target.kind, target.namespace, target.name

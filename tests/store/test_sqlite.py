@@ -1,0 +1,182 @@
+"""The embedded store: indexes follow the state file, refreshes are grouped, status is published."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kargo_bitbucket.core.manifests import Resource
+from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.sqlite import POLL_INTERVAL, SqliteStore, StateFile
+
+REPO = "https://bitbucket.org/acme/app"
+
+
+def warehouse(namespace: str, name: str, repo: str = REPO, branch: str = "main") -> Resource:
+    body = {
+        "apiVersion": "kargo.akuity.io/v1alpha1",
+        "kind": "Warehouse",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"subscriptions": [{"git": {"repoURL": repo, "branch": branch}}]},
+    }
+    return Resource("Warehouse", namespace, name, body)
+
+
+def config(namespace: str, secret: str = "s") -> list[Resource]:
+    return [
+        Resource(
+            "Secret",
+            namespace,
+            secret,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"namespace": namespace, "name": secret},
+                "data": {"secret": base64.b64encode(b"key").decode()},
+            },
+        ),
+        Resource(
+            "ProjectConfig",
+            namespace,
+            namespace,
+            {
+                "apiVersion": "kargo.akuity.io/v1alpha1",
+                "kind": "ProjectConfig",
+                "metadata": {"namespace": namespace, "name": namespace},
+                "spec": {
+                    "webhookReceivers": [
+                        {"name": "r", "bitbucket": {"secretRef": {"name": secret}}}
+                    ]
+                },
+            },
+        ),
+    ]
+
+
+def names(entries: list[Any]) -> list[tuple[str, str]]:
+    return [(e.namespace, e.name) for e in entries]
+
+
+async def started(path: Path) -> SqliteStore:
+    store = SqliteStore(StateFile(path), Indexes(BaseURL.parse("https://k.example.com"), "sys"))
+    await store.start()
+    return store
+
+
+def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", "w1")])
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            identity = {"bitbucket.org/acme/app"}
+            assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            writer.apply([warehouse("b", "w2"), *config("a")])
+            writer.delete("Warehouse", "a", "w1")
+            await asyncio.sleep(1.0)
+            assert names(store.indexes.warehouses_for(identity, None)) == [("b", "w2")]
+            assert len(store.indexes.resolution.routes) == 1
+            writer.apply([warehouse("a", "w1", branch="develop")])
+            writer.apply([warehouse("b", "w2", repo="https://bitbucket.org/acme/other")])
+            await asyncio.sleep(1.0)
+            assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            assert names(store.indexes.warehouses_for(identity, "b")) == []
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_receivers_published_into_status_and_rerouted_on_secret_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply(config("demo"))
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            (pc,) = writer.get("ProjectConfig")
+            (published,) = pc["status"]["webhookReceivers"]
+            assert published["url"].startswith("https://k.example.com/bitbucket/")
+            assert store.indexes.route(published["path"]) is not None
+            writer.delete("Secret", "demo", "s")
+            await asyncio.sleep(POLL_INTERVAL * 4)
+            assert store.indexes.route(published["path"]) is None
+            (pc,) = writer.get("ProjectConfig")
+            assert pc["status"]["webhookReceivers"] == []
+            ready = pc["status"]["conditions"][0]
+            assert ready["status"] == "False" and "demo/s not found" in ready["message"]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", f"w{i}") for i in range(50)])
+
+    async def scenario() -> None:
+        store = await started(path)
+        calls = 0
+        original = store.state.refresh
+
+        def counting(batch: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return original(batch)
+
+        store.state.refresh = counting  # type: ignore[method-assign]
+        try:
+            results = await asyncio.gather(
+                *(store.refresh([Target("Warehouse", "a", f"w{i}")], f"v{i}") for i in range(50)),
+                store.refresh([Target("Warehouse", "a", "missing")], "x"),
+            )
+            assert all(len(r.refreshed) == 1 for r in results[:50])
+            assert results[50].gone == [Target("Warehouse", "a", "missing")]
+            assert calls <= 3
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    stored = {
+        o["metadata"]["name"]: o["metadata"]["annotations"][REFRESH_ANNOTATION]
+        for o in writer.get("Warehouse")
+    }
+    assert stored["w7"] == "v7"
+
+
+def test_apply_of_unchanged_object_does_not_bump_revision(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    state.apply([warehouse("a", "w")])
+    revision = state.revision()
+    assert state.apply([warehouse("a", "w")])[0][1] == "unchanged"
+    assert state.revision() == revision
+
+
+def test_generation_counts_spec_changes(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    state.apply([warehouse("a", "w")])
+    state.apply([warehouse("a", "w", branch="develop")])
+    (obj,) = state.get("Warehouse")
+    assert obj["metadata"]["generation"] == 2
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    from kargo_bitbucket.store.sqlite import StateFileError
+
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateFileError, match=r"junk\.db"):
+        StateFile(path)
