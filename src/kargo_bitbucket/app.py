@@ -1,0 +1,166 @@
+"""The ASGI application: health routes, and checks 1 to 3 of SPEC §4 before a delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from kargo_bitbucket.delivery import Deliveries
+from kargo_bitbucket.store.base import Store
+
+log = logging.getLogger("kargo_bitbucket.app")
+
+DEFAULT_BODY_LIMIT = 2 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 10.0
+JSON = b"application/json"
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Readiness as the probes see it: loaded, and not draining for shutdown."""
+
+    draining: bool = False
+
+
+class BodyTooLarge(Exception):
+    """The streamed body went past the limit."""
+
+
+class ReceiverEndpoint:
+    """Every path that is not a fixed route: a receiver lookup, then the delivery checks."""
+
+    def __init__(
+        self, store: Store, deliveries: Deliveries, body_limit: int, body_timeout: float
+    ) -> None:
+        self.store = store
+        self.deliveries = deliveries
+        self.body_limit = body_limit
+        self.body_timeout = body_timeout
+        self.too_large = {"error": f"content exceeds limit of {body_limit} bytes"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        path = path.partition("?")[0]
+        route = self.store.indexes.route(path)
+        if route is None:
+            return await _answer(send, 404, {"error": "not found"})
+        if scope["method"] != "POST":
+            return await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.body_limit:
+            return await _answer(send, 413, self.too_large, close=True)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._read_body(receive)
+        except BodyTooLarge:
+            return await _answer(send, 413, self.too_large, close=True)
+        except TimeoutError:
+            return await _answer(
+                send, 408, {"error": "request body not received in time"}, close=True
+            )
+        answer = await self.deliveries.handle(route, headers, body)
+        await _answer(send, answer.status, answer.body)
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """Read the whole body, stopping as soon as it passes the limit."""
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise TimeoutError
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.body_limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    body: Mapping[str, object],
+    extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    """Send a complete JSON response."""
+    payload = orjson.dumps(body)
+    headers = [(b"content-type", JSON), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(
+    store: Store,
+    *,
+    lifecycle: Lifecycle | None = None,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
+    """Build the application; the store starts loading in the background at startup."""
+    lifecycle = lifecycle or Lifecycle()
+    deliveries = Deliveries(store)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        if store.ready and not lifecycle.draining:
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        reason = b"draining" if lifecycle.draining else b"loading"
+        return Response(b'{"status":"' + reason + b'"}', 503, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def start() -> None:
+            try:
+                await store.start()
+                if on_ready is not None:
+                    await on_ready()
+            except Exception:
+                log.exception("store failed to start")
+                raise
+
+        starting = asyncio.create_task(start(), name="store-start")
+        try:
+            yield
+        finally:
+            lifecycle.draining = True
+            if not starting.done():
+                starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            await store.close()
+
+    endpoint = ReceiverEndpoint(store, deliveries, body_limit, body_timeout)
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/{path:path}", endpoint),
+        ],
+        lifespan=lifespan,
+    )

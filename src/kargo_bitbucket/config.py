@@ -1,0 +1,86 @@
+"""Settings for ``serve``: flags first, then ``KARGO_BITBUCKET_*`` environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kargo_bitbucket.core.receivers import BaseURL
+
+ENV_PREFIX = "KARGO_BITBUCKET_"
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_STATE = Path(".kargo-bitbucket") / "state.db"
+DEFAULT_SYSTEM_NAMESPACE = "kargo-system-resources"
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message names it."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """The value of ``KARGO_BITBUCKET_<NAME>``, or ``default``."""
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def default_state() -> Path:
+    """``$KARGO_BITBUCKET_STATE``, else ``.kargo-bitbucket/state.db`` here."""
+    return Path(env("STATE") or DEFAULT_STATE)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a host and a port number."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Everything ``serve`` needs, validated once at start-up."""
+
+    host: str
+    port: int
+    base_url: BaseURL
+    state: Path
+    system_namespace: str
+    body_limit: int
+    body_timeout: float
+    header_timeout: float
+    shutdown_grace: float
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        listen: str,
+        base_url: str | None,
+        state: Path,
+        system_namespace: str,
+        body_limit: int,
+        body_timeout: float,
+        header_timeout: float,
+        shutdown_grace: float,
+    ) -> ServeSettings:
+        """Validate the raw values; ``base_url`` defaults to ``http://<listen>``."""
+        host, port = parse_listen(listen)
+        try:
+            base = BaseURL.parse(base_url or f"http://{listen}")
+        except ValueError as error:
+            raise ConfigError(f"--base-url: {error}") from error
+        if body_limit <= 0:
+            raise ConfigError("--body-limit must be a positive number of bytes")
+        if min(body_timeout, header_timeout) <= 0:
+            raise ConfigError("--body-timeout and --header-timeout must be positive")
+        return cls(
+            host=host,
+            port=port,
+            base_url=base,
+            state=state,
+            system_namespace=system_namespace,
+            body_limit=body_limit,
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
+            shutdown_grace=shutdown_grace,
+        )

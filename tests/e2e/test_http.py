@@ -1,0 +1,336 @@
+"""The HTTP contract of SPEC §4 against a real server: every row, with bad input of every kind."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server, cli, request
+
+SECRET = "topsecret"
+DEMO = """
+apiVersion: v1
+kind: Secret
+metadata: {name: bb, namespace: demo}
+stringData: {secret: "%(secret)s"}
+---
+apiVersion: kargo.akuity.io/v1alpha1
+kind: ProjectConfig
+metadata: {name: demo, namespace: demo}
+spec:
+  webhookReceivers:
+    - name: bb
+      bitbucket: {secretRef: {name: bb}}
+---
+apiVersion: kargo.akuity.io/v1alpha1
+kind: Warehouse
+metadata: {name: app, namespace: demo}
+spec:
+  subscriptions:
+    - git: {repoURL: "https://bitbucket.org/acme/app.git", branch: main}
+---
+apiVersion: kargo.akuity.io/v1alpha1
+kind: Warehouse
+metadata: {name: broken-regex, namespace: demo}
+spec:
+  subscriptions:
+    - git:
+        repoURL: https://bitbucket.org/acme/app.git
+        commitSelectionStrategy: NewestTag
+        allowTagsRegexes: ["(unclosed"]
+"""
+
+PUSH = json.dumps(
+    {
+        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
+        "repository": {"links": {"html": {"href": "https://bitbucket.org/acme/app"}}},
+    }
+).encode()
+
+
+def sign(body: bytes, secret: str = SECRET, alg: str = "sha256") -> str:
+    return f"{alg}=" + hmac.new(secret.encode(), body, getattr(hashlib, alg)).hexdigest()
+
+
+def cloud_headers(body: bytes, event: str = "repo:push", **extra: str) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Event-Key": event,
+        "X-Request-UUID": "11111111-2222-3333-4444-555555555555",
+        "X-Hub-Signature": sign(body),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    state = tmp_path_factory.mktemp("http") / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    server = Server(
+        state, ["--body-limit", "65536", "--body-timeout", "1", "--header-timeout", "1"]
+    )
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    server.url = line.split("\t")[2]  # type: ignore[attr-defined]
+    server.path = server.url.removeprefix(server.base)  # type: ignore[attr-defined]
+    yield server
+    assert server.stop() == 0
+
+
+def refresh_of(state: Path, name: str) -> str | None:
+    obj = json.loads(cli("get", "wh", name, "-n", "demo", "-o", "json", state=state).stdout)
+    return (obj["metadata"].get("annotations") or {}).get("kargo.akuity.io/refresh")
+
+
+def test_health_and_readiness(demo: Server) -> None:
+    assert request(demo.base + "/healthz", method="GET").status == 200
+    assert request(demo.base + "/readyz", method="GET").status == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/bitbucket/" + "0" * 64, "/nope", "/readyz/x"])
+def test_unknown_paths_get_the_same_404(demo: Server, path: str) -> None:
+    answer = request(demo.base + path, PUSH, cloud_headers(PUSH))
+    assert answer.status == 404
+    assert answer.json() == {"error": "not found"}
+
+
+def test_path_is_exact(demo: Server) -> None:
+    for path in (demo.path + "/", demo.path.upper(), demo.path[:-1]):
+        assert request(demo.base + path, PUSH, cloud_headers(PUSH)).status == 404
+
+
+def test_query_string_is_ignored(demo: Server) -> None:
+    answer = request(demo.url + "?x=1", PUSH, cloud_headers(PUSH))
+    assert answer.status == 200, answer.body
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_non_post_is_405_with_allow(demo: Server, method: str) -> None:
+    answer = request(demo.url, None, {}, method=method)
+    assert answer.status == 405
+    assert answer.headers["allow"] == "POST"
+
+
+def test_push_refreshes_and_answers_like_kargo(demo: Server) -> None:
+    answer = request(demo.url, PUSH, cloud_headers(PUSH))
+    assert answer.status == 200
+    body = answer.json()
+    # app matches the branch; broken-regex is a tag subscription and main is a branch.
+    assert body["msg"] == "refreshed 1 warehouse(s)"
+    assert body["refreshed"] == ["demo/app"]
+    assert body["deliveryId"] == "11111111-2222-3333-4444-555555555555"
+    value = refresh_of(demo.state, "app")
+    assert value is not None and value.endswith("Z") and len(value.split(".")[1]) == 7
+
+
+def test_each_delivery_writes_a_new_value(demo: Server) -> None:
+    request(demo.url, PUSH, cloud_headers(PUSH))
+    first = refresh_of(demo.state, "app")
+    request(demo.url, PUSH, cloud_headers(PUSH))
+    assert refresh_of(demo.state, "app") != first
+
+
+def test_ping_is_pong_without_signature(demo: Server) -> None:
+    answer = request(demo.url, b'{"test": true}', {"X-Event-Key": "diagnostics:ping"})
+    assert (answer.status, answer.json()) == (200, {"msg": "pong"})
+    answer = request(demo.url, b"", {"X-Event-Key": "Diagnostics:Ping"})
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize(
+    ("signature", "error"),
+    [
+        (None, "missing signature"),
+        ("", "missing signature"),
+        ("sha256=" + "0" * 64, "unauthorized"),
+        ("sha256=zz" + "0" * 62, "unauthorized"),
+        ("sha256=abc", "unauthorized"),
+        ("md5=" + "0" * 32, "unauthorized"),
+        ("sha256", "unauthorized"),
+        ("garbage", "unauthorized"),
+    ],
+)
+def test_bad_signatures_are_401(demo: Server, signature: str | None, error: str) -> None:
+    headers = cloud_headers(PUSH)
+    del headers["X-Hub-Signature"]
+    if signature is not None:
+        headers["X-Hub-Signature"] = signature
+    answer = request(demo.url, PUSH, headers)
+    assert (answer.status, answer.json()) == (401, {"error": error})
+
+
+def test_truncated_body_fails_signature(demo: Server) -> None:
+    answer = request(demo.url, PUSH[:-5], cloud_headers(PUSH))
+    assert answer.status == 401
+
+
+@pytest.mark.parametrize("alg", ["sha1", "sha512"])
+def test_other_algorithms_verify(demo: Server, alg: str) -> None:
+    headers = cloud_headers(PUSH, **{"X-Hub-Signature": sign(PUSH, alg=alg)})
+    assert request(demo.url, PUSH, headers).status == 200
+
+
+def test_unknown_event_is_ignored_after_the_signature(demo: Server) -> None:
+    body = b'{"anything": 1}'
+    answer = request(demo.url, body, cloud_headers(body, event="repo:fork"))
+    assert (answer.status, answer.json()) == (200, {"msg": "event repo:fork ignored"})
+    unsigned = request(demo.url, body, {"X-Event-Key": "repo:fork", "X-Hub-Signature": "x=1"})
+    assert unsigned.status == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b"null",
+        b'{"push": null, "repository": {"links": {"html": {"href": "https://bitbucket.org/a/b"}}}}',
+        b'{"push": {"changes": "x"}, "repository": {"links": {"html": {"href": 1}}}}',
+        b'{"push": {"changes": [{"new": {"type": "branch", "name": 7}}]},'
+        b' "repository": {"links": {"html": {"href": "https://bitbucket.org/a/b"}}}}',
+    ],
+)
+def test_invalid_bodies_are_400(demo: Server, body: bytes) -> None:
+    answer = request(demo.url, body, cloud_headers(body))
+    assert answer.status == 400
+    assert answer.json()["error"] == "invalid request body"
+
+
+def test_push_without_repository_url_is_400(demo: Server) -> None:
+    body = b'{"eventKey": "repo:refs_changed", "repository": {"slug": "x"}, "changes": []}'
+    answer = request(demo.url, body, cloud_headers(body, event="repo:refs_changed"))
+    assert (answer.status, answer.json()) == (400, {"error": "payload has no repository URL"})
+
+
+def test_declared_body_over_limit_is_413(demo: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", demo.port, timeout=5)
+    conn.putrequest("POST", demo.path)
+    conn.putheader("Content-Length", "70000")
+    conn.putheader("X-Event-Key", "repo:push")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read()) == {"error": "content exceeds limit of 65536 bytes"}
+
+
+def test_chunked_body_over_limit_is_413(demo: Server) -> None:
+    def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 4096
+
+    conn = http.client.HTTPConnection("127.0.0.1", demo.port, timeout=5)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.request(
+            "POST",
+            demo.path,
+            body=chunks(),
+            headers={"X-Event-Key": "repo:push"},
+            encode_chunked=True,
+        )
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"] == "content exceeds limit of 65536 bytes"
+
+
+def test_body_just_under_limit_is_read(demo: Server) -> None:
+    body = b" " * (65536 - len(PUSH)) + PUSH
+    assert request(demo.url, body, cloud_headers(body)).status == 200
+
+
+def test_slow_body_gets_408_and_server_stays_responsive(demo: Server) -> None:
+    sock = socket.create_connection(("127.0.0.1", demo.port))
+    sock.sendall(
+        f"POST {demo.path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        "X-Event-Key: repo:push\r\n\r\n{".encode()
+    )
+    assert request(demo.base + "/healthz", method="GET").status == 200
+    sock.settimeout(5)
+    started = time.monotonic()
+    answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 3
+    sock.close()
+
+
+def test_stuck_headers_are_cut_off(demo: Server) -> None:
+    sock = socket.create_connection(("127.0.0.1", demo.port))
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+    sock.settimeout(5)
+    started = time.monotonic()
+    assert sock.recv(4096) == b""  # closed by the server
+    assert time.monotonic() - started < 3
+    sock.close()
+
+
+def test_trailing_newline_secret_is_accepted_with_a_warning(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    state = tmp_path / "nl.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET + "\\n"})
+    server = server_factory(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    url = line.split("\t")[2]
+    for _ in range(2):
+        answer = request(url, PUSH, cloud_headers(PUSH))
+        assert answer.status == 200, answer.body
+    assert server.logs().count("trailing newline") == 1
+
+
+def test_unevaluable_subscription_is_refreshed_with_a_warning(demo: Server) -> None:
+    body = json.dumps(
+        {
+            "push": {"changes": [{"new": {"type": "tag", "name": "v1"}, "old": None}]},
+            "repository": {"links": {"html": {"href": "https://bitbucket.org/acme/app"}}},
+        }
+    ).encode()
+    answer = request(demo.url, body, cloud_headers(body))
+    assert answer.json()["refreshed"] == ["demo/broken-regex"]
+    logs = demo.logs()
+    assert "demo/broken-regex" in logs and "allowTagsRegexes[0]" in logs
+
+
+def test_sigterm_finishes_in_flight_delivery(tmp_path: Path, server_factory: Any) -> None:
+    state = tmp_path / "term.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    server = server_factory(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    url = line.split("\t")[2]
+    path = url.removeprefix(server.base)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(PUSH)}\r\n"
+        f"X-Event-Key: repo:push\r\nX-Hub-Signature: {sign(PUSH)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + PUSH[:10])
+    time.sleep(0.2)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    sock.sendall(PUSH[10:])
+    sock.settimeout(10)
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert server.process.wait(timeout=15) == 0
+
+
+def test_concurrent_deliveries_all_answered(demo: Server) -> None:
+    results: list[int] = []
+
+    def send() -> None:
+        results.append(request(demo.url, PUSH, cloud_headers(PUSH)).status)
+
+    threads = [threading.Thread(target=send) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200] * 30
