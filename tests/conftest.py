@@ -96,7 +96,9 @@ class Server:
     def __init__(self, state: Path, extra: Sequence[str] = ()) -> None:
         self.state = state
         self.port = free_port()
+        self.admin_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.log = state.parent / f"serve-{self.port}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
@@ -111,6 +113,8 @@ class Server:
                 str(state),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                "--admin-listen",
+                f"127.0.0.1:{self.admin_port}",
                 *extra,
             ],
             stdout=subprocess.PIPE,

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from kargo_bitbucket.delivery import Deliveries
+from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
 log = logging.getLogger("kargo_bitbucket.app")
@@ -119,10 +120,11 @@ def create_app(
     body_limit: int = DEFAULT_BODY_LIMIT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     on_ready: Callable[[], Awaitable[None]] | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """Build the application; the store starts loading in the background at startup."""
     lifecycle = lifecycle or Lifecycle()
-    deliveries = Deliveries(store)
+    deliveries = Deliveries(store, metrics)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
 
 ENV_PREFIX = "KARGO_BITBUCKET_"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE = Path(".kargo-bitbucket") / "state.db"
 DEFAULT_SYSTEM_NAMESPACE = "kargo-system-resources"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 
 
 class ConfigError(ValueError):
@@ -28,11 +30,11 @@ def default_state() -> Path:
     return Path(env("STATE") or DEFAULT_STATE)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a host and a port number."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT")
+        raise ConfigError(f"{flag} {text!r}: expected HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -49,6 +51,8 @@ class ServeSettings:
     body_timeout: float
     header_timeout: float
     shutdown_grace: float
+    admin: tuple[str, int] | None
+    history_size: int
 
     @classmethod
     def build(
@@ -62,9 +66,16 @@ class ServeSettings:
         body_timeout: float,
         header_timeout: float,
         shutdown_grace: float,
+        admin_listen: str = DEFAULT_ADMIN_LISTEN,
+        history_size: int = DEFAULT_HISTORY_SIZE,
     ) -> ServeSettings:
         """Validate the raw values; ``base_url`` defaults to ``http://<listen>``."""
         host, port = parse_listen(listen)
+        admin = None if admin_listen == "off" else parse_listen(admin_listen, "--admin-listen")
+        if admin is not None and admin[1] == port and port != 0:
+            raise ConfigError("--admin-listen must not use the webhook port (--listen)")
+        if history_size < 0:
+            raise ConfigError("--history-size must be 0 (off) or more")
         try:
             base = BaseURL.parse(base_url or f"http://{listen}")
         except ValueError as error:
@@ -83,4 +94,6 @@ class ServeSettings:
             body_timeout=body_timeout,
             header_timeout=header_timeout,
             shutdown_grace=shutdown_grace,
+            admin=admin,
+            history_size=history_size,
         )

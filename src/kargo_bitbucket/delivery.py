@@ -13,7 +13,9 @@ from kargo_bitbucket.core.decision import Verdict, decide_pull_request, decide_p
 from kargo_bitbucket.core.receivers import Route
 from kargo_bitbucket.core.signature import SignatureCheck, check_signature
 from kargo_bitbucket.core.subscriptions import identities
-from kargo_bitbucket.store.base import Store, Target
+from kargo_bitbucket.history import Candidate, DeliveryRecord
+from kargo_bitbucket.metrics import Metrics, event_label
+from kargo_bitbucket.store.base import RefreshResult, Store, Target
 from kargo_bitbucket.store.sqlite import now_rfc3339
 
 log = logging.getLogger("kargo_bitbucket.delivery")
@@ -21,13 +23,14 @@ log = logging.getLogger("kargo_bitbucket.delivery")
 
 @dataclass(slots=True)
 class Answer:
-    """The HTTP answer to a delivery, and what the log line says about it."""
+    """The HTTP answer to a delivery, and what history, logs and metrics say about it."""
 
     status: int
     body: dict[str, Any]
     result: str
+    event: events.Push | events.PullRequestClosed | None = None
+    candidates: list[Candidate] = field(default_factory=list)
     refreshed: int = 0
-    verdicts: list[Verdict] = field(default_factory=list)
 
 
 def delivery_id(headers: Mapping[str, str]) -> str:
@@ -38,12 +41,13 @@ def delivery_id(headers: Mapping[str, str]) -> str:
 class Deliveries:
     """Handles authenticated work for routed requests; stateless but for one-time warnings."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self._newline_warned: set[tuple[str, str, str]] = set()
 
     async def handle(self, route: Route, headers: Mapping[str, str], body: bytes) -> Answer:
-        """Answer one delivery whose body has been read within limits; logs one line."""
+        """Answer one delivery whose body has been read within limits; record and log it."""
         started = time.perf_counter()
         event_key = headers.get("x-event-key", "").strip()
         try:
@@ -54,21 +58,38 @@ class Deliveries:
                 extra={"delivery": delivery_id(headers), "receiver": _receiver(route)},
             )
             answer = Answer(500, {"error": "internal error"}, "error")
+        duration = time.perf_counter() - started
+        record = _record(route, event_key, headers, answer, duration)
+        self.store.record(record)
+        if self.metrics is not None:
+            self._count(event_key, answer, duration)
         log.info(
             "delivery %s",
             answer.result,
             extra={
-                "receiver": _receiver(route),
+                "receiver": record.receiver,
                 "event": event_key,
-                "delivery": delivery_id(headers),
-                "attempt": headers.get("x-attempt-number", ""),
+                "delivery": record.delivery_id,
+                "attempt": record.attempt,
                 "status": answer.status,
                 "result": answer.result,
                 "refreshed": answer.refreshed,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": record.duration_ms,
             },
         )
         return answer
+
+    def _count(self, event_key: str, answer: Answer, duration: float) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        metrics.deliveries.labels(event_label(event_key), answer.result).inc()
+        metrics.duration.observe(duration)
+        if answer.result in ("missing-signature", "bad-signature"):
+            reason = "missing" if answer.result == "missing-signature" else "invalid"
+            metrics.signature_failures.labels(reason).inc()
+        for candidate in answer.candidates:
+            if candidate.outcome != "not refreshed":
+                metrics.refreshes.labels(candidate.kind, candidate.outcome).inc()
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes
@@ -105,33 +126,29 @@ class Deliveries:
         for verdict in verdicts:
             for warning in verdict.warnings:
                 log.warning(warning, extra={"delivery": delivery_id(headers)})
-        return await self._refresh(verdicts, noun, headers)
+        answer = await self._refresh(verdicts, noun, headers, _note(event_key, event))
+        answer.event = event
+        return answer
 
     async def _refresh(
-        self, verdicts: list[Verdict], noun: str, headers: Mapping[str, str]
+        self, verdicts: list[Verdict], noun: str, headers: Mapping[str, str], note: str
     ) -> Answer:
         """Refresh what the verdicts name; count only what still failed."""
         targets = [Target(v.kind, v.namespace, v.name) for v in verdicts if v.refresh]
-        result = await self.store.refresh(targets, now_rfc3339(micro=True)) if targets else None
-        refreshed = result.refreshed if result else []
-        names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in refreshed]
+        result = RefreshResult()
+        if targets:
+            result = await self.store.refresh(targets, now_rfc3339(micro=True), note)
+        candidates = _candidates(verdicts, result)
+        names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
         extra = {"deliveryId": delivery_id(headers), "refreshed": names}
-        if result and result.failed:
-            total = len(targets)
+        refreshed = len(result.refreshed)
+        if result.failed:
+            error = f"failed to refresh {len(result.failed)} of {len(targets)} {noun}s"
             return Answer(
-                500,
-                {"error": f"failed to refresh {len(result.failed)} of {total} {noun}s", **extra},
-                "refresh-failed",
-                len(refreshed),
-                verdicts,
+                500, {"error": error, **extra}, "refresh-failed", None, candidates, refreshed
             )
-        return Answer(
-            200,
-            {"msg": f"refreshed {len(refreshed)} {noun}(s)", **extra},
-            "refreshed",
-            len(refreshed),
-            verdicts,
-        )
+        message = f"refreshed {refreshed} {noun}(s)"
+        return Answer(200, {"msg": message, **extra}, "refreshed", None, candidates, refreshed)
 
     def _warn_trailing_newline(self, route: Route) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""
@@ -145,6 +162,60 @@ class Deliveries:
             route.owner.label,
             route.name,
         )
+
+
+def _candidates(verdicts: list[Verdict], result: RefreshResult) -> list[Candidate]:
+    """Each verdict with what became of it: refreshed, gone, failed, or not refreshed."""
+    outcome_of = {
+        **{(t.kind, t.namespace, t.name): "gone" for t in result.gone},
+        **{(t.kind, t.namespace, t.name): "failed" for t in result.failed},
+        **{(t.kind, t.namespace, t.name): "refreshed" for t in result.refreshed},
+    }
+    return [
+        Candidate(
+            v.kind,
+            v.namespace,
+            v.name,
+            outcome_of.get((v.kind, v.namespace, v.name), "not refreshed"),
+            v.reason,
+        )
+        for v in verdicts
+    ]
+
+
+def _note(event_key: str, event: events.Push | events.PullRequestClosed) -> str:
+    """The sentence a Kubernetes Event on a refreshed object carries."""
+    if isinstance(event, events.PullRequestClosed):
+        return f"Bitbucket {event_key} of {event.pr_url}"
+    refs = ", ".join(event.refs) if event.refs else "unknown refs"
+    repository = event.repo_urls[0] if event.repo_urls else "?"
+    return f"Bitbucket {event_key} to {repository} ({refs})"
+
+
+def _record(
+    route: Route, event_key: str, headers: Mapping[str, str], answer: Answer, duration: float
+) -> DeliveryRecord:
+    """The history entry for one delivery."""
+    event = answer.event
+    record = DeliveryRecord(
+        time=now_rfc3339(micro=True),
+        receiver=_receiver(route),
+        namespace=route.owner.label,
+        event=event_key,
+        delivery_id=delivery_id(headers),
+        attempt=headers.get("x-attempt-number", ""),
+        status=answer.status,
+        result=answer.result,
+        message=str(answer.body.get("msg") or answer.body.get("error") or ""),
+        duration_ms=round(duration * 1000, 3),
+        candidates=answer.candidates,
+    )
+    if isinstance(event, events.Push):
+        record.repository = list(event.repo_urls)
+        record.refs = list(event.refs) if event.refs is not None else None
+    elif isinstance(event, events.PullRequestClosed):
+        record.pr_url = event.pr_url
+    return record
 
 
 def _receiver(route: Route) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -69,6 +72,67 @@ class Server(uvicorn.Server):
         self.lifecycle.draining = True
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+
+class CompanionServer(uvicorn.Server):
+    """A second server in the process (the admin listener): the main server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ListenError(OSError):
+    """A listen address cannot be bound; the message names it."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound before serving so a busy port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_together(
+    main: Server,
+    main_socket: socket.socket,
+    companion: CompanionServer | None,
+    companion_socket: socket.socket | None,
+) -> None:
+    """Run the webhook server and the admin listener; stop the admin once the main one exits."""
+    task = None
+    if companion is not None and companion_socket is not None:
+        task = asyncio.create_task(companion.serve([companion_socket]), name="admin")
+    try:
+        await main.serve([main_socket])
+    finally:
+        if companion is not None and task is not None:
+            companion.should_exit = True
+            await task
+
+
+def build_admin_server(app: Any, host: str, port: int) -> CompanionServer:
+    """The admin listener on its own port, sharing the process's event loop."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    return CompanionServer(config)
 
 
 def build_server(

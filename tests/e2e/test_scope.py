@@ -66,8 +66,6 @@ def test_scopes(state: Path, server_factory: Any) -> None:
     assert cluster["refreshed"] == ["team-a/app", "team-b/app"]
     assert cluster["msg"] == "refreshed 2 warehouse(s)"
 
-    (config,) = json.loads(cli("get", "clusterconfigs", "-o", "json", state=state).stdout)[
-        "items"
-    ]
+    (config,) = json.loads(cli("get", "clusterconfigs", "-o", "json", state=state).stdout)["items"]
     assert [r["name"] for r in config["status"]["webhookReceivers"]] == ["everyone"]
     assert config["status"]["webhookReceivers"][0]["path"].startswith("/bitbucket/")

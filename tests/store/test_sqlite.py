@@ -130,14 +130,14 @@ def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
     async def scenario() -> None:
         store = await started(path)
         calls = 0
-        original = store.state.refresh
+        original = store.state.write_batch
 
-        def counting(batch: Any) -> Any:
+        def counting(*args: Any) -> Any:
             nonlocal calls
             calls += 1
-            return original(batch)
+            return original(*args)
 
-        store.state.refresh = counting  # type: ignore[method-assign]
+        store.state.write_batch = counting  # type: ignore[method-assign]
         try:
             results = await asyncio.gather(
                 *(store.refresh([Target("Warehouse", "a", f"w{i}")], f"v{i}") for i in range(50)),

@@ -164,9 +164,7 @@ def _match_branch(subscription: GitSubscription, ref: str) -> RefVerdict:
         else 'default branch "main" or "master"'
     )
     if not ref.startswith(BRANCH_PREFIX):
-        return RefVerdict(
-            False, f"{_describe(ref)} is not a branch; subscription follows {described}"
-        )
+        return RefVerdict(False, f"{_describe(ref)} is not a branch ({described})")
     branch = ref[len(BRANCH_PREFIX) :]
     if branch in wanted:
         return RefVerdict(True, f'branch "{branch}" matches {described}')

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store.index import Indexes
 
 REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
@@ -33,6 +34,8 @@ class Store(Protocol):
     """Watch the kinds, keep ``indexes`` current, patch the refresh annotation, write status."""
 
     indexes: Indexes
+    watch_restarts: dict[tuple[str, str], int]
+    """Watch restarts by (kind, reason); empty where nothing is watched."""
 
     @property
     def ready(self) -> bool:
@@ -43,8 +46,18 @@ class Store(Protocol):
         """Load everything, publish receivers, and begin following changes."""
         ...
 
-    async def refresh(self, targets: Sequence[Target], value: str) -> RefreshResult:
-        """Set the refresh annotation of each target to ``value``."""
+    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+        """Set the refresh annotation of each target to ``value``; ``note`` says why."""
+        ...
+
+    def record(self, record: DeliveryRecord) -> None:
+        """Keep a delivery in the bounded history (never blocks the answer)."""
+        ...
+
+    async def deliveries(
+        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+    ) -> list[DeliveryRecord]:
+        """Recent deliveries, newest first."""
         ...
 
     async def close(self) -> None:

@@ -44,9 +44,7 @@ class Indexes:
         self._routes: dict[str, Route] = {}
         self.resolution = Resolution(routes={}, statuses={})
 
-    def apply(
-        self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None
-    ) -> bool:
+    def apply(self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None) -> bool:
         """Feed one object (``body`` None = deleted); True when ``reroute`` is due."""
         if kind == "Warehouse":
             self.put_warehouse(body) if body is not None else self.drop_warehouse(namespace, name)
@@ -120,6 +118,10 @@ class Indexes:
         key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))
         self._configs[key] = body
 
+    def configs(self) -> list[Mapping[str, Any]]:
+        """Every ProjectConfig and ClusterConfig, in a stable order."""
+        return [self._configs[key] for key in sorted(self._configs)]
+
     def drop_config(self, kind: str, namespace: str, name: str) -> None:
         """Forget a ProjectConfig or ClusterConfig (call ``reroute`` after a batch)."""
         self._configs.pop((kind, namespace, name), None)
@@ -136,9 +138,8 @@ class Indexes:
 
     def reroute(self) -> Resolution:
         """Recompute routes and owner statuses from the current configs and Secrets."""
-        configs = [self._configs[key] for key in sorted(self._configs)]
         self.resolution = resolve(
-            configs,
+            self.configs(),
             lambda namespace, name: self._secrets.get((namespace, name)),
             self.base,
             self.system_namespace,

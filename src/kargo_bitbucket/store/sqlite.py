@@ -19,6 +19,7 @@ import orjson
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tombstones_rv ON tombstones (rv);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
@@ -223,10 +228,30 @@ class StateFile:
             self._db.execute("COMMIT")
         return current, changes
 
-    def refresh(self, batch: Sequence[tuple[Target, str]]) -> set[Target]:
-        """Write refresh values in one transaction; return the targets that exist."""
+    def write_batch(
+        self,
+        batch: Sequence[tuple[Target, str]],
+        records: Sequence[DeliveryRecord] = (),
+        keep: int = DEFAULT_HISTORY_SIZE,
+    ) -> set[Target]:
+        """Write refresh values and delivery records in one transaction.
+
+        Returns the targets that exist; history beyond the last ``keep`` records is dropped.
+        """
         found = set()
         with self._transaction() as db:
+            if records:
+                db.executemany(
+                    "INSERT INTO deliveries (namespace, receiver, record) VALUES (?, ?, ?)",
+                    [
+                        (r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r.to_json()))
+                        for r in records
+                    ],
+                )
+                db.execute(
+                    "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?",
+                    (keep,),
+                )
             for target, value in batch:
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
@@ -235,6 +260,26 @@ class StateFile:
                 if updated:
                     found.add(target)
         return found
+
+    def deliveries(
+        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+    ) -> list[DeliveryRecord]:
+        """Recorded deliveries, newest first."""
+        query = "SELECT record FROM deliveries WHERE 1 = 1"
+        args: list[Any] = []
+        if namespace is not None:
+            query += " AND namespace = ?"
+            args.append(namespace)
+        if receiver is not None:
+            query += " AND receiver = ?"
+            args.append(receiver)
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        return [
+            DeliveryRecord.from_json(orjson.loads(row[0])) for row in self._db.execute(query, args)
+        ]
 
     def write_status(self, owner: Owner, status: OwnerStatus) -> bool:
         """Publish an owner's receivers and conditions; False when nothing changed."""
@@ -293,11 +338,25 @@ def _assemble(
     return obj
 
 
+def load_indexes(state: StateFile, indexes: Indexes) -> Indexes:
+    """Fill ``indexes`` with everything in the state file (for one-shot commands)."""
+    _, changes = state.changes_since(0)
+    for change in changes:
+        indexes.apply(change.kind, change.namespace, change.name, change.body)
+    indexes.reroute()
+    return indexes
+
+
 class SqliteStore:
     """The embedded backend: indexes fed from the state file, refreshes grouped per burst."""
 
-    def __init__(self, state: StateFile, indexes: Indexes) -> None:
+    def __init__(
+        self, state: StateFile, indexes: Indexes, history_size: int = DEFAULT_HISTORY_SIZE
+    ) -> None:
         self.state = state
+        self.history_size = history_size
+        self.watch_restarts: dict[tuple[str, str], int] = {}
+        self._records: list[DeliveryRecord] = []
         self.indexes = indexes
         self._revision = 0
         self._ready = False
@@ -341,7 +400,29 @@ class SqliteStore:
             except sqlite3.Error as error:
                 log.warning("state file poll failed: %s", error)
 
-    async def refresh(self, targets: Sequence[Target], value: str) -> RefreshResult:
+    def record(self, record: DeliveryRecord) -> None:
+        """Queue a delivery record; it is written with the next refresh batch."""
+        if self.history_size > 0:
+            self._records.append(record)
+            self._kick()
+
+    async def deliveries(
+        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+    ) -> list[DeliveryRecord]:
+        """Recorded deliveries, newest first."""
+        result: list[DeliveryRecord] = await self._run(
+            self.state.deliveries, namespace, receiver, limit
+        )
+        return result
+
+    def _kick(self) -> None:
+        """Make sure a writer task is draining the queues."""
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="state-writer"
+            )
+
+    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
         """Queue the writes; concurrent deliveries share one transaction per burst."""
         loop = asyncio.get_running_loop()
         futures = []
@@ -349,8 +430,7 @@ class SqliteStore:
             future: asyncio.Future[bool] = loop.create_future()
             self._pending.append((target, value, future))
             futures.append(future)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="refresh-writer")
+        self._kick()
         result = RefreshResult()
         for target, future in zip(targets, futures, strict=True):
             try:
@@ -364,11 +444,15 @@ class SqliteStore:
 
     async def _flush(self) -> None:
         """Write everything queued, batch after batch, until the queue is empty."""
-        while self._pending:
+        while self._pending or self._records:
             batch, self._pending = self._pending, []
+            records, self._records = self._records, []
             try:
                 found = await self._run(
-                    self.state.refresh, [(target, value) for target, value, _ in batch]
+                    self.state.write_batch,
+                    [(target, value) for target, value, _ in batch],
+                    records,
+                    self.history_size,
                 )
             except sqlite3.Error as error:
                 for _, _, future in batch:

@@ -1,0 +1,118 @@
+"""The admin listener: Prometheus metrics and a plain HTML page of recent deliveries."""
+
+from __future__ import annotations
+
+from html import escape
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.metrics import Metrics
+from kargo_bitbucket.store.base import Store
+
+PAGE_LIMIT = 200
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
+th{background:#f4f4f4;position:sticky;top:0}
+.ok{color:#176f2c}.bad{color:#b00020}.dim{color:#777}
+td.reasons{font-size:13px;min-width:30em} ul{margin:0;padding-left:1.1em}
+code{font-size:12px}
+"""
+
+
+def _filters(request: Request) -> tuple[str | None, str | None, int]:
+    """Namespace, receiver and limit from the query string."""
+    namespace = request.query_params.get("namespace") or None
+    receiver = request.query_params.get("receiver") or None
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", PAGE_LIMIT)), 10_000))
+    except ValueError:
+        limit = PAGE_LIMIT
+    return namespace, receiver, limit
+
+
+def render(records: list[DeliveryRecord], namespace: str | None, receiver: str | None) -> str:
+    """The deliveries page: one row per delivery, its candidates and reasons inside."""
+    shown = " ".join(
+        f"{label} {escape(value)}"
+        for label, value in (("namespace", namespace), ("receiver", receiver))
+        if value
+    )
+    rows = "".join(_row(record) for record in records) or (
+        '<tr><td colspan="8" class="dim">No deliveries recorded yet.</td></tr>'
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<title>kargo-bitbucket deliveries</title>"
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>Recent deliveries</h1><p class=dim>{len(records)} shown, newest first"
+        f"{' — ' + shown if shown else ''}. Filter with <code>?namespace=</code>, "
+        "<code>?receiver=</code>, <code>?limit=</code>.</p>"
+        "<table><thead><tr><th>Time (UTC)</th><th>Receiver</th><th>Event</th>"
+        "<th>Delivery id</th><th>Repository / PR</th><th>Refs</th><th>Answer</th>"
+        "<th>Candidates</th></tr></thead><tbody>"
+        f"{rows}</tbody></table></body></html>"
+    )
+
+
+def _row(record: DeliveryRecord) -> str:
+    good = 200 <= record.status < 300
+    target = record.pr_url or ", ".join(record.repository)
+    refs = (
+        "refs unknown"
+        if record.refs is None and record.repository
+        else ", ".join(record.refs or [])
+    )
+    attempt = f" (attempt {escape(record.attempt)})" if record.attempt else ""
+    candidates = "".join(
+        f"<li><span class={'ok' if c.outcome == 'refreshed' else 'dim'}>"
+        f"{escape(c.outcome)}</span> {escape(c.kind)} "
+        f"<b>{escape(c.namespace + '/' + c.name if c.namespace else c.name)}</b>: "
+        f"{escape(c.reason)}</li>"
+        for c in record.candidates
+    )
+    return (
+        "<tr>"
+        f"<td>{escape(record.time.replace('T', ' ').rstrip('Z'))}</td>"
+        f"<td>{escape(record.receiver)}</td>"
+        f"<td>{escape(record.event)}</td>"
+        f"<td><code>{escape(record.delivery_id)}</code>{attempt}</td>"
+        f"<td>{escape(target)}</td>"
+        f"<td>{escape(refs)}</td>"
+        f"<td class={'ok' if good else 'bad'}>{record.status} {escape(record.message)}"
+        f" <span class=dim>{record.duration_ms:.1f} ms</span></td>"
+        f"<td class=reasons>{'<ul>' + candidates + '</ul>' if candidates else '—'}</td>"
+        "</tr>"
+    )
+
+
+def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
+    """``/metrics``, ``/deliveries`` (HTML) and ``/deliveries.json``."""
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def deliveries_page(request: Request) -> Response:
+        namespace, receiver, limit = _filters(request)
+        records = await store.deliveries(namespace, receiver, limit)
+        return HTMLResponse(render(records, namespace, receiver))
+
+    async def deliveries_json(request: Request) -> Response:
+        namespace, receiver, limit = _filters(request)
+        records = await store.deliveries(namespace, receiver, limit)
+        return Response(orjson.dumps([r.to_json() for r in records]), media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/deliveries", deliveries_page, methods=["GET"]),
+            Route("/deliveries.json", deliveries_json, methods=["GET"]),
+        ]
+    )

@@ -1,0 +1,308 @@
+"""Delivery history, explain, the admin listener and metrics, seen as an operator sees them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Server, cli, request
+from tests.e2e.test_http import cloud_headers
+
+SECRET = "topsecret"
+REPO = "https://bitbucket.org/acme/app"
+MANIFESTS = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: bb, namespace: demo}}
+stringData: {{secret: {SECRET}}}
+---
+apiVersion: kargo.akuity.io/v1alpha1
+kind: ProjectConfig
+metadata: {{name: demo, namespace: demo}}
+spec:
+  webhookReceivers:
+    - name: bb
+      bitbucket: {{secretRef: {{name: bb}}}}
+"""
+WAREHOUSES = {
+    "on-develop": {"repoURL": REPO, "branch": "develop"},
+    "on-main-ssh": {"repoURL": "git@bitbucket.org:acme/app.git", "branch": "main"},
+    "semver-1": {"repoURL": REPO, "commitSelectionStrategy": "SemVer", "semverConstraint": "^1.0"},
+    "ignore-v2": {
+        "repoURL": REPO,
+        "commitSelectionStrategy": "NewestTag",
+        "ignoreTagsRegexes": ["^v2"],
+    },
+    "allow-release": {
+        "repoURL": REPO,
+        "commitSelectionStrategy": "NewestTag",
+        "allowTagsRegexes": ["^release-"],
+    },
+    "broken-allow": {
+        "repoURL": REPO,
+        "commitSelectionStrategy": "Lexical",
+        "allowTagsRegexes": ["(unclosed"],
+    },
+    "other-repo": {"repoURL": "https://bitbucket.org/acme/other", "branch": "main"},
+}
+EXPECTED = {
+    "on-develop": ("not refreshed", 'branch "main" does not match subscription branch "develop"'),
+    "on-main-ssh": (
+        "refreshed",
+        'branch "main" matches subscription branch "main" (subscribed '
+        "as git@bitbucket.org:acme/app.git, matched by repository identity)",
+    ),
+    "semver-1": ("not refreshed", 'tag "v2.0.0" does not satisfy "^1.0"'),
+    "ignore-v2": ("not refreshed", 'tag "v2.0.0": ignoreTagsRegexes "^v2" matched'),
+    "allow-release": ("not refreshed", 'tag "v2.0.0" matches none of allowTagsRegexes "^release-"'),
+    "broken-allow": (
+        "refreshed",
+        'tag "v2.0.0" refreshes anyway: allowTagsRegexes[0] cannot be evaluated',
+    ),
+}
+
+
+def push(*refs: tuple[str, str]) -> bytes:
+    changes = [{"new": {"type": kind, "name": name}, "old": None} for kind, name in refs]
+    return json.dumps(
+        {"push": {"changes": changes}, "repository": {"links": {"html": {"href": REPO}}}}
+    ).encode()
+
+
+def manifests() -> str:
+    docs = [MANIFESTS]
+    for name, git in WAREHOUSES.items():
+        docs.append(
+            json.dumps(
+                {
+                    "apiVersion": "kargo.akuity.io/v1alpha1",
+                    "kind": "Warehouse",
+                    "metadata": {"name": name, "namespace": "demo"},
+                    "spec": {"subscriptions": [{"git": git}]},
+                }
+            )
+        )
+    return "\n---\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    state = tmp_path_factory.mktemp("observe") / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests())
+    server = Server(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    server.url = line.split("\t")[2]  # type: ignore[attr-defined]
+    body = push(("branch", "main"), ("tag", "v2.0.0"))
+    headers = cloud_headers(
+        body, **{"X-Request-UUID": "delivery-under-test", "X-Attempt-Number": "2"}
+    )
+    server.answer = request(server.url, body, headers)  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def test_recorded_reasons_for_every_kind_of_match(served: Server) -> None:
+    assert served.answer.status == 200  # type: ignore[attr-defined]
+    out = cli("deliveries", "-n", "demo", "-o", "json", state=served.state).stdout
+    (record,) = [r for r in json.loads(out) if r["delivery_id"] == "delivery-under-test"]
+    assert record["receiver"] == "demo/bb" and record["event"] == "repo:push"
+    assert record["attempt"] == "2" and record["status"] == 200
+    assert record["repository"] == [REPO]
+    assert record["refs"] == ["refs/heads/main", "refs/tags/v2.0.0"]
+    found = {(c["name"]): (c["outcome"], c["reason"]) for c in record["candidates"]}
+    for name, (outcome, reason) in EXPECTED.items():
+        assert found[name][0] == outcome, name
+        assert reason in found[name][1], (name, found[name][1])
+    assert "other-repo" not in found
+    assert "topsecret" not in out
+
+
+def test_table_output_names_the_delivery_and_reasons(served: Server) -> None:
+    out = cli("deliveries", state=served.state).stdout
+    assert "delivery-under-test attempt 2" in out
+    assert 'tag "v2.0.0" does not satisfy "^1.0"' in out
+
+
+def test_deliveries_from_the_admin_listener(served: Server) -> None:
+    out = cli(
+        "deliveries",
+        "--admin-url",
+        served.admin,
+        "-o",
+        "json",
+        "--receiver",
+        "bb",
+        state=served.state,
+    ).stdout
+    assert any(r["delivery_id"] == "delivery-under-test" for r in json.loads(out))
+
+
+def test_explain_reasons_without_refreshing(served: Server) -> None:
+    before = cli("get", "wh", "-n", "demo", "-o", "json", state=served.state).stdout
+    out = cli(
+        "explain",
+        "--repo",
+        "git@bitbucket.org:Acme/App.git",
+        "--ref",
+        "develop",
+        "--ref",
+        "refs/tags/v1.5.0",
+        "-n",
+        "demo",
+        state=served.state,
+    ).stdout
+    out = "\n".join(" ".join(line.split()) for line in out.splitlines())
+    assert "would refresh Warehouse demo/on-develop" in out
+    assert "would refresh Warehouse demo/semver-1" in out
+    assert 'would not refresh Warehouse demo/allow-release: branch "develop" is not a tag' in out
+    assert cli("get", "wh", "-n", "demo", "-o", "json", state=served.state).stdout == before
+    none = cli("explain", "--repo", "https://bitbucket.org/acme/nothing", state=served.state)
+    assert "no Warehouse subscribes to bitbucket.org/acme/nothing" in none.stdout
+    unknown = cli("explain", "--repo", REPO, "-n", "demo", "-o", "json", state=served.state)
+    assert all(v["refresh"] for v in json.loads(unknown.stdout))
+
+
+def test_history_is_bounded(tmp_path: Path, server_factory: Any) -> None:
+    state = tmp_path / "bounded.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests())
+    server_factory(state, "--history-size", "3")
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    body = push(("branch", "develop"))
+    for i in range(8):
+        headers = cloud_headers(body, **{"X-Request-UUID": f"d{i}"})
+        assert request(line.split("\t")[2], body, headers).status == 200
+    records = json.loads(cli("deliveries", "--limit", "100", "-o", "json", state=state).stdout)
+    assert [r["delivery_id"] for r in records] == ["d7", "d6", "d5"]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_metrics_parse_and_count(served: Server) -> None:
+    before = request(served.admin + "/metrics", method="GET").body.decode()
+    body = push(("branch", "main"))
+    request(served.url, body, cloud_headers(body))  # type: ignore[attr-defined]
+    request(served.url, body, {"X-Event-Key": "repo:push"})  # type: ignore[attr-defined]
+    request(served.url, body, cloud_headers(body, event="issue:created"))  # type: ignore[attr-defined]
+    after = request(served.admin + "/metrics", method="GET").body.decode()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("kargo_bitbucket_deliveries_total", event="repo:push", result="refreshed") == 1
+    assert delta("kargo_bitbucket_deliveries_total", event="other", result="ignored") == 1
+    assert delta("kargo_bitbucket_signature_failures_total", reason="missing") == 1
+    assert delta("kargo_bitbucket_refreshes_total", kind="Warehouse", result="refreshed") == 1
+    assert delta("kargo_bitbucket_delivery_duration_seconds_count") == 3
+    assert metric(after, "kargo_bitbucket_cache_objects", kind="warehouses") == len(WAREHOUSES)
+    assert "acme" not in after and "delivery-under-test" not in after
+
+
+def test_admin_is_not_on_the_webhook_port(served: Server) -> None:
+    assert request(served.base + "/metrics", method="GET").status == 404
+    assert request(served.base + "/deliveries", method="GET").status == 404
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium on PATH (.ci/run installs Debian's chromium)")
+
+
+def test_deliveries_page_in_a_headless_browser(served: Server) -> None:
+    browser = chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                served.admin + "/deliveries?namespace=demo&limit=50",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    dom = result.stdout
+    assert "<table" in dom, result.stderr[-2000:]
+    row = next(r for r in dom.split("<tr>") if "delivery-under-test" in r)
+    assert "demo/bb" in row and "repo:push" in row and "(attempt 2)" in row
+    assert "demo/on-develop" in row
+    assert 'branch "main" does not match subscription branch "develop"' in row.replace(
+        "&quot;", '"'
+    )
+    assert "<script" not in dom
+
+
+def test_memory_history_stays_bounded() -> None:
+    import asyncio
+
+    from kargo_bitbucket.history import DeliveryRecord, MemoryHistory
+
+    history = MemoryHistory(1000)
+    for i in range(10_000):
+        history.record(
+            DeliveryRecord(
+                time=str(i),
+                receiver="p/r",
+                namespace="p",
+                event="e",
+                delivery_id=str(i),
+                attempt="",
+                status=200,
+                result="ok",
+                message="",
+                duration_ms=0.1,
+            )
+        )
+    assert len(history) == 1000
+    newest = asyncio.run(history.deliveries(limit=1))
+    assert newest[0].delivery_id == "9999"
+
+
+def test_state_file_history_stays_bounded(tmp_path: Path) -> None:
+    from kargo_bitbucket.history import DeliveryRecord
+    from kargo_bitbucket.store.sqlite import StateFile
+
+    state = StateFile(tmp_path / "h.db")
+    for chunk in range(10):
+        records = [
+            DeliveryRecord(
+                time="t",
+                receiver="p/r",
+                namespace="p",
+                event="e",
+                delivery_id=f"{chunk}-{i}",
+                attempt="",
+                status=200,
+                result="ok",
+                message="",
+                duration_ms=0.1,
+            )
+            for i in range(1000)
+        ]
+        state.write_batch([], records, keep=1000)
+    kept = state.deliveries()
+    assert len(kept) == 1000 and kept[0].delivery_id == "9-999"
