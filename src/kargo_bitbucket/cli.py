@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 import secrets
+import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +21,7 @@ import yaml
 
 from kargo_bitbucket import __version__, logs
 from kargo_bitbucket.config import (
+    DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
     DEFAULT_SYSTEM_NAMESPACE,
     ConfigError,
@@ -26,13 +29,23 @@ from kargo_bitbucket.config import (
     default_state,
     env,
 )
+from kargo_bitbucket.core.decision import decide_pull_request, decide_push
+from kargo_bitbucket.core.events import Push
+from kargo_bitbucket.core.identity import repository_identity
 from kargo_bitbucket.core.manifests import ManifestError, Resource, canonical_kind, parse_manifests
-from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload, is_cloud_url
+from kargo_bitbucket.core.payloads import (
+    PayloadArgumentError,
+    build_payload,
+    is_cloud_url,
+    split_ref,
+)
+from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.core.signature import sign
-from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION
+from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions, identities
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Store
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileError
+from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileError, load_indexes
 
 USAGE_ERROR = 2
 FAILURE = 1
@@ -135,7 +148,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long in-flight deliveries may finish after SIGTERM (default 8)",
     )
+    serve.add_argument(
+        "--admin-listen",
+        default=env("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN),
+        metavar="HOST:PORT|off",
+        help=f"metrics and delivery history listener (default {DEFAULT_ADMIN_LISTEN}; "
+        "never the webhook port; off disables it and metrics)",
+    )
+    serve.add_argument(
+        "--history-size",
+        type=int,
+        default=int(env("HISTORY_SIZE") or DEFAULT_HISTORY_SIZE),
+        metavar="N",
+        help=f"deliveries kept in the history (default {DEFAULT_HISTORY_SIZE}; 0 turns it off)",
+    )
     _kubernetes_flags(serve)
+    serve.add_argument(
+        "--no-publish",
+        action="store_true",
+        default=env("NO_PUBLISH", "") in ("1", "true"),
+        help="Kubernetes mode: do not write receiver URLs into status "
+        "(where Kargo's own controller publishes them)",
+    )
+    serve.add_argument(
+        "--lease-namespace",
+        default=env("LEASE_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "kargo",
+        help="Kubernetes mode: namespace of the leader-election Lease "
+        "(default $POD_NAMESPACE, else kargo)",
+    )
     serve.set_defaults(run=_serve)
 
     apply = commands.add_parser("apply", help="create or update objects from manifests")
@@ -175,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser("send", help="sign and POST a realistic Bitbucket delivery")
     send.add_argument("--url", required=True, help="receiver URL")
-    who = send.add_mutually_exclusive_group(required=True)
+    who = send.add_mutually_exclusive_group()
     who.add_argument(
         "--secret", help="the webhook secret (env KARGO_BITBUCKET_SECRET)", default=env("SECRET")
     )
@@ -204,6 +244,49 @@ def _parser() -> argparse.ArgumentParser:
     _state_flag(send)
     send.set_defaults(run=_send)
 
+    deliveries = commands.add_parser(
+        "deliveries", help="recent deliveries and why each candidate was (not) refreshed"
+    )
+    deliveries.add_argument(
+        "-n", "--namespace", help="project namespace (cluster for the ClusterConfig's receivers)"
+    )
+    deliveries.add_argument("--receiver", metavar="NAME", help="receiver name")
+    deliveries.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="how many, newest first (default 20)"
+    )
+    deliveries.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _state_flag(deliveries)
+    deliveries.add_argument(
+        "--admin-url",
+        metavar="URL",
+        help="read a running server's history from its admin listener, "
+        "e.g. http://127.0.0.1:9090 (Kubernetes mode keeps it per replica)",
+    )
+    deliveries.set_defaults(run=_deliveries)
+
+    explain = commands.add_parser(
+        "explain", help="dry run: what a push or PR event would refresh, and why"
+    )
+    explain.add_argument("--repo", metavar="URL", help="pushed repository URL")
+    explain.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="pushed branch name or full refs/heads/… / refs/tags/… ref "
+        "(repeatable; none = refs unknown)",
+    )
+    explain.add_argument("--pr", metavar="URL", help="merged or declined pull request URL")
+    explain.add_argument(
+        "-n",
+        "--namespace",
+        help="the receiver's project (default: all, as a ClusterConfig receiver sees them)",
+    )
+    explain.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _state_flag(explain)
+    _kubernetes_flags(explain)
+    explain.set_defaults(run=_explain)
+
     secret = commands.add_parser("secret", help="print a new random secret and its Secret manifest")
     secret.add_argument("--name", default="bitbucket-webhook", help="Secret name")
     secret.add_argument("-n", "--namespace", default="kargo-demo")
@@ -227,13 +310,6 @@ def _kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), metavar="FILE")
     parser.add_argument("--context", metavar="NAME")
-
-
-def _no_kubernetes(args: argparse.Namespace) -> None:
-    if args.kubernetes:
-        raise UsageError(
-            "--kubernetes mode is not available in this version; use the embedded state file"
-        )
 
 
 # Manifests
@@ -419,7 +495,13 @@ def _row(kind: str, obj: dict[str, Any]) -> list[str]:
 
 
 def _urls(args: argparse.Namespace) -> int:
-    _no_kubernetes(args)
+    if args.kubernetes:
+        from kargo_bitbucket.store.kubernetes import connect, published_receivers
+
+        client = connect(args.kubeconfig, args.context)
+        for owner, name, url in asyncio.run(published_receivers(client)):
+            print(f"{owner}\t{name}\t{url}")
+        return 0
     state = StateFile(args.state, create=False)
     try:
         for line in _published(state):
@@ -441,7 +523,6 @@ def _published(state: StateFile) -> list[str]:
 
 # serve
 def _serve(args: argparse.Namespace) -> int:
-    _no_kubernetes(args)
     settings = ServeSettings.build(
         listen=args.listen,
         base_url=args.base_url,
@@ -451,27 +532,78 @@ def _serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         header_timeout=args.header_timeout,
         shutdown_grace=args.shutdown_grace,
+        admin_listen=args.admin_listen,
+        history_size=args.history_size,
     )
+    indexes = Indexes(settings.base_url, settings.system_namespace)
+    if args.kubernetes:
+        if args.files:
+            raise UsageError(
+                "-f applies manifests to the state file; with --kubernetes use kubectl apply"
+            )
+        return _run(settings, _kubernetes_store(args, indexes), lambda: _announce(settings))
     resources = load_manifests(args.files) if args.files else []
     state = StateFile(settings.state)
     if resources:
         _apply_to(state, resources)
+    store = SqliteStore(state, indexes, settings.history_size)
+    try:
+        return _run(settings, store, lambda: _announce(settings, store))
+    finally:
+        state.close()
+
+
+def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:
+    from kargo_bitbucket.store.kubernetes import KubernetesConfigError, KubernetesStore, connect
+
+    try:
+        client = connect(args.kubeconfig, args.context)
+    except KubernetesConfigError as error:
+        raise UsageError(str(error)) from error
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    return KubernetesStore(
+        client,
+        indexes,
+        namespace=args.lease_namespace,
+        identity=identity,
+        publish=not args.no_publish,
+        history_size=args.history_size,
+    )
+
+
+def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) -> int:
+    """Serve (and the admin listener) until SIGTERM; exit 0 after a graceful stop."""
+    from kargo_bitbucket.admin import create_admin_app
     from kargo_bitbucket.app import Lifecycle, create_app
-    from kargo_bitbucket.server import build_server
+    from kargo_bitbucket.metrics import Metrics
+    from kargo_bitbucket.server import (
+        ListenError,
+        bind,
+        build_admin_server,
+        build_server,
+        serve_together,
+    )
 
-    indexes = Indexes(settings.base_url, settings.system_namespace)
-    store = SqliteStore(state, indexes)
     lifecycle = Lifecycle()
+    metrics = None
+    admin = None
+    if settings.admin is not None:
+        metrics = Metrics(store.indexes.counts, lambda: store.watch_restarts)
+        admin = build_admin_server(create_admin_app(store, metrics), *settings.admin)
 
-    async def announce() -> None:
-        _announce(settings, store)
+    async def on_ready() -> None:
+        announce()
+        if settings.admin is not None:
+            host, port = settings.admin
+            print(f"metrics and delivery history on http://{host}:{port}/deliveries", flush=True)
 
     app = create_app(
         store,
         lifecycle=lifecycle,
         body_limit=settings.body_limit,
         body_timeout=settings.body_timeout,
-        on_ready=announce,
+        on_ready=on_ready,
+        metrics=metrics,
     )
     server = build_server(
         app,
@@ -482,20 +614,23 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_grace=settings.shutdown_grace,
     )
     try:
-        asyncio.run(server.serve())
-    finally:
-        state.close()
+        main_socket = bind(settings.host, settings.port)
+        admin_socket = bind(*settings.admin) if settings.admin is not None else None
+    except ListenError as error:
+        _fail(str(error), FAILURE)
+    asyncio.run(serve_together(server, main_socket, admin, admin_socket))
     return 0 if server.started else FAILURE
 
 
-def _announce(settings: ServeSettings, store: SqliteStore) -> None:
-    """Print the receivers and a command that triggers a refresh, once ready."""
-    resolution = store.indexes.resolution
+def _announce(settings: ServeSettings, store: SqliteStore | None = None) -> None:
+    """Print the receivers and, on the embedded store, a command that triggers a refresh."""
+    where = f"state {settings.state}" if store else "Kubernetes"
     print(
-        f"kargo-bitbucket listening on http://{settings.host}:{settings.port} "
-        f"(state {settings.state})",
-        flush=True,
+        f"kargo-bitbucket listening on http://{settings.host}:{settings.port} ({where})", flush=True
     )
+    if store is None:
+        return
+    resolution = store.indexes.resolution
     routes = list(resolution.routes.values())
     for owner, status in resolution.statuses.items():
         for problem in status.problems:
@@ -535,6 +670,122 @@ def _example_send(settings: ServeSettings, store: SqliteStore) -> str | None:
             f"    # refreshes Warehouse {name}"
         )
     return None
+
+
+# deliveries and explain
+def _deliveries(args: argparse.Namespace) -> int:
+    if args.admin_url:
+        records = _fetch_history(args)
+    else:
+        state = StateFile(args.state, create=False)
+        try:
+            records = state.deliveries(args.namespace, args.receiver, args.limit)
+        finally:
+            state.close()
+    if args.output == "json":
+        data = [r.to_json() for r in records]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if not records:
+        print("No deliveries recorded.", file=sys.stderr)
+    for record in records:
+        print(_describe_delivery(record))
+    return 0
+
+
+def _fetch_history(args: argparse.Namespace) -> list[DeliveryRecord]:
+    query = urllib.parse.urlencode(
+        {
+            k: v
+            for k, v in (
+                ("namespace", args.namespace),
+                ("receiver", args.receiver),
+                ("limit", args.limit),
+            )
+            if v
+        }
+    )
+    url = f"{args.admin_url.rstrip('/')}/deliveries.json?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            data = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as error:
+        raise UsageError(f"cannot read {url}: {getattr(error, 'reason', error)}") from error
+    return [DeliveryRecord.from_json(item) for item in data]
+
+
+def _describe_delivery(record: DeliveryRecord) -> str:
+    attempt = f" attempt {record.attempt}" if record.attempt and record.attempt != "1" else ""
+    lines = [
+        f"{record.time}  {record.receiver}  {record.event}  {record.delivery_id or '-'}{attempt}"
+        f"  -> {record.status} {record.message} ({record.duration_ms:.1f} ms)"
+    ]
+    if record.pr_url:
+        lines.append(f"  pull request: {record.pr_url}")
+    elif record.repository:
+        refs = ", ".join(record.refs) if record.refs is not None else "unknown (refresh all)"
+        lines.append(f"  repository: {', '.join(record.repository)}")
+        lines.append(f"  refs: {refs}")
+    for c in record.candidates:
+        lines.append(f"  {c.outcome:<13} {c.kind} {_qualified(c.namespace, c.name)}: {c.reason}")
+    if record.status == 200 and record.repository and not record.candidates:
+        lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
+    return "\n".join(lines)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if bool(args.repo) == bool(args.pr):
+        raise UsageError("explain needs --repo (a push) or --pr (a pull request event)")
+    if args.pr and args.ref:
+        raise UsageError("--ref goes with --repo")
+    indexes = Indexes(BaseURL.parse("http://explain.invalid"), DEFAULT_SYSTEM_NAMESPACE)
+    if args.kubernetes:
+        from kargo_bitbucket.store.kubernetes import connect
+        from kargo_bitbucket.store.kubernetes import load_indexes as load_cluster
+
+        asyncio.run(load_cluster(connect(args.kubeconfig, args.context), indexes))
+    else:
+        state = StateFile(args.state, create=False)
+        try:
+            load_indexes(state, indexes)
+        finally:
+            state.close()
+    if args.repo:
+        refs = tuple(split_ref(ref)[0] for ref in args.ref) or None
+        push = Push(repo_urls=(args.repo,), refs=refs)
+        verdicts = decide_push(
+            push, indexes.warehouses_for(identities([args.repo]), args.namespace)
+        )
+        empty = (
+            f"no Warehouse{' in ' + args.namespace if args.namespace else ''} subscribes "
+            f"to {repository_identity(args.repo)} (compared by repository identity)"
+        )
+    else:
+        waiting = indexes.promotions_waiting_on(args.pr, args.namespace)
+        verdicts = decide_pull_request(args.pr, waiting)
+        empty = f"no Running Promotion waits on {args.pr} in a git-wait-for-pr step"
+    if args.output == "json":
+        data = [
+            {
+                "kind": v.kind,
+                "namespace": v.namespace,
+                "name": v.name,
+                "refresh": v.refresh,
+                "reason": v.reason,
+                "warnings": list(v.warnings),
+            }
+            for v in verdicts
+        ]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if not verdicts:
+        print(empty)
+    for v in verdicts:
+        verb = "would refresh" if v.refresh else "would not refresh"
+        print(f"{verb:<17} {v.kind} {_qualified(v.namespace, v.name)}: {v.reason}")
+        for warning in v.warnings:
+            print(f"  warning: {warning}")
+    return 0
 
 
 # send and secret
@@ -584,6 +835,8 @@ def _send(args: argparse.Namespace) -> int:
 def _send_secret(args: argparse.Namespace) -> bytes:
     if args.secret is not None:
         return str(args.secret).encode()
+    if args.secret_from is None:
+        raise UsageError("send needs --secret, --secret-from or KARGO_BITBUCKET_SECRET")
     namespace, _, name = str(args.secret_from).partition("/")
     if not name:
         raise UsageError("--secret-from takes NAMESPACE/NAME")

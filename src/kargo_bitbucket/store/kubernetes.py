@@ -1,0 +1,398 @@
+"""The Kubernetes backend: watch-fed indexes, refresh by merge patch, one leader publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2 as httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Secret
+from lightkube.types import PatchType
+
+from kargo_bitbucket.core.receivers import CLUSTER_CONFIG_NAME, Owner, OwnerStatus
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.leader import LeaderElector
+from kargo_bitbucket.store.reflector import Reflector, plain
+from kargo_bitbucket.store.sqlite import now_rfc3339
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = "kargo.akuity.io", "v1alpha1"
+RESOURCES: dict[str, Any] = {
+    "Warehouse": create_namespaced_resource(GROUP, VERSION, "Warehouse", "warehouses"),
+    "Promotion": create_namespaced_resource(GROUP, VERSION, "Promotion", "promotions"),
+    "ProjectConfig": create_namespaced_resource(GROUP, VERSION, "ProjectConfig", "projectconfigs"),
+    "ClusterConfig": create_global_resource(GROUP, VERSION, "ClusterConfig", "clusterconfigs"),
+}
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class KubernetesStore:
+    """Caches Kargo's resources from watches; a delivery reads only memory and sends patches."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        indexes: Indexes,
+        *,
+        namespace: str,
+        identity: str,
+        publish: bool = True,
+        patch_concurrency: int = 64,
+        patch_budget: float = 7.0,
+        attempt_timeout: float = 3.0,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        emit_events: bool = True,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.history = MemoryHistory(history_size)
+        self.emit_events = emit_events
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self._event_limit = asyncio.Semaphore(16)
+        self.indexes = indexes
+        self.publish = publish
+        self.patch_concurrency = patch_concurrency
+        self.patch_budget = patch_budget
+        self.attempt_timeout = attempt_timeout
+        self.watch_restarts: dict[tuple[str, str], int] = {}
+        self._ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._config_status: dict[Owner, Any] = {}
+        self._reroute_due = asyncio.Event()
+        self.elector = LeaderElector(client, namespace, identity, self._publish_all)
+        self.reflectors = [
+            Reflector(client, resource, kind, self._on_object, on_restart=self._count_restart)
+            for kind, resource in RESOURCES.items()
+        ]
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been listed and the referenced Secrets read."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Start every watch; become ready when the initial lists and Secrets are in."""
+        for reflector in self.reflectors:
+            self._spawn(reflector.run(), f"watch-{reflector.kind}")
+        await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
+        await self._follow_secrets(initial=True)
+        self._reroute()
+        self._spawn(self._rerouter(), "rerouter")
+        if self.publish:
+            self._spawn(self.elector.run(), "leader-election")
+        self._ready = True
+        log.info("caches loaded", extra=self.indexes.counts())
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    def _count_restart(self, kind: str, reason: str) -> None:
+        key = (kind, reason)
+        self.watch_restarts[key] = self.watch_restarts.get(key, 0) + 1
+
+    def _on_object(
+        self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None
+    ) -> None:
+        """Feed a watched object into the indexes; remember config status to diff against."""
+        if kind in ("ProjectConfig", "ClusterConfig"):
+            owner = Owner(kind, namespace, name)
+            if body is None:
+                self._config_status.pop(owner, None)
+            else:
+                self._config_status[owner] = body.get("status") or {}
+        if self.indexes.apply(kind, namespace, name, body):
+            self._reroute_due.set()
+
+    async def _rerouter(self) -> None:
+        """Recompute routes after config or Secret changes, coalescing bursts."""
+        while True:
+            await self._reroute_due.wait()
+            self._reroute_due.clear()
+            await self._follow_secrets(initial=False)
+            self._reroute()
+            if self.elector.leader:
+                await self._publish_all()
+
+    def _reroute(self) -> None:
+        self.indexes.reroute()
+
+    def _referenced_secrets(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every Secret a Bitbucket receiver names."""
+        wanted = set()
+        for config in self.indexes.configs():
+            meta = config.get("metadata") or {}
+            if config.get("kind") == "ClusterConfig":
+                if meta.get("name") != CLUSTER_CONFIG_NAME:
+                    continue
+                namespace = self.indexes.system_namespace
+            else:
+                namespace = str(meta.get("namespace") or "")
+            for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
+                bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
+                if isinstance(bitbucket, Mapping):
+                    name = (bitbucket.get("secretRef") or {}).get("name")
+                    if isinstance(name, str) and name:
+                        wanted.add((namespace, name))
+        return wanted
+
+    async def _follow_secrets(self, *, initial: bool) -> None:
+        """Watch exactly the referenced Secrets by name; forget the others' data."""
+        wanted = self._referenced_secrets()
+        for key in set(self._secret_watches) - wanted:
+            self._secret_watches.pop(key).cancel()
+            self.indexes.drop_secret(*key)
+        fresh = []
+        for key in wanted - set(self._secret_watches):
+            reflector = Reflector(
+                self.client,
+                Secret,
+                "Secret",
+                self._on_object,
+                namespace=key[0],
+                name=key[1],
+                on_restart=self._count_restart,
+            )
+            self._secret_watches[key] = asyncio.create_task(
+                reflector.run(), name=f"secret-{key[0]}/{key[1]}"
+            )
+            fresh.append(reflector.synced.wait())
+        if fresh:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10 if initial else 5):
+                    await asyncio.gather(*fresh)
+
+    async def _publish_all(self) -> None:
+        """Write each owner's receivers and conditions, only where they changed."""
+        if not self.publish:
+            return
+        for owner, status in self.indexes.resolution.statuses.items():
+            try:
+                await self._publish(owner, status)
+            except (ApiError, httpx.HTTPError, OSError) as error:
+                log.warning("cannot publish status of %s %s: %s", owner.kind, owner.label, error)
+
+    async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
+        current = self._config_status.get(owner, {})
+        old_conditions = {
+            c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)
+        }
+        conditions = []
+        changed = current.get("webhookReceivers") != status.receivers
+        for condition in status.conditions():
+            before = old_conditions.get(condition["type"]) or {}
+            same = all(before.get(k) == condition[k] for k in ("status", "reason", "message"))
+            changed |= not same
+            stamp = before.get("lastTransitionTime") if same else None
+            conditions.append({**condition, "lastTransitionTime": stamp or now_rfc3339()})
+        if not changed:
+            return
+        resource = RESOURCES[owner.kind]
+        patch = {"status": {"webhookReceivers": status.receivers, "conditions": conditions}}
+        await self.client.patch(
+            resource.Status,
+            owner.name,
+            patch,
+            namespace=owner.namespace or None,
+            patch_type=PatchType.MERGE,
+        )
+        log.info("published receivers of %s %s", owner.kind, owner.label)
+
+    def record(self, record: DeliveryRecord) -> None:
+        """Keep a delivery in this replica's bounded in-memory history."""
+        self.history.record(record)
+
+    async def deliveries(
+        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+    ) -> list[DeliveryRecord]:
+        """This replica's recent deliveries, newest first."""
+        return await self.history.deliveries(namespace, receiver, limit)
+
+    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+        """Patch every target concurrently (bounded), retrying inside one time budget."""
+        deadline = time.monotonic() + self.patch_budget
+        limit = asyncio.Semaphore(self.patch_concurrency)
+        body = {"metadata": {"annotations": {REFRESH_ANNOTATION: value}}}
+        outcomes = await asyncio.gather(
+            *(self._patch(target, body, limit, deadline, note) for target in targets)
+        )
+        result = RefreshResult()
+        for target, outcome in zip(targets, outcomes, strict=True):
+            getattr(result, outcome).append(target)
+        return result
+
+    async def _patch(
+        self,
+        target: Target,
+        body: dict[str, Any],
+        limit: asyncio.Semaphore,
+        deadline: float,
+        note: str,
+    ) -> str:
+        """One object's refresh: ``refreshed``, ``gone`` (404) or ``failed``."""
+        resource = RESOURCES[target.kind]
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = 0.0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "failed"
+            try:
+                async with limit, asyncio.timeout(min(self.attempt_timeout, remaining)):
+                    patched = await self.client.patch(
+                        resource,
+                        target.name,
+                        body,
+                        namespace=target.namespace,
+                        patch_type=PatchType.MERGE,
+                    )
+                if self.emit_events and note:
+                    uid = (plain(patched).get("metadata") or {}).get("uid")
+                    self._spawn_event(target, str(uid or ""), note)
+                return "refreshed"
+            except ApiError as error:
+                code = error.status.code or 0
+                if code == 404:
+                    return "gone"
+                if code not in RETRYABLE:
+                    log.error(
+                        "refresh of %s %s/%s refused: %s",
+                        target.kind,
+                        target.namespace,
+                        target.name,
+                        error,
+                    )
+                    return "failed"
+                retry_after = _retry_after(error.response)
+                reason = f"HTTP {code}"
+            except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
+                reason = type(error).__name__
+            pause = max(retry_after, min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+            if time.monotonic() + pause >= deadline:
+                log.error(
+                    "refresh of %s %s/%s failed after %d attempt(s): %s",
+                    target.kind,
+                    target.namespace,
+                    target.name,
+                    attempt,
+                    reason,
+                )
+                return "failed"
+            await asyncio.sleep(pause)
+
+    def _spawn_event(self, target: Target, uid: str, note: str) -> None:
+        """Emit a ``WebhookRefresh`` Event on a refreshed object, without delaying the answer."""
+        task = asyncio.create_task(self._emit(target, uid, note), name="event")
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _emit(self, target: Target, uid: str, note: str) -> None:
+        now = datetime.now(UTC)
+        event = Event(
+            metadata=ObjectMeta(generateName=f"{target.name}.", namespace=target.namespace),
+            involvedObject=ObjectReference(
+                apiVersion=f"{GROUP}/{VERSION}",
+                kind=target.kind,
+                name=target.name,
+                namespace=target.namespace,
+                uid=uid or None,
+            ),
+            reason="WebhookRefresh",
+            message=note[:1024],
+            type="Normal",
+            source=EventSource(component="kargo-bitbucket"),
+            reportingComponent="kargo-bitbucket",
+            reportingInstance=self.identity,
+            firstTimestamp=now,
+            lastTimestamp=now,
+            count=1,
+        )
+        try:
+            async with self._event_limit:
+                await self.client.create(event)
+        except (ApiError, httpx.HTTPError, OSError) as error:
+            log.debug(
+                "cannot record Event on %s %s/%s: %s",
+                target.kind,
+                target.namespace,
+                target.name,
+                error,
+            )
+
+    async def close(self) -> None:
+        """Stop watching, hand the Lease over, close the client."""
+        tasks = [*self._tasks, *self._secret_watches.values(), *self._event_tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.elector.release()
+        await self.client.close()
+
+
+def _retry_after(response: httpx.Response | None) -> float:
+    """Seconds a 429/503 asks us to wait, if it says."""
+    value = response.headers.get("retry-after", "") if response is not None else ""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
+
+
+class KubernetesConfigError(RuntimeError):
+    """No usable cluster credentials were found."""
+
+
+def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
+    """A client from ``--kubeconfig``/``--context``, else in-cluster, else ``$KUBECONFIG``."""
+    from lightkube import ConfigError, KubeConfig
+
+    try:
+        config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+        single = config.get(context_name=context)
+    except (ConfigError, OSError, ValueError) as error:
+        raise KubernetesConfigError(f"cannot load Kubernetes credentials: {error}") from error
+    if single is None:
+        raise KubernetesConfigError(f"kubeconfig has no context {context!r}")
+    return AsyncClient(single, timeout=httpx.Timeout(10.0), field_manager="kargo-bitbucket")
+
+
+async def load_indexes(client: AsyncClient, indexes: Indexes) -> Indexes:
+    """Fill ``indexes`` with one list of every kind (for one-shot commands like ``explain``)."""
+    for kind, resource in RESOURCES.items():
+        namespace = None if kind == "ClusterConfig" else "*"
+        async for obj in client.list(resource, namespace=namespace):
+            body = plain(obj)
+            meta = body.get("metadata") or {}
+            indexes.apply(kind, str(meta.get("namespace") or ""), str(meta.get("name")), body)
+    await client.close()
+    return indexes
+
+
+async def published_receivers(client: AsyncClient) -> list[tuple[str, str, str]]:
+    """(owner, receiver name, URL) from every ProjectConfig's and ClusterConfig's status."""
+    found = []
+    for kind in ("ClusterConfig", "ProjectConfig"):
+        namespace = "*" if kind == "ProjectConfig" else None
+        async for obj in client.list(RESOURCES[kind], namespace=namespace):
+            body = plain(obj)
+            owner = (body.get("metadata") or {}).get("namespace") or CLUSTER_CONFIG_NAME
+            for receiver in (body.get("status") or {}).get("webhookReceivers") or []:
+                found.append((owner, str(receiver.get("name")), str(receiver.get("url"))))
+    await client.close()
+    return found

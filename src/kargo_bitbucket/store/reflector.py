@@ -1,0 +1,159 @@
+"""List-then-watch of one Kubernetes kind: resume, re-list on 410 Gone, back off on errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx2 as httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.types import on_error_raise
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, str, str, Mapping[str, Any] | None], None]
+"""(kind, namespace, name, body or None when deleted)."""
+
+LIST_CHUNK = 500
+WATCH_TIMEOUT = 290
+MAX_BACKOFF = 30.0
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A lightkube object as plain JSON-like data."""
+    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, dict) else dict(obj)
+
+
+class Reflector:
+    """Keeps a handler fed with every object of one kind, exactly as the API server has them."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        resource: Any,
+        kind: str,
+        handler: Handler,
+        *,
+        namespace: str | None = "*",
+        name: str | None = None,
+        on_restart: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.kind = kind
+        self.handler = handler
+        self.namespace = namespace
+        self.name = name
+        self.synced = asyncio.Event()
+        self.on_restart = on_restart or (lambda kind, reason: None)
+        self._known: set[tuple[str, str]] = set()
+        self._version: str | None = None
+
+    async def run(self) -> None:
+        """List, then watch forever; re-list on 410, resume from the last version otherwise."""
+        failures = 0
+        while True:
+            try:
+                if self._version is None:
+                    await (self._get() if self.name else self._list())
+                failures = 0
+                await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except ApiError as error:
+                if error.status.code == 410:
+                    log.info("watch of %s expired (410); listing again", self.kind)
+                    self._version = None
+                    self.on_restart(self.kind, "expired")
+                    continue
+                failures += 1
+                self.on_restart(self.kind, "error")
+                await self._backoff(failures, f"API error {error.status.code}: {error}")
+            except (httpx.HTTPError, OSError, ValueError) as error:
+                failures += 1
+                self.on_restart(self.kind, "error")
+                await self._backoff(failures, f"{type(error).__name__}: {error}")
+
+    async def _backoff(self, failures: int, reason: str) -> None:
+        delay = min(MAX_BACKOFF, 0.2 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+        log.warning("watch of %s failed (%s); retrying in %.1fs", self.kind, reason, delay)
+        await asyncio.sleep(delay)
+
+    async def _get(self) -> None:
+        """One named object (needs only ``get``, never ``list``): fetch it, or note it is absent."""
+        assert self.name is not None
+        try:
+            obj = await self.client.get(self.resource, self.name, namespace=self.namespace)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            self._known.clear()
+            self.handler(self.kind, self.namespace or "", self.name, None)
+            self._version = ""
+        else:
+            body = plain(obj)
+            self._known = {_key(body)}
+            self.handler(self.kind, *_key(body), body)
+            self._version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        self.synced.set()
+
+    async def _list(self) -> None:
+        """Full list: feed every object and forget the ones that vanished since the last one."""
+        listing = self.client.list(
+            self.resource,
+            namespace=self.namespace,
+            chunk_size=LIST_CHUNK,
+        )
+        seen: set[tuple[str, str]] = set()
+        async for obj in listing:
+            body = plain(obj)
+            key = _key(body)
+            seen.add(key)
+            self.handler(self.kind, key[0], key[1], body)
+        for namespace, name in self._known - seen:
+            self.handler(self.kind, namespace, name, None)
+        self._known = seen
+        self._version = listing.resourceVersion
+        self.synced.set()
+
+    async def _watch(self) -> None:
+        """Follow changes from the last version, bookmarks included.
+
+        lightkube's public ``watch`` cannot ask for bookmarks, so the request is built
+        with its generic client; that client resumes by itself after a clean close.
+        """
+        inner = self.client._client
+        request = inner.prepare_request(
+            "list",
+            res=self.resource,
+            namespace=self.namespace,
+            watch=True,
+            params={
+                "timeoutSeconds": WATCH_TIMEOUT,
+                "resourceVersion": self._version or None,
+                "allowWatchBookmarks": "true",
+                "fieldSelector": f"metadata.name={self.name}" if self.name else None,
+            },
+        )
+        async for event, obj in inner.watch(request, on_error=on_error_raise):
+            body = plain(obj)
+            version = (body.get("metadata") or {}).get("resourceVersion")
+            if event == "BOOKMARK":
+                self._version = version or self._version
+                continue
+            key = _key(body)
+            if event == "DELETED":
+                self._known.discard(key)
+                self.handler(self.kind, key[0], key[1], None)
+            else:
+                self._known.add(key)
+                self.handler(self.kind, key[0], key[1], body)
+            self._version = version or self._version
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
