@@ -525,11 +525,7 @@ _PROVIDERS = (
 )
 _RECEIVER_NAME = _Str(min_len=1, rule=_dns_subdomain)
 _BITBUCKET = _Obj(
-    {
-        "secretRef": _Obj(
-            {"name": _Str(min_len=1, rule=_dns_subdomain)}, required=("name",)
-        )
-    },
+    {"secretRef": _Obj({"name": _Str(min_len=1, rule=_dns_subdomain)}, required=("name",))},
     required=("secretRef",),
 )
 _OPAQUE_OBJECT = _Any("object")
@@ -595,6 +591,8 @@ _CLUSTER_CONFIG_SPEC = _Obj({"webhookReceivers": _RECEIVERS})
 # -- Warehouse
 
 _COMMIT_STRATEGIES = ("NewestFromBranch", "SemVer", "Lexical", "NewestTag")
+
+
 def _old_regex_spelling(out: Any, path: _Path, ctx: _Ctx) -> None:
     for old in ("allowTagsRegex", "ignoreTagsRegex"):
         if old in out:
@@ -1074,9 +1072,7 @@ def _is_list_kind(data: Any) -> bool:
     return kind == "List" or (kind.endswith("List") and kind[:-4] in _KIND_TABLE)
 
 
-def parse_manifests(
-    text: str, source: str, default_namespace: str | None = None
-) -> list[Resource]:
+def parse_manifests(text: str, source: str, default_namespace: str | None = None) -> list[Resource]:
     """Every object of a multi-document YAML text, checked; all-or-nothing."""
     resources: list[Resource] = []
     document = 1
@@ -1100,7 +1096,10 @@ def parse_manifests(
 
 
 def _document(
-    loader: _Loader, node: yaml.Node | None, source: str, document: int,
+    loader: _Loader,
+    node: yaml.Node | None,
+    source: str,
+    document: int,
     default_namespace: str | None,
 ) -> list[Resource]:
     """The objects of one document (none if empty, several for a List)."""
