@@ -93,7 +93,9 @@ def request(
 class Server:
     """``kargo-bitbucket serve`` in a subprocess, stopped with SIGTERM."""
 
-    def __init__(self, state: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, state: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.state = state
         self.port = free_port()
         self.admin_port = free_port()
@@ -120,6 +122,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=self._log_file,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.wait_ready()
 

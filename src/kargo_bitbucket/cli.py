@@ -176,6 +176,14 @@ def _parser() -> argparse.ArgumentParser:
         help="Kubernetes mode: namespace of the leader-election Lease "
         "(default $POD_NAMESPACE, else kargo)",
     )
+    serve.add_argument(
+        "--lease-duration",
+        type=float,
+        default=float(env("LEASE_DURATION") or 15),
+        metavar="SECONDS",
+        help="Kubernetes mode: how long the status writer's Lease lasts unrenewed (default 15; "
+        "renewed every third of it)",
+    )
     serve.set_defaults(run=_serve)
 
     apply = commands.add_parser("apply", help="create or update objects from manifests")
@@ -568,6 +576,7 @@ def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:
         identity=identity,
         publish=not args.no_publish,
         history_size=args.history_size,
+        lease_duration=args.lease_duration,
     )
 
 

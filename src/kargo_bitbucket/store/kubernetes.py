@@ -55,6 +55,7 @@ class KubernetesStore:
         attempt_timeout: float = 3.0,
         history_size: int = DEFAULT_HISTORY_SIZE,
         emit_events: bool = True,
+        lease_duration: float = 15.0,
     ) -> None:
         self.client = client
         self.identity = identity
@@ -73,9 +74,23 @@ class KubernetesStore:
         self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._config_status: dict[Owner, Any] = {}
         self._reroute_due = asyncio.Event()
-        self.elector = LeaderElector(client, namespace, identity, self._publish_all)
+        self.elector = LeaderElector(
+            client,
+            namespace,
+            identity,
+            self._publish_all,
+            duration=lease_duration,
+            renew_every=lease_duration / 3,
+        )
         self.reflectors = [
-            Reflector(client, resource, kind, self._on_object, on_restart=self._count_restart)
+            Reflector(
+                client,
+                resource,
+                kind,
+                self._on_object,
+                namespace=None if kind == "ClusterConfig" else "*",
+                on_restart=self._count_restart,
+            )
             for kind, resource in RESOURCES.items()
         ]
 

@@ -1,0 +1,493 @@
+"""Kubernetes mode end to end, tested against a fake API server the suite starts.
+
+The server runs as a subprocess (``serve --kubernetes``) against :class:`FakeKubernetes`,
+which speaks the real protocol (list, watch with bookmarks and 410, merge patch, status
+subresource, Leases, Status errors) and injects faults.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Server, cli, request
+from tests.e2e import test_corpus
+from tests.kube.fakeapi import FakeKubernetes
+
+KARGO = "kargo.akuity.io/v1alpha1"
+REFRESH = "kargo.akuity.io/refresh"
+REPO_URL = "https://bitbucket.org/acme/app"
+PUSH = json.dumps(
+    {
+        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
+        "repository": {"links": {"html": {"href": REPO_URL}}},
+    }
+).encode()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:
+    """Create objects as ``kubectl apply`` would (namespaces first, stringData folded)."""
+    docs = list(docs)
+    namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
+    for namespace in sorted(namespaces):
+        if fake.get("v1", "Namespace", None, namespace) is None:
+            fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    for doc in docs:
+        doc = json.loads(json.dumps(doc))
+        if doc["kind"] == "Secret" and "stringData" in doc:
+            doc["data"] = {
+                k: base64.b64encode(v.encode()).decode() for k, v in doc.pop("stringData").items()
+            }
+        fake.create(doc)
+
+
+def secret(namespace: str, name: str, value: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"secret": value},
+    }
+
+
+def project(namespace: str, *receivers: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": KARGO,
+        "kind": "ProjectConfig",
+        "metadata": {"name": namespace, "namespace": namespace},
+        "spec": {
+            "webhookReceivers": [
+                {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
+            ]
+        },
+    }
+
+
+def warehouse(
+    namespace: str, name: str, branch: str = "main", repo: str = REPO_URL
+) -> dict[str, Any]:
+    return {
+        "apiVersion": KARGO,
+        "kind": "Warehouse",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"subscriptions": [{"git": {"repoURL": repo, "branch": branch}}]},
+    }
+
+
+def serve(tmp_path: Path, kubeconfig: Path, *extra: str, name: str = "replica-a") -> Server:
+    return Server(
+        tmp_path / f"{name}.db",
+        [
+            "--kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--lease-namespace",
+            "kargo",
+            "--lease-duration",
+            "3",
+            *extra,
+        ],
+        env={"POD_NAME": name},
+    )
+
+
+def published_url(fake: FakeKubernetes, namespace: str, receiver: str = "bb") -> str:
+    def find() -> str | None:
+        config = fake.get(KARGO, "ProjectConfig", namespace, namespace) or {}
+        for item in (config.get("status") or {}).get("webhookReceivers") or []:
+            if item["name"] == receiver:
+                return str(item["url"])
+        return None
+
+    return str(eventually(find, what=f"published receiver of {namespace}"))
+
+
+def refreshed(fake: FakeKubernetes, kind: str, namespace: str, name: str) -> str | None:
+    obj = fake.get(KARGO, kind, namespace, name) or {}
+    return (obj.get("metadata", {}).get("annotations") or {}).get(REFRESH)
+
+
+def signed(body: bytes, secret_value: str = "topsecret") -> dict[str, str]:
+    import hashlib
+    import hmac
+
+    return {
+        "Content-Type": "application/json",
+        "X-Event-Key": "repo:push",
+        "X-Request-UUID": "k8s-delivery",
+        "X-Hub-Signature": "sha256="
+        + hmac.new(secret_value.encode(), body, hashlib.sha256).hexdigest(),
+    }
+
+
+@pytest.fixture
+def demo(fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path) -> Any:
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    seed(
+        fake_kube,
+        [
+            secret("demo", "bb", "topsecret"),
+            project("demo", ("bb", "bb")),
+            warehouse("demo", "app"),
+            warehouse("demo", "dev", branch="develop"),
+        ],
+    )
+    server = serve(tmp_path, kubeconfig)
+    server.url = published_url(fake_kube, "demo")  # type: ignore[attr-defined]
+    yield server
+    assert server.stop() == 0
+
+
+def test_push_refreshes_through_the_api_without_reads(
+    fake_kube: FakeKubernetes, demo: Server
+) -> None:
+    fake_kube.reset_requests()
+    answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+    assert answer.status == 200 and answer.json()["msg"] == "refreshed 1 warehouse(s)"
+    assert refreshed(fake_kube, "Warehouse", "demo", "app") is not None
+    assert refreshed(fake_kube, "Warehouse", "demo", "dev") is None
+    calls = [(r.method, r.path) for r in fake_kube.requests if not r.is_watch]
+    patches = [c for c in calls if c[0] == "PATCH"]
+    assert patches == [("PATCH", "/apis/kargo.akuity.io/v1alpha1/namespaces/demo/warehouses/app")]
+    patch = next(r for r in fake_kube.requests if r.method == "PATCH")
+    assert patch.content_type == "application/merge-patch+json"
+    assert not [c for c in calls if c[0] == "GET"], calls
+
+
+def test_refresh_emits_an_event_on_the_object(fake_kube: FakeKubernetes, demo: Server) -> None:
+    request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+    app = fake_kube.get(KARGO, "Warehouse", "demo", "app")
+    assert app is not None
+
+    def event() -> Any:
+        return [
+            e
+            for e in fake_kube.objects("v1", "Event", "demo")
+            if e.get("involvedObject", {}).get("name") == "app"
+        ]
+
+    (found,) = eventually(event, what="a WebhookRefresh Event")
+    assert found["reason"] == "WebhookRefresh"
+    assert found["involvedObject"]["uid"] == app["metadata"]["uid"]
+    assert "repo:push" in found["message"] and REPO_URL in found["message"]
+    assert "refs/heads/main" in found["message"]
+
+
+def test_changes_while_running_are_seen(fake_kube: FakeKubernetes, demo: Server) -> None:
+    fake_kube.create(warehouse("demo", "late"))
+    fake_kube.patch(
+        KARGO,
+        "Warehouse",
+        "demo",
+        "dev",
+        {"spec": {"subscriptions": [{"git": {"repoURL": REPO_URL, "branch": "main"}}]}},
+    )
+    fake_kube.delete(KARGO, "Warehouse", "demo", "app")
+
+    def names() -> set[str]:
+        answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+        return set(answer.json()["refreshed"]) if answer.status == 200 else set()
+
+    eventually(lambda: names() == {"demo/late", "demo/dev"}, what="watch events applied")
+
+
+def test_secret_rotation_moves_the_url(fake_kube: FakeKubernetes, demo: Server) -> None:
+    old = demo.url  # type: ignore[attr-defined]
+    fake_kube.patch(
+        "v1", "Secret", "demo", "bb", {"data": {"secret": base64.b64encode(b"rotated").decode()}}
+    )
+    new = eventually(
+        lambda: (u := published_url(fake_kube, "demo")) != old and u, what="the new URL published"
+    )
+    assert request(old, PUSH, signed(PUSH)).status == 404
+    assert request(new, PUSH, signed(PUSH, "rotated")).status == 200
+
+
+def test_watch_drops_and_410_recover_without_missing_events(
+    fake_kube: FakeKubernetes, demo: Server
+) -> None:
+    fake_kube.drop_watches()
+    fake_kube.create(warehouse("demo", "after-drop"))
+    fake_kube.expire_history()
+    fake_kube.drop_watches()
+    fake_kube.delete(KARGO, "Warehouse", "demo", "app")
+    fake_kube.create(warehouse("demo", "after-expiry"))
+
+    def names() -> set[str]:
+        answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+        return set(answer.json().get("refreshed", []))
+
+    eventually(
+        lambda: names() == {"demo/after-drop", "demo/after-expiry"},
+        timeout=20,
+        what="caches to recover",
+    )
+    metrics = request(demo.admin + "/metrics", method="GET").body.decode()
+    assert 'kargo_bitbucket_watch_restarts_total{kind="Warehouse"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("status", "times", "expected_status", "expected"),
+    [
+        (500, 2, 200, "refreshed 2 warehouse(s)"),
+        (429, 1, 200, "refreshed 2 warehouse(s)"),
+        (503, 10_000, 500, "failed to refresh 2 of 2 warehouses"),
+        (403, 1, 500, "failed to refresh 1 of 2 warehouses"),
+        (404, 1, 200, "refreshed 1 warehouse(s)"),
+    ],
+)
+def test_patch_failures_are_retried_and_counted(
+    fake_kube: FakeKubernetes,
+    demo: Server,
+    status: int,
+    times: int,
+    expected_status: int,
+    expected: str,
+) -> None:
+    fake_kube.create(warehouse("demo", "second"))
+    eventually(
+        lambda: len(request(demo.url, PUSH, signed(PUSH)).json()["refreshed"]) == 2,  # type: ignore[attr-defined]
+        what="second warehouse indexed",
+    )
+    fake_kube.fail(
+        "PATCH", r"/warehouses/", status, times=times, retry_after=0.1 if status == 429 else None
+    )
+    started = time.monotonic()
+    answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+    assert answer.status == expected_status, answer.body
+    assert (answer.json().get("msg") or answer.json().get("error")) == expected
+    assert time.monotonic() - started < 9.5
+
+
+def test_hanging_patch_is_retried_within_the_budget(
+    fake_kube: FakeKubernetes, demo: Server
+) -> None:
+    fake_kube.hang("PATCH", r"/warehouses/app$", times=1)
+    started = time.monotonic()
+    answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+    assert answer.status == 200 and answer.json()["refreshed"] == ["demo/app"]
+    assert time.monotonic() - started < 8
+
+
+def test_readyz_waits_for_the_initial_lists(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    fake_kube.delay("GET", r"/warehouses$", 3.0)
+    started = time.monotonic()
+    server = serve(tmp_path, kubeconfig)
+    try:
+        assert time.monotonic() - started >= 2.5  # Server() waits for /readyz 200
+        assert request(server.base + "/healthz", method="GET").status == 200
+    finally:
+        server.stop()
+
+
+def test_two_replicas_elect_one_writer_and_hand_over(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    a = serve(tmp_path, kubeconfig, name="replica-a")
+    published_url(fake_kube, "demo")
+    b = serve(tmp_path, kubeconfig, name="replica-b")
+
+    def holder() -> str | None:
+        lease = fake_kube.get("coordination.k8s.io/v1", "Lease", "kargo", "kargo-bitbucket")
+        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+    assert eventually(holder) == "replica-a"
+    fake_kube.reset_requests()
+    seed(fake_kube, [secret("demo", "second", "x")])
+    fake_kube.patch(
+        KARGO,
+        "ProjectConfig",
+        "demo",
+        "demo",
+        {
+            "spec": {
+                "webhookReceivers": [
+                    {"name": "bb", "bitbucket": {"secretRef": {"name": "bb"}}},
+                    {"name": "two", "bitbucket": {"secretRef": {"name": "second"}}},
+                ]
+            }
+        },
+    )
+    published_url(fake_kube, "demo", "two")
+    time.sleep(1.0)
+    writes = [r for r in fake_kube.requests if r.method == "PATCH" and r.path.endswith("/status")]
+    assert len(writes) == 1, [r.path for r in writes]
+
+    assert a.stop() == 0
+    assert eventually(lambda: holder() == "replica-b", timeout=8, what="hand-over") is True
+    fake_kube.patch(
+        "v1", "Secret", "demo", "second", {"data": {"secret": base64.b64encode(b"y").decode()}}
+    )
+    old = published_url(fake_kube, "demo", "two")
+    eventually(lambda: published_url(fake_kube, "demo", "two") != old, what="B publishes")
+    assert b.stop() == 0
+
+
+def test_no_publish_leaves_status_alone(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    seed(
+        fake_kube,
+        [
+            secret("demo", "bb", "topsecret"),
+            project("demo", ("bb", "bb")),
+            warehouse("demo", "app"),
+        ],
+    )
+    server = serve(tmp_path, kubeconfig, "--no-publish")
+    try:
+        config = fake_kube.get(KARGO, "ProjectConfig", "demo", "demo") or {}
+        assert not (config.get("status") or {}).get("webhookReceivers")
+        digest = __import__("hashlib").sha256(b"demobbtopsecret").hexdigest()
+        url = f"{server.base}/bitbucket/{digest}"
+        assert request(url, PUSH, signed(PUSH)).json()["refreshed"] == ["demo/app"]
+    finally:
+        server.stop()
+
+
+def test_corpus_deliveries_in_kubernetes_mode(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path, corpus: Path
+) -> None:
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    cases = test_corpus.CASES
+    for case in cases:
+        docs = test_corpus.manifests(case)
+        seed(fake_kube, [d for d in docs if d["kind"] != "Promotion"])
+        for doc in docs:
+            if doc["kind"] == "Promotion":
+                status = doc.pop("status")
+                fake_kube.create(doc)
+                fake_kube.patch(
+                    KARGO,
+                    "Promotion",
+                    doc["metadata"]["namespace"],
+                    doc["metadata"]["name"],
+                    {"status": status},
+                    subresource="status",
+                )
+    server = serve(tmp_path, kubeconfig)
+    try:
+        for case in cases:
+            namespace = test_corpus.namespace_of(case)
+            body = (corpus / case.file).read_bytes()
+            answer = request(
+                published_url(fake_kube, namespace), body, test_corpus.headers_for(case, body)
+            )
+            assert answer.status == case.status, (case.file, answer.body)
+            if case.msg:
+                assert answer.json()["msg"] == case.msg, case.file
+            if case.hit is not None:
+                hit = refreshed(fake_kube, "Warehouse", namespace, "hit") is not None
+                miss = refreshed(fake_kube, "Warehouse", namespace, "miss") is not None
+                assert (hit, miss) == (case.status == 200, bool(case.extra.get("refs_unknown"))), (
+                    case.file
+                )
+            if case.pr is not None:
+                assert refreshed(fake_kube, "Promotion", namespace, "hit") is not None
+                assert refreshed(fake_kube, "Promotion", namespace, "miss") is None
+    finally:
+        assert server.stop() == 0
+
+
+def test_kubectl_applies_the_example_before_a_delivery(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not on PATH (.ci/run installs it)")
+    namespace = tmp_path / "ns.yaml"
+    namespace.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: kargo-demo}\n")
+    for path in (namespace, REPO / "examples" / "kargo-demo"):
+        result = subprocess.run(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(kubeconfig),
+                "apply",
+                "--validate=false",
+                "-f",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    promotion = fake_kube.get(KARGO, "Promotion", "kargo-demo", "prod.01jdemo.guestbook")
+    assert promotion is not None
+    server = serve(tmp_path, kubeconfig)
+    try:
+        url = published_url(fake_kube, "kargo-demo", "bitbucket")
+        urls = cli("urls", "--kubernetes", "--kubeconfig", str(kubeconfig), state=server.state)
+        assert url in urls.stdout
+        sent = cli(
+            "send",
+            "--url",
+            url,
+            "--secret",
+            "demo-secret-change-me",
+            "--event",
+            "repo:push",
+            "--repo",
+            "https://bitbucket.org/acme/guestbook.git",
+            "--ref",
+            "main",
+            state=server.state,
+        )
+        assert "refreshed 1 warehouse(s)" in sent.stdout
+        shown = subprocess.run(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(kubeconfig),
+                "get",
+                "warehouse",
+                "guestbook-main",
+                "-n",
+                "kargo-demo",
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert REFRESH in json.loads(shown.stdout)["metadata"]["annotations"]
+        explained = cli(
+            "explain",
+            "--kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--repo",
+            "git@bitbucket.org:acme/guestbook.git",
+            "--ref",
+            "develop",
+            state=server.state,
+        )
+        assert "would refresh" in explained.stdout and "guestbook-develop-ssh" in explained.stdout
+    finally:
+        assert server.stop() == 0
