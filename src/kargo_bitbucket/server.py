@@ -89,7 +89,8 @@ class ListenError(OSError):
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket, bound before serving so a busy port is one clear error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections (no Nagle delay).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -335,7 +335,7 @@ def test_two_replicas_elect_one_writer_and_hand_over(
     published_url(fake_kube, "demo", "two")
     time.sleep(1.0)
     writes = [r for r in fake_kube.requests if r.method == "PATCH" and r.path.endswith("/status")]
-    assert len(writes) == 1, [r.path for r in writes]
+    assert len(writes) == 1, [r.body for r in writes]
 
     assert a.stop() == 0
     assert eventually(lambda: holder() == "replica-b", timeout=8, what="hand-over") is True
@@ -491,3 +491,33 @@ def test_kubectl_applies_the_example_before_a_delivery(
         assert "would refresh" in explained.stdout and "guestbook-develop-ssh" in explained.stdout
     finally:
         assert server.stop() == 0
+
+
+def test_http_410_before_the_stream_relists(tmp_path: Path) -> None:
+    with FakeKubernetes(bookmark_interval=0.5, expired_as_http=True) as fake:
+        kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+        seed(
+            fake,
+            [
+                secret("demo", "bb", "topsecret"),
+                project("demo", ("bb", "bb")),
+                warehouse("demo", "app"),
+            ],
+        )
+        server = serve(tmp_path, kubeconfig)
+        try:
+            url = published_url(fake, "demo")
+            fake.fail("watch", r"/warehouses", 503, times=2)
+            fake.drop_watches()
+            fake.delete(KARGO, "Warehouse", "demo", "app")
+            fake.create(warehouse("demo", "new"))
+            fake.expire_history()
+
+            def names() -> set[str]:
+                return set(request(url, PUSH, signed(PUSH)).json().get("refreshed", []))
+
+            eventually(lambda: names() == {"demo/new"}, timeout=20, what="relist after HTTP 410")
+            metrics = request(server.admin + "/metrics", method="GET").body.decode()
+            assert 'reason="expired"' in metrics
+        finally:
+            assert server.stop() == 0

@@ -24,7 +24,7 @@ from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, Memory
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.leader import LeaderElector
-from kargo_bitbucket.store.reflector import Reflector, plain
+from kargo_bitbucket.store.reflector import Reflector, plain, status_code
 from kargo_bitbucket.store.sqlite import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -217,13 +217,16 @@ class KubernetesStore:
             return
         resource = RESOURCES[owner.kind]
         patch = {"status": {"webhookReceivers": status.receivers, "conditions": conditions}}
-        await self.client.patch(
+        patched = await self.client.patch(
             resource.Status,
             owner.name,
             patch,
             namespace=owner.namespace or None,
             patch_type=PatchType.MERGE,
         )
+        # Our own write: remember it now, not when its watch event arrives, or a reroute
+        # in between would see stale status and write the same thing again.
+        self._config_status[owner] = plain(patched).get("status") or {}
         log.info("published receivers of %s %s", owner.kind, owner.label)
 
     def record(self, record: DeliveryRecord) -> None:
@@ -279,8 +282,8 @@ class KubernetesStore:
                     uid = (plain(patched).get("metadata") or {}).get("uid")
                     self._spawn_event(target, str(uid or ""), note)
                 return "refreshed"
-            except ApiError as error:
-                code = error.status.code or 0
+            except httpx.HTTPStatusError as error:
+                code = status_code(error)
                 if code == 404:
                     return "gone"
                 if code not in RETRYABLE:

@@ -19,6 +19,8 @@ Handler = Callable[[str, str, str, Mapping[str, Any] | None], None]
 
 LIST_CHUNK = 500
 WATCH_TIMEOUT = 290
+WATCH_IDLE_LIMIT = WATCH_TIMEOUT + 60
+"""A watch silent for this long (no event, no bookmark, no reconnect) is presumed dead."""
 MAX_BACKOFF = 30.0
 
 
@@ -63,16 +65,16 @@ class Reflector:
                 await self._watch()
             except asyncio.CancelledError:
                 raise
-            except ApiError as error:
-                if error.status.code == 410:
+            except httpx.HTTPStatusError as error:
+                if status_code(error) == 410:
                     log.info("watch of %s expired (410); listing again", self.kind)
                     self._version = None
                     self.on_restart(self.kind, "expired")
                     continue
                 failures += 1
                 self.on_restart(self.kind, "error")
-                await self._backoff(failures, f"API error {error.status.code}: {error}")
-            except (httpx.HTTPError, OSError, ValueError) as error:
+                await self._backoff(failures, f"HTTP {status_code(error)}: {error}")
+            except (httpx.HTTPError, OSError, ValueError, TimeoutError) as error:
                 failures += 1
                 self.on_restart(self.kind, "error")
                 await self._backoff(failures, f"{type(error).__name__}: {error}")
@@ -138,20 +140,32 @@ class Reflector:
                 "fieldSelector": f"metadata.name={self.name}" if self.name else None,
             },
         )
-        async for event, obj in inner.watch(request, on_error=on_error_raise):
-            body = plain(obj)
-            version = (body.get("metadata") or {}).get("resourceVersion")
-            if event == "BOOKMARK":
-                self._version = version or self._version
-                continue
-            key = _key(body)
-            if event == "DELETED":
-                self._known.discard(key)
-                self.handler(self.kind, key[0], key[1], None)
-            else:
-                self._known.add(key)
-                self.handler(self.kind, key[0], key[1], body)
-            self._version = version or self._version
+        async with asyncio.timeout(WATCH_IDLE_LIMIT) as idle:
+            async for event, obj in inner.watch(request, on_error=on_error_raise):
+                idle.reschedule(asyncio.get_running_loop().time() + WATCH_IDLE_LIMIT)
+                self._on_event(event, obj)
+
+    def _on_event(self, event: str, obj: Any) -> None:
+        """Apply one watch event; bookmarks only move the resume point."""
+        body = plain(obj)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        self._version = version or self._version
+        if event == "BOOKMARK":
+            return
+        key = _key(body)
+        if event == "DELETED":
+            self._known.discard(key)
+            self.handler(self.kind, key[0], key[1], None)
+        else:
+            self._known.add(key)
+            self.handler(self.kind, key[0], key[1], body)
+
+
+def status_code(error: httpx.HTTPStatusError) -> int:
+    """The HTTP status of an error: lightkube's ApiError carries a Status object, others not."""
+    if isinstance(error, ApiError) and error.status.code:
+        return int(error.status.code)
+    return error.response.status_code
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str]:

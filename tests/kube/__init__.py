@@ -1,0 +1,1 @@
+"""Kubernetes mode tests and the fake Kubernetes API server they run against."""
