@@ -53,6 +53,11 @@ class ReceiverEndpoint:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         path = path.partition("?")[0]
+        if not self.store.ready:
+            # Routes are unknown until the caches are loaded: say "try again", not "no such path".
+            return await _answer(
+                send, 503, {"error": "not ready, try again"}, [(b"retry-after", b"5")]
+            )
         route = self.store.indexes.route(path)
         if route is None:
             return await _answer(send, 404, {"error": "not found"})

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,19 +22,12 @@ from kargo_bitbucket.core.events import (
     is_ping,
     parse_event,
 )
+from tests.conftest import corpus_dir
 
 # --------------------------------------------------------------------------- corpus
 
 
-def _corpus_dir() -> Path:
-    """The shared payload corpus: $KARGO_BITBUCKET_PAYLOADS, else <repo>/../shared/…."""
-    env = os.environ.get("KARGO_BITBUCKET_PAYLOADS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "bitbucket-payloads"
-
-
-CORPUS = _corpus_dir()
+CORPUS = corpus_dir()
 CORPUS_ABSENT = f"Bitbucket payload corpus absent at {CORPUS} (set KARGO_BITBUCKET_PAYLOADS)"
 CORPUS_FILES = sorted(p.name for p in CORPUS.glob("*.json")) if CORPUS.is_dir() else []
 needs_corpus = pytest.mark.skipif(not CORPUS_FILES, reason=CORPUS_ABSENT)

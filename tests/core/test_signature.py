@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,17 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kargo_bitbucket.core.signature import SignatureCheck, check_signature, sign
+from tests.conftest import corpus_dir
 
-
-def _corpus_dir() -> Path:
-    """The shared payload corpus: $KARGO_BITBUCKET_PAYLOADS, else <repo>/../shared/…."""
-    env = os.environ.get("KARGO_BITBUCKET_PAYLOADS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "bitbucket-payloads"
-
-
-CORPUS = _corpus_dir()
+CORPUS = corpus_dir()
 CORPUS_ABSENT = f"Bitbucket payload corpus absent at {CORPUS} (set KARGO_BITBUCKET_PAYLOADS)"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=CORPUS_ABSENT)
 

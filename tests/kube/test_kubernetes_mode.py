@@ -8,9 +8,12 @@ subresource, Leases, Status errors) and injects faults.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Server, cli, request
+from tests.conftest import REPO, Server, cli, free_port, request
 from tests.e2e import test_corpus
 from tests.kube.fakeapi import FakeKubernetes
 
@@ -127,9 +130,6 @@ def refreshed(fake: FakeKubernetes, kind: str, namespace: str, name: str) -> str
 
 
 def signed(body: bytes, secret_value: str = "topsecret") -> dict[str, str]:
-    import hashlib
-    import hmac
-
     return {
         "Content-Type": "application/json",
         "X-Event-Key": "repo:push",
@@ -362,7 +362,7 @@ def test_no_publish_leaves_status_alone(
     try:
         config = fake_kube.get(KARGO, "ProjectConfig", "demo", "demo") or {}
         assert not (config.get("status") or {}).get("webhookReceivers")
-        digest = __import__("hashlib").sha256(b"demobbtopsecret").hexdigest()
+        digest = hashlib.sha256(b"demobbtopsecret").hexdigest()
         url = f"{server.base}/bitbucket/{digest}"
         assert request(url, PUSH, signed(PUSH)).json()["refreshed"] == ["demo/app"]
     finally:
@@ -521,3 +521,49 @@ def test_http_410_before_the_stream_relists(tmp_path: Path) -> None:
             assert 'reason="expired"' in metrics
         finally:
             assert server.stop() == 0
+
+
+def test_deliveries_before_the_caches_load_are_told_to_retry(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    fake_kube.delay("GET", r"/promotions$", 4.0)
+    port = free_port()
+    admin = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kargo_bitbucket",
+            "serve",
+            "--kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def answer() -> Any:
+            try:
+                return request(f"http://127.0.0.1:{port}/bitbucket/" + "0" * 64, PUSH, signed(PUSH))
+            except OSError:
+                return None
+
+        early = eventually(answer, what="the server to listen")
+        assert early.status == 503 and early.headers["retry-after"] == "5"
+        assert request(f"http://127.0.0.1:{port}/readyz", method="GET").status == 503
+        later = eventually(
+            lambda: (a := answer()) is not None and a.status == 404 and a,
+            timeout=15,
+            what="caches loaded",
+        )
+        assert later.json() == {"error": "not found"}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
