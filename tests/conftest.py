@@ -124,7 +124,11 @@ class Server:
             text=True,
             env={**os.environ, **(env or {})},
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -107,7 +107,7 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
     async def deliveries_json(request: Request) -> Response:
         namespace, receiver, limit = _filters(request)
         records = await store.deliveries(namespace, receiver, limit)
-        return Response(orjson.dumps([r.to_json() for r in records]), media_type="application/json")
+        return Response(orjson.dumps(records), media_type="application/json")
 
     return Starlette(
         routes=[

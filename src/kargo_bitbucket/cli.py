@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
+import uvloop
 import yaml
 
 from kargo_bitbucket import __version__, logs
@@ -627,7 +628,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
         admin_socket = bind(*settings.admin) if settings.admin is not None else None
     except ListenError as error:
         _fail(str(error), FAILURE)
-    asyncio.run(serve_together(server, main_socket, admin, admin_socket))
+    uvloop.run(serve_together(server, main_socket, admin, admin_socket))
     return 0 if server.started else FAILURE
 
 
@@ -663,9 +664,9 @@ def _example_send(settings: ServeSettings, store: SqliteStore) -> str | None:
     """A ready-to-paste ``send`` that refreshes a branch Warehouse behind the first receiver."""
     for route in store.indexes.resolution.routes.values():
         found = [
-            (not subscription.repo_url.startswith("http"), obj["metadata"]["name"], subscription)
-            for obj in store.state.get("Warehouse", route.owner.scope)
-            for subscription in git_subscriptions(obj)
+            (not subscription.repo_url.startswith("http"), warehouse.name, subscription)
+            for warehouse in store.indexes.warehouses(route.owner.scope)
+            for subscription in warehouse.subscriptions
             if subscription.strategy == BRANCH_STRATEGY
         ]
         if not found:
@@ -692,7 +693,7 @@ def _deliveries(args: argparse.Namespace) -> int:
         finally:
             state.close()
     if args.output == "json":
-        data = [r.to_json() for r in records]
+        data = records
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     if not records:

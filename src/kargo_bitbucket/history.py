@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_HISTORY_SIZE = 1000
@@ -23,7 +23,10 @@ class Candidate:
 
 @dataclass(slots=True)
 class DeliveryRecord:
-    """One delivery, without secrets or payload: enough to answer "why didn't it refresh?"."""
+    """One delivery, without secrets or payload: enough to answer "why didn't it refresh?".
+
+    ``orjson.dumps`` serialises it (and its candidates) directly, field by field.
+    """
 
     time: str
     receiver: str
@@ -40,13 +43,9 @@ class DeliveryRecord:
     pr_url: str = ""
     candidates: list[Candidate] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain data for JSON output and storage."""
-        return asdict(self)
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeliveryRecord:
-        """Rebuild a record stored with ``to_json``."""
+        """Rebuild a record from its JSON form (``orjson.dumps`` of a record)."""
         fields = dict(data)
         fields["candidates"] = [Candidate(**c) for c in fields.get("candidates") or []]
         return cls(**fields)

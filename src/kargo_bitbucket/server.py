@@ -150,7 +150,7 @@ def build_server(
         app,
         host=host,
         port=port,
-        loop="uvloop",
+        loop="none",  # the caller runs the event loop (uvloop.run)
         http=protocol_with_header_deadline(header_timeout),
         lifespan="on",
         access_log=False,

@@ -96,7 +96,25 @@ def warehouse(
     }
 
 
+_running: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers() -> Iterable[None]:
+    """Stop every server a test started, even when the test fails half-way."""
+    yield
+    while _running:
+        _running.pop().stop()
+
+
 def serve(tmp_path: Path, kubeconfig: Path, *extra: str, name: str = "replica-a") -> Server:
+    """``serve --kubernetes`` against the fake, with a short Lease for quick hand-overs."""
+    server = _start(tmp_path, kubeconfig, extra, name)
+    _running.append(server)
+    return server
+
+
+def _start(tmp_path: Path, kubeconfig: Path, extra: tuple[str, ...], name: str) -> Server:
     return Server(
         tmp_path / f"{name}.db",
         [

@@ -16,7 +16,10 @@ def repository_identity(url: str) -> str:
     ``.git`` are stripped, so every spelling Bitbucket or a Warehouse may use of one
     repository gives the same key.
     """
-    text = "".join(ch for ch in url if ch.isprintable() and not ch.isspace()).lower()
+    if url.isprintable() and " " not in url:  # the common case, checked in C
+        text = url.lower()
+    else:
+        text = "".join(ch for ch in url if ch.isprintable() and not ch.isspace()).lower()
     scheme = _SCHEME.match(text)
     if scheme:
         rest = text[scheme.end() :]

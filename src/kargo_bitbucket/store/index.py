@@ -88,6 +88,10 @@ class Indexes:
                     keys[(namespace, name)] = None
         return [self._warehouses[key] for key in sorted(keys)]
 
+    def warehouses(self, scope: str | None) -> list[WarehouseEntry]:
+        """Every indexed Warehouse in ``scope`` (for one-off listings, never per delivery)."""
+        return [w for w in self._warehouses.values() if scope is None or w.namespace == scope]
+
     # Promotions
     def put_promotion(self, body: Mapping[str, Any]) -> None:
         """Index a Promotion by the PR URLs it is waiting on (none unless Running)."""

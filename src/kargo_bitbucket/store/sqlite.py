@@ -244,7 +244,7 @@ class StateFile:
                 db.executemany(
                     "INSERT INTO deliveries (namespace, receiver, record) VALUES (?, ?, ?)",
                     [
-                        (r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r.to_json()))
+                        (r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r))
                         for r in records
                     ],
                 )

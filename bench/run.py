@@ -1,0 +1,856 @@
+"""Benchmark of issue 2: throughput, latency and memory of ``kargo-bitbucket serve``.
+
+Figures, each printed next to its baseline and the ratio:
+
+1. throughput and p50/p99 latency of one worker answering signed Cloud ``repo:push``
+   deliveries with 10,000 Warehouses in the store, against a bare ASGI app on the
+   same uvicorn settings (goal: ours/bare >= 0.7);
+2. p50 latency at light load (wrk, one connection) with 100,000 vs 100 Warehouses
+   (goal: within 20 %);
+3. resident memory of the server per 1,000 Warehouses (100 vs 100,000);
+4. how long ``kargo-bitbucket apply`` and server start-up take at each size.
+
+State files are built with the project's CLI in a temporary directory; the load
+generator is ``wrk`` (bench/post.lua), pinned to another CPU than the servers.
+All traffic goes to 127.0.0.1. Run with the project's virtualenv python:
+``.venv/bin/python bench/run.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import hmac
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+LUA = HERE / "post.lua"
+BARE_APP = HERE / "bare_app.py"
+DEFAULT_PAYLOAD = Path("/work/shared/bitbucket-payloads/cloud_repo_push_branch_update.json")
+HOST = "127.0.0.1"
+NAMESPACE = "bench"
+RECEIVER = "bitbucket"
+SUBSCRIBED = "foo-master"
+SUBSCRIBED_REPO = "https://bitbucket.org/brydzewski/foo"
+SUBSCRIBED_BRANCH = "master"
+EXPECTED_MSG = "refreshed 1 warehouse(s)"
+READY_TIMEOUT = 300.0
+# Never follow a proxy from the environment: every request stays on 127.0.0.1.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+# ---------------------------------------------------------------- manifests and state
+
+
+def manifest_documents(total: int) -> Iterator[str]:
+    """Secret, ProjectConfig, the subscribed Warehouse, then ``total - 1`` on other repos."""
+    yield (
+        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-webhook\n"
+        f"  namespace: {NAMESPACE}\nstringData:\n  secret: {{secret}}\n"
+    )
+    yield (
+        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: ProjectConfig\nmetadata:\n"
+        f"  name: {NAMESPACE}\n  namespace: {NAMESPACE}\nspec:\n  webhookReceivers:\n"
+        f"    - name: {RECEIVER}\n      bitbucket:\n        secretRef:\n"
+        f"          name: bench-webhook\n"
+    )
+    yield _warehouse(SUBSCRIBED, SUBSCRIBED_REPO, SUBSCRIBED_BRANCH)
+    for i in range(1, total):
+        yield _warehouse(f"wh-{i:06d}", f"https://bitbucket.org/bench-org/repo-{i:06d}.git", "main")
+
+
+def _warehouse(name: str, repo: str, branch: str) -> str:
+    return (
+        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\nmetadata:\n"
+        f"  name: {name}\n  namespace: {NAMESPACE}\nspec:\n  subscriptions:\n"
+        f"    - git:\n        repoURL: {repo}\n        branch: {branch}\n"
+    )
+
+
+def write_manifests(directory: Path, total: int, chunk: int, secret: str) -> list[Path]:
+    """YAML files of ``chunk`` documents each (all in one file when ``chunk`` is 0)."""
+    directory.mkdir(parents=True)
+    files: list[Path] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        path = directory / f"part-{len(files):04d}.yaml"
+        path.write_text("---\n".join(batch), encoding="utf-8")
+        files.append(path)
+        batch.clear()
+
+    for document in manifest_documents(total):
+        batch.append(document.replace("{secret}", secret))
+        if chunk and len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    return files
+
+
+@dataclass
+class State:
+    """A state file built by ``kargo-bitbucket apply``, and what building it cost."""
+
+    warehouses: int
+    path: Path
+    apply_seconds: float
+    apply_commands: int
+
+
+def build_state(cli: Path, workdir: Path, total: int, chunk: int, secret: str) -> State:
+    """Generate the manifests of ``total`` Warehouses and apply them with the CLI."""
+    files = write_manifests(workdir / f"manifests-{total}", total, chunk, secret)
+    state = workdir / f"state-{total}.db"
+    started = time.perf_counter()
+    for path in files:
+        run = subprocess.run(
+            [str(cli), "apply", "-f", str(path), "--state", str(state)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            check=False,
+        )
+        if run.returncode != 0:
+            raise BenchError(f"apply -f {path} failed ({run.returncode}): {run.stderr.strip()}")
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(files[0].parent)
+    return State(total, state, elapsed, len(files))
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """One server subprocess and what we learnt about it at start-up."""
+
+    label: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    target: str = ""
+    ready_seconds: float = 0.0
+    rss_ready_kib: int = 0
+    loop: str = ""
+
+    def rss_kib(self) -> int:
+        """Current resident set size (VmRSS) of the server process."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise BenchError(f"{self.label}: no VmRSS for pid {self.process.pid}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (all threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def event_loop(self) -> str:
+        """``uvloop`` when the process has uvloop's extension mapped, else ``asyncio``."""
+        maps = Path(f"/proc/{self.process.pid}/maps").read_text()
+        return "uvloop" if "/uvloop/" in maps else "asyncio"
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the server's output, for error messages."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without KARGO_BITBUCKET_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KARGO_BITBUCKET_")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int | None, command: Sequence[str]) -> list[str]:
+    """``command`` run on one CPU through taskset, or unpinned when ``cpu`` is None."""
+    return ["taskset", "-c", str(cpu), *command] if cpu is not None else list(command)
+
+
+@functools.cache
+def serve_help(cli: Path) -> str:
+    """``kargo-bitbucket serve --help``, to pass only flags this version has."""
+    return subprocess.run(
+        [str(cli), "serve", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def start_ours(cli: Path, state: State, cpu: int | None, workdir: Path) -> Server:
+    """``kargo-bitbucket serve`` on ``state``; returns once /readyz answers 200."""
+    port = free_port()
+    label = f"ours-{state.warehouses}"
+    log = workdir / f"{label}.log"
+    command = [
+        str(cli), "serve", "--state", str(state.path),
+        "--listen", f"{HOST}:{port}", "--base-url", f"http://{HOST}:{port}",
+    ]  # fmt: skip
+    if "--admin-listen" in serve_help(cli):  # keep the admin listener, on a port of its own
+        command += ["--admin-listen", f"{HOST}:{free_port()}"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            pinned(cpu, command), stdout=out, stderr=subprocess.STDOUT, env=clean_env()
+        )
+    server = Server(label, process, port, log)
+    try:
+        wait_ready(server)
+        server.target = receiver_target(cli, state, port)
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+def start_bare(secret: str, cpu: int | None, workdir: Path) -> Server:
+    """The bare ASGI baseline; returns once it answers."""
+    port = free_port()
+    log = workdir / "bare.log"
+    command = [sys.executable, str(BARE_APP), "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            pinned(cpu, command),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(BENCH_SECRET=secret),
+        )
+    server = Server("bare", process, port, log)
+    try:
+        wait_ready(server)
+    except BaseException:
+        stop(server)
+        raise
+    server.target = f"http://{HOST}:{port}/bitbucket/bare"
+    return server
+
+
+def wait_ready(server: Server) -> None:
+    """Poll GET /readyz until 200; record the time it took and the RSS at that moment."""
+    url = f"http://{HOST}:{server.port}/readyz"
+    started = time.perf_counter()
+    while time.perf_counter() - started < READY_TIMEOUT:
+        if server.process.poll() is not None:
+            raise BenchError(
+                f"{server.label} exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
+        with contextlib.suppress(OSError), HTTP.open(url, timeout=2) as response:
+            if response.status == 200:
+                server.ready_seconds = time.perf_counter() - started
+                server.rss_ready_kib = server.rss_kib()
+                server.loop = server.event_loop()
+                return
+        time.sleep(0.05)
+    raise BenchError(f"{server.label} not ready after {READY_TIMEOUT:.0f} s:\n{server.log_tail()}")
+
+
+def receiver_target(cli: Path, state: State, port: int) -> str:
+    """The receiver URL that ``kargo-bitbucket urls`` prints, checked to be on 127.0.0.1."""
+    run = subprocess.run(
+        [str(cli), "urls", "--state", str(state.path)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+    )
+    if run.returncode != 0:
+        raise BenchError(f"kargo-bitbucket urls failed: {run.stderr.strip()}")
+    for line in run.stdout.splitlines():
+        owner, name, url = [*line.split("\t"), "", "", ""][:3]
+        if (owner, name) == (NAMESPACE, RECEIVER):
+            parts = urllib.parse.urlsplit(url)
+            if parts.hostname != HOST or parts.port != port:
+                raise BenchError(f"receiver URL {url} is not on {HOST}:{port}")
+            return url
+    raise BenchError(f"no receiver {NAMESPACE}/{RECEIVER} in:\n{run.stdout}")
+
+
+def stop(server: Server) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within 20 s."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+# ----------------------------------------------------------------------- deliveries
+
+
+def post(url: str, body: bytes, signature: str) -> tuple[int, dict[str, Any]]:
+    """POST one delivery with the headers Bitbucket Cloud sends; status and JSON answer."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Bitbucket-Webhooks/2.0",
+        "X-Event-Key": "repo:push",
+        "X-Hub-Signature": signature,
+        "X-Request-UUID": "0b7d8c2e-6a52-4f0e-9a51-6f1f0c5b9e10",
+        "X-Attempt-Number": "1",
+    }
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with HTTP.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def check_delivery(server: Server, body: bytes, signature: str) -> None:
+    """One signed delivery is answered 200 (ours: refreshing exactly the one Warehouse)."""
+    status, answer = post(server.target, body, signature)
+    if status != 200:
+        raise BenchError(f"{server.label}: delivery answered {status} {answer}")
+    names = answer.get("refreshed", [f"{NAMESPACE}/{SUBSCRIBED}"])  # optional (SPEC §4)
+    if server.label != "bare" and (
+        answer.get("msg") != EXPECTED_MSG or names != [f"{NAMESPACE}/{SUBSCRIBED}"]
+    ):
+        raise BenchError(f"{server.label}: expected {EXPECTED_MSG!r} of {SUBSCRIBED}, got {answer}")
+    status, answer = post(server.target, body, "sha256=" + "0" * 64)
+    if status != 401:
+        raise BenchError(f"{server.label}: a bad signature answered {status} {answer}")
+
+
+def check_log(server: Server, minimum: int) -> int:
+    """Every delivery the server logged was a 200 refreshing one Warehouse; returns the count."""
+    count = 0
+    for line in server.log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record.get("level") == "error":
+            raise BenchError(f"{server.label} logged an error: {line}")
+        if record.get("logger") != "kargo_bitbucket.delivery" or "status" not in record:
+            continue
+        if record["status"] == 401:  # the bad-signature checks of check_delivery
+            continue
+        if record["status"] != 200 or record.get("refreshed", 1) != 1:
+            raise BenchError(f"{server.label} answered a delivery with: {line}")
+        count += 1
+    if count < minimum:
+        raise BenchError(f"{server.label} logged {count} deliveries, wrk counted {minimum}")
+    return count
+
+
+def check_refreshed(cli: Path, state: State) -> None:
+    """After the load, the subscribed Warehouse carries a refresh value and another does not."""
+    for name, expected in ((SUBSCRIBED, True), ("wh-000001", False)):
+        run = subprocess.run(
+            [str(cli), "get", "warehouse", name, "-n", NAMESPACE, "-o", "json",
+             "--state", str(state.path)],
+            capture_output=True, text=True, env=clean_env(), check=False,
+        )  # fmt: skip
+        if run.returncode != 0:
+            raise BenchError(f"get warehouse {name} failed: {run.stderr.strip()}")
+        annotations = json.loads(run.stdout)["metadata"].get("annotations") or {}
+        if ("kargo.akuity.io/refresh" in annotations) != expected:
+            raise BenchError(f"Warehouse {name}: unexpected annotations {annotations}")
+
+
+# ------------------------------------------------------------------------------ wrk
+
+
+@dataclass
+class Run:
+    """One measured wrk run."""
+
+    label: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    cpu_seconds: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU time (all threads, user + system) per completed request."""
+        return self.cpu_seconds / self.requests * 1e6
+
+
+def wrk(
+    server: Server,
+    connections: int,
+    seconds: int,
+    cpu: int | None,
+    body_file: Path,
+    signature: str,
+) -> Run:
+    """Drive ``server`` with wrk; fail loudly on any non-2xx answer or socket error."""
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        "-s", str(LUA), server.target,
+    ]  # fmt: skip
+    env = clean_env(BENCH_BODY_FILE=str(body_file), BENCH_SIGNATURE=signature)
+    cpu_before = server.cpu_seconds()
+    run = subprocess.run(
+        pinned(cpu, command),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 60,
+        check=False,
+    )
+    line = next((x for x in run.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+    if run.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+    result = json.loads(line.removeprefix("BENCH_RESULT "))
+    errors = {k: v for k, v in result.items() if k.endswith("_errors") and v}
+    if errors:
+        raise BenchError(f"{server.label}: wrk saw errors {errors} (status = non-2xx answers)")
+    if result["requests"] == 0:
+        raise BenchError(f"{server.label}: wrk completed no request")
+    return Run(
+        server.label,
+        result["requests"],
+        result["duration_us"] / 1e6,
+        result["p50_us"] / 1000,
+        result["p99_us"] / 1000,
+        server.cpu_seconds() - cpu_before,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    """Rows of the final table: figure, ours, baseline, ratio, goal, met."""
+
+    rows: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def add(
+        self, figure: str, ours: str, base: str, ratio: str = "", goal: str = "", met: str = ""
+    ) -> None:
+        """Add one row."""
+        self.rows.append((figure, ours, base, ratio, goal, met))
+
+    def print(self) -> None:
+        """Print the table with aligned columns."""
+        header = ("figure", "ours", "baseline", "ratio", "goal", "met")
+        table = [header, *self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        print()
+        for row in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """One run as plain data, derived figures included."""
+    return vars(run) | {"rps": run.rps, "cpu_us": run.cpu_us}
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values``."""
+    return statistics.median(values)
+
+
+def say(text: str) -> None:
+    """Progress line, flushed at once."""
+    print(text, flush=True)
+
+
+# ------------------------------------------------------------------------------ parts
+
+
+@dataclass
+class Setup:
+    """What every part needs."""
+
+    args: argparse.Namespace
+    cli: Path
+    workdir: Path
+    body: bytes
+    body_file: Path
+    signature: str
+    secret: str
+    server_cpu: int | None
+    client_cpu: int | None
+    servers: list[Server] = field(default_factory=list)
+
+    def drive(self, server: Server, connections: int, seconds: int) -> Run:
+        """One wrk run against ``server``."""
+        return wrk(server, connections, seconds, self.client_cpu, self.body_file, self.signature)
+
+    def start_ours(self, state: State) -> Server:
+        """Start our server on ``state`` and remember to stop it."""
+        server = start_ours(self.cli, state, self.server_cpu, self.workdir)
+        self.servers.append(server)
+        return server
+
+    def start_bare(self) -> Server:
+        """Start the baseline and remember to stop it."""
+        server = start_bare(self.secret, self.server_cpu, self.workdir)
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        """Stop every server still running."""
+        while self.servers:
+            stop(self.servers.pop())
+
+
+def alternate(
+    setup: Setup, servers: Sequence[Server], connections: int, seconds: int
+) -> dict[str, list[Run]]:
+    """``rounds`` rounds over ``servers``, the order reversed every other round."""
+    runs: dict[str, list[Run]] = {server.label: [] for server in servers}
+    for server in servers:
+        if setup.args.warmup:
+            setup.drive(server, connections, setup.args.warmup)
+    for number in range(setup.args.rounds):
+        order = servers if number % 2 == 0 else list(reversed(servers))
+        for server in order:
+            run = setup.drive(server, connections, seconds)
+            runs[server.label].append(run)
+            say(
+                f"  round {number + 1} {server.label:>10}: {run.rps:8.0f} req/s  "
+                f"p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
+                f"CPU {run.cpu_us:6.0f} us/req  ({run.requests} requests)"
+            )
+    return runs
+
+
+def finish_checks(setup: Setup, servers: Sequence[Server], runs: dict[str, list[Run]]) -> None:
+    """After the load: a last delivery, the servers' own logs, the refresh annotation."""
+    for server in servers:
+        check_delivery(server, setup.body, setup.signature)
+        if server.label != "bare":
+            total = sum(run.requests for run in runs[server.label])
+            logged = check_log(server, total)
+            say(f"  {server.label}: {logged} deliveries logged, every one 200 refreshing 1")
+
+
+def part_throughput(setup: Setup, state: State, report: Report) -> None:
+    """Figure 1: ours vs bare at a fixed connection count."""
+    args = setup.args
+    say(f"\n[1] throughput, {args.connections} connections, {args.duration} s x {args.rounds}")
+    bare = setup.start_bare()
+    ours = setup.start_ours(state)
+    say(f"  {ours.label} ready in {ours.ready_seconds:.1f} s; receiver {ours.target}")
+    for server in (ours, bare):
+        check_delivery(server, setup.body, setup.signature)
+    runs = alternate(setup, [bare, ours], args.connections, args.duration)
+    finish_checks(setup, [bare, ours], runs)
+    check_refreshed(setup.cli, state)
+    report.raw["ready"][ours.label] = ours.ready_seconds
+    report.raw["rss_kib"][ours.label] = ours.rss_ready_kib
+    report.raw["rss_kib"]["bare"] = bare.rss_ready_kib
+    setup.stop_all()
+
+    ours_rps = median([r.rps for r in runs[ours.label]])
+    bare_rps = median([r.rps for r in runs["bare"]])
+    ratio = ours_rps / bare_rps
+    n = state.warehouses
+    report.add(
+        f"throughput, {n} Warehouses (req/s)",
+        f"{ours_rps:.0f}",
+        f"{bare_rps:.0f} (bare)",
+        f"{ratio:.2f}",
+        ">= 0.70",
+        "yes" if ratio >= 0.7 else "NO",
+    )
+    for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
+        ours_ms = median([getattr(r, attribute) for r in runs[ours.label]])
+        bare_ms = median([getattr(r, attribute) for r in runs["bare"]])
+        report.add(
+            f"{name} latency at {args.connections} conns (ms)",
+            f"{ours_ms:.2f}",
+            f"{bare_ms:.2f} (bare)",
+            f"{ours_ms / bare_ms:.2f}",
+        )
+    ours_cpu = median([r.cpu_us for r in runs[ours.label]])
+    bare_cpu = median([r.cpu_us for r in runs["bare"]])
+    report.add(
+        "server CPU per delivery (us)",
+        f"{ours_cpu:.0f}",
+        f"{bare_cpu:.0f} (bare)",
+        f"{ours_cpu / bare_cpu:.2f}",
+    )
+    report.add("event loop of the server process", ours.loop, f"{bare.loop} (bare)")
+    report.raw["throughput"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
+
+
+def part_latency_and_memory(setup: Setup, small: State, large: State, report: Report) -> None:
+    """Figures 2 and 3: light-load latency and RSS with few vs many Warehouses."""
+    args = setup.args
+    say(
+        f"\n[2] latency at 1 connection, {small.warehouses} vs {large.warehouses} Warehouses, "
+        f"{args.latency_duration} s x {args.rounds}"
+    )
+    servers = [setup.start_ours(small), setup.start_ours(large)]
+    for server in servers:
+        say(
+            f"  {server.label} ready in {server.ready_seconds:.1f} s, "
+            f"RSS {server.rss_ready_kib / 1024:.1f} MiB"
+        )
+        check_delivery(server, setup.body, setup.signature)
+    bare = setup.start_bare()  # the noise floor of light-load latency on this machine
+    check_delivery(bare, setup.body, setup.signature)
+    runs = alternate(setup, [*servers, bare], 1, args.latency_duration)
+    finish_checks(setup, [*servers, bare], runs)
+    rss_after = {server.label: server.rss_kib() for server in servers}
+    setup.stop_all()
+    check_refreshed(setup.cli, large)
+
+    small_s, large_s = servers
+    small_p50 = median([r.p50_ms for r in runs[small_s.label]])
+    large_p50 = median([r.p50_ms for r in runs[large_s.label]])
+    ratio = large_p50 / small_p50
+    report.add(
+        "p50 latency at 1 conn (ms)",
+        f"{large_p50:.3f} ({large.warehouses} Wh)",
+        f"{small_p50:.3f} ({small.warehouses} Wh)",
+        f"{ratio:.2f}",
+        "0.80-1.20",
+        "yes" if 0.8 <= ratio <= 1.2 else "NO",
+    )
+    small_p99 = median([r.p99_ms for r in runs[small_s.label]])
+    large_p99 = median([r.p99_ms for r in runs[large_s.label]])
+    report.add(
+        "p99 latency at 1 conn (ms)",
+        f"{large_p99:.3f} ({large.warehouses} Wh)",
+        f"{small_p99:.3f} ({small.warehouses} Wh)",
+        f"{large_p99 / small_p99:.2f}",
+    )
+    report.add(
+        "p50 / p99 at 1 conn, bare app (ms)",
+        "-",
+        f"{median([r.p50_ms for r in runs['bare']]):.3f} / "
+        f"{median([r.p99_ms for r in runs['bare']]):.3f}",
+    )
+    small_cpu = median([r.cpu_us for r in runs[small_s.label]])
+    large_cpu = median([r.cpu_us for r in runs[large_s.label]])
+    report.add(
+        "server CPU per delivery at 1 conn (us)",
+        f"{large_cpu:.0f} ({large.warehouses} Wh)",
+        f"{small_cpu:.0f} ({small.warehouses} Wh)",
+        f"{large_cpu / small_cpu:.2f}",
+    )
+    report.raw["latency"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
+
+    for server in servers:
+        report.raw["ready"][server.label] = server.ready_seconds
+        report.raw["rss_kib"][server.label] = server.rss_ready_kib
+        report.raw["rss_after_kib"][server.label] = rss_after[server.label]
+    small_kib, large_kib = small_s.rss_ready_kib, large_s.rss_ready_kib
+    report.add(
+        "RSS at ready (MiB)",
+        f"{large_kib / 1024:.1f} ({large.warehouses} Wh)",
+        f"{small_kib / 1024:.1f} ({small.warehouses} Wh)",
+        f"{large_kib / small_kib:.2f}",
+    )
+    per_thousand = (large_kib - small_kib) / ((large.warehouses - small.warehouses) / 1000)
+    report.add("RSS per 1,000 Warehouses (MiB)", f"{per_thousand / 1024:.2f}", "-")
+    report.add(
+        "RSS after the latency runs (MiB)",
+        f"{rss_after[large_s.label] / 1024:.1f} ({large.warehouses} Wh)",
+        f"{rss_after[small_s.label] / 1024:.1f} ({small.warehouses} Wh)",
+    )
+
+
+def report_costs(states: Sequence[State], report: Report) -> None:
+    """Rows for the time ``apply`` and start-up took at each size."""
+    for state in states:
+        documents = state.warehouses + 2
+        report.add(
+            f"apply {state.warehouses} Warehouses (s)",
+            f"{state.apply_seconds:.1f}",
+            f"{state.apply_commands} command(s)",
+            f"{documents / state.apply_seconds:.0f} docs/s",
+        )
+        report.raw["apply"][state.warehouses] = {
+            "seconds": state.apply_seconds,
+            "commands": state.apply_commands,
+        }
+    for label, seconds in report.raw["ready"].items():
+        report.add(f"serve start to ready, {label} (s)", f"{seconds:.2f}", "-")
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; defaults keep the whole run under about six minutes."""
+    parser = argparse.ArgumentParser(
+        description="Throughput, latency and memory of kargo-bitbucket serve (issue 2)."
+    )
+    parser.add_argument("--payload", type=Path, default=DEFAULT_PAYLOAD, help="push body (JSON)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per figure")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per throughput run")
+    parser.add_argument("--latency-duration", type=int, default=5, help="seconds per 1-conn run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections, figure 1")
+    parser.add_argument("--warehouses", type=int, default=10_000, help="store size, figure 1")
+    parser.add_argument("--small", type=int, default=100, help="small store, figures 2-3")
+    parser.add_argument("--large", type=int, default=100_000, help="large store, figures 2-3")
+    parser.add_argument(
+        "--apply-chunk",
+        type=int,
+        default=10_000,
+        help="documents per YAML file and per apply command (0: one command)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
+    parser.add_argument(
+        "--cli",
+        type=Path,
+        default=Path(sys.executable).parent / "kargo-bitbucket",
+        help="the kargo-bitbucket command (default: next to this python)",
+    )
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.duration, args.latency_duration, args.connections) < 1:
+        parser.error("--rounds, --duration, --latency-duration and --connections must be >= 1")
+    if not 1 <= args.small < args.large or args.warehouses < 1:
+        parser.error("need 1 <= --small < --large and --warehouses >= 1")
+    return args
+
+
+def cpus(no_pin: bool) -> tuple[int | None, int | None]:
+    """CPUs for the servers and for wrk: two different ones when possible."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if no_pin or len(allowed) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return allowed[0], allowed[1]
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Exit with a clear message when something the bench needs is missing."""
+    if not args.payload.is_file():
+        raise BenchError(
+            f"payload {args.payload} not found: this bench sends the real Bitbucket Cloud "
+            "repo:push payload (cloud_repo_push_branch_update.json); pass --payload FILE"
+        )
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk not found: apt-get update && apt-get install -y wrk")
+    if not args.cli.exists():
+        raise BenchError(f"{args.cli} not found: run with the project's .venv/bin/python or --cli")
+
+
+def source_digest() -> tuple[Path, str]:
+    """The directory of the ``kargo_bitbucket`` package this python imports, and its digest."""
+    spec = importlib.util.find_spec("kargo_bitbucket")
+    if spec is None or spec.origin is None:
+        raise BenchError("kargo_bitbucket is not importable: run with the project's .venv python")
+    package = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return package, digest.hexdigest()[:12]
+
+
+def code_version() -> str:
+    """Which sources are measured (the working tree may be ahead of HEAD, or on PYTHONPATH)."""
+    package, digest = source_digest()
+    head = subprocess.run(
+        ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{package} (sources sha256 {digest}); {PROJECT} at HEAD {head or 'unknown'}"
+
+
+def machine() -> str:
+    """CPU model, CPU count and load average, for the report."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, {model}, load average {load}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build the states, run the three parts, print the table; 1 on any failed check."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        preflight(args)
+        code = code_version()
+        digest = source_digest()
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    server_cpu, client_cpu = cpus(args.no_pin)
+    body = args.payload.read_bytes()
+    secret = secrets.token_hex(16)
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-bench-"))
+    setup = Setup(
+        args, args.cli, workdir, body, args.payload, signature, secret, server_cpu, client_cpu
+    )
+    report = Report()
+    report.raw.update(
+        machine=machine(), args={k: str(v) for k, v in vars(args).items()},
+        code=code, ready={}, rss_kib={}, rss_after_kib={}, apply={},
+    )  # fmt: skip
+    say(f"machine: {report.raw['machine']}")
+    say(f"code: {report.raw['code']}")
+    say(f"servers on CPU {server_cpu}, wrk on CPU {client_cpu}; temp dir {workdir}")
+    try:
+        states = {}
+        for total in sorted({args.small, args.warehouses, args.large}):
+            say(f"building state with {total} Warehouses ...")
+            states[total] = build_state(args.cli, workdir, total, args.apply_chunk, secret)
+            say(f"  apply took {states[total].apply_seconds:.1f} s")
+        part_throughput(setup, states[args.warehouses], report)
+        part_latency_and_memory(setup, states[args.small], states[args.large], report)
+        report_costs(list(states.values()), report)
+    except BenchError as error:
+        print(f"bench: FAILED: {error}", file=sys.stderr)
+        return 1
+    finally:
+        setup.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.print()
+    if source_digest() != digest:
+        print("\nbench: WARNING: the package sources changed during the run", file=sys.stderr)
+        report.raw["code_changed_during_run"] = True
+    if args.json:
+        args.json.write_text(json.dumps(report.raw, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
