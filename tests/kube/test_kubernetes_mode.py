@@ -585,3 +585,23 @@ def test_deliveries_before_the_caches_load_are_told_to_retry(
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_rotated_service_account_token_is_reread(fake_kube: FakeKubernetes, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    kubeconfig = fake_kube.kubeconfig(tmp_path / "kubeconfig", token_file=token_file)
+    seed(
+        fake_kube,
+        [
+            secret("demo", "bb", "topsecret"),
+            project("demo", ("bb", "bb")),
+            warehouse("demo", "app"),
+        ],
+    )
+    serve(tmp_path, kubeconfig)
+    url = published_url(fake_kube, "demo")
+    fake_kube.token = "rotated-token"
+    token_file.write_text("rotated-token")
+    answer = request(url, PUSH, signed(PUSH))
+    assert answer.status == 200 and answer.json()["refreshed"] == ["demo/app"]
+    assert "rotated-token" in fake_kube.tokens_seen
