@@ -29,8 +29,9 @@ FIXED_PATHS = frozenset({"/healthz", "/readyz"})
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Readiness as the probes see it: loaded, and not draining for shutdown."""
+    """Readiness as the probes see it: loaded and announced, and not draining for shutdown."""
 
+    started: bool = False
     draining: bool = False
 
 
@@ -136,7 +137,7 @@ def create_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        if store.ready and not lifecycle.draining:
+        if lifecycle.started and not lifecycle.draining:
             return Response(b'{"status":"ready"}', media_type="application/json")
         reason = b"draining" if lifecycle.draining else b"loading"
         return Response(b'{"status":"' + reason + b'"}', 503, media_type="application/json")
@@ -148,6 +149,7 @@ def create_app(
                 await store.start()
                 if on_ready is not None:
                     await on_ready()
+                lifecycle.started = True
             except Exception:
                 log.exception("store failed to start")
                 raise
