@@ -125,6 +125,14 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def event_loop(pid: int) -> str:
+    """``uvloop`` when the process has uvloop's extension mapped, else ``asyncio``."""
+    with contextlib.suppress(OSError):
+        if "/uvloop/" in Path(f"/proc/{pid}/maps").read_text():
+            return "uvloop"
+    return "asyncio"
+
+
 def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -510,7 +518,7 @@ async def refresh_phase(args: argparse.Namespace, workdir: Path) -> RefreshRepor
         fake.api.delay("PATCH", r"/warehouses/", args.delay)
         server = start_server(args.cli, fake, workdir, "refresh", profile_path(args, "refresh"))
         print(
-            f"server ready in {server.ready_seconds:.2f} s "
+            f"server ({event_loop(server.pid)}) ready in {server.ready_seconds:.2f} s "
             f"({sum(args.sizes)} Warehouses, {len(args.sizes)} projects)",
             flush=True,
         )
@@ -555,7 +563,7 @@ async def refresh_phase(args: argparse.Namespace, workdir: Path) -> RefreshRepor
                     + f" ms, server CPU {ms(med([s.server_cpu for s in ours]))} ms, "
                     f"fake CPU {ms(med([s.fake_cpu for s in ours]))} ms); sequential "
                     + " ".join(ms(s.seconds) for s in base)
-                    + " ms",
+                    + f" ms; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
             report.round_medians.append(medians)
@@ -717,7 +725,7 @@ async def startup_phase(args: argparse.Namespace, workdir: Path) -> StartupRepor
                     f"fake CPU {sample.fake_cpu_ready:.2f} s), "
                     f"RSS {sample.rss_ready_kib / 1024:.0f} MiB at ready, "
                     f"{sample.rss_settled_kib / 1024:.0f} MiB "
-                    f"{args.settle_rss:.0f} s later{extra}",
+                    f"{args.settle_rss:.0f} s later{extra}; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         finally:
@@ -939,7 +947,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         for path in sorted(args.profile.glob("*.prof")):
             print_profile(path)
-    print(f"\ntotal bench time {time.perf_counter() - started:.0f} s")
+    print(f"\ntotal bench time {time.perf_counter() - started:.0f} s; {machine()}")
     if args.json:
         raw.update(machine=machine(), code=code_version())
         args.json.write_text(json.dumps(raw, indent=1, default=str))
