@@ -1,6 +1,6 @@
 """Benchmark of issue 2: throughput, latency and memory of ``kargo-bitbucket serve``.
 
-Figures, each printed next to its baseline and the ratio:
+Figures, each printed next to its baseline and the ratio (``--figures`` picks some):
 
 1. throughput and p50/p99 latency of one worker answering signed Cloud ``repo:push``
    deliveries with 10,000 Warehouses in the store, against a bare ASGI app on the
@@ -8,11 +8,16 @@ Figures, each printed next to its baseline and the ratio:
 2. p50 latency at light load (wrk, one connection) with 100,000 vs 100 Warehouses
    (goal: within 20 %);
 3. resident memory of the server per 1,000 Warehouses (100 vs 100,000);
-4. how long ``kargo-bitbucket apply`` and server start-up take at each size.
+4. how long ``kargo-bitbucket apply`` and server start-up take at each size;
+5. the cost of delivery history and metrics (issue "See and debug every delivery"):
+   the load of figure 1 on ``serve`` with its defaults (history of 1000 in the state
+   file, admin listener with metrics) against ``serve --history-size 0 --admin-listen
+   off``, alternating in the same run (goal: under 10 % slower).
 
-State files are built with the project's CLI in a temporary directory; the load
-generator is ``wrk`` (bench/post.lua), pinned to another CPU than the servers.
-All traffic goes to 127.0.0.1. Run with the project's virtualenv python:
+Figures 1 and 5 share their rounds when both are chosen (bare, on, off in turn), and
+so do figures 2 and 3. State files are built with the project's CLI in a temporary
+directory; the load generator is ``wrk`` (bench/post.lua), pinned to another CPU than
+the servers. All traffic goes to 127.0.0.1. Run with the project's virtualenv python:
 ``.venv/bin/python bench/run.py --help``.
 """
 
@@ -23,16 +28,19 @@ import contextlib
 import functools
 import hashlib
 import hmac
-import importlib.util
+import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -56,6 +64,11 @@ SUBSCRIBED_REPO = "https://bitbucket.org/brydzewski/foo"
 SUBSCRIBED_BRANCH = "master"
 EXPECTED_MSG = "refreshed 1 warehouse(s)"
 READY_TIMEOUT = 300.0
+FIGURES = (1, 2, 3, 4, 5)
+OBSERVABILITY_OFF = ("--history-size", "0", "--admin-listen", "off")
+HISTORY_DEFAULT = 1000  # serve's default --history-size
+SLOWDOWN_GOAL = 0.10
+ADMIN_ANNOUNCE = "metrics and delivery history on"
 # Never follow a proxy from the environment: every request stays on 127.0.0.1.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -144,6 +157,19 @@ def build_state(cli: Path, workdir: Path, total: int, chunk: int, secret: str) -
     return State(total, state, elapsed, len(files))
 
 
+def copy_state(state: State, suffix: str) -> State:
+    """A consistent copy of a state file no server has touched yet (SQLite backup API)."""
+    path = state.path.with_name(f"{state.path.stem}-{suffix}.db")
+    source = sqlite3.connect(state.path)
+    target = sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return State(state.warehouses, path, state.apply_seconds, state.apply_commands)
+
+
 # ---------------------------------------------------------------------------- servers
 
 
@@ -159,6 +185,8 @@ class Server:
     ready_seconds: float = 0.0
     rss_ready_kib: int = 0
     loop: str = ""
+    admin_port: int | None = None
+    state: State | None = None
 
     def rss_kib(self) -> int:
         """Current resident set size (VmRSS) of the server process."""
@@ -210,22 +238,39 @@ def serve_help(cli: Path) -> str:
     ).stdout
 
 
-def start_ours(cli: Path, state: State, cpu: int | None, workdir: Path) -> Server:
-    """``kargo-bitbucket serve`` on ``state``; returns once /readyz answers 200."""
+def start_ours(
+    cli: Path,
+    state: State,
+    cpu: int | None,
+    workdir: Path,
+    flags: Sequence[str] = (),
+    suffix: str = "",
+) -> Server:
+    """``kargo-bitbucket serve`` on ``state`` (plus ``flags``); returns once /readyz is 200.
+
+    Without ``flags`` it runs with serve's defaults, but the admin listener gets a free
+    port of its own instead of 9090.
+    """
     port = free_port()
-    label = f"ours-{state.warehouses}"
+    label = f"ours-{state.warehouses}{suffix}"
     log = workdir / f"{label}.log"
     command = [
         str(cli), "serve", "--state", str(state.path),
         "--listen", f"{HOST}:{port}", "--base-url", f"http://{HOST}:{port}",
     ]  # fmt: skip
-    if "--admin-listen" in serve_help(cli):  # keep the admin listener, on a port of its own
-        command += ["--admin-listen", f"{HOST}:{free_port()}"]
+    admin_port = None
+    if "--admin-listen" not in flags and "--admin-listen" in serve_help(cli):
+        admin_port = free_port()
+        command += ["--admin-listen", f"{HOST}:{admin_port}"]
+    for flag in flags[::2]:
+        if flag not in serve_help(cli):
+            raise BenchError(f"this kargo-bitbucket serve has no {flag} option")
+    command += flags
     with log.open("wb") as out:
         process = subprocess.Popen(
             pinned(cpu, command), stdout=out, stderr=subprocess.STDOUT, env=clean_env()
         )
-    server = Server(label, process, port, log)
+    server = Server(label, process, port, log, admin_port=admin_port, state=state)
     try:
         wait_ready(server)
         server.target = receiver_target(cli, state, port)
@@ -380,6 +425,65 @@ def check_refreshed(cli: Path, state: State) -> None:
             raise BenchError(f"Warehouse {name}: unexpected annotations {annotations}")
 
 
+def history_count(cli: Path, state: State) -> int:
+    """How many delivery records the state file holds (``kargo-bitbucket deliveries``)."""
+    run = subprocess.run(
+        [str(cli), "deliveries", "--limit", "1000000", "-o", "json", "--state", str(state.path)],
+        capture_output=True, text=True, env=clean_env(), check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        raise BenchError(f"deliveries --state {state.path} failed: {run.stderr.strip()}")
+    return len(json.loads(run.stdout))
+
+
+METRIC_LINE = re.compile(r"^kargo_bitbucket_deliveries_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def metric_refreshed(server: Server) -> int:
+    """``kargo_bitbucket_deliveries_total`` of repo:push deliveries that refreshed."""
+    if server.admin_port is None:
+        raise BenchError(f"{server.label} has no admin listener")
+    url = f"http://{HOST}:{server.admin_port}/metrics"
+    try:
+        with HTTP.open(url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError as error:
+        raise BenchError(f"{server.label}: GET {url} failed: {error}") from error
+    for line in text.splitlines():
+        match = METRIC_LINE.match(line)
+        if match and {'event="repo:push"', 'result="refreshed"'} <= set(match["labels"].split(",")):
+            return int(float(match["value"]))
+    raise BenchError(f"{server.label}: no refreshed repo:push counter in {url}")
+
+
+def check_observability(
+    setup: Setup, on: Server, off: Server, logged: dict[str, int]
+) -> dict[str, int]:
+    """History and metrics really are on in ``on`` and off in ``off``; returns the counts.
+
+    ``on``: its metrics counted exactly the deliveries it logged, and its state file
+    keeps the last 1000 records. ``off``: no admin listener and no record at all.
+    """
+    counted = metric_refreshed(on)
+    if counted != logged[on.label]:
+        raise BenchError(f"{on.label}: metrics counted {counted}, log has {logged[on.label]}")
+    assert on.state is not None and off.state is not None
+    kept = {on.label: history_count(setup.cli, on.state)}
+    kept[off.label] = history_count(setup.cli, off.state)
+    if kept[on.label] != min(HISTORY_DEFAULT, logged[on.label]):
+        raise BenchError(f"{on.label}: {kept[on.label]} delivery records, expected 1000")
+    if kept[off.label] != 0:
+        raise BenchError(f"{off.label}: history is off but it kept {kept[off.label]} records")
+    announced = {server.label: ADMIN_ANNOUNCE in server.log.read_text() for server in (on, off)}
+    if announced != {on.label: True, off.label: False}:
+        raise BenchError(f"admin listener announced (or not) unexpectedly: {announced}")
+    say(
+        f"  {on.label}: metrics counted {counted} refreshes, {kept[on.label]} records kept; "
+        f"{off.label}: no admin listener, {kept[off.label]} records"
+    )
+    return {"metric_refreshed": counted, "history_on": kept[on.label], "history_off": 0}
+
+
 # ------------------------------------------------------------------------------ wrk
 
 
@@ -505,16 +609,22 @@ class Setup:
     server_cpu: int | None
     client_cpu: int | None
     servers: list[Server] = field(default_factory=list)
+    off_state: State | None = None  # a copy of figure 1's state for figure 5's "off" server
 
     def drive(self, server: Server, connections: int, seconds: int) -> Run:
         """One wrk run against ``server``."""
         return wrk(server, connections, seconds, self.client_cpu, self.body_file, self.signature)
 
-    def start_ours(self, state: State) -> Server:
+    def start_ours(self, state: State, flags: Sequence[str] = (), suffix: str = "") -> Server:
         """Start our server on ``state`` and remember to stop it."""
-        server = start_ours(self.cli, state, self.server_cpu, self.workdir)
+        server = start_ours(self.cli, state, self.server_cpu, self.workdir, flags, suffix)
         self.servers.append(server)
         return server
+
+    def stop(self, server: Server) -> None:
+        """Stop one server now."""
+        stop(server)
+        self.servers.remove(server)
 
     def start_bare(self) -> Server:
         """Start the baseline and remember to stop it."""
@@ -542,46 +652,95 @@ def alternate(
             run = setup.drive(server, connections, seconds)
             runs[server.label].append(run)
             say(
-                f"  round {number + 1} {server.label:>10}: {run.rps:8.0f} req/s  "
+                f"  round {number + 1} {server.label:>14}: {run.rps:8.0f} req/s  "
                 f"p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
                 f"CPU {run.cpu_us:6.0f} us/req  ({run.requests} requests)"
             )
     return runs
 
 
-def finish_checks(setup: Setup, servers: Sequence[Server], runs: dict[str, list[Run]]) -> None:
-    """After the load: a last delivery, the servers' own logs, the refresh annotation."""
+def finish_checks(
+    setup: Setup, servers: Sequence[Server], runs: dict[str, list[Run]]
+) -> dict[str, int]:
+    """After the load: a last delivery and the servers' own logs; the counts logged."""
+    logged = {}
     for server in servers:
         check_delivery(server, setup.body, setup.signature)
         if server.label != "bare":
             total = sum(run.requests for run in runs[server.label])
-            logged = check_log(server, total)
-            say(f"  {server.label}: {logged} deliveries logged, every one 200 refreshing 1")
+            logged[server.label] = check_log(server, total)
+            say(
+                f"  {server.label}: {logged[server.label]} deliveries logged, "
+                "every one 200 refreshing 1"
+            )
+    return logged
 
 
-def part_throughput(setup: Setup, state: State, report: Report) -> None:
-    """Figure 1: ours vs bare at a fixed connection count."""
+def part_throughput(setup: Setup, state: State, report: Report, figures: set[int]) -> None:
+    """Figures 1 and 5: ours vs bare, and ours with history and metrics on vs off.
+
+    The servers the chosen figures need take turns in the same rounds: bare (figure 1),
+    ``serve`` with its defaults (both), ``serve --history-size 0 --admin-listen off``
+    (figure 5, on a copy of the same state file).
+    """
     args = setup.args
-    say(f"\n[1] throughput, {args.connections} connections, {args.duration} s x {args.rounds}")
-    bare = setup.start_bare()
+    names = " and ".join(
+        text for number, text in ((1, "ours vs bare"), (5, "history+metrics on vs off"))
+        if number in figures
+    )  # fmt: skip
+    say(
+        f"\n[{','.join(str(f) for f in sorted(figures & {1, 5}))}] throughput, {names}, "
+        f"{args.connections} connections, {args.duration} s x {args.rounds}"
+    )
+    servers = []
+    bare = off = None
+    if 1 in figures:
+        bare = setup.start_bare()
+        servers.append(bare)
     ours = setup.start_ours(state)
-    say(f"  {ours.label} ready in {ours.ready_seconds:.1f} s; receiver {ours.target}")
-    for server in (ours, bare):
+    servers.append(ours)
+    if 5 in figures:
+        assert setup.off_state is not None
+        off = setup.start_ours(setup.off_state, OBSERVABILITY_OFF, "-off")
+        servers.append(off)
+    for server in servers:
+        if server is not bare:
+            say(f"  {server.label} ready in {server.ready_seconds:.1f} s; {server.target}")
         check_delivery(server, setup.body, setup.signature)
-    runs = alternate(setup, [bare, ours], args.connections, args.duration)
-    finish_checks(setup, [bare, ours], runs)
+    runs = alternate(setup, servers, args.connections, args.duration)
+    logged = finish_checks(setup, servers, runs)
     check_refreshed(setup.cli, state)
-    report.raw["ready"][ours.label] = ours.ready_seconds
-    report.raw["rss_kib"][ours.label] = ours.rss_ready_kib
-    report.raw["rss_kib"]["bare"] = bare.rss_ready_kib
+    for server in servers:
+        report.raw["rss_kib"][server.label] = server.rss_ready_kib
+        if server is not bare:
+            report.raw["ready"][server.label] = server.ready_seconds
+    if off is not None:
+        assert off.state is not None
+        check_refreshed(setup.cli, off.state)
+        report.raw["observability_checks"] = check_observability(setup, ours, off, logged)
     setup.stop_all()
+    report.raw["throughput"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
+    if bare is not None:
+        report_throughput(args, state, ours, bare, runs, report)
+    if off is not None:
+        report_observability(args, ours, off, runs, report)
 
+
+def report_throughput(
+    args: argparse.Namespace,
+    state: State,
+    ours: Server,
+    bare: Server,
+    runs: dict[str, list[Run]],
+    report: Report,
+) -> None:
+    """Figure 1's rows."""
     ours_rps = median([r.rps for r in runs[ours.label]])
-    bare_rps = median([r.rps for r in runs["bare"]])
+    bare_rps = median([r.rps for r in runs[bare.label]])
     ratio = ours_rps / bare_rps
     n = state.warehouses
     report.add(
-        f"throughput, {n} Warehouses (req/s)",
+        f"[1] throughput, {n} Warehouses (req/s)",
         f"{ours_rps:.0f}",
         f"{bare_rps:.0f} (bare)",
         f"{ratio:.2f}",
@@ -590,31 +749,83 @@ def part_throughput(setup: Setup, state: State, report: Report) -> None:
     )
     for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
         ours_ms = median([getattr(r, attribute) for r in runs[ours.label]])
-        bare_ms = median([getattr(r, attribute) for r in runs["bare"]])
+        bare_ms = median([getattr(r, attribute) for r in runs[bare.label]])
         report.add(
-            f"{name} latency at {args.connections} conns (ms)",
+            f"[1] {name} latency at {args.connections} conns (ms)",
             f"{ours_ms:.2f}",
             f"{bare_ms:.2f} (bare)",
             f"{ours_ms / bare_ms:.2f}",
         )
     ours_cpu = median([r.cpu_us for r in runs[ours.label]])
-    bare_cpu = median([r.cpu_us for r in runs["bare"]])
+    bare_cpu = median([r.cpu_us for r in runs[bare.label]])
     report.add(
-        "server CPU per delivery (us)",
+        "[1] server CPU per delivery (us)",
         f"{ours_cpu:.0f}",
         f"{bare_cpu:.0f} (bare)",
         f"{ours_cpu / bare_cpu:.2f}",
     )
-    report.add("event loop of the server process", ours.loop, f"{bare.loop} (bare)")
-    report.raw["throughput"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
+    report.add("[1] event loop of the server process", ours.loop, f"{bare.loop} (bare)")
+
+
+def report_observability(
+    args: argparse.Namespace, on: Server, off: Server, runs: dict[str, list[Run]], report: Report
+) -> None:
+    """Figure 5's rows: req/s, CPU and latency with history and metrics on vs off."""
+    on_runs, off_runs = runs[on.label], runs[off.label]
+    on_rps = median([r.rps for r in on_runs])
+    off_rps = median([r.rps for r in off_runs])
+    slowdown = 1 - on_rps / off_rps
+    report.add(
+        "[5] throughput, history+metrics on vs off (req/s)",
+        f"{on_rps:.0f} (on)",
+        f"{off_rps:.0f} (off)",
+        f"{on_rps / off_rps:.2f}",
+    )
+    report.add(
+        "[5] slowdown with history+metrics, 1 - on/off",
+        f"{slowdown * 100:.1f} %",
+        "-",
+        "",
+        f"< {SLOWDOWN_GOAL * 100:.0f} %",
+        "yes" if slowdown < SLOWDOWN_GOAL else "NO",
+    )
+    paired = [1 - a.rps / b.rps for a, b in zip(on_runs, off_runs, strict=True)]
+    report.add(
+        "[5] slowdown round by round, min / median / max",
+        " / ".join(f"{x * 100:.1f}" for x in (min(paired), median(paired), max(paired))) + " %",
+        "-",
+    )
+    on_cpu = median([r.cpu_us for r in on_runs])
+    off_cpu = median([r.cpu_us for r in off_runs])
+    report.add(
+        "[5] server CPU per delivery, on vs off (us)",
+        f"{on_cpu:.0f} (on)",
+        f"{off_cpu:.0f} (off)",
+        f"{on_cpu / off_cpu:.2f}",
+    )
+    for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
+        on_ms = median([getattr(r, attribute) for r in on_runs])
+        off_ms = median([getattr(r, attribute) for r in off_runs])
+        report.add(
+            f"[5] {name} latency at {args.connections} conns, on vs off (ms)",
+            f"{on_ms:.2f} (on)",
+            f"{off_ms:.2f} (off)",
+            f"{on_ms / off_ms:.2f}",
+        )
+    report.raw["observability"] = {
+        "slowdown_of_medians": slowdown,
+        "slowdown_per_round": paired,
+        "cpu_us_on": on_cpu,
+        "cpu_us_off": off_cpu,
+    }
 
 
 def part_latency_and_memory(setup: Setup, small: State, large: State, report: Report) -> None:
     """Figures 2 and 3: light-load latency and RSS with few vs many Warehouses."""
     args = setup.args
     say(
-        f"\n[2] latency at 1 connection, {small.warehouses} vs {large.warehouses} Warehouses, "
-        f"{args.latency_duration} s x {args.rounds}"
+        f"\n[2,3] latency at 1 connection and RSS, {small.warehouses} vs "
+        f"{large.warehouses} Warehouses, {args.latency_duration} s x {args.rounds}"
     )
     servers = [setup.start_ours(small), setup.start_ours(large)]
     for server in servers:
@@ -636,7 +847,7 @@ def part_latency_and_memory(setup: Setup, small: State, large: State, report: Re
     large_p50 = median([r.p50_ms for r in runs[large_s.label]])
     ratio = large_p50 / small_p50
     report.add(
-        "p50 latency at 1 conn (ms)",
+        "[2] p50 latency at 1 conn (ms)",
         f"{large_p50:.3f} ({large.warehouses} Wh)",
         f"{small_p50:.3f} ({small.warehouses} Wh)",
         f"{ratio:.2f}",
@@ -646,13 +857,13 @@ def part_latency_and_memory(setup: Setup, small: State, large: State, report: Re
     small_p99 = median([r.p99_ms for r in runs[small_s.label]])
     large_p99 = median([r.p99_ms for r in runs[large_s.label]])
     report.add(
-        "p99 latency at 1 conn (ms)",
+        "[2] p99 latency at 1 conn (ms)",
         f"{large_p99:.3f} ({large.warehouses} Wh)",
         f"{small_p99:.3f} ({small.warehouses} Wh)",
         f"{large_p99 / small_p99:.2f}",
     )
     report.add(
-        "p50 / p99 at 1 conn, bare app (ms)",
+        "[2] p50 / p99 at 1 conn, bare app (ms)",
         "-",
         f"{median([r.p50_ms for r in runs['bare']]):.3f} / "
         f"{median([r.p99_ms for r in runs['bare']]):.3f}",
@@ -660,7 +871,7 @@ def part_latency_and_memory(setup: Setup, small: State, large: State, report: Re
     small_cpu = median([r.cpu_us for r in runs[small_s.label]])
     large_cpu = median([r.cpu_us for r in runs[large_s.label]])
     report.add(
-        "server CPU per delivery at 1 conn (us)",
+        "[2] server CPU per delivery at 1 conn (us)",
         f"{large_cpu:.0f} ({large.warehouses} Wh)",
         f"{small_cpu:.0f} ({small.warehouses} Wh)",
         f"{large_cpu / small_cpu:.2f}",
@@ -673,18 +884,31 @@ def part_latency_and_memory(setup: Setup, small: State, large: State, report: Re
         report.raw["rss_after_kib"][server.label] = rss_after[server.label]
     small_kib, large_kib = small_s.rss_ready_kib, large_s.rss_ready_kib
     report.add(
-        "RSS at ready (MiB)",
+        "[3] RSS at ready (MiB)",
         f"{large_kib / 1024:.1f} ({large.warehouses} Wh)",
         f"{small_kib / 1024:.1f} ({small.warehouses} Wh)",
         f"{large_kib / small_kib:.2f}",
     )
     per_thousand = (large_kib - small_kib) / ((large.warehouses - small.warehouses) / 1000)
-    report.add("RSS per 1,000 Warehouses (MiB)", f"{per_thousand / 1024:.2f}", "-")
+    report.add("[3] RSS per 1,000 Warehouses (MiB)", f"{per_thousand / 1024:.2f}", "-")
     report.add(
-        "RSS after the latency runs (MiB)",
+        "[3] RSS after the latency runs (MiB)",
         f"{rss_after[large_s.label] / 1024:.1f} ({large.warehouses} Wh)",
         f"{rss_after[small_s.label] / 1024:.1f} ({small.warehouses} Wh)",
     )
+
+
+def part_startup(setup: Setup, states: Sequence[State], report: Report) -> None:
+    """Figure 4 on its own: start (and stop) a server on each state no other figure served."""
+    missing = [s for s in states if f"ours-{s.warehouses}" not in report.raw["ready"]]
+    if missing:
+        say("\n[4] start-up of " + ", ".join(f"{s.warehouses}" for s in missing) + " Warehouses")
+    for state in missing:
+        server = setup.start_ours(state)
+        say(f"  {server.label} ready in {server.ready_seconds:.2f} s")
+        report.raw["ready"][server.label] = server.ready_seconds
+        report.raw["rss_kib"][server.label] = server.rss_ready_kib
+        setup.stop(server)
 
 
 def report_costs(states: Sequence[State], report: Report) -> None:
@@ -692,7 +916,7 @@ def report_costs(states: Sequence[State], report: Report) -> None:
     for state in states:
         documents = state.warehouses + 2
         report.add(
-            f"apply {state.warehouses} Warehouses (s)",
+            f"[4] apply {state.warehouses} Warehouses (s)",
             f"{state.apply_seconds:.1f}",
             f"{state.apply_commands} command(s)",
             f"{documents / state.apply_seconds:.0f} docs/s",
@@ -702,24 +926,31 @@ def report_costs(states: Sequence[State], report: Report) -> None:
             "commands": state.apply_commands,
         }
     for label, seconds in report.raw["ready"].items():
-        report.add(f"serve start to ready, {label} (s)", f"{seconds:.2f}", "-")
+        report.add(f"[4] serve start to ready, {label} (s)", f"{seconds:.2f}", "-")
 
 
 # ------------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line; defaults keep the whole run under about six minutes."""
+    """The command line; the defaults take about six minutes on 2 CPUs."""
     parser = argparse.ArgumentParser(
         description="Throughput, latency and memory of kargo-bitbucket serve (issue 2)."
+    )
+    parser.add_argument(
+        "--figures",
+        default=",".join(str(f) for f in FIGURES),
+        help="which figures, comma-separated (default: all): 1 throughput vs bare, "
+        "2 latency 100 vs 100,000 Warehouses, 3 RSS, 4 apply and start-up, "
+        "5 history+metrics on vs off",
     )
     parser.add_argument("--payload", type=Path, default=DEFAULT_PAYLOAD, help="push body (JSON)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per figure")
     parser.add_argument("--duration", type=int, default=10, help="seconds per throughput run")
     parser.add_argument("--latency-duration", type=int, default=5, help="seconds per 1-conn run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections, figure 1")
-    parser.add_argument("--warehouses", type=int, default=10_000, help="store size, figure 1")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections, 1 and 5")
+    parser.add_argument("--warehouses", type=int, default=10_000, help="store size, 1 and 5")
     parser.add_argument("--small", type=int, default=100, help="small store, figures 2-3")
     parser.add_argument("--large", type=int, default=100_000, help="large store, figures 2-3")
     parser.add_argument(
@@ -727,6 +958,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=10_000,
         help="documents per YAML file and per apply command (0: one command)",
+    )
+    parser.add_argument(
+        "--rev",
+        help="measure this commit (git archive of its src/ on PYTHONPATH) instead of "
+        "whatever the working tree holds",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--json", type=Path, help="also write the raw numbers to this file")
@@ -737,6 +973,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the kargo-bitbucket command (default: next to this python)",
     )
     args = parser.parse_args(argv)
+    try:
+        args.figures = {int(f) for f in args.figures.split(",") if f.strip()}
+    except ValueError:
+        args.figures = set()
+    if not args.figures or not args.figures <= set(FIGURES):
+        parser.error(f"--figures takes numbers among {', '.join(str(f) for f in FIGURES)}")
     if min(args.rounds, args.duration, args.latency_duration, args.connections) < 1:
         parser.error("--rounds, --duration, --latency-duration and --connections must be >= 1")
     if not 1 <= args.small < args.large or args.warehouses < 1:
@@ -766,27 +1008,64 @@ def preflight(args: argparse.Namespace) -> None:
 
 
 def source_digest() -> tuple[Path, str]:
-    """The directory of the ``kargo_bitbucket`` package this python imports, and its digest."""
-    spec = importlib.util.find_spec("kargo_bitbucket")
-    if spec is None or spec.origin is None:
+    """The ``kargo_bitbucket`` package the servers import (this python, our environment)."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import kargo_bitbucket; print(kargo_bitbucket.__file__)"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+    )
+    if found.returncode != 0:
         raise BenchError("kargo_bitbucket is not importable: run with the project's .venv python")
-    package = Path(spec.origin).parent
+    package = Path(found.stdout.strip()).parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return package, digest.hexdigest()[:12]
 
 
-def code_version() -> str:
+def git(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+    """A read-only git command in the project."""
+    return subprocess.run(["git", "-C", str(PROJECT), *arguments], capture_output=True, check=False)
+
+
+def code_version(rev: str | None) -> str:
     """Which sources are measured (the working tree may be ahead of HEAD, or on PYTHONPATH)."""
     package, digest = source_digest()
-    head = subprocess.run(
-        ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return f"{package} (sources sha256 {digest}); {PROJECT} at HEAD {head or 'unknown'}"
+    head = git("rev-parse", "--short", "HEAD").stdout.decode().strip() or "unknown"
+    dirty = git("status", "--porcelain", "--", "src").stdout.decode().strip()
+    where = f"{PROJECT} at HEAD {head}" + (", src/ modified" if dirty else ", src/ clean")
+    if rev:
+        where = f"git archive of {rev[:12]}; {where}"
+    return f"{package} (sources sha256 {digest}); {where}"
+
+
+def snapshot(rev: str) -> tuple[Path, str]:
+    """``git archive REV src`` in a temporary directory, first on PYTHONPATH from now on.
+
+    Returns the directory and the commit's full hash.
+    The servers, ``apply`` and every other command then import that commit's package,
+    whatever happens to the working tree during the run.
+    """
+    full = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    if full.returncode != 0:
+        raise BenchError(f"--rev {rev}: {full.stderr.decode().strip()}")
+    rev_hash = full.stdout.decode().strip()
+    archive = git("archive", "--format=tar", rev_hash, "src")
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {rev_hash} src failed: {archive.stderr.decode().strip()}")
+    directory = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-rev-"))
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(directory, filter="data")
+    source = directory / "src"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        x for x in (str(source), os.environ.get("PYTHONPATH", "")) if x
+    )
+    package, _ = source_digest()
+    if package != source / "kargo_bitbucket":
+        raise BenchError(f"--rev: the servers would import {package}, not {source}")
+    return directory, rev_hash
 
 
 def machine() -> str:
@@ -805,12 +1084,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Build the states, run the three parts, print the table; 1 on any failed check."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    revision = None
     try:
         preflight(args)
-        code = code_version()
+        rev_hash = None
+        if args.rev:
+            revision, rev_hash = snapshot(args.rev)
+        code = code_version(rev_hash)
         digest = source_digest()
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
+        if revision is not None:
+            shutil.rmtree(revision, ignore_errors=True)
         return 2
     server_cpu, client_cpu = cpus(args.no_pin)
     body = args.payload.read_bytes()
@@ -828,23 +1113,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"machine: {report.raw['machine']}")
     say(f"code: {report.raw['code']}")
     say(f"servers on CPU {server_cpu}, wrk on CPU {client_cpu}; temp dir {workdir}")
+    figures = args.figures
+    say(f"figures: {', '.join(str(f) for f in sorted(figures))}")
+    sizes = set()
+    if figures & {1, 4, 5}:
+        sizes.add(args.warehouses)
+    if figures & {2, 3, 4}:
+        sizes |= {args.small, args.large}
+    started = time.perf_counter()
     try:
         states = {}
-        for total in sorted({args.small, args.warehouses, args.large}):
+        for total in sorted(sizes):
             say(f"building state with {total} Warehouses ...")
             states[total] = build_state(args.cli, workdir, total, args.apply_chunk, secret)
             say(f"  apply took {states[total].apply_seconds:.1f} s")
-        part_throughput(setup, states[args.warehouses], report)
-        part_latency_and_memory(setup, states[args.small], states[args.large], report)
-        report_costs(list(states.values()), report)
+        if 5 in figures:  # before any server writes history into the original
+            setup.off_state = copy_state(states[args.warehouses], "off")
+        if figures & {1, 5}:
+            part_throughput(setup, states[args.warehouses], report, figures)
+        if figures & {2, 3}:
+            part_latency_and_memory(setup, states[args.small], states[args.large], report)
+        if 4 in figures:
+            part_startup(setup, list(states.values()), report)
+            report_costs(list(states.values()), report)
+        changed = source_digest() != digest  # before a --rev snapshot is removed
     except BenchError as error:
         print(f"bench: FAILED: {error}", file=sys.stderr)
         return 1
     finally:
         setup.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+        if revision is not None:
+            shutil.rmtree(revision, ignore_errors=True)
+    report.raw["elapsed_seconds"] = time.perf_counter() - started
     report.print()
-    if source_digest() != digest:
+    print(f"\nwhole run: {report.raw['elapsed_seconds'] / 60:.1f} minutes; {machine()}")
+    if changed:
         print("\nbench: WARNING: the package sources changed during the run", file=sys.stderr)
         report.raw["code_changed_during_run"] = True
     if args.json:
