@@ -82,8 +82,7 @@ class Deliveries:
     def _count(self, event_key: str, answer: Answer, duration: float) -> None:
         metrics = self.metrics
         assert metrics is not None
-        metrics.deliveries.labels(event_label(event_key), answer.result).inc()
-        metrics.duration.observe(duration)
+        metrics.count_delivery(event_label(event_key), answer.result, duration)
         if answer.result in ("missing-signature", "bad-signature"):
             reason = "missing" if answer.result == "missing-signature" else "invalid"
             metrics.signature_failures.labels(reason).inc()

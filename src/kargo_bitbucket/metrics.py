@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -84,6 +85,17 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_Live(sizes, restarts))
+        self._delivery_children: dict[tuple[str, str], Any] = {}
+
+    def count_delivery(self, event: str, result: str, duration: float) -> None:
+        """One answered delivery (label children are looked up once, then reused)."""
+        child = self._delivery_children.get((event, result))
+        if child is None:
+            child = self._delivery_children[(event, result)] = self.deliveries.labels(
+                event, result
+            )
+        child.inc()
+        self.duration.observe(duration)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

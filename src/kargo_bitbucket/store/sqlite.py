@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_rv ON tombstones (rv);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
@@ -248,10 +248,9 @@ class StateFile:
                         for r in records
                     ],
                 )
-                db.execute(
-                    "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?",
-                    (keep,),
-                )
+                # Ids only grow (the newest row is never deleted), so the newest is the last one.
+                newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                db.execute("DELETE FROM deliveries WHERE id <= ?", (newest - keep,))
             for target, value in batch:
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
