@@ -15,8 +15,7 @@ from kargo_bitbucket.core.signature import SignatureCheck, check_signature
 from kargo_bitbucket.core.subscriptions import identities
 from kargo_bitbucket.history import Candidate, DeliveryRecord
 from kargo_bitbucket.metrics import Metrics, event_label
-from kargo_bitbucket.store.base import RefreshResult, Store, Target
-from kargo_bitbucket.store.sqlite import now_rfc3339
+from kargo_bitbucket.store.base import RefreshResult, Store, Target, now_rfc3339
 
 log = logging.getLogger("kargo_bitbucket.delivery")
 

@@ -91,9 +91,7 @@ class Metrics:
         """One answered delivery (label children are looked up once, then reused)."""
         child = self._delivery_children.get((event, result))
         if child is None:
-            child = self._delivery_children[(event, result)] = self.deliveries.labels(
-                event, result
-            )
+            child = self._delivery_children[(event, result)] = self.deliveries.labels(event, result)
         child.inc()
         self.duration.observe(duration)
 

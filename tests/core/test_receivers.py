@@ -124,3 +124,19 @@ def test_rotation_changes_the_path() -> None:
     before = resolve([config], lambda ns, n: {"secret": b"old"}, BASE, "sys")
     after = resolve([config], lambda ns, n: {"secret": b"new"}, BASE, "sys")
     assert set(before.routes).isdisjoint(after.routes)
+
+
+def test_rendered_status_keeps_transition_time_of_unchanged_conditions() -> None:
+    config = project_config("demo", ("r", "s"))
+    status = next(
+        iter(resolve([config], lambda ns, n: {"secret": b"k"}, BASE, "sys").statuses.values())
+    )
+    first = status.render({}, 3, "2026-01-01T00:00:00Z")
+    assert first["observedGeneration"] == 3
+    assert {c["type"] for c in first["conditions"]} == {"Ready", "Reconciling"}
+    again = status.render(first, 4, "2026-02-02T00:00:00Z")
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == ["2026-01-01T00:00:00Z"] * 2
+    broken = resolve([config], lambda ns, n: None, BASE, "sys").statuses
+    changed = next(iter(broken.values())).render(first, 4, "2026-03-03T00:00:00Z")
+    ready = next(c for c in changed["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["lastTransitionTime"]) == ("False", "2026-03-03T00:00:00Z")

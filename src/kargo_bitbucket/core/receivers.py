@@ -89,6 +89,25 @@ class OwnerStatus:
     receivers: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def render(self, previous: Mapping[str, Any], generation: int, now: str) -> dict[str, Any]:
+        """The status fields to publish; unchanged conditions keep their transition time."""
+        before = {
+            c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
+        }
+        conditions = []
+        for condition in self.conditions():
+            old = before.get(condition["type"]) or {}
+            same = all(old.get(k) == condition[k] for k in ("status", "reason", "message"))
+            stamp = old.get("lastTransitionTime") if same else None
+            conditions.append(
+                {**condition, "observedGeneration": generation, "lastTransitionTime": stamp or now}
+            )
+        return {
+            "webhookReceivers": self.receivers,
+            "conditions": conditions,
+            "observedGeneration": generation,
+        }
+
     def conditions(self) -> list[dict[str, str]]:
         """Kubernetes-style conditions (``lastTransitionTime`` is added by the writer)."""
         if self.problems:

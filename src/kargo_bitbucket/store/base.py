@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store.index import Indexes
 
 REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
+
+
+def now_rfc3339(micro: bool = False) -> str:
+    """Current UTC time in RFC 3339; with microseconds for refresh values (SPEC §1)."""
+    now = datetime.now(UTC)
+    if micro:
+        return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

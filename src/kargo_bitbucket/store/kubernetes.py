@@ -21,11 +21,10 @@ from lightkube.types import PatchType
 
 from kargo_bitbucket.core.receivers import CLUSTER_CONFIG_NAME, Owner, OwnerStatus
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target, now_rfc3339
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.leader import LeaderElector
 from kargo_bitbucket.store.reflector import Reflector, plain, status_code
-from kargo_bitbucket.store.sqlite import now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +75,7 @@ class KubernetesStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._config_status: dict[Owner, Any] = {}
+        self._generations: dict[Owner, int] = {}
         self._reroute_due = asyncio.Event()
         self.elector = LeaderElector(
             client,
@@ -108,7 +108,7 @@ class KubernetesStore:
             self._spawn(reflector.run(), f"watch-{reflector.kind}")
         await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
         await self._follow_secrets(initial=True)
-        self._reroute()
+        self.indexes.reroute()
         self._spawn(self._rerouter(), "rerouter")
         if self.publish:
             self._spawn(self.elector.run(), "leader-election")
@@ -130,8 +130,10 @@ class KubernetesStore:
             owner = Owner(kind, namespace, name)
             if body is None:
                 self._config_status.pop(owner, None)
+                self._generations.pop(owner, None)
             else:
                 self._config_status[owner] = body.get("status") or {}
+                self._generations[owner] = int((body.get("metadata") or {}).get("generation") or 1)
         if self.indexes.apply(kind, namespace, name, body):
             self._reroute_due.set()
 
@@ -141,12 +143,9 @@ class KubernetesStore:
             await self._reroute_due.wait()
             self._reroute_due.clear()
             await self._follow_secrets(initial=False)
-            self._reroute()
+            self.indexes.reroute()
             if self.elector.leader:
                 await self._publish_all()
-
-    def _reroute(self) -> None:
-        self.indexes.reroute()
 
     def _referenced_secrets(self) -> set[tuple[str, str]]:
         """(namespace, name) of every Secret a Bitbucket receiver names."""
@@ -205,21 +204,11 @@ class KubernetesStore:
 
     async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
         current = self._config_status.get(owner, {})
-        old_conditions = {
-            c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)
-        }
-        conditions = []
-        changed = current.get("webhookReceivers") != status.receivers
-        for condition in status.conditions():
-            before = old_conditions.get(condition["type"]) or {}
-            same = all(before.get(k) == condition[k] for k in ("status", "reason", "message"))
-            changed |= not same
-            stamp = before.get("lastTransitionTime") if same else None
-            conditions.append({**condition, "lastTransitionTime": stamp or now_rfc3339()})
-        if not changed:
+        rendered = status.render(current, self._generations.get(owner, 1), now_rfc3339())
+        if all(current.get(key) == value for key, value in rendered.items()):
             return
         resource = RESOURCES[owner.kind]
-        patch = {"status": {"webhookReceivers": status.receivers, "conditions": conditions}}
+        patch = {"status": rendered}
         patched = await self.client.patch(
             resource.Status,
             owner.name,

@@ -8,10 +8,9 @@ import copy
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import orjson
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target, now_rfc3339
 from kargo_bitbucket.store.index import Indexes
 
 log = logging.getLogger(__name__)
@@ -51,14 +50,6 @@ WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promo
 
 class StateFileError(RuntimeError):
     """The state file cannot be opened or is not ours."""
-
-
-def now_rfc3339(micro: bool = False) -> str:
-    """Current UTC time in RFC 3339, with microseconds when asked (refresh values)."""
-    now = datetime.now(UTC)
-    if micro:
-        return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +283,7 @@ class StateFile:
                 return False
             generation = orjson.loads(row[0]).get("metadata", {}).get("generation", 1)
             old = orjson.loads(row[1]) if row[1] else {}
-            new = _owner_status(old, status, generation)
+            new = {**old, **status.render(old, generation, now_rfc3339())}
             if new == old:
                 return False
             db.execute(
@@ -300,26 +291,6 @@ class StateFile:
                 (orjson.dumps(new), *key),
             )
         return True
-
-
-def _owner_status(old: Mapping[str, Any], status: OwnerStatus, generation: int) -> dict[str, Any]:
-    """The new ``status`` of an owner, keeping transition times of unchanged conditions."""
-    previous = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
-    conditions = []
-    for condition in status.conditions():
-        before = previous.get(condition["type"])
-        same = before is not None and all(
-            before.get(k) == condition[k] for k in ("status", "reason", "message")
-        )
-        stamp = before.get("lastTransitionTime") if same and before else now_rfc3339()
-        conditions.append(
-            {**condition, "observedGeneration": generation, "lastTransitionTime": stamp}
-        )
-    new = dict(old)
-    new["webhookReceivers"] = status.receivers
-    new["conditions"] = conditions
-    new["observedGeneration"] = generation
-    return new
 
 
 def _assemble(
