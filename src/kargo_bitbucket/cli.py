@@ -42,7 +42,7 @@ from kargo_bitbucket.core.payloads import (
 )
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.core.signature import sign
-from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions, identities
+from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Store
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
@@ -763,9 +763,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.repo:
         refs = tuple(split_ref(ref)[0] for ref in args.ref) or None
         push = Push(repo_urls=(args.repo,), refs=refs)
-        verdicts = decide_push(
-            push, indexes.warehouses_for(identities([args.repo]), args.namespace)
-        )
+        verdicts = decide_push(push, lambda found: indexes.warehouses_for(found, args.namespace))
         empty = (
             f"no Warehouse{' in ' + args.namespace if args.namespace else ''} subscribes "
             f"to {repository_identity(args.repo)} (compared by repository identity)"

@@ -12,7 +12,6 @@ from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import Verdict, decide_pull_request, decide_push
 from kargo_bitbucket.core.receivers import Route
 from kargo_bitbucket.core.signature import SignatureCheck, check_signature
-from kargo_bitbucket.core.subscriptions import identities
 from kargo_bitbucket.history import Candidate, DeliveryRecord
 from kargo_bitbucket.metrics import Metrics, event_label
 from kargo_bitbucket.store.base import RefreshResult, Store, Target, now_rfc3339
@@ -114,8 +113,8 @@ class Deliveries:
             )
         scope = route.owner.scope
         if isinstance(event, events.Push):
-            candidates = self.store.indexes.warehouses_for(identities(event.repo_urls), scope)
-            verdicts = decide_push(event, candidates)
+            indexes = self.store.indexes
+            verdicts = decide_push(event, lambda found: indexes.warehouses_for(found, scope))
             noun = "warehouse"
         else:
             waiting = self.store.indexes.promotions_waiting_on(event.pr_url, scope)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +47,13 @@ class Verdict:
     warnings: tuple[str, ...] = ()
 
 
-def decide_push(push: Push, candidates: Iterable[WarehouseEntry]) -> list[Verdict]:
-    """Judge each candidate Warehouse against the pushed repository and refs."""
+def decide_push(
+    push: Push, find: Callable[[Iterable[str]], Iterable[WarehouseEntry]]
+) -> list[Verdict]:
+    """Judge the Warehouses ``find`` returns for the pushed repository identities."""
     pushed = {repository_identity(url): url for url in push.repo_urls}
     verdicts = []
-    for warehouse in candidates:
+    for warehouse in find(pushed):
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]
         verdicts.append(_judge(warehouse, subscriptions, push.refs, pushed))
     return verdicts

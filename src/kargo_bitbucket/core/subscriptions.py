@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,8 +238,3 @@ def _describe(ref: str) -> str:
     if ref.startswith(BRANCH_PREFIX):
         return f'branch "{ref[len(BRANCH_PREFIX) :]}"'
     return f'ref "{ref}"'
-
-
-def identities(urls: Sequence[str]) -> frozenset[str]:
-    """The repository identities of a push's URLs."""
-    return frozenset(repository_identity(url) for url in urls)
