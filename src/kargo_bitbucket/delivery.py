@@ -60,7 +60,7 @@ class Deliveries:
         record = _record(route, event_key, headers, answer, duration)
         self.store.record(record)
         if self.metrics is not None:
-            self._count(event_key, answer, duration)
+            _count(self.metrics, event_key, answer, duration)
         log.info(
             "delivery %s",
             answer.result,
@@ -76,17 +76,6 @@ class Deliveries:
             },
         )
         return answer
-
-    def _count(self, event_key: str, answer: Answer, duration: float) -> None:
-        metrics = self.metrics
-        assert metrics is not None
-        metrics.count_delivery(event_label(event_key), answer.result, duration)
-        if answer.result in ("missing-signature", "bad-signature"):
-            reason = "missing" if answer.result == "missing-signature" else "invalid"
-            metrics.signature_failures.labels(reason).inc()
-        for candidate in answer.candidates:
-            if candidate.outcome != "not refreshed":
-                metrics.refreshes.labels(candidate.kind, candidate.outcome).inc()
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes
@@ -159,6 +148,17 @@ class Deliveries:
             route.owner.label,
             route.name,
         )
+
+
+def _count(metrics: Metrics, event_key: str, answer: Answer, duration: float) -> None:
+    """Metrics for one delivery: its event and result, signature failures, refreshes."""
+    metrics.count_delivery(event_label(event_key), answer.result, duration)
+    if answer.result in ("missing-signature", "bad-signature"):
+        reason = "missing" if answer.result == "missing-signature" else "invalid"
+        metrics.signature_failures.labels(reason).inc()
+    for candidate in answer.candidates:
+        if candidate.outcome != "not refreshed":
+            metrics.refreshes.labels(candidate.kind, candidate.outcome).inc()
 
 
 def _candidates(verdicts: list[Verdict], result: RefreshResult) -> list[Candidate]:

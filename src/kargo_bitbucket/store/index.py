@@ -46,19 +46,29 @@ class Indexes:
 
     def apply(self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None) -> bool:
         """Feed one object (``body`` None = deleted); True when ``reroute`` is due."""
+        if body is None:
+            return self._drop(kind, namespace, name)
         if kind == "Warehouse":
-            self.put_warehouse(body) if body is not None else self.drop_warehouse(namespace, name)
-            return False
-        if kind == "Promotion":
-            self.put_promotion(body) if body is not None else self.drop_promotion(namespace, name)
-            return False
-        if kind == "Secret":
-            self.put_secret(body) if body is not None else self.drop_secret(namespace, name)
-        elif body is not None:
+            self.put_warehouse(body)
+        elif kind == "Promotion":
+            self.put_promotion(body)
+        elif kind == "Secret":
+            self.put_secret(body)
+        else:
             self.put_config(body)
+        return kind not in ("Warehouse", "Promotion")
+
+    def _drop(self, kind: str, namespace: str, name: str) -> bool:
+        """Forget one deleted object; True when ``reroute`` is due."""
+        if kind == "Warehouse":
+            self.drop_warehouse(namespace, name)
+        elif kind == "Promotion":
+            self.drop_promotion(namespace, name)
+        elif kind == "Secret":
+            self.drop_secret(namespace, name)
         else:
             self.drop_config(kind, namespace, name)
-        return True
+        return kind not in ("Warehouse", "Promotion")
 
     # Warehouses
     def put_warehouse(self, body: Mapping[str, Any]) -> WarehouseEntry:
