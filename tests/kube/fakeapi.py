@@ -1881,6 +1881,12 @@ class FakeKubernetes:
         except BaseException as error:  # pragma: no cover - reported by start()
             self._error = error
         finally:
+            # Cancel what uvicorn left behind (streams cut at shutdown), so nothing is
+            # destroyed while pending when the interpreter exits.
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
             loop.close()
 
     def stop(self) -> None:
