@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -54,6 +53,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common import HOST, PROXY_VARS, BenchError, clean_env, free_port, machine
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 if str(PROJECT) not in sys.path:
@@ -66,7 +67,6 @@ from kargo_bitbucket.store.base import REFRESH_ANNOTATION  # noqa: E402
 from kargo_bitbucket.store.kubernetes import RESOURCES, KubernetesStore, connect  # noqa: E402
 from kargo_bitbucket.store.reflector import LIST_CHUNK, plain  # noqa: E402
 
-HOST = "127.0.0.1"
 KARGO = "kargo.akuity.io/v1alpha1"
 WAREHOUSE = RESOURCES["Warehouse"]
 RECEIVER = "bitbucket"
@@ -77,33 +77,9 @@ GOAL_500_SECONDS = 1.0
 BITBUCKET_TIMEOUT = 10.0
 # Never follow a proxy from the environment: every request stays on 127.0.0.1.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
 
 
 # ------------------------------------------------------------------------ small helpers
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """Our environment without KARGO_BITBUCKET_* settings or proxies, plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("KARGO_BITBUCKET_") and k.lower() not in PROXY_VARS
-    }
-    env["NO_PROXY"] = env["no_proxy"] = f"{HOST},localhost"
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def now_value() -> str:
@@ -139,18 +115,6 @@ def med(values: Sequence[float]) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}" if seconds >= 0.1 else f"{seconds * 1000:.1f}"
-
-
-def machine() -> str:
-    """CPU model, CPU count and load average, for the report."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} CPUs, {model}, load average {load}"
 
 
 def code_version() -> str:

@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -51,12 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import HOST, BenchError, clean_env, free_port, machine
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 LUA = HERE / "post.lua"
 BARE_APP = HERE / "bare_app.py"
 DEFAULT_PAYLOAD = Path("/work/shared/bitbucket-payloads/cloud_repo_push_branch_update.json")
-HOST = "127.0.0.1"
 NAMESPACE = "bench"
 RECEIVER = "bitbucket"
 SUBSCRIBED = "foo-master"
@@ -71,10 +71,6 @@ SLOWDOWN_GOAL = 0.10
 ADMIN_ANNOUNCE = "metrics and delivery history on"
 # Never follow a proxy from the environment: every request stays on 127.0.0.1.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
 
 
 # ---------------------------------------------------------------- manifests and state
@@ -209,20 +205,6 @@ class Server:
         """The end of the server's output, for error messages."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """Our environment without KARGO_BITBUCKET_* settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KARGO_BITBUCKET_")}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned(cpu: int | None, command: Sequence[str]) -> list[str]:
@@ -1066,18 +1048,6 @@ def snapshot(rev: str) -> tuple[Path, str]:
     if package != source / "kargo_bitbucket":
         raise BenchError(f"--rev: the servers would import {package}, not {source}")
     return directory, rev_hash
-
-
-def machine() -> str:
-    """CPU model, CPU count and load average, for the report."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} CPUs, {model}, load average {load}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,46 @@
+"""What both benchmarks share: the loopback host, ports, a clean environment, the machine line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+HOST = "127.0.0.1"
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without KARGO_BITBUCKET_* settings or proxies, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KARGO_BITBUCKET_") and k.lower() not in PROXY_VARS
+    }
+    env["NO_PROXY"] = env["no_proxy"] = f"{HOST},localhost"
+    env.update(extra)
+    return env
+
+
+def machine() -> str:
+    """CPU model, CPU count and load average, for the report."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, {model}, load average {load}"
