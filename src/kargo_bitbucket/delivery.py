@@ -155,10 +155,10 @@ def _count(metrics: Metrics, event_key: str, answer: Answer, duration: float) ->
     metrics.count_delivery(event_label(event_key), answer.result, duration)
     if answer.result in ("missing-signature", "bad-signature"):
         reason = "missing" if answer.result == "missing-signature" else "invalid"
-        metrics.signature_failures.labels(reason).inc()
+        metrics.count_signature_failure(reason)
     for candidate in answer.candidates:
         if candidate.outcome != "not refreshed":
-            metrics.refreshes.labels(candidate.kind, candidate.outcome).inc()
+            metrics.count_refresh(candidate.kind, candidate.outcome)
 
 
 def _candidates(verdicts: list[Verdict], result: RefreshResult) -> list[Candidate]:

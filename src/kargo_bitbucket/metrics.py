@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from kargo_bitbucket.core.events import HANDLED_EVENTS
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"diagnostics:ping"}
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS), "+Inf")
+
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 
 def event_label(event_key: str) -> str:
@@ -21,18 +25,83 @@ def event_label(event_key: str) -> str:
     return key if key in KNOWN_EVENTS else "other"
 
 
-class _Live(Collector):
-    """Gauges and counters read at scrape time from the running store."""
+def _counter(
+    name: str, documentation: str, labels: list[str], counts: Iterable[tuple[tuple[str, ...], int]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in sorted(counts):
+        family.add_metric(list(values), count)
+    return family
+
+
+class Metrics(Collector):
+    """The process's metrics in a registry of their own.
+
+    Deliveries are counted in plain dictionaries on the event loop (the only thread that
+    answers them and serves ``/metrics``) and turned into metric families at scrape time:
+    prometheus-client's own counters take a lock and a label lookup on every increment.
+    """
 
     def __init__(
         self,
-        sizes: Callable[[], Mapping[str, int]],
-        restarts: Callable[[], Mapping[tuple[str, str], int]],
+        sizes: Callable[[], Mapping[str, int]] = dict,
+        restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
+        self.deliveries: Counter[tuple[str, str]] = Counter()
+        self.refreshes: Counter[tuple[str, str]] = Counter()
+        self.signature_failures: Counter[tuple[str]] = Counter()
+        self._buckets = [0] * (len(BUCKETS) + 1)
+        self._duration_sum = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def count_delivery(self, event: str, result: str, duration: float) -> None:
+        """One answered delivery: its event and result, and how long it took."""
+        self.deliveries[event, result] += 1
+        self._buckets[bisect_left(BUCKETS, duration)] += 1
+        self._duration_sum += duration
+
+    def count_refresh(self, kind: str, result: str) -> None:
+        """One object a delivery refreshed, found gone, or failed to refresh."""
+        self.refreshes[kind, result] += 1
+
+    def count_signature_failure(self, reason: str) -> None:
+        """One delivery refused for its signature (``missing`` or ``invalid``)."""
+        self.signature_failures[reason,] += 1
+
+    def collect(self) -> Iterable[Family]:
+        """Every family, read at scrape time."""
+        yield _counter(
+            "kargo_bitbucket_deliveries",
+            "Deliveries answered, by event key and result",
+            ["event", "result"],
+            self.deliveries.items(),
+        )
+        cumulative = 0
+        buckets = []
+        for label, count in zip(BUCKET_LABELS, self._buckets, strict=True):
+            cumulative += count
+            buckets.append((label, cumulative))
+        yield HistogramMetricFamily(
+            "kargo_bitbucket_delivery_duration_seconds",
+            "Time from a delivery's body being read to its answer",
+            buckets=buckets,
+            sum_value=self._duration_sum,
+        )
+        yield _counter(
+            "kargo_bitbucket_refreshes",
+            "Refresh patches, by kind and result (refreshed, gone, failed)",
+            ["kind", "result"],
+            self.refreshes.items(),
+        )
+        yield _counter(
+            "kargo_bitbucket_signature_failures",
+            "Deliveries refused for their signature (missing or invalid)",
+            ["reason"],
+            self.signature_failures.items(),
+        )
         cache = GaugeMetricFamily(
             "kargo_bitbucket_cache_objects",
             "Objects held in the in-memory indexes",
@@ -41,59 +110,12 @@ class _Live(Collector):
         for kind, count in self.sizes().items():
             cache.add_metric([kind], count)
         yield cache
-        restarts = CounterMetricFamily(
+        yield _counter(
             "kargo_bitbucket_watch_restarts",
             "Kubernetes watches restarted, by kind and reason (expired = 410 Gone)",
-            labels=["kind", "reason"],
+            ["kind", "reason"],
+            self.restarts().items(),
         )
-        for (kind, reason), count in self.restarts().items():
-            restarts.add_metric([kind, reason], count)
-        yield restarts
-
-
-class Metrics:
-    """The process's metrics in a registry of their own."""
-
-    def __init__(
-        self,
-        sizes: Callable[[], Mapping[str, int]] = dict,
-        restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
-    ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.deliveries = Counter(
-            "kargo_bitbucket_deliveries",
-            "Deliveries answered, by event key and result",
-            ["event", "result"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "kargo_bitbucket_delivery_duration_seconds",
-            "Time from a delivery's body being read to its answer",
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.refreshes = Counter(
-            "kargo_bitbucket_refreshes",
-            "Refresh patches, by kind and result (refreshed, gone, failed)",
-            ["kind", "result"],
-            registry=self.registry,
-        )
-        self.signature_failures = Counter(
-            "kargo_bitbucket_signature_failures",
-            "Deliveries refused for their signature (missing or invalid)",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.registry.register(_Live(sizes, restarts))
-        self._delivery_children: dict[tuple[str, str], Any] = {}
-
-    def count_delivery(self, event: str, result: str, duration: float) -> None:
-        """One answered delivery (label children are looked up once, then reused)."""
-        child = self._delivery_children.get((event, result))
-        if child is None:
-            child = self._delivery_children[(event, result)] = self.deliveries.labels(event, result)
-        child.inc()
-        self.duration.observe(duration)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

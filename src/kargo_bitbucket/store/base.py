@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 from kargo_bitbucket.history import DeliveryRecord
@@ -13,12 +13,22 @@ from kargo_bitbucket.store.index import Indexes
 REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
 
 
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def now_rfc3339(micro: bool = False) -> str:
-    """Current UTC time in RFC 3339; with microseconds for refresh values (SPEC §1)."""
-    now = datetime.now(UTC)
+    """Current UTC time in RFC 3339; with microseconds for refresh values (SPEC §1).
+
+    Every delivery takes it twice, so the seconds part is formatted once per second.
+    """
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    cached, stamp = _second[0]
+    if cached != seconds:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second[0] = (seconds, stamp)
     if micro:
-        return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{stamp}.{nanos // 1000:06d}Z"
+    return f"{stamp}Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The edges on their own: metrics, logs."""

@@ -1,0 +1,71 @@
+"""One line per record: JSON for machines, readable text for people."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+import orjson
+import pytest
+
+from kargo_bitbucket import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_line_carries_time_level_message_and_extra_fields_in_order() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    log.info("delivery %s", "refreshed", extra={"delivery": "abc", "status": 200, "refreshed": 1})
+    log.debug("not shown at info")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    line = orjson.loads(lines[0])
+    assert list(line) == ["time", "level", "logger", "msg", "delivery", "status", "refreshed"]
+    assert line["level"] == "info"
+    assert line["logger"] == "kargo_bitbucket.delivery"
+    assert line["msg"] == "delivery refreshed"
+    stamp = datetime.fromisoformat(line["time"])
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(stamp.tzinfo) - stamp).total_seconds()) < 5
+
+
+def test_json_time_has_milliseconds_of_the_record() -> None:
+    formatter = logs.JsonFormatter()
+    record = logging.makeLogRecord({"msg": "x", "created": 1_700_000_000.25})
+    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:20.250+00:00"
+    record = logging.makeLogRecord({"msg": "x", "created": 1_700_000_001.9996})
+    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:21.999+00:00"
+
+
+def test_exceptions_are_kept_on_the_json_line() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("kargo_bitbucket").exception("failed")
+    line = orjson.loads(stream.getvalue())
+    assert "RuntimeError: boom" in line["exception"]
+
+
+def test_text_lines_for_people_and_level_filter() -> None:
+    stream = io.StringIO()
+    logs.configure("warning", stream=stream, json=False)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    log.info("hidden")
+    log.warning("receiver %s: newline", "demo/r", extra={"delivery": "abc", "empty": ""})
+    text = stream.getvalue()
+    assert "hidden" not in text
+    assert "warning receiver demo/r: newline  delivery=abc" in text
+    assert "empty=" not in text
