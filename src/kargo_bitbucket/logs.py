@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -17,9 +18,14 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
 }
 
 
+# LogRecord.__init__ sets these first; ``extra`` fields are added after them, in order.
+_FIRST_EXTRA = len(vars(logging.makeLogRecord({})))
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra`` fields a call attached to a record."""
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    attributes = itertools.islice(vars(record).items(), _FIRST_EXTRA, None)
+    return {k: v for k, v in attributes if k not in _STANDARD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):

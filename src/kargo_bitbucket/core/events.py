@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 __all__ = [
@@ -245,6 +246,153 @@ def _parse_server_pr(root: _Obj) -> PullRequestClosed:
     return PullRequestClosed(pr_url=href)
 
 
+# The schema path. Most deliveries are well formed: decoding only the fields above into
+# typed structs, and skipping everything else unconverted, takes a 10 KB Cloud push from
+# 26 to 10 us. It returns None instead of deciding anything hard; the walk above then
+# parses the body again and gives the verdict (the only source of error details).
+
+
+class _Href(msgspec.Struct):
+    href: str | None = None
+
+
+class _CloudLinks(msgspec.Struct):
+    html: _Href | None = None
+
+
+class _CloudObject(msgspec.Struct):
+    links: _CloudLinks | None = None
+
+
+class _CloudRef(msgspec.Struct):
+    type: str
+    name: str
+
+
+class _CloudChange(msgspec.Struct):
+    new: _CloudRef | None = None
+    old: _CloudRef | None = None
+
+
+class _CloudChanges(msgspec.Struct):
+    changes: list[_CloudChange]
+
+
+class _CloudPush(msgspec.Struct):
+    push: _CloudChanges
+    repository: _CloudObject | None = None
+
+
+class _CloudPullRequest(msgspec.Struct):
+    pullrequest: _CloudObject | None = None
+
+
+class _Clone(msgspec.Struct):
+    href: str
+
+
+class _ServerLinks(msgspec.Struct):
+    clone: list[_Clone] | None = None
+
+
+class _ServerRepository(msgspec.Struct):
+    links: _ServerLinks | None = None
+
+
+class _ServerRef(msgspec.Struct):
+    id: str | None = None
+
+
+class _ServerChange(msgspec.Struct, rename={"ref_id": "refId"}):
+    ref: _ServerRef | None = None
+    ref_id: str | None = None
+
+
+class _ServerPush(msgspec.Struct):
+    changes: list[_ServerChange]
+    repository: _ServerRepository | None = None
+
+
+class _PullRequestLinks(msgspec.Struct, rename={"self_": "self"}):
+    self_: list[_Href] | None = None
+
+
+class _ServerPullRequestLinks(msgspec.Struct):
+    links: _PullRequestLinks | None = None
+
+
+class _ServerPullRequest(msgspec.Struct, rename={"pull_request": "pullRequest"}):
+    pull_request: _ServerPullRequestLinks | None = None
+
+
+def _schema_cloud_push(body: _CloudPush) -> Push | None:
+    links = body.repository.links if body.repository else None
+    url = _nonblank(links.html.href) if links and links.html else None
+    refs: dict[str, None] = {}
+    for change in body.push.changes:
+        state = change.new or change.old
+        if state is None or not state.name:
+            return None
+        refs[("refs/tags/" if state.type in _TAG_TYPES else "refs/heads/") + state.name] = None
+    return Push((url,), tuple(refs) or None) if url is not None else None
+
+
+def _schema_server_refs(changes: list[_ServerChange]) -> tuple[str, ...] | None:
+    refs: dict[str, None] = {}
+    for change in changes:
+        ref_id = change.ref.id if change.ref and change.ref.id is not None else change.ref_id
+        if ref_id is None or not ref_id.startswith("refs/"):
+            raise _Undecided
+        refs[ref_id] = None
+    return tuple(refs) or None
+
+
+def _schema_server_push(body: _ServerPush) -> Push | None:
+    links = body.repository.links if body.repository else None
+    urls = tuple({c.href: None for c in (links.clone or []) if c.href.strip()} if links else ())
+    return Push(urls, _schema_server_refs(body.changes)) if urls else None
+
+
+def _schema_cloud_pr(body: _CloudPullRequest) -> PullRequestClosed | None:
+    links = body.pullrequest.links if body.pullrequest else None
+    url = _nonblank(links.html.href) if links and links.html else None
+    return PullRequestClosed(url) if url is not None else None
+
+
+def _schema_server_pr(body: _ServerPullRequest) -> PullRequestClosed | None:
+    links = body.pull_request.links if body.pull_request else None
+    url = _nonblank(links.self_[0].href) if links and links.self_ else None
+    return PullRequestClosed(url) if url is not None else None
+
+
+class _Undecided(Exception):
+    """The schema path leaves this body to the walk."""
+
+
+def _schema_parser(
+    schema: type[msgspec.Struct], extract: Callable[[Any], Push | PullRequestClosed | None]
+) -> Callable[[bytes], Push | PullRequestClosed | None]:
+    decoder = msgspec.json.Decoder(schema)
+
+    def parse(body: bytes) -> Push | PullRequestClosed | None:
+        try:
+            return extract(decoder.decode(body))
+        except (msgspec.DecodeError, _Undecided):
+            return None
+
+    return parse
+
+
+_SCHEMA_PARSERS: dict[str, Callable[[bytes], Push | PullRequestClosed | None]] = {
+    "repo:push": _schema_parser(_CloudPush, _schema_cloud_push),
+    "repo:refs_changed": _schema_parser(_ServerPush, _schema_server_push),
+    "pullrequest:fulfilled": _schema_parser(_CloudPullRequest, _schema_cloud_pr),
+    "pullrequest:rejected": _schema_parser(_CloudPullRequest, _schema_cloud_pr),
+    "pr:merged": _schema_parser(_ServerPullRequest, _schema_server_pr),
+    "pr:declined": _schema_parser(_ServerPullRequest, _schema_server_pr),
+}
+
+
 _PARSERS: dict[str, Callable[[_Obj], Push | PullRequestClosed]] = {
     "repo:push": _parse_cloud_push,
     "repo:refs_changed": _parse_server_push,
@@ -287,9 +435,19 @@ def parse_event(event_key: str, body: bytes) -> Push | PullRequestClosed:
     need are never looked at. Raises plain ValueError for a key that is not handled:
     that is the caller's bug, not the sender's.
     """
-    parser = _PARSERS.get(_normalize_key(event_key))
+    key = _normalize_key(event_key)
+    parser = _PARSERS.get(key)
     if parser is None:
         raise ValueError(f"event key {event_key!r} is not handled")
+    by_schema = _SCHEMA_PARSERS.get(key)
+    event = by_schema(body) if by_schema is not None else None
+    return event if event is not None else _walk(parser, body)
+
+
+def _walk(
+    parser: Callable[[_Obj], Push | PullRequestClosed], body: bytes
+) -> Push | PullRequestClosed:
+    """Decode the whole body and let ``parser`` check each field it reads on the way."""
     try:
         root = orjson.loads(body)
     except orjson.JSONDecodeError:
