@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import POLL_INTERVAL, SqliteStore, StateFile
@@ -155,6 +158,38 @@ def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
         for o in writer.get("Warehouse")
     }
     assert stored["w7"] == "v7"
+
+
+def test_refreshes_reach_the_database_file_through_background_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's commits never checkpoint (and fsync); a second connection does, each second."""
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", "w1")])
+    writer.close()
+
+    def in_database_file() -> str | None:
+        # immutable=1 reads the main file only, ignoring the WAL.
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:
+            row = db.execute("SELECT refresh FROM objects WHERE name = 'w1'").fetchone()
+            return str(row[0]) if row[0] is not None else None
+
+    async def scenario(interval: float, refreshes: int, wait: float) -> str | None:
+        monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", interval)
+        store = await started(path)
+        try:
+            await asyncio.sleep(0.2)
+            for i in range(refreshes):
+                await store.refresh([Target("Warehouse", "a", "w1")], f"v{i}")
+            await asyncio.sleep(wait)
+            return in_database_file()
+        finally:
+            await store.close()
+
+    # 1500 commits are past SQLite's automatic checkpoint (1000 WAL pages): none happened.
+    assert asyncio.run(scenario(3600, 1500, 0)) is None
+    assert asyncio.run(scenario(0.2, 1, 1.0)) == "v0"
 
 
 def test_apply_of_unchanged_object_does_not_bump_revision(tmp_path: Path) -> None:

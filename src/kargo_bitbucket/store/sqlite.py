@@ -45,6 +45,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
 POLL_INTERVAL = 0.25
+CHECKPOINT_INTERVAL = 1.0
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
 
@@ -84,6 +85,14 @@ class StateFile:
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
+
+    def leave_checkpoints_to_caller(self) -> None:
+        """Stop this connection's commits from checkpointing (and fsyncing) the WAL."""
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file, without waiting for anyone."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -334,6 +343,7 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._pending: list[tuple[Target, str, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -345,6 +355,31 @@ class SqliteStore:
         await self.sync()
         self._ready = True
         self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
+        self._checkpointer = asyncio.create_task(self._checkpoints(), name="state-checkpoints")
+
+    async def _checkpoints(self) -> None:
+        """Checkpoint the WAL from a connection and thread of its own, once a second.
+
+        A commit that checkpoints also fsyncs the WAL and the database file: on the writer
+        thread, every delivery waiting for a refresh would wait for the disk too.
+        """
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint") as thread:
+            try:
+                state = await loop.run_in_executor(thread, StateFile, self.state.path)
+            except StateFileError as error:
+                log.warning("commits keep checkpointing the state file: %s", error)
+                return
+            try:
+                await self._run(self.state.leave_checkpoints_to_caller)
+                while True:
+                    await asyncio.sleep(CHECKPOINT_INTERVAL)
+                    try:
+                        await loop.run_in_executor(thread, state.checkpoint)
+                    except sqlite3.Error as error:
+                        log.warning("state file checkpoint failed: %s", error)
+            finally:
+                await loop.run_in_executor(thread, state.close)
 
     async def sync(self) -> None:
         """Apply every change since the last sync to the indexes; republish if receivers moved."""
@@ -436,11 +471,12 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     async def close(self) -> None:
-        """Stop polling and release the database thread."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        """Stop polling and checkpointing, and release the database thread."""
+        for task in (self._poller, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._executor.shutdown(wait=True)
 
 
