@@ -737,6 +737,19 @@ def test_schema_path_accepts_what_only_the_walk_rejects_in_unread_fields() -> No
     assert parse_event("repo:push", body) == parse("repo:push", CLOUD_PUSH)
 
 
+@pytest.mark.parametrize("where", ["unread", "read"])
+def test_deeply_nested_bodies_are_invalid_json_not_errors(where: str) -> None:
+    """msgspec gives up on deep nesting with RecursionError, orjson past 1024 levels."""
+    nested = b"[" * 200_000 + b"]" * 200_000
+    if where == "unread":
+        body = b'{"x": ' + nested + b', "push": {"changes": []}}'
+    else:
+        body = b'{"push": {"changes": ' + nested + b"}}"
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("repo:push", body)
+    assert info.value.detail == "body is not valid JSON"
+
+
 def test_large_payload() -> None:
     """A Cloud-sized (256 KB) push with many commits parses in one go."""
     commits = [{"hash": f"{i:040x}", "message": "m" * 200, "links": {}} for i in range(1000)]

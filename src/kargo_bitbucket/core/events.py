@@ -380,7 +380,7 @@ def _schema_parser(
     def parse(body: bytes) -> Push | PullRequestClosed | None:
         try:
             return extract(decoder.decode(body))
-        except (msgspec.DecodeError, _Undecided):
+        except (msgspec.DecodeError, RecursionError, _Undecided):
             return None
 
     return parse
