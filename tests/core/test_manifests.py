@@ -909,7 +909,18 @@ def test_alias_bomb_is_refused_quickly() -> None:
 
 def test_deep_nesting_is_refused() -> None:
     text = "a:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(300)) + "  " * 301 + "v\n"
-    assert "nested more than" in error_of(text)
+    message = error_of(text)
+    assert "a.k0.k1: nested more than 200 levels deep (line " in message
+    assert "k3" not in message  # one readable line, not a path 200 keys long
+
+
+@pytest.mark.parametrize("levels", [5_000, 100_000])
+def test_deep_flow_nesting_is_refused_before_libyaml_composes_it(levels: int) -> None:
+    """libyaml's composer overflowed the C stack (SIGSEGV) past 20,000-40,000 levels."""
+    nested = "[" * levels + "]" * levels
+    text = WAREHOUSE + "---\nkind: Warehouse\nspec: {x: " + nested + "}\n"
+    message = error_of(text)
+    assert "document 2" in message and "nested more than 200 levels deep" in message
 
 
 def test_messages_escape_line_breaks() -> None:

@@ -70,6 +70,10 @@ KINDS: dict[str, str] = _spellings()
 #   ClusterConfig namespace dropped (with a note), Secret data re-encoded as canonical base64.
 _MAX_NODES = 500_000  # values per document after expanding YAML aliases
 _MAX_DEPTH = 200  # nesting levels
+_DEPTH_SHOWN = 3  # path segments a "nested too deep" error names
+# libyaml's composer recurses in C and overflowed the stack between 20,000 and 40,000
+# levels (measured); a text with fewer flow openers cannot nest that deep.
+_FLOW_OPENERS_CHECKED = 10_000
 _MAX_SECRET_BYTES = 1024 * 1024
 _MAX_ANNOTATION_BYTES = 256 * 1024
 
@@ -789,7 +793,7 @@ def _plain(value: Any, ctx: _Ctx) -> Any:
 
     def copy(item: Any, path: _Path) -> Any:
         if len(path) > _MAX_DEPTH:
-            ctx.fail(path, f"nested more than {_MAX_DEPTH} levels deep")
+            ctx.fail(path[:_DEPTH_SHOWN], f"nested more than {_MAX_DEPTH} levels deep")
         if item is None or isinstance(item, bool):
             return item
         if isinstance(item, str):
@@ -959,7 +963,7 @@ class _Converter:
         if self.count > _MAX_NODES:
             raise _Hard(path, f"more than {_MAX_NODES} values (after expanding YAML aliases)", line)
         if len(path) > _MAX_DEPTH:
-            raise _Hard(path, f"nested more than {_MAX_DEPTH} levels deep", line)
+            raise _Hard(path[:_DEPTH_SHOWN], f"nested more than {_MAX_DEPTH} levels deep", line)
         if isinstance(node, yaml.ScalarNode):
             value = self.scalar(node, path, line)
             plain = not node.style and not isinstance(value, str)
@@ -1078,6 +1082,7 @@ def _is_list_kind(data: Any) -> bool:
 
 def parse_manifests(text: str, source: str, default_namespace: str | None = None) -> list[Resource]:
     """Every object of a multi-document YAML text, checked; all-or-nothing."""
+    _check_flow_depth(text, source)
     resources: list[Resource] = []
     document = 1
     loader: _Loader | None = None
@@ -1097,6 +1102,39 @@ def parse_manifests(text: str, source: str, default_namespace: str | None = None
         if loader is not None:
             loader.dispose()
     return resources
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    """Refuse nesting past _MAX_DEPTH before libyaml composes it (event by event, no recursion).
+
+    Only texts with enough ``[`` and ``{`` to nest dangerously deep pay for this pass;
+    YAML errors are left to the real parse, which words them.
+    """
+    if text.count("[") + text.count("{") <= _FLOW_OPENERS_CHECKED:
+        return
+    depth = 0
+    document = 0
+    loader = _Loader(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.DocumentStartEvent):
+                document += 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else None
+                    raise ManifestError(
+                        f"{source}: document {document}: nested more than {_MAX_DEPTH} "
+                        f"levels deep" + (f" (line {line})" if line else ""),
+                        line=line,
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return
+    finally:
+        loader.dispose()
 
 
 def _document(
