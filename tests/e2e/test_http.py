@@ -198,7 +198,9 @@ def test_unknown_event_is_ignored_after_the_signature(demo: Server) -> None:
         b'{"push": {"changes": "x"}, "repository": {"links": {"html": {"href": 1}}}}',
         b'{"push": {"changes": [{"new": {"type": "branch", "name": 7}}]},'
         b' "repository": {"links": {"html": {"href": "https://bitbucket.org/a/b"}}}}',
+        b'{"x": ' + b"[" * 20_000 + b"]" * 20_000 + b', "push": {"changes": []}}',
     ],
+    ids=["text", "array", "null", "null push", "wrong types", "int name", "deep nesting"],
 )
 def test_invalid_bodies_are_400(demo: Server, body: bytes) -> None:
     answer = request(demo.url, body, cloud_headers(body))
