@@ -12,9 +12,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 import uvloop
@@ -48,6 +48,11 @@ from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Store
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileError, load_indexes
 
+if TYPE_CHECKING:
+    from lightkube import AsyncClient
+
+T = TypeVar("T")
+
 USAGE_ERROR = 2
 FAILURE = 1
 REDACTED = "<redacted>"
@@ -64,10 +69,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     logs.configure(args.log_level)
     try:
         code = args.run(args)
-    except (UsageError, ManifestError, ConfigError, PayloadArgumentError) as error:
+        sys.stdout.flush()
+    except (UsageError, ManifestError, ConfigError, PayloadArgumentError, StateFileError) as error:
         _fail(str(error), USAGE_ERROR)
-    except StateFileError as error:
-        _fail(str(error), FAILURE)
+    except BrokenPipeError:
+        # The reader went away (`get ... | head`): say nothing more, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = FAILURE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
@@ -245,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="REF",
-        help="branch name or full refs/heads/… / refs/tags/… ref (repeatable)",
+        help="branch name, or a full refs/heads/… or refs/tags/… ref (a tag needs refs/tags/; "
+        "repeatable)",
     )
     send.add_argument("--pr", metavar="URL", help="pull request URL (PR events)")
     send.add_argument("--payload", metavar="FILE", help="send this body instead of building one")
@@ -505,10 +514,9 @@ def _row(kind: str, obj: dict[str, Any]) -> list[str]:
 
 def _urls(args: argparse.Namespace) -> int:
     if args.kubernetes:
-        from kargo_bitbucket.store.kubernetes import connect, published_receivers
+        from kargo_bitbucket.store.kubernetes import published_receivers
 
-        client = connect(args.kubeconfig, args.context)
-        for owner, name, url in asyncio.run(published_receivers(client)):
+        for owner, name, url in _from_cluster(published_receivers(_connect(args))):
             print(f"{owner}\t{name}\t{url}")
         return 0
     state = StateFile(args.state, create=False)
@@ -562,13 +570,31 @@ def _serve(args: argparse.Namespace) -> int:
         state.close()
 
 
-def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:
-    from kargo_bitbucket.store.kubernetes import KubernetesConfigError, KubernetesStore, connect
+def _connect(args: argparse.Namespace) -> AsyncClient:
+    """A client for ``--kubeconfig``/``--context``; a bad configuration is a usage error."""
+    from kargo_bitbucket.store.kubernetes import KubernetesConfigError, connect
 
     try:
-        client = connect(args.kubeconfig, args.context)
+        return connect(args.kubeconfig, args.context)
     except KubernetesConfigError as error:
         raise UsageError(str(error)) from error
+
+
+def _from_cluster(load: Coroutine[Any, Any, T]) -> T:
+    """Run a one-shot read of the cluster; an unreachable or refusing API is one line, exit 1."""
+    import httpx2
+    from lightkube import ApiError
+
+    try:
+        return asyncio.run(load)
+    except (ApiError, httpx2.HTTPError) as error:
+        _fail(f"cannot read from the Kubernetes API: {error}", FAILURE)
+
+
+def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:
+    from kargo_bitbucket.store.kubernetes import KubernetesStore
+
+    client = _connect(args)
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return KubernetesStore(
         client,
@@ -719,7 +745,7 @@ def _fetch_history(args: argparse.Namespace) -> list[DeliveryRecord]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             data = orjson.loads(response.read())
-    except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as error:
+    except (urllib.error.URLError, OSError, ValueError) as error:
         raise UsageError(f"cannot read {url}: {getattr(error, 'reason', error)}") from error
     return [DeliveryRecord.from_json(item) for item in data]
 
@@ -750,10 +776,9 @@ def _explain(args: argparse.Namespace) -> int:
         raise UsageError("--ref goes with --repo")
     indexes = Indexes(BaseURL.parse("http://explain.invalid"), DEFAULT_SYSTEM_NAMESPACE)
     if args.kubernetes:
-        from kargo_bitbucket.store.kubernetes import connect
         from kargo_bitbucket.store.kubernetes import load_indexes as load_cluster
 
-        asyncio.run(load_cluster(connect(args.kubeconfig, args.context), indexes))
+        _from_cluster(load_cluster(_connect(args), indexes))
     else:
         state = StateFile(args.state, create=False)
         try:
@@ -805,7 +830,14 @@ def _send(args: argparse.Namespace) -> int:
         except OSError as error:
             raise UsageError(f"--payload {args.payload}: {error.strerror}") from error
     else:
-        body = build_payload(args.event, repo=args.repo, refs=args.ref or None, pr=args.pr)
+        if any(not ref.strip() for ref in args.ref):
+            raise UsageError("--ref must not be empty")
+        try:
+            body = build_payload(args.event, repo=args.repo, refs=args.ref or None, pr=args.pr)
+        except PayloadArgumentError:
+            raise
+        except ValueError as error:
+            raise UsageError(f"--repo/--pr: {error}") from error
     headers = {"Content-Type": "application/json", "X-Event-Key": args.event}
     cloud = is_cloud_url(args.repo or args.pr or "") or args.event.startswith(
         ("repo:push", "pullrequest:")
@@ -825,10 +857,12 @@ def _send(args: argparse.Namespace) -> int:
         headers["Content-Type"] = "application/json; charset=utf-8"
     if args.event.lower() != "diagnostics:ping":
         headers["X-Hub-Signature"] = sign(body, secret)
-    request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
     try:
+        request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             status, text = response.status, response.read().decode(errors="replace")
+    except ValueError as error:
+        raise UsageError(f"--url {args.url!r}: {error}") from error
     except urllib.error.HTTPError as error:
         status, text = error.code, error.read().decode(errors="replace")
     except (urllib.error.URLError, OSError) as error:

@@ -76,9 +76,16 @@ class ServeSettings:
             raise ConfigError("--admin-listen must not use the webhook port (--listen)")
         if history_size < 0:
             raise ConfigError("--history-size must be 0 (off) or more")
+        if base_url is None and port == 0:
+            raise ConfigError("--listen with port 0 needs --base-url (the port is not known yet)")
         try:
             base = BaseURL.parse(base_url or f"http://{listen}")
         except ValueError as error:
+            if base_url is None:
+                raise ConfigError(
+                    f"--listen {listen!r} gives no usable default base URL ({error}); "
+                    "pass --base-url"
+                ) from error
             raise ConfigError(f"--base-url: {error}") from error
         if body_limit <= 0:
             raise ConfigError("--body-limit must be a positive number of bytes")

@@ -3,6 +3,8 @@
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
 
@@ -78,3 +80,32 @@ def test_url_spellings_compare_equal(spelling: str) -> None:
 def test_path_case_is_significant() -> None:
     assert pr_url_key(PR.replace("acme", "ACME")) != pr_url_key(PR)
     assert pr_url_key(PR + "3") != pr_url_key(PR)
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        (
+            "https://bitbucket.org]/acme/app/pull-requests/7",
+            "https://bitbucket.org]/acme/app/pull-requests/7",
+        ),
+        ("https://[::1/x/pull-requests/7", "https://[::1/x/pull-requests/7"),
+        ("HTTPS://H:99999999/x/7?", "https://h:99999999/x/7?"),
+        ("https://h/x/7#", "https://h/x/7#"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_malformed_urls_are_compared_as_sent_never_rejected(url: str, key: str) -> None:
+    """One malformed URL (in a delivery or a Promotion) must not break anything else."""
+    assert pr_url_key(url) == key
+    state = {"wait": {"pr": {"url": url}}}
+    assert awaited_pr_urls(promotion(state=state)) == {key}
+
+
+@given(
+    st.sampled_from(["https://", "HTTP://", "ssh://", ""]),
+    st.text(alphabet="[]:@/?#%. aZ9\t\n"),
+)
+def test_every_text_has_a_key(scheme: str, rest: str) -> None:
+    key = pr_url_key(scheme + rest)
+    assert key == key.strip() and key.lower().startswith(scheme.lower().removesuffix("/"))

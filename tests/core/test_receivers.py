@@ -26,6 +26,12 @@ def test_spec_example_hash() -> None:
         ("https://h//a//b/", "/a/b/bitbucket/", "https://h"),
         ("http://h:8080", "/bitbucket/", "http://h:8080"),
         ("http://127.0.0.1:8080", "/bitbucket/", "http://127.0.0.1:8080"),
+        ("http://[::1]:8080/", "/bitbucket/", "http://[::1]:8080"),
+        # Kargo joins with Go's url.JoinPath, which resolves dot segments.
+        ("http://h/a/../hooks", "/hooks/bitbucket/", "http://h"),
+        ("https://h/..", "/bitbucket/", "https://h"),
+        ("https://h/x/.", "/x/bitbucket/", "https://h"),
+        ("https://h/./a/b/../../c/", "/c/bitbucket/", "https://h"),
     ],
 )
 def test_base_path_joined_with_single_slashes(base: str, prefix: str, origin: str) -> None:
@@ -47,6 +53,12 @@ def test_base_path_joined_with_single_slashes(base: str, prefix: str, origin: st
         "ftp://h/",
         "https://",
         "https://h/?",
+        "https://h/web\thooks",
+        "https://h/x y",
+        "https://h/\u00e4",
+        "https://h:abc/x",
+        "https://user:pw@h/",
+        "http://:8080",
     ],
 )
 def test_unusable_base_urls_are_rejected(base: str) -> None:

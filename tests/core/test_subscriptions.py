@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from kargo_bitbucket.core.decision import WarehouseEntry, decide_push
+from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.subscriptions import GitSubscription, git_subscriptions, match_ref
 
 REPO = "https://bitbucket.org/acme/app.git"
@@ -172,6 +174,19 @@ def test_semver_never_matches_branches() -> None:
             True,
             "ignoreTags",
         ),
+        # \C (any byte) is C++ RE2 only; Go's regexp, which Kargo uses, rejects it.
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["^\\C1"]},
+            "refs/tags/x1",
+            True,
+            "allowTagsRegexes[0]",
+        ),
+        (
+            {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["^\\Q\\C\\E"]},
+            "refs/tags/x1",
+            False,
+            None,
+        ),
         ({"commitSelectionStrategy": "Newest"}, "refs/heads/main", True, "commitSelectionStrategy"),
         ({"commitSelectionStrategy": "Newest"}, "refs/tags/v1", True, "commitSelectionStrategy"),
     ],
@@ -237,3 +252,26 @@ def test_only_git_subscriptions_with_a_url_count() -> None:
         }
     }
     assert [s.index for s in git_subscriptions(body)] == [3]
+
+
+def test_a_certain_match_wins_over_an_uncertain_one() -> None:
+    """No "refreshed anyway" warning when another subscription matches outright (SPEC 6.4)."""
+    body = {
+        "metadata": {"namespace": "p", "name": "w"},
+        "spec": {
+            "subscriptions": [
+                {"git": {"repoURL": REPO, "commitSelectionStrategy": "NewestTag",
+                         "allowTagsRegexes": ["("]}},
+                {"git": {"repoURL": REPO, "commitSelectionStrategy": "NewestTag"}},
+            ]
+        },
+    }  # fmt: skip
+    warehouse = WarehouseEntry.from_body(body)
+    push = Push((REPO,), ("refs/tags/x1",))
+    (verdict,) = decide_push(push, lambda found: [warehouse])
+    assert verdict.refresh and verdict.warnings == ()
+    alone = WarehouseEntry.from_body(
+        {**body, "spec": {"subscriptions": body["spec"]["subscriptions"][:1]}}
+    )
+    (verdict,) = decide_push(push, lambda found: [alone])
+    assert verdict.refresh and "allowTagsRegexes[0]" in verdict.warnings[0]

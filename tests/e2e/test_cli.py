@@ -154,6 +154,57 @@ def test_unevaluable_subscription_is_stored_with_a_warning(state: Path) -> None:
         ("serve", "--base-url", "https://h/?q=1", "--listen", "127.0.0.1:0"),
         ("serve", "--base-url", "kargo.example.com", "--listen", "127.0.0.1:0"),
         ("serve", "--listen", "nonsense"),
+        ("serve", "--listen", ":8080"),
+        ("serve", "--listen", "127.0.0.1:0"),
+        (
+            "send",
+            "--url",
+            "notaurl",
+            "--secret",
+            "s",
+            "--event",
+            "repo:push",
+            "--repo",
+            "https://h/a/b",
+        ),
+        (
+            "send",
+            "--url",
+            "http://[::1",
+            "--secret",
+            "s",
+            "--event",
+            "repo:push",
+            "--repo",
+            "https://h/a/b",
+        ),
+        (
+            "send",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--secret",
+            "s",
+            "--event",
+            "pullrequest:fulfilled",
+            "--pr",
+            "https://h]/x",
+        ),
+        (
+            "send",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--secret",
+            "s",
+            "--event",
+            "repo:push",
+            "--repo",
+            "https://h/a/b",
+            "--ref",
+            "",
+        ),
+        ("urls", "--kubernetes", "--kubeconfig", "/nonexistent"),
+        ("explain", "--kubernetes", "--kubeconfig", "/nonexistent", "--repo", "https://h/a/b"),
+        ("deliveries", "--admin-url", "notaurl"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(state: Path, args: tuple[str, ...]) -> None:
@@ -161,12 +212,37 @@ def test_usage_errors_exit_2_with_one_line(state: Path, args: tuple[str, ...]) -
     result = cli(*args, state=state, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip()
+    # One line saying what is wrong (argparse puts its usage lines before it).
+    assert result.stderr.strip().splitlines()[-1].startswith("kargo-bitbucket"), result.stderr
+
+
+def test_base_url_credentials_are_refused_without_echoing_them(state: Path) -> None:
+    result = cli("serve", "--base-url", "https://u:hunter2@h/", state=state, check=False)
+    assert result.returncode == 2
+    assert "credentials" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback(state: Path) -> None:
+    documents = "---\n".join(
+        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
+        f"metadata: {{name: w{i}, namespace: demo}}\n"
+        f"spec: {{subscriptions: [{{git: {{repoURL: https://h/r{i}}}}}]}}\n"
+        for i in range(3000)
+    )
+    cli("apply", "-f", "-", state=state, stdin=documents)
+    command = [sys.executable, "-m", "kargo_bitbucket", "get", "wh", "-A", "--state", str(state)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()
+        errors = process.stderr.read().decode()
+    assert process.returncode == 1
+    assert errors == ""
 
 
 def test_missing_state_file_is_a_clear_error(tmp_path: Path) -> None:
     result = cli("get", "wh", state=tmp_path / "nope.db", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "nope.db" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "nope.db").exists()
 

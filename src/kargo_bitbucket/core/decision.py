@@ -65,7 +65,7 @@ def _judge(
     refs: tuple[str, ...] | None,
     pushed: Mapping[str, str],
 ) -> Verdict:
-    """The verdict for one Warehouse: first matching (subscription, ref) wins."""
+    """The verdict for one Warehouse: the first certain match wins, else the first uncertain one."""
     kind, namespace, name = "Warehouse", warehouse.namespace, warehouse.name
     if not subscriptions:
         return Verdict(kind, namespace, name, False, "no subscription to the pushed repository")
@@ -74,6 +74,7 @@ def _judge(
             kind, namespace, name, True, "the push names no refs, so every subscriber is refreshed"
         )
     misses: list[str] = []
+    uncertain: Verdict | None = None
     for subscription in subscriptions:
         for ref in refs:
             verdict = match_ref(subscription, ref)
@@ -81,14 +82,17 @@ def _judge(
                 misses.append(verdict.reason)
                 continue
             reason = verdict.reason + _via(subscription, pushed)
-            warnings: tuple[str, ...] = ()
-            if verdict.uncertain:
+            if not verdict.uncertain:
+                return Verdict(kind, namespace, name, True, reason)
+            if uncertain is None:
                 warnings = tuple(
                     f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
                     f"{problem}; refreshed anyway"
                     for problem in subscription.problems
                 )
-            return Verdict(kind, namespace, name, True, reason, warnings)
+                uncertain = Verdict(kind, namespace, name, True, reason, warnings)
+    if uncertain is not None:
+        return uncertain
     return Verdict(kind, namespace, name, False, "; ".join(dict.fromkeys(misses)))
 
 

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 WAIT_FOR_PR_STEP = "git-wait-for-pr"
 RUNNING = "Running"
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST = re.compile(r"[^/?#]+")
+
 
 def pr_url_key(url: str) -> str:
-    """Comparable form of a PR URL: trimmed, one trailing ``/`` dropped, scheme and host lower."""
+    """Comparable form of a PR URL: trimmed, one trailing ``/`` dropped, scheme and host lower.
+
+    Everything after the host is kept as sent; no URL is rejected (one malformed URL in
+    a delivery or a Promotion must not stop anything else).
+    """
     text = url.strip().removesuffix("/")
-    parts = urlsplit(text)
-    if not parts.scheme or not parts.netloc:
+    scheme = _SCHEME.match(text)
+    if scheme is None:
         return text
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query, parts.fragment)
-    )
+    rest = text[scheme.end() :]
+    host = _HOST.match(rest)
+    end = host.end() if host else 0
+    if end == 0:
+        return text
+    return text[: scheme.end()].lower() + rest[:end].lower() + rest[end:]
 
 
 def awaited_pr_urls(promotion: Mapping[str, Any]) -> frozenset[str]:

@@ -27,17 +27,36 @@ class BaseURL:
 
     @classmethod
     def parse(cls, text: str) -> BaseURL:
-        """Validate ``text``; reject what Kargo would silently turn into a dead URL."""
+        """Validate ``text``; reject what Kargo would silently turn into a dead URL.
+
+        Dot segments are resolved as Kargo's ``url.JoinPath`` (Go's ``path.Join``) does.
+        """
+        text = text.strip()
         if "%" in text:
             raise BaseURLError(f"base URL {text!r} must not contain percent-escapes")
-        parts = urlsplit(text.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if any(not char.isascii() or not char.isprintable() or char == " " for char in text):
+            raise BaseURLError(
+                f"base URL {text!r} must be ASCII without spaces or control characters"
+            )
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BaseURLError(f"base URL {text!r} needs an http:// or https:// scheme and a host")
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+        except ValueError:
+            raise BaseURLError(f"base URL {text!r} has an invalid port") from None
+        if parts.username is not None:
+            raise BaseURLError("the base URL must not contain credentials (it is published)")
         if parts.query or "?" in text:
             raise BaseURLError(f"base URL {text!r} must not have a query")
         if parts.fragment or "#" in text:
             raise BaseURLError(f"base URL {text!r} must not have a fragment")
-        segments = [s for s in parts.path.split("/") if s]
+        segments: list[str] = []
+        for segment in parts.path.split("/"):
+            if segment == "..":
+                segments = segments[:-1]
+            elif segment not in ("", "."):
+                segments.append(segment)
         path = "".join("/" + s for s in segments)
         return cls(origin=f"{parts.scheme}://{parts.netloc}", path=path)
 

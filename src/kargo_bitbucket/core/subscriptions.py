@@ -131,6 +131,10 @@ def _patterns(field: str, values: Any) -> tuple[Pattern, ...]:
         if not isinstance(text, str):
             patterns.append(Pattern(name, str(text), None, "not a string"))
             continue
+        if _has_any_byte_escape(text):
+            problem = f"invalid regex {text!r}: \\C is not Go syntax"
+            patterns.append(Pattern(name, text, None, problem))
+            continue
         try:
             patterns.append(Pattern(name, text, re2.compile(text, options=_RE2_OPTIONS), None))
         except re2.error as error:
@@ -139,6 +143,25 @@ def _patterns(field: str, values: Any) -> tuple[Pattern, ...]:
                 message = message.decode(errors="replace")
             patterns.append(Pattern(name, text, None, f"invalid regex {text!r}: {message}"))
     return tuple(patterns)
+
+
+def _has_any_byte_escape(pattern: str) -> bool:
+    """``\\C`` (any byte): C++ RE2 accepts it, Go's regexp, which Kargo uses, does not.
+
+    Text between ``\\Q`` and ``\\E`` is literal in both, so it is skipped.
+    """
+    position = 0
+    while (position := pattern.find("\\", position)) != -1:
+        escaped = pattern[position + 1 : position + 2]
+        if escaped == "C":
+            return True
+        if escaped == "Q":
+            end = pattern.find("\\E", position + 2)
+            if end == -1:
+                return False
+            position = end
+        position += 2
+    return False
 
 
 def match_ref(subscription: GitSubscription, ref: str) -> RefVerdict:
