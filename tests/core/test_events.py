@@ -387,7 +387,7 @@ FIELDS: list[tuple[tuple[str, ...], Path_, type, type | str | None]] = [
     (("repo:push",), ("push", "changes"), list, None),
     (("repo:push",), ("push", "changes", 0), dict, None),
     (("repo:push",), ("push", "changes", 0, "new"), dict, ABSENT_OK),
-    (("repo:push",), ("push", "changes", 0, "new", "type"), str, None),
+    (("repo:push",), ("push", "changes", 0, "new", "type"), str, ABSENT_OK),  # a branch
     (("repo:push",), ("push", "changes", 0, "new", "name"), str, None),
     (("repo:push",), ("push", "changes", 1), dict, None),
     (
@@ -396,14 +396,14 @@ FIELDS: list[tuple[tuple[str, ...], Path_, type, type | str | None]] = [
         dict,
         "push.changes[1] has neither new nor old",
     ),
-    (("repo:push",), ("push", "changes", 1, "old", "type"), str, None),
+    (("repo:push",), ("push", "changes", 1, "old", "type"), str, ABSENT_OK),
     (("repo:push",), ("push", "changes", 1, "old", "name"), str, None),
     (SERVER_PUSHES, ("repository",), dict, NoRepositoryURL),
     (SERVER_PUSHES, ("repository", "links"), dict, NoRepositoryURL),
     (SERVER_PUSHES, ("repository", "links", "clone"), list, NoRepositoryURL),
     (SERVER_PUSHES, ("repository", "links", "clone", 0), dict, None),
-    (SERVER_PUSHES, ("repository", "links", "clone", 0, "href"), str, None),
-    (SERVER_PUSHES, ("repository", "links", "clone", 1, "href"), str, None),
+    (SERVER_PUSHES, ("repository", "links", "clone", 0, "href"), str, ABSENT_OK),  # the other
+    (SERVER_PUSHES, ("repository", "links", "clone", 1, "href"), str, ABSENT_OK),
     (SERVER_PUSHES, ("changes",), list, None),
     (SERVER_PUSHES, ("changes", 0), dict, None),
     (SERVER_PUSHES, ("changes", 0, "ref"), dict, ABSENT_OK),
@@ -748,6 +748,14 @@ def test_deeply_nested_bodies_are_invalid_json_not_errors(where: str) -> None:
     with pytest.raises(InvalidPayload) as info:
         parse_event("repo:push", body)
     assert info.value.detail == "body is not valid JSON"
+
+
+def test_change_without_type_is_a_branch_and_clone_links_without_href_are_skipped() -> None:
+    change = cloud_change({"name": "main"}, None)
+    assert parse("repo:push", cloud_push(change)).refs == ("refs/heads/main",)
+    links = {"clone": [{"name": "ssh"}, {"href": "https://h/scm/p/r.git", "name": "http"}]}
+    payload = {**SERVER_PUSH, "repository": {"links": links}}
+    assert parse("repo:refs_changed", payload).repo_urls == ("https://h/scm/p/r.git",)
 
 
 def test_large_payload() -> None:

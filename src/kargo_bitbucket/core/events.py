@@ -152,8 +152,8 @@ def _server_repo_urls(root: _Obj) -> tuple[str, ...]:
     urls: dict[str, None] = {}
     for i in range(len(clone)):
         entry = _element(clone, i, "repository.links.clone")
-        href = _need(entry, "href", str, f"repository.links.clone[{i}]")
-        if href.strip():
+        href = _optional(entry, "href", str, f"repository.links.clone[{i}]")
+        if href is not None and href.strip():
             urls[href] = None
     return tuple(urls)
 
@@ -172,7 +172,7 @@ def _cloud_refs(root: _Obj) -> tuple[str, ...] | None:
             state = _optional(change, "old", dict, where)
             if state is None:
                 raise InvalidPayload(f"{where} has neither new nor old")
-        ref_type = _need(state, "type", str, f"{where}.{side}")
+        ref_type = _optional(state, "type", str, f"{where}.{side}")  # absent: a branch
         name = _need(state, "name", str, f"{where}.{side}")
         if not name:
             raise InvalidPayload(f"{where}.{side}.name is empty")
@@ -265,8 +265,8 @@ class _CloudObject(msgspec.Struct):
 
 
 class _CloudRef(msgspec.Struct):
-    type: str
     name: str
+    type: str | None = None
 
 
 class _CloudChange(msgspec.Struct):
@@ -288,7 +288,7 @@ class _CloudPullRequest(msgspec.Struct):
 
 
 class _Clone(msgspec.Struct):
-    href: str
+    href: str | None = None
 
 
 class _ServerLinks(msgspec.Struct):
@@ -350,7 +350,8 @@ def _schema_cloud_push(body: _CloudPush) -> Push:
 
 def _schema_server_push(body: _ServerPush) -> Push:
     links = body.repository.links if body.repository else None
-    urls = tuple({c.href: None for c in (links.clone or []) if c.href.strip()} if links else ())
+    clone = links.clone or [] if links else []
+    urls = tuple({c.href: None for c in clone if c.href is not None and c.href.strip()})
     if not urls:
         raise _Undecided
     refs: dict[str, None] = {}
