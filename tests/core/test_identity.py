@@ -58,6 +58,12 @@ def test_different_repositories_differ(a: str, b: str) -> None:
         ("https://[::1]:8443/scm/p/r.git", "[::1]/scm/p/r"),
         ("https://bitbucket.org/acme/app.git.git", "bitbucket.org/acme/app.git"),
         ("https://bitbucket.org/acme/app//", "bitbucket.org/acme/app/"),
+        # Kargo's URL parser re-escapes paths it trims, so %7E and ~ are one repository.
+        ("https://bb.example.com/scm/%7Ejdoe/repo.git", "bb.example.com/scm/~jdoe/repo"),
+        ("https://bb.example.com/scm/p%2Fr.git", "bb.example.com/scm/p/r"),
+        ("https://bitbucket.org/acme/app.git#readme", "bitbucket.org/acme/app"),
+        ("https://bitbucket.org/acme/app?at=main", "bitbucket.org/acme/app"),
+        ("https://bitbucket.org/acme/100%", "bitbucket.org/acme/100%"),
     ],
 )
 def test_server_and_edge_spellings(url: str, identity: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 _SCP = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>(?!//).*)$")
@@ -12,9 +13,10 @@ def repository_identity(url: str) -> str:
     """Return ``host/path`` for a Git URL in URL or SCP syntax.
 
     Whitespace and non-printable characters are dropped, the result is lower-cased,
-    scheme, userinfo and port are removed, and one trailing ``/`` then one trailing
-    ``.git`` are stripped, so every spelling Bitbucket or a Warehouse may use of one
-    repository gives the same key.
+    scheme, userinfo, port, query and fragment are removed, percent-escapes decoded (Go's
+    URL parser, which Kargo uses, re-escapes ``%7E`` as ``~``), and one trailing ``/``
+    then one trailing ``.git`` are stripped, so every spelling Bitbucket or a Warehouse
+    may use of one repository gives the same key.
     """
     if url.isprintable() and " " not in url:  # the common case, checked in C
         text = url.lower()
@@ -26,11 +28,13 @@ def repository_identity(url: str) -> str:
         authority, slash, path = rest.partition("/")
         host = authority.rpartition("@")[2]
         host = _strip_port(host)
-        text = host + slash + path
+        text = host + slash + path.partition("?")[0].partition("#")[0]
     else:
         scp = _SCP.match(text)
         if scp:
             text = scp.group("host") + "/" + scp.group("path").lstrip("/")
+    if "%" in text:
+        text = unquote(text)
     text = text.removesuffix("/")
     return text.removesuffix(".git")
 
