@@ -46,7 +46,13 @@ from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscription
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Store
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileError, load_indexes
+from kargo_bitbucket.store.sqlite import (
+    REFRESH_BUDGET,
+    SqliteStore,
+    StateFile,
+    StateFileError,
+    load_indexes,
+)
 
 if TYPE_CHECKING:
     from lightkube import AsyncClient
@@ -560,7 +566,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         return _run(settings, _kubernetes_store(args, indexes), lambda: _announce(settings))
     resources = load_manifests(args.files) if args.files else []
-    state = StateFile(settings.state)
+    state = StateFile(settings.state, busy_timeout=REFRESH_BUDGET)
     if resources:
         _apply_to(state, resources)
     store = SqliteStore(state, indexes, settings.history_size)

@@ -9,6 +9,7 @@ import http.client
 import json
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -336,3 +337,23 @@ def test_concurrent_deliveries_all_answered(demo: Server) -> None:
     for thread in threads:
         thread.join()
     assert results == [200] * 30
+
+
+def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    """Bitbucket gives up after 10 s; a 500 in time makes Cloud deliver again later."""
+    state = tmp_path / "locked.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    server_factory(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    with contextlib.closing(sqlite3.connect(state, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        answer = request(line.split("\t")[2], PUSH, cloud_headers(PUSH))
+        waited = time.monotonic() - started
+        other.execute("ROLLBACK")
+    assert answer.status == 500
+    assert answer.json()["error"] == "failed to refresh 1 of 1 warehouses"
+    assert 6 < waited < 9
+    assert request(line.split("\t")[2], PUSH, cloud_headers(PUSH)).status == 200

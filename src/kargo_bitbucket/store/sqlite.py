@@ -45,6 +45,8 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
 POLL_INTERVAL = 0.25
+REFRESH_BUDGET = 7.0
+"""Seconds ``serve`` waits for another process's write lock: Bitbucket gives up after 10."""
 CHECKPOINT_INTERVAL = 1.0
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
@@ -66,7 +68,9 @@ class Change:
 class StateFile:
     """Synchronous access to the state file, for the CLI and the store's worker thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = 10.0
+    ) -> None:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise StateFileError(f"state file {self.path} does not exist")
@@ -74,7 +78,7 @@ class StateFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
-                self.path, timeout=10, isolation_level=None, check_same_thread=False
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
