@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from kargo_bitbucket.delivery import Deliveries
+from kargo_bitbucket.core.receivers import Route as ReceiverRoute
+from kargo_bitbucket.delivery import Answer, Deliveries
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
@@ -64,26 +66,42 @@ class ReceiverEndpoint:
         route = self.store.indexes.route(path)
         if route is None:
             return await _answer(send, 404, {"error": "not found"})
-        if scope["method"] != "POST":
-            return await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+        started = time.perf_counter()
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
+        if scope["method"] != "POST":
+            answer = Answer(405, {"error": "method not allowed"}, "method-not-allowed")
+            return await self._refuse(send, route, headers, answer, started, [(b"allow", b"POST")])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.body_limit:
-            return await _answer(send, 413, self.too_large, close=True)
+            answer = Answer(413, self.too_large, "body-too-large")
+            return await self._refuse(send, route, headers, answer, started)
         try:
             async with asyncio.timeout(self.body_timeout):
                 body = await self._read_body(receive)
         except BodyTooLarge:
-            return await _answer(send, 413, self.too_large, close=True)
+            answer = Answer(413, self.too_large, "body-too-large")
+            return await self._refuse(send, route, headers, answer, started)
         except TimeoutError:
-            return await _answer(
-                send, 408, {"error": "request body not received in time"}, close=True
-            )
+            answer = Answer(408, {"error": "request body not received in time"}, "body-timeout")
+            return await self._refuse(send, route, headers, answer, started)
         answer = await self.deliveries.handle(route, headers, body)
         await _answer(send, answer.status, answer.body)
+
+    async def _refuse(
+        self,
+        send: Send,
+        route: ReceiverRoute,
+        headers: Mapping[str, str],
+        answer: Answer,
+        started: float,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer a request to a receiver before its body is read, and leave a trace of it."""
+        self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
+        await _answer(send, answer.status, answer.body, extra, close=answer.status != 405)
 
     async def _read_body(self, receive: Receive) -> bytes:
         """Read the whole body, stopping as soon as it passes the limit."""

@@ -56,7 +56,28 @@ class Deliveries:
                 extra={"delivery": delivery_id(headers), "receiver": _receiver(route)},
             )
             answer = Answer(500, {"error": "internal error"}, "error")
-        duration = time.perf_counter() - started
+        self._finish(route, event_key, headers, answer, time.perf_counter() - started)
+        return answer
+
+    def refused(
+        self,
+        route: Route,
+        headers: Mapping[str, str],
+        answer: Answer,
+        duration: float,
+    ) -> None:
+        """Record, count and log a request to a receiver refused before its body was read."""
+        self._finish(route, headers.get("x-event-key", "").strip(), headers, answer, duration)
+
+    def _finish(
+        self,
+        route: Route,
+        event_key: str,
+        headers: Mapping[str, str],
+        answer: Answer,
+        duration: float,
+    ) -> None:
+        """What every answered request to a receiver leaves: history, metrics, one log line."""
         record = _record(route, event_key, headers, answer, duration)
         self.store.record(record)
         if self.metrics is not None:
@@ -75,7 +96,6 @@ class Deliveries:
                 "duration_ms": record.duration_ms,
             },
         )
-        return answer
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +308,32 @@ def test_state_file_history_stays_bounded(tmp_path: Path) -> None:
         state.write_batch([], records, keep=1000)
     kept = state.deliveries()
     assert len(kept) == 1000 and kept[0].delivery_id == "9-999"
+
+
+def test_requests_refused_before_the_body_leave_a_trace(served: Server) -> None:
+    """405 and 413 on a receiver's URL are logged, recorded and counted like deliveries."""
+    url = served.url  # type: ignore[attr-defined]
+    before = request(served.admin + "/metrics", method="GET").body.decode()
+    assert request(url, method="GET").status == 405
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    connection.putrequest("POST", urllib.parse.urlsplit(url).path)
+    connection.putheader("X-Event-Key", "repo:push")
+    connection.putheader("X-Request-UUID", "too-large")
+    connection.putheader("Content-Length", str(3 * 1024 * 1024))
+    connection.endheaders()
+    assert connection.getresponse().status == 413
+    connection.close()
+    after = request(served.admin + "/metrics", method="GET").body.decode()
+    records = json.loads(cli("deliveries", "-o", "json", state=served.state).stdout)
+    by_result = {r["result"]: r for r in records}
+    assert by_result["body-too-large"]["status"] == 413
+    assert by_result["body-too-large"]["delivery_id"] == "too-large"
+    assert by_result["method-not-allowed"]["status"] == 405
+    for result in ("body-too-large", "method-not-allowed"):
+        labels = {"event": "repo:push" if result == "body-too-large" else "other"}
+        assert (
+            metric(after, "kargo_bitbucket_deliveries_total", result=result, **labels)
+            - metric(before, "kargo_bitbucket_deliveries_total", result=result, **labels)
+            == 1
+        )
+        assert f'"result":"{result}"' in served.logs()
