@@ -66,6 +66,21 @@ class ReceiverEndpoint:
         route = self.store.indexes.route(path)
         if route is None:
             return await _answer(send, 404, {"error": "not found"})
+        try:
+            await self._deliver(scope, receive, send, route)
+        except asyncio.CancelledError:
+            # The shutdown grace ran out: a JSON 500 makes Bitbucket Cloud send it again.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.warning("delivery to %s cut short by shutdown; answered 500", route.label)
+            with contextlib.suppress(Exception):
+                await _answer(send, 500, {"error": "internal error"}, close=True)
+
+    async def _deliver(
+        self, scope: Scope, receive: Receive, send: Send, route: ReceiverRoute
+    ) -> None:
+        """Checks 2 and 3 of SPEC §4, then the delivery itself."""
         started = time.perf_counter()
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")

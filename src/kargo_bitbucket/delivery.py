@@ -53,7 +53,7 @@ class Deliveries:
         except Exception:
             log.exception(
                 "delivery failed unexpectedly",
-                extra={"delivery": delivery_id(headers), "receiver": _receiver(route)},
+                extra={"delivery": delivery_id(headers), "receiver": route.label},
             )
             answer = Answer(500, {"error": "internal error"}, "error")
         self._finish(route, event_key, headers, answer, time.perf_counter() - started)
@@ -216,7 +216,7 @@ def _record(
     event = answer.event
     record = DeliveryRecord(
         time=now_rfc3339(micro=True),
-        receiver=_receiver(route),
+        receiver=route.label,
         namespace=route.owner.label,
         event=event_key,
         delivery_id=delivery_id(headers),
@@ -233,8 +233,3 @@ def _record(
     elif isinstance(event, events.PullRequestClosed):
         record.pr_url = event.pr_url
     return record
-
-
-def _receiver(route: Route) -> str:
-    """``namespace/name`` of a receiver, ``cluster/name`` for the ClusterConfig."""
-    return f"{route.owner.label}/{route.name}"

@@ -357,3 +357,28 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     assert answer.json()["error"] == "failed to refresh 1 of 1 warehouses"
     assert 6 < waited < 9
     assert request(line.split("\t")[2], PUSH, cloud_headers(PUSH)).status == 200
+
+
+def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    state = tmp_path / "grace.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    server = server_factory(state, "--shutdown-grace", "1")
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    path = line.split("\t")[2].removeprefix(server.base)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(PUSH)}\r\n"
+        f"X-Event-Key: repo:push\r\nX-Hub-Signature: {sign(PUSH)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + PUSH[:10])  # and the rest never comes
+    time.sleep(0.2)
+    server.process.send_signal(signal.SIGTERM)
+    sock.settimeout(10)
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 500"), answer
+    assert answer.endswith(b'{"error":"internal error"}'), answer
+    assert server.process.wait(timeout=15) == 0
+    assert "Traceback" not in server.logs()
+    assert "cut short by shutdown" in server.logs()

@@ -100,6 +100,11 @@ class Route:
     secret_ref: str
     """``namespace/name`` of the Secret, to name it in messages (never its data)."""
 
+    @property
+    def label(self) -> str:
+        """``namespace/name`` of the receiver, ``cluster/name`` for the ClusterConfig's."""
+        return f"{self.owner.label}/{self.name}"
+
 
 @dataclass(slots=True)
 class OwnerStatus:
