@@ -527,10 +527,17 @@ def _urls(args: argparse.Namespace) -> int:
         return 0
     state = StateFile(args.state, create=False)
     try:
-        for line in _published(state):
-            print(line)
+        lines = _published(state)
     finally:
         state.close()
+    for line in lines:
+        print(line)
+    if not lines:
+        print(
+            f"kargo-bitbucket: no receiver published in {args.state} yet "
+            "(`kargo-bitbucket serve` publishes them)",
+            file=sys.stderr,
+        )
     return 0
 
 

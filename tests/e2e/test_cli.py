@@ -374,3 +374,10 @@ def test_serve_prints_receivers_and_a_working_send_line(state: Path, server_fact
     status = items(state, "projectconfigs")[0]["status"]
     assert status["webhookReceivers"][0]["url"] in printed
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+
+def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    result = cli("urls", state=state)
+    assert result.stdout == ""
+    assert "kargo-bitbucket serve" in result.stderr
