@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 USAGE_ERROR = 2
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_LEVEL_HELP = "log level (env KARGO_BITBUCKET_LOG_LEVEL; default info)"
 FAILURE = 1
 REDACTED = "<redacted>"
 
@@ -99,14 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level",
-        default=env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log level (env KARGO_BITBUCKET_LOG_LEVEL; default info)",
+        "--log-level", default=env("LOG_LEVEL", "info"), choices=LOG_LEVELS, help=LOG_LEVEL_HELP
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    # Also accepted after the command (`serve --log-level debug`), where people put it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help=LOG_LEVEL_HELP
+    )
 
-    serve = commands.add_parser("serve", help="run the webhook receiver")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[after], **kwargs)
+
+    serve = add("serve", help="run the webhook receiver")
     serve.add_argument(
         "-f",
         "--filename",
@@ -201,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    apply = commands.add_parser("apply", help="create or update objects from manifests")
+    apply = add("apply", help="create or update objects from manifests")
     apply.add_argument(
         "-f",
         "--filename",
@@ -214,14 +221,14 @@ def _parser() -> argparse.ArgumentParser:
     _state_flag(apply)
     apply.set_defaults(run=_apply)
 
-    delete = commands.add_parser("delete", help="delete an object")
+    delete = add("delete", help="delete an object")
     delete.add_argument("kind", metavar="KIND")
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("-n", "--namespace", default=None)
     _state_flag(delete)
     delete.set_defaults(run=_delete)
 
-    get = commands.add_parser("get", help="show objects")
+    get = add("get", help="show objects")
     get.add_argument("kind", metavar="KIND")
     get.add_argument("name", metavar="NAME", nargs="?")
     scope = get.add_mutually_exclusive_group()
@@ -231,12 +238,12 @@ def _parser() -> argparse.ArgumentParser:
     _state_flag(get)
     get.set_defaults(run=_get)
 
-    urls = commands.add_parser("urls", help="list the published receiver URLs")
+    urls = add("urls", help="list the published receiver URLs")
     _state_flag(urls)
     _kubernetes_flags(urls)
     urls.set_defaults(run=_urls)
 
-    send = commands.add_parser("send", help="sign and POST a realistic Bitbucket delivery")
+    send = add("send", help="sign and POST a realistic Bitbucket delivery")
     send.add_argument("--url", required=True, help="receiver URL")
     who = send.add_mutually_exclusive_group()
     who.add_argument(
@@ -268,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     _state_flag(send)
     send.set_defaults(run=_send)
 
-    deliveries = commands.add_parser(
+    deliveries = add(
         "deliveries", help="recent deliveries and why each candidate was (not) refreshed"
     )
     deliveries.add_argument(
@@ -288,9 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     deliveries.set_defaults(run=_deliveries)
 
-    explain = commands.add_parser(
-        "explain", help="dry run: what a push or PR event would refresh, and why"
-    )
+    explain = add("explain", help="dry run: what a push or PR event would refresh, and why")
     explain.add_argument("--repo", metavar="URL", help="pushed repository URL")
     explain.add_argument(
         "--ref",
@@ -311,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     _kubernetes_flags(explain)
     explain.set_defaults(run=_explain)
 
-    secret = commands.add_parser("secret", help="print a new random secret and its Secret manifest")
+    secret = add("secret", help="print a new random secret and its Secret manifest")
     secret.add_argument("--name", default="bitbucket-webhook", help="Secret name")
     secret.add_argument("-n", "--namespace", default="kargo-demo")
     secret.set_defaults(run=_secret)

@@ -107,7 +107,7 @@ class Deliveries:
             return Answer(401, {"error": "missing signature"}, "missing-signature")
         check = check_signature(signature, body, route.secret)
         if check is SignatureCheck.VALID_WITHOUT_TRAILING_NEWLINE:
-            self._warn_trailing_newline(route)
+            self._warn_trailing_newline(route, headers)
         elif check is not SignatureCheck.VALID:
             return Answer(401, {"error": "unauthorized"}, "bad-signature")
         if not events.is_handled(event_key):
@@ -156,17 +156,17 @@ class Deliveries:
         message = f"refreshed {refreshed} {noun}(s)"
         return Answer(200, {"msg": message, **extra}, "refreshed", None, candidates, refreshed)
 
-    def _warn_trailing_newline(self, route: Route) -> None:
+    def _warn_trailing_newline(self, route: Route, headers: Mapping[str, str]) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""
         key = (route.owner.kind, route.owner.namespace, route.name)
         if key in self._newline_warned:
             return
         self._newline_warned.add(key)
         log.warning(
-            "receiver %s/%s: signature only verifies without the trailing newline of its "
+            "receiver %s: signature only verifies without the trailing newline of its "
             "Secret; recreate the Secret without it (echo -n)",
-            route.owner.label,
-            route.name,
+            route.label,
+            extra={"delivery": delivery_id(headers), "receiver": route.label},
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli
+from tests.conftest import REPO, cli, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 WAREHOUSE = """
@@ -381,3 +381,16 @@ def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:
     result = cli("urls", state=state)
     assert result.stdout == ""
     assert "kargo-bitbucket serve" in result.stderr
+
+
+def test_log_level_after_the_command(state: Path, server_factory: Any) -> None:
+    """`serve --log-level warning` is where people (and Kubernetes args) put it."""
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    quiet = server_factory(state, "--log-level", "warning")
+    assert request(quiet.base + "/healthz", method="GET").status == 200
+    quiet.stop()
+    assert '"level":"info"' not in quiet.log.read_text()
+    loud = server_factory(state)
+    assert request(loud.base + "/healthz", method="GET").status == 200
+    loud.stop()
+    assert '"level":"info"' in loud.log.read_text()

@@ -605,3 +605,26 @@ def test_rotated_service_account_token_is_reread(fake_kube: FakeKubernetes, tmp_
     answer = request(url, PUSH, signed(PUSH))
     assert answer.status == 200 and answer.json()["refreshed"] == ["demo/app"]
     assert "rotated-token" in fake_kube.tokens_seen
+
+
+def test_secret_forbidden_by_rbac_is_named_in_ready_until_it_can_be_read(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Tested against a fake API server: a 403 on the Secret is not reported as 'not found'."""
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    fake_kube.fail("GET", r"/namespaces/demo/secrets/bb$", 403, times=1000)
+
+    def ready_message() -> str | None:
+        config = fake_kube.get(KARGO, "ProjectConfig", "demo", "demo") or {}
+        conditions = (config.get("status") or {}).get("conditions") or []
+        return next((c["message"] for c in conditions if c["type"] == "Ready"), None)
+
+    serve(tmp_path, kubeconfig)
+    message = eventually(
+        lambda: (m := ready_message()) and "cannot be read" in m and m, what="Ready says why"
+    )
+    assert "Secret demo/bb cannot be read (HTTP 403" in message and "not found" not in message
+    fake_kube.clear_faults()
+    url = published_url(fake_kube, "demo")
+    assert request(url, PUSH, signed(PUSH)).status == 200

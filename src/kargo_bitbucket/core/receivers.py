@@ -191,11 +191,13 @@ def resolve(
     secrets: SecretLookup,
     base: BaseURL,
     system_namespace: str,
+    unreadable: Callable[[str, str], str | None] = lambda namespace, name: None,
 ) -> Resolution:
     """Derive routes and statuses from all configs and the current Secrets.
 
     Receivers are taken in spec order; one whose Secret or key is missing is left
-    out with a reason; paths claimed by more than one receiver route nowhere.
+    out with a reason (``unreadable`` says why a Secret we could not read is absent);
+    paths claimed by more than one receiver route nowhere.
     """
     statuses: dict[Owner, OwnerStatus] = {}
     in_spec_order: list[Route] = []
@@ -215,7 +217,10 @@ def resolve(
             data = secrets(secret_namespace, secret_name)
             where = f"receiver {name!r}: Secret {secret_namespace}/{secret_name}"
             if data is None:
-                status.problems.append(f"{where} not found")
+                why = unreadable(secret_namespace, secret_name)
+                status.problems.append(
+                    f"{where} cannot be read ({why})" if why else f"{where} not found"
+                )
                 continue
             secret = data.get(SECRET_KEY)
             if secret is None:

@@ -41,6 +41,7 @@ class Indexes:
         self._by_pr: dict[str, dict[str, set[str]]] = {}
         self._configs: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         self._secrets: dict[Key, dict[str, bytes]] = {}
+        self._unreadable: dict[Key, str] = {}
         self._routes: dict[str, Route] = {}
         self.resolution = Resolution(routes={}, statuses={})
 
@@ -145,10 +146,17 @@ class Indexes:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name")))
         self._secrets[key] = decode_secret_data(body)
+        self._unreadable.pop(key, None)
 
     def drop_secret(self, namespace: str, name: str) -> None:
         """Forget a Secret (call ``reroute`` after a batch)."""
         self._secrets.pop((namespace, name), None)
+        self._unreadable.pop((namespace, name), None)
+
+    def secret_unreadable(self, namespace: str, name: str, why: str) -> None:
+        """Note that a Secret exists, maybe, but we may not read it (call ``reroute``)."""
+        self._secrets.pop((namespace, name), None)
+        self._unreadable[(namespace, name)] = why
 
     def reroute(self) -> Resolution:
         """Recompute routes and owner statuses from the current configs and Secrets."""
@@ -157,6 +165,7 @@ class Indexes:
             lambda namespace, name: self._secrets.get((namespace, name)),
             self.base,
             self.system_namespace,
+            lambda namespace, name: self._unreadable.get((namespace, name)),
         )
         self._routes = self.resolution.routes
         return self.resolution

@@ -137,6 +137,11 @@ class KubernetesStore:
         if self.indexes.apply(kind, namespace, name, body):
             self._reroute_due.set()
 
+    def _on_unreadable_secret(self, namespace: str, name: str, why: str) -> None:
+        """A referenced Secret we may not get: its receivers' Ready condition says so."""
+        self.indexes.secret_unreadable(namespace, name, why)
+        self._reroute_due.set()
+
     async def _rerouter(self) -> None:
         """Recompute routes after config or Secret changes, coalescing bursts."""
         while True:
@@ -182,6 +187,7 @@ class KubernetesStore:
                 namespace=key[0],
                 name=key[1],
                 on_restart=self._count_restart,
+                on_forbidden=self._on_unreadable_secret,
             )
             self._secret_watches[key] = asyncio.create_task(
                 reflector.run(), name=f"secret-{key[0]}/{key[1]}"

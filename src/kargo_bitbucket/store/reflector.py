@@ -42,6 +42,7 @@ class Reflector:
         namespace: str | None = "*",
         name: str | None = None,
         on_restart: Callable[[str, str], None] | None = None,
+        on_forbidden: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -51,6 +52,7 @@ class Reflector:
         self.name = name
         self.synced = asyncio.Event()
         self.on_restart = on_restart or (lambda kind, reason: None)
+        self.on_forbidden = on_forbidden
         self._known: set[tuple[str, str]] = set()
         self._version: str | None = None
 
@@ -90,6 +92,12 @@ class Reflector:
         try:
             obj = await self.client.get(self.resource, self.name, namespace=self.namespace)
         except ApiError as error:
+            if error.status.code in (401, 403) and self.on_forbidden is not None:
+                # Say so at once (no waiting for the Secret); keep retrying in case RBAC is fixed.
+                self.on_forbidden(
+                    self.namespace or "", self.name, f"HTTP {error.status.code}: {error}"
+                )
+                self.synced.set()
             if error.status.code != 404:
                 raise
             self._known.clear()
