@@ -6,6 +6,8 @@ import asyncio
 import base64
 import contextlib
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +217,40 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateFileError, match=r"junk\.db"):
         StateFile(path)
+
+
+@pytest.mark.parametrize(("wal_limit", "bounded"), [(200, True), (10**9, False)])
+def test_checkpoints_keep_the_wal_bounded_under_steady_writes(
+    tmp_path: Path, wal_limit: int, bounded: bool
+) -> None:
+    """Passive checkpoints alone never let SQLite start the WAL over while commits keep
+    coming (it grew by 10 MB a second under load); the TRUNCATE pass past the limit does."""
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", "w1")])
+    writer.leave_checkpoints_to_caller()
+    checkpointer = StateFile(path)
+    stop = threading.Event()
+
+    wal = Path(f"{path}-wal")
+
+    def write() -> None:
+        target = Target("Warehouse", "a", "w1")
+        i = 0
+        while not stop.is_set():
+            writer.write_batch([(target, f"v{i}")])
+            i += 1
+            if i % 100 == 0 and wal.stat().st_size > 16 * 1024 * 1024:
+                return  # unbounded for sure; spare the disk
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        for _ in range(15):
+            time.sleep(0.1)
+            checkpointer.checkpoint(wal_limit)
+    finally:
+        stop.set()
+        thread.join()
+    wal_bytes = wal.stat().st_size
+    assert (wal_bytes < 4 * 1024 * 1024) is bounded, wal_bytes

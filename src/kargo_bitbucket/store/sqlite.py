@@ -48,6 +48,7 @@ POLL_INTERVAL = 0.25
 REFRESH_BUDGET = 7.0
 """Seconds ``serve`` waits for another process's write lock: Bitbucket gives up after 10."""
 CHECKPOINT_INTERVAL = 1.0
+WAL_LIMIT = 1000  # pages, as SQLite's own automatic checkpoint
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
 
@@ -94,9 +95,17 @@ class StateFile:
         """Stop this connection's commits from checkpointing (and fsyncing) the WAL."""
         self._db.execute("PRAGMA wal_autocheckpoint=0")
 
-    def checkpoint(self) -> None:
-        """Copy committed WAL pages into the database file, without waiting for anyone."""
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def checkpoint(self, wal_limit: int = WAL_LIMIT) -> None:
+        """Copy committed WAL pages into the database file, then keep the WAL bounded.
+
+        The PASSIVE pass copies without holding up writers, but under a steady stream of
+        commits the WAL never gets fully copied between two of them, so SQLite never starts
+        it over: past ``wal_limit`` pages, a TRUNCATE pass waits for a gap between writes
+        (the rest is already copied, so it is short) and empties the file.
+        """
+        _, wal_pages, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_pages > wal_limit:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
