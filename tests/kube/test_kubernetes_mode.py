@@ -628,3 +628,58 @@ def test_secret_forbidden_by_rbac_is_named_in_ready_until_it_can_be_read(
     fake_kube.clear_faults()
     url = published_url(fake_kube, "demo")
     assert request(url, PUSH, signed(PUSH)).status == 200
+
+
+def test_failed_status_writes_are_retried(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Tested against a fake API server: two 500s on the status PATCH, nothing else changes."""
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    fake_kube.fail("PATCH", r"/projectconfigs/demo/status$", 500, times=2)
+    serve(tmp_path, kubeconfig)
+    assert published_url(fake_kube, "demo")
+    assert len(fake_kube.filter_requests("PATCH", r"/projectconfigs/demo/status$")) >= 3
+
+
+def test_secret_watch_after_history_expired_does_not_spin(
+    fake_kube: FakeKubernetes, demo: Server
+) -> None:
+    """Tested against a fake API server: a Secret unchanged for longer than the API server's
+    watch history once made the watch 410 again after every re-read, hundreds a second."""
+    fake_kube.expire_history()
+    fake_kube.drop_watches()
+    time.sleep(1.0)
+    fake_kube.reset_requests()
+    time.sleep(2.0)
+    assert len(fake_kube.filter_requests(path=r"/secrets/")) <= 4
+    assert request(demo.url, PUSH, signed(PUSH)).status == 200  # type: ignore[attr-defined]
+
+
+def test_a_hundred_referenced_secrets_leave_connections_for_the_rest(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Tested against a fake API server: every referenced Secret's watch holds a connection;
+    a fixed pool of 88 once left nothing for the Lease, status writes and refreshes."""
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
+    docs: list[dict[str, Any]] = []
+    for i in range(100):
+        docs += [secret(f"p{i}", "bb", f"s{i}"), project(f"p{i}", ("bb", "bb"))]
+    seed(fake_kube, [*docs, warehouse("p99", "app")])
+    serve(tmp_path, kubeconfig)
+    url = published_url(fake_kube, "p99")
+    for i in range(100):
+        published_url(fake_kube, f"p{i}")
+    assert request(url, PUSH, signed(PUSH, "s99")).status == 200
+
+
+def test_a_slow_api_still_gets_its_patch_in_within_the_budget(
+    fake_kube: FakeKubernetes, demo: Server
+) -> None:
+    """Tested against a fake API server: 3.3 s per PATCH used to be cut at 3 s, three times."""
+    fake_kube.delay("PATCH", r"/warehouses/", 3.3)
+    started = time.monotonic()
+    answer = request(demo.url, PUSH, signed(PUSH))  # type: ignore[attr-defined]
+    fake_kube.clear_faults()
+    assert answer.status == 200, answer.body
+    assert time.monotonic() - started < 6

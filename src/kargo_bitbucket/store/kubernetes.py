@@ -39,6 +39,7 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 PATCH_CONCURRENCY = 64
 EVENT_CONCURRENCY = 16
 POOL_SIZE = PATCH_CONCURRENCY + EVENT_CONCURRENCY + 8
+PUBLISH_RETRY_MAX = 30.0
 
 
 class KubernetesStore:
@@ -77,6 +78,7 @@ class KubernetesStore:
         self._config_status: dict[Owner, Any] = {}
         self._generations: dict[Owner, int] = {}
         self._reroute_due = asyncio.Event()
+        self._publish_failures = 0
         self.elector = LeaderElector(
             client,
             namespace,
@@ -202,11 +204,20 @@ class KubernetesStore:
         """Write each owner's receivers and conditions, only where they changed."""
         if not self.publish:
             return
+        failed = False
         for owner, status in self.indexes.resolution.statuses.items():
             try:
                 await self._publish(owner, status)
             except (ApiError, httpx.HTTPError, OSError) as error:
+                failed = True
                 log.warning("cannot publish status of %s %s: %s", owner.kind, owner.label, error)
+        if not failed:
+            self._publish_failures = 0
+            return
+        # Nothing else may change for hours: try again (a reroute republishes what differs).
+        self._publish_failures += 1
+        delay = min(PUBLISH_RETRY_MAX, 0.5 * 2 ** min(self._publish_failures, 10))
+        asyncio.get_running_loop().call_later(delay, self._reroute_due.set)
 
     async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
         current = self._config_status.get(owner, {})
@@ -275,7 +286,10 @@ class KubernetesStore:
             if remaining <= 0:
                 return "failed", ""
             try:
-                async with limit, asyncio.timeout(min(self.attempt_timeout, remaining)):
+                # At least half of what is left: a slow API (3.3 s a PATCH) still gets its
+                # patch in, and a hung one leaves time for one more attempt.
+                wait = min(remaining, max(self.attempt_timeout, remaining / 2))
+                async with limit, asyncio.timeout(wait):
                     patched = await self.client.patch(
                         resource,
                         target.name,
@@ -392,7 +406,10 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
     # default of 20, a 500-Warehouse push opened ~260 new TLS connections (measured).
     transport = httpx.AsyncHTTPTransport(
         verify=verify_cluster(single.cluster, single.user, single.abs_file),
-        limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
+        # No cap on connections: every watch (one per kind and per referenced Secret) holds
+        # one for good, and patches and Events are bounded by their own semaphores; a cap
+        # left 85 referenced Secrets with no connection for anything else.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_SIZE),
     )
     return AsyncClient(
         single,

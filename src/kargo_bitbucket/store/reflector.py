@@ -55,6 +55,7 @@ class Reflector:
         self.on_forbidden = on_forbidden
         self._known: set[tuple[str, str]] = set()
         self._version: str | None = None
+        self._events = 0
 
     async def run(self) -> None:
         """List, then watch forever; re-list on 410, resume from the last version otherwise."""
@@ -64,6 +65,7 @@ class Reflector:
                 if self._version is None:
                     await (self._get() if self.name else self._list())
                 failures = 0
+                self._events = 0
                 await self._watch()
             except asyncio.CancelledError:
                 raise
@@ -72,6 +74,9 @@ class Reflector:
                     log.info("watch of %s expired (410); listing again", self.kind)
                     self._version = None
                     self.on_restart(self.kind, "expired")
+                    if self._events == 0:  # expired again at once: never spin
+                        failures += 1
+                        await self._backoff(failures, "410 right after listing")
                     continue
                 failures += 1
                 self.on_restart(self.kind, "error")
@@ -107,7 +112,10 @@ class Reflector:
             body = plain(obj)
             self._known = {_key(body)}
             self.handler(self.kind, *_key(body), body)
-            self._version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+            # Not the object's own resourceVersion: for a Secret unchanged for long it is
+            # older than the API server's watch history, and the watch would be a 410 again.
+            # Watching from now replays the object as ADDED, so nothing is missed.
+            self._version = ""
         self.synced.set()
 
     async def _list(self) -> None:
@@ -155,6 +163,7 @@ class Reflector:
 
     def _on_event(self, event: str, obj: Any) -> None:
         """Apply one watch event; bookmarks only move the resume point."""
+        self._events += 1
         body = plain(obj)
         version = (body.get("metadata") or {}).get("resourceVersion")
         self._version = version or self._version
