@@ -49,6 +49,7 @@ REFRESH_BUDGET = 7.0
 """Seconds ``serve`` waits for another process's write lock: Bitbucket gives up after 10."""
 CHECKPOINT_INTERVAL = 1.0
 WAL_LIMIT = 1000  # pages, as SQLite's own automatic checkpoint
+RESTART_WAIT = 0.1  # seconds a RESTART checkpoint may hold up writers (waiting for readers)
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
 
@@ -110,6 +111,8 @@ class StateFile:
         """
         _, wal_pages, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if wal_pages > wal_limit:
+            # While it waits, writers wait too: give up after RESTART_WAIT, retry next time.
+            self._db.execute(f"PRAGMA busy_timeout={int(RESTART_WAIT * 1000)}")
             self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
     @contextlib.contextmanager
