@@ -46,7 +46,9 @@ class LeaderElector:
             try:
                 holding = await self._try_hold()
             except (ApiError, httpx.HTTPError, OSError) as error:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, error)
+                # httpx timeouts carry no text: name the error's type as well.
+                reason = f"{type(error).__name__}: {error}".removesuffix(": ")
+                log.warning("lease %s/%s: %s", self.namespace, self.name, reason)
                 holding = False
             if holding and not self.leader:
                 self.leader = True
