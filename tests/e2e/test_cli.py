@@ -144,72 +144,33 @@ def test_unevaluable_subscription_is_stored_with_a_warning(state: Path) -> None:
     assert len(items(state, "wh")) == 1
 
 
+SEND = "send --secret s --event repo:push --repo https://h/a/b --url"
+
+
 @pytest.mark.parametrize(
-    "args",
+    "command",
     [
-        ("get", "configmaps"),
-        ("get", "wh", "-n", "demo", "-A"),
-        ("delete", "wh"),
-        ("apply", "-f", "/nonexistent/file.yaml"),
-        ("serve", "--base-url", "https://h/?q=1", "--listen", "127.0.0.1:0"),
-        ("serve", "--base-url", "kargo.example.com", "--listen", "127.0.0.1:0"),
-        ("serve", "--listen", "nonsense"),
-        ("serve", "--listen", ":8080"),
-        ("serve", "--listen", "127.0.0.1:0"),
-        (
-            "send",
-            "--url",
-            "notaurl",
-            "--secret",
-            "s",
-            "--event",
-            "repo:push",
-            "--repo",
-            "https://h/a/b",
-        ),
-        (
-            "send",
-            "--url",
-            "http://[::1",
-            "--secret",
-            "s",
-            "--event",
-            "repo:push",
-            "--repo",
-            "https://h/a/b",
-        ),
-        (
-            "send",
-            "--url",
-            "http://127.0.0.1:9/",
-            "--secret",
-            "s",
-            "--event",
-            "pullrequest:fulfilled",
-            "--pr",
-            "https://h]/x",
-        ),
-        (
-            "send",
-            "--url",
-            "http://127.0.0.1:9/",
-            "--secret",
-            "s",
-            "--event",
-            "repo:push",
-            "--repo",
-            "https://h/a/b",
-            "--ref",
-            "",
-        ),
-        ("urls", "--kubernetes", "--kubeconfig", "/nonexistent"),
-        ("explain", "--kubernetes", "--kubeconfig", "/nonexistent", "--repo", "https://h/a/b"),
-        ("deliveries", "--admin-url", "notaurl"),
+        "get configmaps",
+        "get wh -n demo -A",
+        "delete wh",
+        "apply -f /nonexistent/file.yaml",
+        "serve --base-url https://h/?q=1 --listen 127.0.0.1:0",
+        "serve --base-url kargo.example.com --listen 127.0.0.1:0",
+        "serve --listen nonsense",
+        "serve --listen :8080",
+        "serve --listen 127.0.0.1:0",
+        f"{SEND} notaurl",
+        f"{SEND} 'http://[::1'",
+        f"{SEND} http://127.0.0.1:9/ --ref ''",
+        "send --secret s --event pullrequest:fulfilled --pr 'https://h]/x' --url http://127.0.0.1:9/",
+        "urls --kubernetes --kubeconfig /nonexistent",
+        "explain --kubernetes --kubeconfig /nonexistent --repo https://h/a/b",
+        "deliveries --admin-url notaurl",
     ],
 )
-def test_usage_errors_exit_2_with_one_line(state: Path, args: tuple[str, ...]) -> None:
+def test_usage_errors_exit_2_with_one_line(state: Path, command: str) -> None:
     cli("apply", "-f", str(EXAMPLE), state=state)
-    result = cli(*args, state=state, check=False)
+    result = cli(*shlex.split(command), state=state, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     # One line saying what is wrong (argparse puts its usage lines before it).

@@ -48,9 +48,10 @@ def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") ->
 
 
 def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:
-    """Create objects as ``kubectl apply`` would (namespaces first, stringData folded)."""
+    """Create objects as ``kubectl apply`` would (namespaces first, stringData folded),
+    and the namespace of the servers' Lease."""
     docs = list(docs)
-    namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
+    namespaces = {d["metadata"].get("namespace") for d in docs} - {None} | {"kargo"}
     for namespace in sorted(namespaces):
         if fake.get("v1", "Namespace", None, namespace) is None:
             fake.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -159,7 +160,6 @@ def signed(body: bytes, secret_value: str = "topsecret") -> dict[str, str]:
 
 @pytest.fixture
 def demo(fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path) -> Any:
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     seed(
         fake_kube,
         [
@@ -323,7 +323,6 @@ def test_readyz_waits_for_the_initial_lists(
 def test_two_replicas_elect_one_writer_and_hand_over(
     fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
     a = serve(tmp_path, kubeconfig, name="replica-a")
     published_url(fake_kube, "demo")
@@ -390,7 +389,6 @@ def test_no_publish_leaves_status_alone(
 def test_corpus_deliveries_in_kubernetes_mode(
     fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path, corpus: Path
 ) -> None:
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     cases = test_corpus.CASES
     for case in cases:
         docs = test_corpus.manifests(case)
@@ -611,7 +609,6 @@ def test_secret_forbidden_by_rbac_is_named_in_ready_until_it_can_be_read(
     fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
 ) -> None:
     """Tested against a fake API server: a 403 on the Secret is not reported as 'not found'."""
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
     fake_kube.fail("GET", r"/namespaces/demo/secrets/bb$", 403, times=1000)
 
@@ -634,7 +631,6 @@ def test_failed_status_writes_are_retried(
     fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
 ) -> None:
     """Tested against a fake API server: two 500s on the status PATCH, nothing else changes."""
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
     fake_kube.fail("PATCH", r"/projectconfigs/demo/status$", 500, times=2)
     serve(tmp_path, kubeconfig)
@@ -661,7 +657,6 @@ def test_a_hundred_referenced_secrets_leave_connections_for_the_rest(
 ) -> None:
     """Tested against a fake API server: every referenced Secret's watch holds a connection;
     a fixed pool of 88 once left nothing for the Lease, status writes and refreshes."""
-    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kargo"}})
     docs: list[dict[str, Any]] = []
     for i in range(100):
         docs += [secret(f"p{i}", "bb", f"s{i}"), project(f"p{i}", ("bb", "bb"))]
