@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -44,3 +46,14 @@ def machine() -> str:
                 break
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, {model}, load average {load}"
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -53,7 +53,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from common import HOST, PROXY_VARS, BenchError, clean_env, free_port, machine
+from common import HOST, PROXY_VARS, BenchError, clean_env, free_port, machine, terminate
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -322,14 +322,8 @@ def start_server(
 
 
 def stop_server(server: Server) -> None:
-    """SIGTERM, then SIGKILL if it does not exit within 20 s."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    """Stop one server (SIGTERM, then SIGKILL after 20 s) and forget it."""
+    terminate(server.process)
     with contextlib.suppress(ValueError):
         SERVERS.remove(server)
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import HOST, BenchError, clean_env, free_port, machine
+from common import HOST, BenchError, clean_env, free_port, machine, terminate
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -325,14 +325,8 @@ def receiver_target(cli: Path, state: State, port: int) -> str:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM, then SIGKILL if it does not exit within 20 s."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    """Stop one server (SIGTERM, then SIGKILL after 20 s)."""
+    terminate(server.process)
 
 
 # ----------------------------------------------------------------------- deliveries

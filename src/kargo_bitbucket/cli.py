@@ -44,10 +44,9 @@ from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.core.signature import sign
 from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Store
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
 from kargo_bitbucket.store.sqlite import (
-    REFRESH_BUDGET,
     SqliteStore,
     StateFile,
     StateFileError,

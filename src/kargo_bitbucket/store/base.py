@@ -11,6 +11,8 @@ from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store.index import Indexes
 
 REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
+REFRESH_BUDGET = 7.0
+"""Seconds a delivery's refreshes may take, retries included: Bitbucket gives up after 10."""
 
 
 _second: list[tuple[int, str]] = [(-1, "")]

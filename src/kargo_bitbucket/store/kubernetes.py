@@ -21,7 +21,13 @@ from lightkube.types import PatchType
 
 from kargo_bitbucket.core.receivers import CLUSTER_CONFIG_NAME, Owner, OwnerStatus
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target, now_rfc3339
+from kargo_bitbucket.store.base import (
+    REFRESH_ANNOTATION,
+    REFRESH_BUDGET,
+    RefreshResult,
+    Target,
+    now_rfc3339,
+)
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.leader import LeaderElector
 from kargo_bitbucket.store.reflector import Reflector, plain, status_code
@@ -54,7 +60,7 @@ class KubernetesStore:
         identity: str,
         publish: bool = True,
         patch_concurrency: int = PATCH_CONCURRENCY,
-        patch_budget: float = 7.0,
+        patch_budget: float = REFRESH_BUDGET,
         attempt_timeout: float = 3.0,
         history_size: int = DEFAULT_HISTORY_SIZE,
         emit_events: bool = True,

@@ -19,7 +19,12 @@ import orjson
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target, now_rfc3339
+from kargo_bitbucket.store.base import (
+    REFRESH_ANNOTATION,
+    RefreshResult,
+    Target,
+    now_rfc3339,
+)
 from kargo_bitbucket.store.index import Indexes
 
 log = logging.getLogger(__name__)
@@ -45,8 +50,6 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
 POLL_INTERVAL = 0.25
-REFRESH_BUDGET = 7.0
-"""Seconds ``serve`` waits for another process's write lock: Bitbucket gives up after 10."""
 CHECKPOINT_INTERVAL = 1.0
 WAL_LIMIT = 1000  # pages, as SQLite's own automatic checkpoint
 RESTART_WAIT = 0.1  # seconds a RESTART checkpoint may hold up writers (waiting for readers)
