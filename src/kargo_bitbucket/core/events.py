@@ -133,6 +133,11 @@ def _nonblank(value: str | None) -> str | None:
     return value if value is not None and value.strip() else None
 
 
+def _cloud_ref(ref_type: str | None, name: str) -> str:
+    """A Cloud change's ref, qualified: tags by their type, anything else a branch (SPEC §5)."""
+    return ("refs/tags/" if ref_type in _TAG_TYPES else "refs/heads/") + name
+
+
 # Extraction per flavour.
 
 
@@ -176,8 +181,7 @@ def _cloud_refs(root: _Obj) -> tuple[str, ...] | None:
         name = _need(state, "name", str, f"{where}.{side}")
         if not name:
             raise InvalidPayload(f"{where}.{side}.name is empty")
-        prefix = "refs/tags/" if ref_type in _TAG_TYPES else "refs/heads/"
-        refs[prefix + name] = None
+        refs[_cloud_ref(ref_type, name)] = None
     return tuple(refs) or None
 
 
@@ -331,9 +335,10 @@ class _Undecided(Exception):
 
 def _decided(value: str | None) -> str:
     """A URL the schema path found, or _Undecided when there is none to use."""
-    if value is None or not value.strip():
+    url = _nonblank(value)
+    if url is None:
         raise _Undecided
-    return value
+    return url
 
 
 def _schema_cloud_push(body: _CloudPush) -> Push:
@@ -344,7 +349,7 @@ def _schema_cloud_push(body: _CloudPush) -> Push:
         state = change.new or change.old
         if state is None or not state.name:
             raise _Undecided
-        refs[("refs/tags/" if state.type in _TAG_TYPES else "refs/heads/") + state.name] = None
+        refs[_cloud_ref(state.type, state.name)] = None
     return Push((url,), tuple(refs) or None)
 
 
