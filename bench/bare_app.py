@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -19,28 +20,32 @@ UNAUTHORIZED = b'{"error":"unauthorized"}'
 READY = b'{"status":"ready"}'
 
 
-def make_app(secret: bytes) -> Any:
-    """The ASGI callable for ``secret``."""
+Work = Callable[[bytes], Awaitable[bytes]]
+"""What a baseline does with a body whose signature verified; returns the answer's body."""
+
+
+async def answer_ok(body: bytes) -> bytes:
+    """The bare app's work: none."""
+    return OK
+
+
+def make_app(secret: bytes, work: Work = answer_ok) -> Any:
+    """The ASGI callable for ``secret``: ``work`` runs on each signed body."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        if scope["method"] == "GET":
-            status, payload = 200, READY
-        else:
-            body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return
+        status, payload = 200, READY
+        if scope["method"] != "GET":
             signature = next((v for k, v in scope["headers"] if k == b"x-hub-signature"), b"")
             expected = b"sha256=" + hmac.new(secret, body, "sha256").hexdigest().encode()
-            ok = hmac.compare_digest(signature, expected)
-            status, payload = (200, OK) if ok else (401, UNAUTHORIZED)
+            if hmac.compare_digest(signature, expected):
+                payload = await work(body)
+            else:
+                status, payload = 401, UNAUTHORIZED
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
@@ -51,15 +56,25 @@ def make_app(secret: bytes) -> Any:
     return app
 
 
-def main() -> None:
-    """Serve the bare app on 127.0.0.1 with uvloop, httptools, one worker, no access log."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+async def read_body(receive: Any) -> bytes | None:
+    """The whole request body; None if the client went away."""
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def serve(app: Any, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1 with uvloop, httptools, one worker, no access log."""
     config = uvicorn.Config(
-        make_app(os.environ["BENCH_SECRET"].encode()),
+        app,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         loop="uvloop",
         http="httptools",
         lifespan="off",
@@ -69,6 +84,14 @@ def main() -> None:
         timeout_keep_alive=15,
     )
     uvicorn.Server(config).run()
+
+
+def main() -> None:
+    """Serve the bare app."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    serve(make_app(os.environ["BENCH_SECRET"].encode()), args.port)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Figures, each printed next to its baseline and the ratio (``--figures`` picks so
 
 1. throughput and p50/p99 latency of one worker answering signed Cloud ``repo:push``
    deliveries with 10,000 Warehouses in the store, against a bare ASGI app on the
-   same uvicorn settings (goal: ours/bare >= 0.7);
+   same uvicorn settings (goal: ours/bare >= 0.7), and against the floor app (the
+   bare app plus decoding the push, one dict lookup and a batched SQLite commit: the
+   least work any receiver must do; its own ratio to bare bounds every receiver's);
 2. p50 latency at light load (wrk, one connection) with 100,000 vs 100 Warehouses
    (goal: within 20 %);
 3. resident memory of the server per 1,000 Warehouses (100 vs 100,000);
@@ -56,6 +58,8 @@ HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 LUA = HERE / "post.lua"
 BARE_APP = HERE / "bare_app.py"
+FLOOR_APP = HERE / "floor_app.py"
+BASELINES = ("bare", "floor")
 DEFAULT_PAYLOAD = Path("/work/shared/bitbucket-payloads/cloud_repo_push_branch_update.json")
 NAMESPACE = "bench"
 RECEIVER = "bitbucket"
@@ -265,8 +269,26 @@ def start_ours(
 def start_bare(secret: str, cpu: int | None, workdir: Path) -> Server:
     """The bare ASGI baseline; returns once it answers."""
     port = free_port()
-    log = workdir / "bare.log"
-    command = [sys.executable, str(BARE_APP), "--port", str(port)]
+    return start_baseline("bare", [str(BARE_APP), "--port", str(port)], port, secret, cpu, workdir)
+
+
+def start_floor(secret: str, cpu: int | None, workdir: Path, body: bytes) -> Server:
+    """The floor baseline, its one Warehouse subscribed to the pushed repository."""
+    port = free_port()
+    repository = json.loads(body)["repository"]["links"]["html"]["href"]
+    command = [
+        str(FLOOR_APP), "--port", str(port),
+        "--state", str(workdir / "floor.db"), "--repo", repository,
+    ]  # fmt: skip
+    return start_baseline("floor", command, port, secret, cpu, workdir)
+
+
+def start_baseline(
+    label: str, command: list[str], port: int, secret: str, cpu: int | None, workdir: Path
+) -> Server:
+    """A baseline app (``command`` run by this python) on ``port``; returns once it answers."""
+    log = workdir / f"{label}.log"
+    command = [sys.executable, *command]
     with log.open("wb") as out:
         process = subprocess.Popen(
             pinned(cpu, command),
@@ -274,13 +296,13 @@ def start_bare(secret: str, cpu: int | None, workdir: Path) -> Server:
             stderr=subprocess.STDOUT,
             env=clean_env(BENCH_SECRET=secret),
         )
-    server = Server("bare", process, port, log)
+    server = Server(label, process, port, log)
     try:
         wait_ready(server)
     except BaseException:
         stop(server)
         raise
-    server.target = f"http://{HOST}:{port}/bitbucket/bare"
+    server.target = f"http://{HOST}:{port}/bitbucket/{label}"
     return server
 
 
@@ -356,7 +378,7 @@ def check_delivery(server: Server, body: bytes, signature: str) -> None:
     if status != 200:
         raise BenchError(f"{server.label}: delivery answered {status} {answer}")
     names = answer.get("refreshed", [f"{NAMESPACE}/{SUBSCRIBED}"])  # optional (SPEC §4)
-    if server.label != "bare" and (
+    if server.label not in BASELINES and (
         answer.get("msg") != EXPECTED_MSG or names != [f"{NAMESPACE}/{SUBSCRIBED}"]
     ):
         raise BenchError(f"{server.label}: expected {EXPECTED_MSG!r} of {SUBSCRIBED}, got {answer}")
@@ -384,6 +406,14 @@ def check_log(server: Server, minimum: int) -> int:
     if count < minimum:
         raise BenchError(f"{server.label} logged {count} deliveries, wrk counted {minimum}")
     return count
+
+
+def check_floor_wrote(path: Path) -> None:
+    """After the load, the floor app's one subscribed Warehouse carries a refresh value."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (value,) = db.execute("SELECT refresh FROM objects WHERE name = 'wh0'").fetchone()
+    if not value:
+        raise BenchError(f"the floor app wrote no refresh value to {path}")
 
 
 def check_refreshed(cli: Path, state: State) -> None:
@@ -603,8 +633,14 @@ class Setup:
         self.servers.remove(server)
 
     def start_bare(self) -> Server:
-        """Start the baseline and remember to stop it."""
+        """Start the bare baseline and remember to stop it."""
         server = start_bare(self.secret, self.server_cpu, self.workdir)
+        self.servers.append(server)
+        return server
+
+    def start_floor(self) -> Server:
+        """Start the floor baseline and remember to stop it."""
+        server = start_floor(self.secret, self.server_cpu, self.workdir, self.body)
         self.servers.append(server)
         return server
 
@@ -642,7 +678,7 @@ def finish_checks(
     logged = {}
     for server in servers:
         check_delivery(server, setup.body, setup.signature)
-        if server.label != "bare":
+        if server.label not in BASELINES:
             total = sum(run.requests for run in runs[server.label])
             logged[server.label] = check_log(server, total)
             say(
@@ -653,10 +689,10 @@ def finish_checks(
 
 
 def part_throughput(setup: Setup, state: State, report: Report, figures: set[int]) -> None:
-    """Figures 1 and 5: ours vs bare, and ours with history and metrics on vs off.
+    """Figures 1 and 5: ours vs bare and floor, and ours with history and metrics on vs off.
 
-    The servers the chosen figures need take turns in the same rounds: bare (figure 1),
-    ``serve`` with its defaults (both), ``serve --history-size 0 --admin-listen off``
+    The servers the chosen figures need take turns in the same rounds: bare and floor
+    (figure 1), ``serve`` with its defaults (both), ``serve --history-size 0 --admin-listen off``
     (figure 5, on a copy of the same state file).
     """
     args = setup.args
@@ -669,10 +705,11 @@ def part_throughput(setup: Setup, state: State, report: Report, figures: set[int
         f"{args.connections} connections, {args.duration} s x {args.rounds}"
     )
     servers = []
-    bare = off = None
+    bare = floor = off = None
     if 1 in figures:
         bare = setup.start_bare()
-        servers.append(bare)
+        floor = setup.start_floor()
+        servers += [bare, floor]
     ours = setup.start_ours(state)
     servers.append(ours)
     if 5 in figures:
@@ -680,15 +717,17 @@ def part_throughput(setup: Setup, state: State, report: Report, figures: set[int
         off = setup.start_ours(setup.off_state, OBSERVABILITY_OFF, "-off")
         servers.append(off)
     for server in servers:
-        if server is not bare:
+        if server.label not in BASELINES:
             say(f"  {server.label} ready in {server.ready_seconds:.1f} s; {server.target}")
         check_delivery(server, setup.body, setup.signature)
     runs = alternate(setup, servers, args.connections, args.duration)
     logged = finish_checks(setup, servers, runs)
     check_refreshed(setup.cli, state)
+    if floor is not None:
+        check_floor_wrote(setup.workdir / "floor.db")
     for server in servers:
         report.raw["rss_kib"][server.label] = server.rss_ready_kib
-        if server is not bare:
+        if server.label not in BASELINES:
             report.raw["ready"][server.label] = server.ready_seconds
     if off is not None:
         assert off.state is not None
@@ -696,8 +735,8 @@ def part_throughput(setup: Setup, state: State, report: Report, figures: set[int
         report.raw["observability_checks"] = check_observability(setup, ours, off, logged)
     setup.stop_all()
     report.raw["throughput"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
-    if bare is not None:
-        report_throughput(args, state, ours, bare, runs, report)
+    if bare is not None and floor is not None:
+        report_throughput(args, state, ours, bare, floor, runs, report)
     if off is not None:
         report_observability(args, ours, off, runs, report)
 
@@ -707,12 +746,14 @@ def report_throughput(
     state: State,
     ours: Server,
     bare: Server,
+    floor: Server,
     runs: dict[str, list[Run]],
     report: Report,
 ) -> None:
     """Figure 1's rows."""
     ours_rps = median([r.rps for r in runs[ours.label]])
     bare_rps = median([r.rps for r in runs[bare.label]])
+    floor_rps = median([r.rps for r in runs[floor.label]])
     ratio = ours_rps / bare_rps
     n = state.warehouses
     report.add(
@@ -722,6 +763,18 @@ def report_throughput(
         f"{ratio:.2f}",
         ">= 0.70",
         "yes" if ratio >= 0.7 else "NO",
+    )
+    report.add(
+        "[1] throughput of the floor app (req/s)",
+        f"{floor_rps:.0f} (floor)",
+        f"{bare_rps:.0f} (bare)",
+        f"{floor_rps / bare_rps:.2f}",
+    )
+    report.add(
+        f"[1] throughput, {n} Warehouses, vs the floor (req/s)",
+        f"{ours_rps:.0f}",
+        f"{floor_rps:.0f} (floor)",
+        f"{ours_rps / floor_rps:.2f}",
     )
     for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
         ours_ms = median([getattr(r, attribute) for r in runs[ours.label]])
@@ -733,13 +786,14 @@ def report_throughput(
             f"{ours_ms / bare_ms:.2f}",
         )
     ours_cpu = median([r.cpu_us for r in runs[ours.label]])
-    bare_cpu = median([r.cpu_us for r in runs[bare.label]])
-    report.add(
-        "[1] server CPU per delivery (us)",
-        f"{ours_cpu:.0f}",
-        f"{bare_cpu:.0f} (bare)",
-        f"{ours_cpu / bare_cpu:.2f}",
-    )
+    for baseline in (bare, floor):
+        base_cpu = median([r.cpu_us for r in runs[baseline.label]])
+        report.add(
+            "[1] server CPU per delivery (us)",
+            f"{ours_cpu:.0f}",
+            f"{base_cpu:.0f} ({baseline.label})",
+            f"{ours_cpu / base_cpu:.2f}",
+        )
     report.add("[1] event loop of the server process", ours.loop, f"{bare.loop} (bare)")
 
 
