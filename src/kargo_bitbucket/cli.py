@@ -40,7 +40,7 @@ from kargo_bitbucket.core.payloads import (
     is_cloud_url,
     split_ref,
 )
-from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.core.receivers import BaseURL, published
 from kargo_bitbucket.core.signature import sign
 from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY, git_subscriptions
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
@@ -549,9 +549,7 @@ def _published(state: StateFile) -> list[str]:
     lines = []
     for kind in ("ClusterConfig", "ProjectConfig"):
         for obj in state.get(kind):
-            owner = obj["metadata"].get("namespace") or "cluster"
-            for receiver in (obj.get("status") or {}).get("webhookReceivers") or []:
-                lines.append(f"{owner}\t{receiver.get('name')}\t{receiver.get('url')}")
+            lines += ["\t".join(entry) for entry in published(obj)]
     return lines
 
 

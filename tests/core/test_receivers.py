@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, Owner, resolve
+from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, Owner, published, resolve
 
 SPEC_EXAMPLE_HASH = "75f9b18441bbe62d4440dc0a405621bc2fa35bb4f31c2ddb48e72764d2ceb1d0"
 
@@ -152,3 +152,49 @@ def test_rendered_status_keeps_transition_time_of_unchanged_conditions() -> None
     changed = next(iter(broken.values())).render(first, 4, "2026-03-03T00:00:00Z")
     ready = next(c for c in changed["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["lastTransitionTime"]) == ("False", "2026-03-03T00:00:00Z")
+
+
+def test_entries_published_for_other_receiver_types_are_kept_in_spec_order() -> None:
+    config = project_config("demo", ("bb", "s"))
+    receivers = config["spec"]["webhookReceivers"]
+    receivers.insert(0, {"name": "gh", "github": {"secretRef": {"name": "g"}}})
+    receivers.append({"name": "gl", "gitlab": {"secretRef": {"name": "g"}}})
+    status = resolve([config], lambda ns, n: {"secret": b"k"}, BASE, "sys").statuses[
+        Owner("ProjectConfig", "demo", "demo")
+    ]
+    github = {"name": "gh", "path": "/github/1", "url": "https://kargo.example.com/github/1"}
+    stale = {"name": "old", "path": "/github/2", "url": "https://kargo.example.com/github/2"}
+    mine_before = {"name": "bb", "path": "/bitbucket/old", "url": "https://x/bitbucket/old"}
+    previous = {"webhookReceivers": [mine_before, stale, github]}
+    rendered = status.render(previous, 1, "2026-01-01T00:00:00Z")["webhookReceivers"]
+    # gh (kept as published), then bb (ours, current); "old" is in no spec any more; gl
+    # was never published by anyone, so there is nothing to keep.
+    assert [r["name"] for r in rendered] == ["gh", "bb"]
+    assert rendered[0] == github
+    assert rendered[1]["path"] == "/bitbucket/" + hashlib.sha256(b"demobbk").hexdigest()
+
+
+def test_a_project_config_not_named_as_its_namespace_is_ignored_like_kargo() -> None:
+    stray = project_config("demo", ("r", "s"))
+    stray["metadata"]["name"] = "other"
+    stray_cluster = {
+        "kind": "ClusterConfig",
+        "metadata": {"name": "not-cluster"},
+        "spec": {"webhookReceivers": [{"name": "r", "bitbucket": {"secretRef": {"name": "s"}}}]},
+    }
+    result = resolve([stray, stray_cluster], lambda ns, n: {"secret": b"k"}, BASE, "sys")
+    assert result.routes == {} and result.statuses == {}
+
+
+def test_published_lists_only_bitbucket_receivers_of_honoured_configs() -> None:
+    config = project_config("demo", ("bb", "s"))
+    config["spec"]["webhookReceivers"].append({"name": "gh", "github": {}})
+    config["status"] = {
+        "webhookReceivers": [
+            {"name": "gh", "path": "/github/1", "url": "https://k/github/1"},
+            {"name": "bb", "path": "/bitbucket/2", "url": "https://k/bitbucket/2"},
+        ]
+    }
+    assert published(config) == [("demo", "bb", "https://k/bitbucket/2")]
+    config["metadata"]["name"] = "other"
+    assert published(config) == []

@@ -364,6 +364,30 @@ def test_two_replicas_elect_one_writer_and_hand_over(
     assert b.stop() == 0
 
 
+def test_publication_keeps_other_controllers_entries_and_skips_stray_configs(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    config = project("demo", ("bb", "bb"))
+    config["spec"]["webhookReceivers"].insert(0, {"name": "gh", "github": {"secretRef": {}}})
+    github = {"name": "gh", "path": "/github/1", "url": "https://kargo.example.com/github/1"}
+    config["status"] = {"webhookReceivers": [github]}  # as Kargo's own controller wrote it
+    stray = project("demo", ("bb", "bb"))
+    stray["metadata"]["name"] = "not-the-project"
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), config, stray, warehouse("demo", "app")])
+    server = serve(tmp_path, kubeconfig)
+    url = published_url(fake_kube, "demo")
+    status = (fake_kube.get(KARGO, "ProjectConfig", "demo", "demo") or {})["status"]
+    assert [r["name"] for r in status["webhookReceivers"]] == ["gh", "bb"]
+    assert status["webhookReceivers"][0] == github
+    # Kargo reads only the ProjectConfig named as its project: the stray one gets no
+    # status, and its receiver (same name and Secret) does not collide with the real one.
+    assert "status" not in (fake_kube.get(KARGO, "ProjectConfig", "demo", "not-the-project") or {})
+    assert request(url, PUSH, signed(PUSH)).json()["refreshed"] == ["demo/app"]
+    listed = cli("urls", "--kubernetes", "--kubeconfig", str(kubeconfig), state=server.state)
+    assert listed.stdout.split() == ["demo", "bb", url]
+    assert server.stop() == 0
+
+
 def test_no_publish_leaves_status_alone(
     fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
 ) -> None:

@@ -88,6 +88,14 @@ class Owner:
         """How people name the owner: its project, or ``cluster``."""
         return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
 
+    @property
+    def honoured(self) -> bool:
+        """Whether Kargo reads this object: a ProjectConfig named as its namespace, or the
+        ClusterConfig named ``cluster``; any other is ignored, as Kargo ignores it."""
+        if self.kind == "ProjectConfig":
+            return self.name == self.namespace
+        return self.name == CLUSTER_CONFIG_NAME
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -112,9 +120,22 @@ class OwnerStatus:
 
     receivers: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    spec_order: list[str] = field(default_factory=list)
+    """Names of all the owner's receivers, Bitbucket or not, in spec order."""
+    others: set[str] = field(default_factory=set)
+    """Names of its receivers of other types: what another controller published for them stays."""
 
     def render(self, previous: Mapping[str, Any], generation: int, now: str) -> dict[str, Any]:
         """The status fields to publish; unchanged conditions keep their transition time."""
+        kept = {
+            entry["name"]: entry
+            for entry in previous.get("webhookReceivers") or []
+            if isinstance(entry, Mapping) and entry.get("name") in self.others
+        }
+        ours = {entry["name"]: entry for entry in self.receivers}
+        receivers = [
+            ours.get(name) or kept[name] for name in self.spec_order if name in ours or name in kept
+        ]
         before = {
             c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
         }
@@ -127,7 +148,7 @@ class OwnerStatus:
                 {**condition, "observedGeneration": generation, "lastTransitionTime": stamp or now}
             )
         return {
-            "webhookReceivers": self.receivers,
+            "webhookReceivers": receivers,
             "conditions": conditions,
             "observedGeneration": generation,
         }
@@ -186,6 +207,26 @@ def owner_of(config: Mapping[str, Any]) -> Owner:
     return Owner(kind=kind, namespace=namespace, name=str(meta.get("name") or ""))
 
 
+def published(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(owner label, receiver name, URL) of the Bitbucket receivers in a config's status.
+
+    Entries another controller published for receivers of other types are left out.
+    """
+    owner = owner_of(config)
+    if not owner.honoured:
+        return []
+    bitbucket = {
+        receiver.get("name")
+        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []
+        if isinstance(receiver, Mapping) and isinstance(receiver.get("bitbucket"), Mapping)
+    }
+    return [
+        (owner.label, str(entry.get("name")), str(entry.get("url")))
+        for entry in (config.get("status") or {}).get("webhookReceivers") or []
+        if isinstance(entry, Mapping) and entry.get("name") in bitbucket
+    ]
+
+
 def resolve(
     configs: Iterable[Mapping[str, Any]],
     secrets: SecretLookup,
@@ -195,7 +236,8 @@ def resolve(
 ) -> Resolution:
     """Derive routes and statuses from all configs and the current Secrets.
 
-    Receivers are taken in spec order; one whose Secret or key is missing is left
+    Configs Kargo would ignore are ignored (``Owner.honoured``). Receivers are taken
+    in spec order; one whose Secret or key is missing is left
     out with a reason (``unreadable`` says why a Secret we could not read is absent);
     paths claimed by more than one receiver route nowhere.
     """
@@ -203,16 +245,20 @@ def resolve(
     in_spec_order: list[Route] = []
     for config in configs:
         owner = owner_of(config)
-        if owner.kind == "ClusterConfig" and owner.name != CLUSTER_CONFIG_NAME:
+        if not owner.honoured:
             continue
         status = statuses.setdefault(owner, OwnerStatus())
         secret_namespace = owner.namespace if owner.kind == "ProjectConfig" else system_namespace
         project = owner.namespace if owner.kind == "ProjectConfig" else ""
         for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
-            bitbucket = receiver.get("bitbucket")
-            if not isinstance(bitbucket, Mapping):
+            if not isinstance(receiver, Mapping):
                 continue
             name = str(receiver.get("name"))
+            status.spec_order.append(name)
+            bitbucket = receiver.get("bitbucket")
+            if not isinstance(bitbucket, Mapping):
+                status.others.add(name)
+                continue
             secret_name = str((bitbucket.get("secretRef") or {}).get("name") or "")
             data = secrets(secret_namespace, secret_name)
             where = f"receiver {name!r}: Secret {secret_namespace}/{secret_name}"

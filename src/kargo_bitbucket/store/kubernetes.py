@@ -19,7 +19,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
-from kargo_bitbucket.core.receivers import CLUSTER_CONFIG_NAME, Owner, OwnerStatus
+from kargo_bitbucket.core.receivers import Owner, OwnerStatus, owner_of, published
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
@@ -164,13 +164,10 @@ class KubernetesStore:
         """(namespace, name) of every Secret a Bitbucket receiver names."""
         wanted = set()
         for config in self.indexes.configs():
-            meta = config.get("metadata") or {}
-            if config.get("kind") == "ClusterConfig":
-                if meta.get("name") != CLUSTER_CONFIG_NAME:
-                    continue
-                namespace = self.indexes.system_namespace
-            else:
-                namespace = str(meta.get("namespace") or "")
+            owner = owner_of(config)
+            if not owner.honoured:
+                continue
+            namespace = owner.namespace or self.indexes.system_namespace
             for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
                 bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
                 if isinstance(bitbucket, Mapping):
@@ -443,9 +440,6 @@ async def published_receivers(client: AsyncClient) -> list[tuple[str, str, str]]
     for kind in ("ClusterConfig", "ProjectConfig"):
         namespace = "*" if kind == "ProjectConfig" else None
         async for obj in client.list(RESOURCES[kind], namespace=namespace):
-            body = plain(obj)
-            owner = (body.get("metadata") or {}).get("namespace") or CLUSTER_CONFIG_NAME
-            for receiver in (body.get("status") or {}).get("webhookReceivers") or []:
-                found.append((owner, str(receiver.get("name")), str(receiver.get("url"))))
+            found += published(plain(obj))
     await client.close()
     return found
