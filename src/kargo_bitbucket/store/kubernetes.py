@@ -209,6 +209,8 @@ class KubernetesStore:
             return
         failed = False
         for owner, status in self.indexes.resolution.statuses.items():
+            if not self.elector.leader:
+                return  # lost the Lease meanwhile: the next leader publishes
             try:
                 await self._publish(owner, status)
             except (ApiError, httpx.HTTPError, OSError) as error:

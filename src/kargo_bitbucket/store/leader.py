@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
@@ -18,14 +20,19 @@ log = logging.getLogger(__name__)
 
 
 class LeaderElector:
-    """Acquire and renew a Lease; call ``on_elected`` each time this replica becomes leader."""
+    """Acquire and renew a Lease; call ``on_elected`` each time this replica becomes leader.
+
+    Leadership lasts two thirds of the Lease duration past the start of the last successful
+    renewal, so a replica whose renewals hang or fail stops writing before any other may
+    take the Lease over (the last third absorbs clock skew between the nodes).
+    """
 
     def __init__(
         self,
         client: AsyncClient,
         namespace: str,
         identity: str,
-        on_elected: Callable[[], Awaitable[None]],
+        on_elected: Callable[[], Coroutine[Any, Any, None]],
         *,
         name: str = "kargo-bitbucket",
         duration: float = 15.0,
@@ -38,26 +45,44 @@ class LeaderElector:
         self.duration = duration
         self.renew_every = renew_every
         self.on_elected = on_elected
-        self.leader = False
+        self._held_since: float | None = None  # monotonic start of the last renewal that held
+        self._announced = False  # what the last log line said
+        self._elected: asyncio.Task[None] | None = None
+
+    @property
+    def leader(self) -> bool:
+        """Whether this replica may write status now."""
+        held = self._held_since
+        return held is not None and time.monotonic() < held + self.duration * 2 / 3
 
     async def run(self) -> None:
-        """Try to hold the Lease forever; leadership is lost when a renewal fails."""
+        """Try to hold the Lease forever; each attempt may take until leadership would lapse."""
         while True:
+            attempt = time.monotonic()
             try:
-                holding = await self._try_hold()
-            except (ApiError, httpx.HTTPError, OSError) as error:
-                # httpx timeouts carry no text: name the error's type as well.
+                async with asyncio.timeout(self.duration * 2 / 3):
+                    holding: bool | None = await self._try_hold()
+            except (ApiError, httpx.HTTPError, OSError, TimeoutError) as error:
+                # httpx and asyncio timeouts carry no text: name the error's type as well.
                 reason = f"{type(error).__name__}: {error}".removesuffix(": ")
                 log.warning("lease %s/%s: %s", self.namespace, self.name, reason)
-                holding = False
-            if holding and not self.leader:
-                self.leader = True
+                holding = None  # unknown: leadership runs out on its own if this goes on
+            was_leader = self.leader  # without a gap since the last renewal that held
+            if holding:
+                self._held_since = attempt
+            elif holding is False or not self.leader:
+                self._held_since = None
+            leader = self.leader
+            if leader and not self._announced:
                 log.info("became the status writer (lease %s/%s)", self.namespace, self.name)
-                await self.on_elected()
-            elif not holding and self.leader:
-                self.leader = False
+            elif self._announced and not leader:
                 log.warning("lost the status writer lease %s/%s", self.namespace, self.name)
-            await asyncio.sleep(self.renew_every)
+            self._announced = leader
+            if leader and not was_leader:
+                # Publish what changed while we could not (and anything another replica
+                # left); it may take long, and renewals go on meanwhile.
+                self._elected = asyncio.create_task(self.on_elected(), name="elected")
+            await asyncio.sleep(max(0.0, attempt + self.renew_every - time.monotonic()))
 
     async def _try_hold(self) -> bool:
         """One acquire-or-renew attempt, with optimistic concurrency on resourceVersion."""
@@ -113,9 +138,13 @@ class LeaderElector:
 
     async def release(self) -> None:
         """Give the Lease up at shutdown so another replica takes over at once."""
+        if self._elected is not None:
+            self._elected.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._elected
         if not self.leader:
             return
-        self.leader = False
+        self._held_since = None
         with contextlib.suppress(ApiError, httpx.HTTPError, OSError):
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
             if lease.spec and lease.spec.holderIdentity == self.identity:
