@@ -3,9 +3,9 @@
 On top of what bare_app.py does (read the body, check the HMAC, answer JSON) it
 decodes the push with a msgspec schema of only the fields a receiver needs, finds
 the one Warehouse of the repository in a dict, and writes its refresh annotation to
-SQLite (WAL) through one database thread, one transaction per burst of deliveries,
-answering only once the write is committed. No logging, history, metrics, routing,
-ref matching or error handling. Run: ``python floor_app.py --port N --state F --repo URL``.
+SQLite (WAL), one transaction per event-loop iteration, answering only once the
+write is committed. No logging, history, metrics, routing, ref matching or error
+handling. Run: ``python floor_app.py --port N --state F --repo URL``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import os
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import orjson
@@ -58,10 +57,13 @@ DECODER = msgspec.json.Decoder(Push)
 
 
 class Writer:
-    """Refresh writes queued by deliveries, committed one transaction per burst."""
+    """Refresh writes queued by deliveries, committed on the event loop once per iteration.
+
+    (Handing commits to a database thread and back cost 15 us more per delivery.)
+    """
 
     def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -72,27 +74,22 @@ class Writer:
             "INSERT OR IGNORE INTO objects VALUES (?, ?, '')",
             ((f"ns{i % 100}", f"wh{i}") for i in range(WAREHOUSES)),
         )
-        self.executor = ThreadPoolExecutor(1)
         self.pending: list[tuple[tuple[str, str, str], asyncio.Future[None]]] = []
-        self.flushing = False
 
     async def refresh(self, namespace: str, name: str) -> None:
         """Queue one write and wait until it is committed."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
         self.pending.append(((str(time.time()), namespace, name), future))
-        if not self.flushing:
-            self.flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
         await future
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.pending:
-            batch, self.pending = self.pending, []
-            await loop.run_in_executor(self.executor, self._write, [row for row, _ in batch])
-            for _, future in batch:
-                future.set_result(None)
-        self.flushing = False
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self._write([row for row, _ in batch])
+        for _, future in batch:
+            future.set_result(None)
 
     def _write(self, rows: list[tuple[str, str, str]]) -> None:
         self.db.execute("BEGIN")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -342,15 +343,27 @@ def test_concurrent_deliveries_all_answered(demo: Server) -> None:
 def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     tmp_path: Path, server_factory: Any
 ) -> None:
-    """Bitbucket gives up after 10 s; a 500 in time makes Cloud deliver again later."""
+    """Bitbucket gives up after 10 s; a 500 in time makes Cloud deliver again later.
+
+    Meanwhile the server goes on answering: the write waits off the event loop.
+    """
     state = tmp_path / "locked.db"
     cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
-    server_factory(state)
+    server = server_factory(state)
     (line,) = cli("urls", state=state).stdout.splitlines()
-    with contextlib.closing(sqlite3.connect(state, isolation_level=None)) as other:
+    with (
+        contextlib.closing(sqlite3.connect(state, isolation_level=None)) as other,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         other.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        answer = request(line.split("\t")[2], PUSH, cloud_headers(PUSH))
+        delivery = pool.submit(request, line.split("\t")[2], PUSH, cloud_headers(PUSH))
+        time.sleep(1)
+        probe = time.monotonic()
+        assert request(server.base + "/healthz", method="GET").status == 200
+        assert time.monotonic() - probe < 0.5
+        assert not delivery.done()
+        answer = delivery.result()
         waited = time.monotonic() - started
         other.execute("ROLLBACK")
     assert answer.status == 500

@@ -126,23 +126,24 @@ def test_receivers_published_into_status_and_rerouted_on_secret_change(tmp_path:
 
 
 def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "state.db"
     writer = StateFile(path)
     writer.apply([warehouse("a", f"w{i}") for i in range(50)])
 
+    calls = 0
+    original = StateFile.write_batch
+
+    def counting(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(*args)
+
+    monkeypatch.setattr(StateFile, "write_batch", counting)
+
     async def scenario() -> None:
         store = await started(path)
-        calls = 0
-        original = store.state.write_batch
-
-        def counting(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return original(*args)
-
-        store.state.write_batch = counting  # type: ignore[method-assign]
         try:
             results = await asyncio.gather(
                 *(store.refresh([Target("Warehouse", "a", f"w{i}")], f"v{i}") for i in range(50)),
@@ -150,7 +151,7 @@ def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
             )
             assert all(len(r.refreshed) == 1 for r in results[:50])
             assert results[50].gone == [Target("Warehouse", "a", "missing")]
-            assert calls <= 3
+            assert 1 <= calls <= 3
         finally:
             await store.close()
 
@@ -253,3 +254,31 @@ def test_checkpoints_keep_the_wal_bounded_under_steady_writes(tmp_path: Path) ->
         thread.join()
     assert commits == 5000
     assert largest < 8 * 1024 * 1024, largest
+
+
+def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_path: Path) -> None:
+    """Commits happen on the event loop only when the file is free; else on the store's thread."""
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", "w1")])
+
+    async def scenario() -> None:
+        store = await started(path)
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            refresh = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
+            began = time.monotonic()
+            for _ in range(30):  # the loop keeps turning while the refresh waits
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - began < 2 and not refresh.done()
+            other.execute("COMMIT")
+            result = await asyncio.wait_for(refresh, 5)
+            assert result.refreshed == [Target("Warehouse", "a", "w1")]
+        finally:
+            other.close()
+            await store.close()
+
+    asyncio.run(scenario())
+    (stored,) = writer.get("Warehouse")
+    assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v1"

@@ -95,6 +95,10 @@ class StateFile:
         """Close the connection."""
         self._db.close()
 
+    def never_wait_for_locks(self) -> None:
+        """Make writes fail at once with SQLITE_BUSY while another connection writes."""
+        self._db.execute("PRAGMA busy_timeout=0")
+
     def leave_checkpoints_to_caller(self) -> None:
         """Stop this connection's commits from checkpointing (and fsyncing) the WAL.
 
@@ -367,6 +371,7 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._pending: list[tuple[Target, str, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inline: StateFile | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     @property
@@ -377,6 +382,8 @@ class SqliteStore:
     async def start(self) -> None:
         """Load the whole state, publish receivers, then poll for other processes' changes."""
         await self.sync()
+        self._inline = await self._run(StateFile, self.state.path)
+        self._inline.never_wait_for_locks()
         self._ready = True
         self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
         self._checkpointer = asyncio.create_task(self._checkpoints(), name="state-checkpoints")
@@ -396,6 +403,8 @@ class SqliteStore:
                 return
             try:
                 await self._run(self.state.leave_checkpoints_to_caller)
+                if self._inline is not None:
+                    self._inline.leave_checkpoints_to_caller()
                 while True:
                     await asyncio.sleep(CHECKPOINT_INTERVAL)
                     try:
@@ -476,19 +485,36 @@ class SqliteStore:
         while self._pending or self._records:
             batch, self._pending = self._pending, []
             records, self._records = self._records, []
+            writes = [(target, value) for target, value, _ in batch]
             try:
-                found = await self._run(
-                    self.state.write_batch,
-                    [(target, value) for target, value, _ in batch],
-                    records,
-                    self.history_size,
-                )
+                found = await self._write(writes, records)
             except sqlite3.Error as error:
                 for _, _, future in batch:
                     future.set_exception(error)
                 continue
             for target, _, future in batch:
                 future.set_result(target in found)
+
+    async def _write(
+        self, writes: list[tuple[Target, str]], records: list[DeliveryRecord]
+    ) -> set[Target]:
+        """One transaction, committed right here on the event loop when the file is free.
+
+        A commit without fsync takes tens of microseconds, less than handing it to the
+        database thread and back (measured: 15 us per delivery). Only when another
+        process holds the write lock (``apply``, a checkpoint) does the batch go to the
+        database thread, to wait there for the lock without stalling the loop.
+        """
+        if self._inline is not None:
+            try:
+                return self._inline.write_batch(writes, records, self.history_size)
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # or BUSY_SNAPSHOT...
+                    raise
+        found: set[Target] = await self._run(
+            self.state.write_batch, writes, records, self.history_size
+        )
+        return found
 
     async def _run(self, func: Any, *args: Any) -> Any:
         """Run a state-file call on the store's single database thread."""
@@ -502,6 +528,8 @@ class SqliteStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._executor.shutdown(wait=True)
+        if self._inline is not None:
+            self._inline.close()
 
 
 def _who(target: Target) -> tuple[str, str, str]:
