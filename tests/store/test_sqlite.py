@@ -15,6 +15,7 @@ import pytest
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.index import Indexes
@@ -282,3 +283,76 @@ def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_pat
     asyncio.run(scenario())
     (stored,) = writer.get("Warehouse")
     assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v1"
+
+
+def record(delivery_id: str, namespace: str = "a") -> DeliveryRecord:
+    return DeliveryRecord(
+        time="2026-11-27T00:00:00Z",
+        receiver=f"{namespace}/r",
+        namespace=namespace,
+        event="repo:push",
+        delivery_id=delivery_id,
+        attempt="1",
+        status=200,
+        result="refreshed",
+        message="refreshed 1 warehouse(s)",
+        duration_ms=1.0,
+    )
+
+
+def test_history_is_trimmed_in_bulk_but_readers_see_exactly_the_last_n(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    state.keep_history(10)
+    for i in range(300):
+        state.write_batch([], [record(f"d{i}", "a" if i % 2 else "b")], keep=10)
+        shown = state.deliveries()
+        assert [r.delivery_id for r in shown] == [f"d{j}" for j in range(i, max(i - 10, -1), -1)]
+        (rows,) = state._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
+        assert rows <= 10 + sqlite_store.TRIM_EVERY
+    # Filters apply within the last 10, not to older rows still in the file.
+    assert [r.delivery_id for r in state.deliveries(namespace="a")] == [
+        f"d{j}" for j in (299, 297, 295, 293, 291)
+    ]
+    state.keep_history(3)  # a restart with a smaller history drops the rest at once
+    (rows,) = state._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
+    assert rows == 3
+    assert [r.delivery_id for r in state.deliveries(limit=2)] == ["d299", "d298"]
+
+
+def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    reader = StateFile(path)
+    calls = 0
+
+    async def scenario() -> None:
+        nonlocal calls
+        store = await started(path)
+        original = store._inline.write_batch  # type: ignore[union-attr]
+
+        def counting(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return original(*args)
+
+        store._inline.write_batch = counting  # type: ignore[method-assign,union-attr]
+        try:
+            store.record(record("alone"))
+            assert reader.deliveries() == []  # not yet: it waits for company
+            await asyncio.sleep(sqlite_store.RECORD_DELAY * 3)
+            assert [r.delivery_id for r in reader.deliveries()] == ["alone"]
+            calls = 0
+            for i in range(sqlite_store.RECORD_BATCH * 2):
+                store.record(record(f"d{i}"))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a full batch is written at once, without the delay
+            assert calls == 1
+            assert len(reader.deliveries()) == sqlite_store.RECORD_BATCH * 2 + 1
+            store.record(record("just now"))
+            shown = await store.deliveries(limit=1)  # what the admin page reads
+            assert [r.delivery_id for r in shown] == ["just now"]
+            store.record(record("at shutdown"))
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert reader.deliveries(limit=1)[0].delivery_id == "at shutdown"

