@@ -356,3 +356,39 @@ def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) 
 
     asyncio.run(scenario())
     assert reader.deliveries(limit=1)[0].delivery_id == "at shutdown"
+
+
+def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
+    """Shutdown may cancel a delivery whose refresh waits for another process's lock."""
+    path = tmp_path / "state.db"
+    writer = StateFile(path)
+    writer.apply([warehouse("a", "w1")])
+
+    async def scenario() -> None:
+        store = await started(path)
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            waiting = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
+            other_delivery = asyncio.create_task(
+                store.refresh([Target("Warehouse", "a", "w2")], "v1")
+            )
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            store.record(record("meanwhile"))
+            other.execute("COMMIT")
+            # The batch went through; the delivery still waiting for it gets its answer.
+            done = await asyncio.wait_for(other_delivery, 5)
+            assert done.gone == [Target("Warehouse", "a", "w2")]
+            shown = await asyncio.wait_for(store.deliveries(), 1)
+            assert [r.delivery_id for r in shown] == ["meanwhile"]
+            result = await store.refresh([Target("Warehouse", "a", "w1")], "v2")
+            assert result.refreshed == [Target("Warehouse", "a", "w1")]
+        finally:
+            other.close()
+            await asyncio.wait_for(store.close(), 5)
+
+    asyncio.run(scenario())
+    assert [r.delivery_id for r in writer.deliveries()] == ["meanwhile"]
+    (stored,) = writer.get("Warehouse")
+    assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v2"

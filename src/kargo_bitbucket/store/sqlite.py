@@ -18,7 +18,7 @@ import orjson
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
-from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, select
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
     RefreshResult,
@@ -88,7 +88,8 @@ class StateFile:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+            self.wal = mode == "wal"
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
@@ -131,10 +132,11 @@ class StateFile:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _next_rv(self, db: sqlite3.Connection) -> int:
         """Bump and return the change counter (inside a transaction)."""
@@ -304,15 +306,22 @@ class StateFile:
             )
 
     def deliveries(
-        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+        self,
+        namespace: str | None = None,
+        receiver: str | None = None,
+        limit: int | None = None,
+        queued: int = 0,
     ) -> list[DeliveryRecord]:
-        """The last ``keep_history`` deliveries (all if never set), newest first."""
+        """The last ``keep_history`` deliveries (all if never set), newest first.
+
+        ``queued`` newer ones not written yet take that many places of the window.
+        """
         query = (
             "SELECT record FROM deliveries WHERE id > (SELECT MAX(id) FROM deliveries) "
-            "- COALESCE((SELECT value FROM meta WHERE key = 'history_size'), "
+            "- COALESCE((SELECT value FROM meta WHERE key = 'history_size') - ?, "
             "(SELECT MAX(id) FROM deliveries))"
         )
-        args: list[Any] = []
+        args: list[Any] = [queued]
         if namespace is not None:
             query += " AND namespace = ?"
             args.append(namespace)
@@ -404,8 +413,9 @@ class SqliteStore:
         """Load the whole state, publish receivers, then poll for other processes' changes."""
         await self.sync()
         await self._run(self.state.keep_history, self.history_size)
-        self._inline = await self._run(StateFile, self.state.path)
-        self._inline.never_wait_for_locks()
+        if self.state.wal:  # else a COMMIT, not only BEGIN, may meet a lock
+            self._inline = await self._run(StateFile, self.state.path)
+            self._inline.never_wait_for_locks()
         self._ready = True
         self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
         self._checkpointer = asyncio.create_task(self._checkpoints(), name="state-checkpoints")
@@ -471,7 +481,12 @@ class SqliteStore:
         self._records.append(record)
         if len(self._records) >= RECORD_BATCH:
             self._write_records()
-        elif self._record_timer is None:
+        else:
+            self._write_records_soon()
+
+    def _write_records_soon(self) -> None:
+        """Have the queued records written ``RECORD_DELAY`` from now, if nothing sooner."""
+        if self._record_timer is None:
             loop = asyncio.get_running_loop()
             self._record_timer = loop.call_later(RECORD_DELAY, self._write_records)
 
@@ -483,22 +498,15 @@ class SqliteStore:
         self._records_due = True
         self._kick()
 
-    async def _drain(self) -> None:
-        """Wait until everything queued, records included, is written."""
-        if self._records:
-            self._write_records()
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-
     async def deliveries(
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
-        """Recorded deliveries, newest first (the queued ones written first)."""
-        await self._drain()
-        result: list[DeliveryRecord] = await self._run(
-            self.state.deliveries, namespace, receiver, limit
+        """Recorded deliveries, newest first: the queued ones, then the written ones."""
+        queued = select(reversed(self._records), namespace, receiver, limit)
+        written: list[DeliveryRecord] = await self._run(
+            self.state.deliveries, namespace, receiver, limit, len(self._records)
         )
-        return result
+        return (queued + written)[:limit]
 
     def _kick(self) -> None:
         """Make sure a writer task is draining the queues."""
@@ -538,13 +546,16 @@ class SqliteStore:
             try:
                 found = await self._write(writes, records)
             except sqlite3.Error as error:
-                if records:
-                    log.warning("%d delivery records not kept: %s", len(records), error)
+                if records:  # they wait for another try (the newest history_size of them)
+                    self._records = (records + self._records)[-self.history_size :]
+                    self._write_records_soon()
                 for _, _, future in batch:
-                    future.set_exception(error)
+                    if not future.done():  # its delivery may have been cancelled meanwhile
+                        future.set_exception(error)
                 continue
             for target, _, future in batch:
-                future.set_result(target in found)
+                if not future.done():
+                    future.set_result(target in found)
 
     async def _write(
         self, writes: list[tuple[Target, str]], records: list[DeliveryRecord]
@@ -573,8 +584,13 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Write what is queued; stop polling and checkpointing; release the database thread."""
-        with contextlib.suppress(sqlite3.Error):
-            await self._drain()
+        if self._records:
+            self._write_records()
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._record_timer is not None:
+            self._record_timer.cancel()
         for task in (self._poller, self._checkpointer):
             if task is not None:
                 task.cancel()
