@@ -202,8 +202,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=float(env("LEASE_DURATION") or 15),
         metavar="SECONDS",
-        help="Kubernetes mode: how long the status writer's Lease lasts unrenewed (default 15; "
-        "renewed every third of it)",
+        help="Kubernetes mode: how long the status writer's Lease lasts unrenewed "
+        "(at least 3; default 15; renewed every third of it)",
     )
     serve.set_defaults(run=_serve)
 
@@ -609,6 +609,8 @@ def _from_cluster(load: Coroutine[Any, Any, T]) -> T:
 def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:
     from kargo_bitbucket.store.kubernetes import KubernetesStore
 
+    if not args.lease_duration >= 3:
+        _fail("--lease-duration must be at least 3 seconds", USAGE_ERROR)
     client = _connect(args)
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return KubernetesStore(

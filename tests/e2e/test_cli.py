@@ -166,6 +166,7 @@ SEND = "send --secret s --event repo:push --repo https://h/a/b --url"
         "urls --kubernetes --kubeconfig /nonexistent",
         "explain --kubernetes --kubeconfig /nonexistent --repo https://h/a/b",
         "deliveries --admin-url notaurl",
+        "serve --kubernetes --kubeconfig /nonexistent --lease-duration 1",
     ],
 )
 def test_usage_errors_exit_2_with_one_line(state: Path, command: str) -> None:

@@ -89,7 +89,7 @@ class KubernetesStore:
             client,
             namespace,
             identity,
-            self._publish_all,
+            self._reroute_due.set,  # the rerouter alone publishes, one pass at a time
             duration=lease_duration,
             renew_every=lease_duration / 3,
         )
@@ -213,9 +213,10 @@ class KubernetesStore:
                 return  # lost the Lease meanwhile: the next leader publishes
             try:
                 await self._publish(owner, status)
-            except (ApiError, httpx.HTTPError, OSError) as error:
+            except (ApiError, httpx.HTTPError, OSError, TimeoutError) as error:
                 failed = True
-                log.warning("cannot publish status of %s %s: %s", owner.kind, owner.label, error)
+                reason = f"{type(error).__name__}: {error}".removesuffix(": ")
+                log.warning("cannot publish status of %s %s: %s", owner.kind, owner.label, reason)
         if not failed:
             self._publish_failures = 0
             return
@@ -231,13 +232,15 @@ class KubernetesStore:
             return
         resource = RESOURCES[owner.kind]
         patch = {"status": rendered}
-        patched = await self.client.patch(
-            resource.Status,
-            owner.name,
-            patch,
-            namespace=owner.namespace or None,
-            patch_type=PatchType.MERGE,
-        )
+        # A write must not land after another replica may have taken the Lease over.
+        async with asyncio.timeout(self.elector.remaining()):
+            patched = await self.client.patch(
+                resource.Status,
+                owner.name,
+                patch,
+                namespace=owner.namespace or None,
+                patch_type=PatchType.MERGE,
+            )
         # Our own write: remember it now, not when its watch event arrives, or a reroute
         # in between would see stale status and write the same thing again.
         self._config_status[owner] = plain(patched).get("status") or {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
@@ -32,7 +32,7 @@ class LeaderElector:
         client: AsyncClient,
         namespace: str,
         identity: str,
-        on_elected: Callable[[], Coroutine[Any, Any, None]],
+        on_elected: Callable[[], None],
         *,
         name: str = "kargo-bitbucket",
         duration: float = 15.0,
@@ -47,13 +47,16 @@ class LeaderElector:
         self.on_elected = on_elected
         self._held_since: float | None = None  # monotonic start of the last renewal that held
         self._announced = False  # what the last log line said
-        self._elected: asyncio.Task[None] | None = None
 
     @property
     def leader(self) -> bool:
         """Whether this replica may write status now."""
+        return self.remaining() > 0
+
+    def remaining(self) -> float:
+        """Seconds this replica may go on writing status (0 when it is not the leader)."""
         held = self._held_since
-        return held is not None and time.monotonic() < held + self.duration * 2 / 3
+        return 0.0 if held is None else max(0.0, held + self.duration * 2 / 3 - time.monotonic())
 
     async def run(self) -> None:
         """Try to hold the Lease forever; each attempt may take until leadership would lapse."""
@@ -79,10 +82,10 @@ class LeaderElector:
                 log.warning("lost the status writer lease %s/%s", self.namespace, self.name)
             self._announced = leader
             if leader and not was_leader:
-                # Publish what changed while we could not (and anything another replica
-                # left); it may take long, and renewals go on meanwhile.
-                self._elected = asyncio.create_task(self.on_elected(), name="elected")
-            await asyncio.sleep(max(0.0, attempt + self.renew_every - time.monotonic()))
+                self.on_elected()  # publish what changed while we could not
+            # After a failure, try again sooner, while leadership still lasts.
+            pause = self.renew_every if holding is not None else self.duration / 6
+            await asyncio.sleep(max(0.0, attempt + pause - time.monotonic()))
 
     async def _try_hold(self) -> bool:
         """One acquire-or-renew attempt, with optimistic concurrency on resourceVersion."""
@@ -107,7 +110,7 @@ class LeaderElector:
             spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
         spec.holderIdentity = self.identity
         spec.renewTime = now
-        spec.leaseDurationSeconds = int(self.duration)
+        spec.leaseDurationSeconds = math.ceil(self.duration)
         lease.spec = spec
         try:
             await self.client.replace(lease)
@@ -124,7 +127,7 @@ class LeaderElector:
                 holderIdentity=self.identity,
                 acquireTime=now,
                 renewTime=now,
-                leaseDurationSeconds=int(self.duration),
+                leaseDurationSeconds=math.ceil(self.duration),
                 leaseTransitions=0,
             ),
         )
@@ -138,10 +141,6 @@ class LeaderElector:
 
     async def release(self) -> None:
         """Give the Lease up at shutdown so another replica takes over at once."""
-        if self._elected is not None:
-            self._elected.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._elected
         if not self.leader:
             return
         self._held_since = None
