@@ -198,3 +198,25 @@ def test_published_lists_only_bitbucket_receivers_of_honoured_configs() -> None:
     assert published(config) == [("demo", "bb", "https://k/bitbucket/2")]
     config["metadata"]["name"] = "other"
     assert published(config) == []
+
+
+def test_a_receiver_that_stops_being_bitbucket_loses_our_entry() -> None:
+    config = project_config("demo")
+    config["spec"]["webhookReceivers"].append({"name": "r", "github": {}})
+    status = resolve([config], lambda ns, n: {"secret": b"k"}, BASE, "sys").statuses[
+        Owner("ProjectConfig", "demo", "demo")
+    ]
+    ours_before = {"name": "r", "path": "/bitbucket/" + "a" * 64, "url": "https://k/x"}
+    rendered = status.render({"webhookReceivers": [ours_before]}, 1, "2026-01-01T00:00:00Z")
+    assert rendered["webhookReceivers"] == []
+
+
+def test_receivers_of_the_same_name_are_each_published_once() -> None:
+    # Kargo refuses duplicate names, but a cluster without its webhook may hold them.
+    config = project_config("demo", ("r", "s1"), ("r", "s2"))
+    secrets = {("demo", "s1"): {"secret": b"one"}, ("demo", "s2"): {"secret": b"two"}}
+    result = resolve([config], lambda ns, n: secrets.get((ns, n)), BASE, "sys")
+    status = result.statuses[Owner("ProjectConfig", "demo", "demo")]
+    rendered = status.render({}, 1, "2026-01-01T00:00:00Z")["webhookReceivers"]
+    assert [r["path"] for r in rendered] == [r.path for r in result.routes.values()]
+    assert len({r["path"] for r in rendered}) == 2

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 CLUSTER_CONFIG_NAME = "cluster"
+OUR_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
 SECRET_KEY = "secret"
 FAILED_REASON = "SyncWebhookReceiversFailed"
 SYNCED_REASON = "Synced"
@@ -130,12 +132,19 @@ class OwnerStatus:
         kept = {
             entry["name"]: entry
             for entry in previous.get("webhookReceivers") or []
-            if isinstance(entry, Mapping) and entry.get("name") in self.others
+            if isinstance(entry, Mapping)
+            and entry.get("name") in self.others
+            and not OUR_PATH.search(str(entry.get("path") or ""))  # was Bitbucket until now
         }
-        ours = {entry["name"]: entry for entry in self.receivers}
-        receivers = [
-            ours.get(name) or kept[name] for name in self.spec_order if name in ours or name in kept
-        ]
+        ours = iter(self.receivers)  # in spec order too, and names may repeat
+        mine = next(ours, None)
+        receivers: list[Mapping[str, Any]] = []
+        for name in self.spec_order:
+            if mine is not None and mine["name"] == name:
+                receivers.append(mine)
+                mine = next(ours, None)
+            elif name in kept:
+                receivers.append(kept.pop(name))
         before = {
             c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
         }
