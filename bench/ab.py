@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "A": start(setup, state, sources["A"], "A"),
             "B": start(setup, copy, sources["B"], "B"),
         }
+        for server in servers.values():
+            run.check_delivery(server, body, signature)
         runs = run.alternate(setup, list(servers.values()), options.connections, options.duration)
+        run.finish_checks(setup, list(servers.values()), runs)  # every delivery refreshed one
     except run.BenchError as error:
         print(f"ab: {error}", file=sys.stderr)
         return 2
