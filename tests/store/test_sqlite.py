@@ -8,6 +8,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,17 @@ def test_checkpoints_keep_the_wal_bounded_under_steady_writes(tmp_path: Path) ->
     assert largest < 8 * 1024 * 1024, largest
 
 
+@contextlib.contextmanager
+def another_writer(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection holding the state file's write lock until it commits."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        other.close()
+
+
 def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_path: Path) -> None:
     """Commits happen on the event loop only when the file is free; else on the store's thread."""
     path = tmp_path / "state.db"
@@ -265,19 +277,17 @@ def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_pat
 
     async def scenario() -> None:
         store = await started(path)
-        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            other.execute("BEGIN IMMEDIATE")
-            refresh = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
-            began = time.monotonic()
-            for _ in range(30):  # the loop keeps turning while the refresh waits
-                await asyncio.sleep(0.01)
-            assert time.monotonic() - began < 2 and not refresh.done()
-            other.execute("COMMIT")
+            with another_writer(path) as other:
+                refresh = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
+                began = time.monotonic()
+                for _ in range(30):  # the loop keeps turning while the refresh waits
+                    await asyncio.sleep(0.01)
+                assert time.monotonic() - began < 2 and not refresh.done()
+                other.execute("COMMIT")
             result = await asyncio.wait_for(refresh, 5)
             assert result.refreshed == [Target("Warehouse", "a", "w1")]
         finally:
-            other.close()
             await store.close()
 
     asyncio.run(scenario())
@@ -366,17 +376,16 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         store = await started(path)
-        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            other.execute("BEGIN IMMEDIATE")
-            waiting = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
-            other_delivery = asyncio.create_task(
-                store.refresh([Target("Warehouse", "a", "w2")], "v1")
-            )
-            await asyncio.sleep(0.1)
-            waiting.cancel()
-            store.record(record("meanwhile"))
-            other.execute("COMMIT")
+            with another_writer(path) as other:
+                waiting = asyncio.create_task(store.refresh([Target("Warehouse", "a", "w1")], "v1"))
+                other_delivery = asyncio.create_task(
+                    store.refresh([Target("Warehouse", "a", "w2")], "v1")
+                )
+                await asyncio.sleep(0.1)
+                waiting.cancel()
+                store.record(record("meanwhile"))
+                other.execute("COMMIT")
             # The batch went through; the delivery still waiting for it gets its answer.
             done = await asyncio.wait_for(other_delivery, 5)
             assert done.gone == [Target("Warehouse", "a", "w2")]
@@ -385,7 +394,6 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
             result = await store.refresh([Target("Warehouse", "a", "w1")], "v2")
             assert result.refreshed == [Target("Warehouse", "a", "w1")]
         finally:
-            other.close()
             await asyncio.wait_for(store.close(), 5)
 
     asyncio.run(scenario())
