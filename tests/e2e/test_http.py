@@ -389,7 +389,7 @@ def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(
     time.sleep(0.2)
     server.process.send_signal(signal.SIGTERM)
     sock.settimeout(10)
-    answer = sock.recv(65536)
+    answer = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
     assert answer.startswith(b"HTTP/1.1 500"), answer
     assert answer.endswith(b'{"error":"internal error"}'), answer
     assert server.process.wait(timeout=15) == 0
