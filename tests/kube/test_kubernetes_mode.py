@@ -662,6 +662,40 @@ def test_failed_status_writes_are_retried(
     assert len(fake_kube.filter_requests("PATCH", r"/projectconfigs/demo/status$")) >= 3
 
 
+def test_a_status_written_meanwhile_by_kargo_is_not_overwritten(
+    fake_kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Tested against a fake API server: our PATCH carries the resourceVersion it read."""
+    config = project("demo", ("bb", "bb"))
+    config["spec"]["webhookReceivers"].insert(0, {"name": "gh", "github": {"secretRef": {}}})
+    config["status"] = {"webhookReceivers": [{"name": "gh", "path": "/github/1", "url": "u1"}]}
+    seed(fake_kube, [secret("demo", "bb", "topsecret"), config])
+    serve(tmp_path, kubeconfig)
+    old = published_url(fake_kube, "demo")
+    # Our next write is held up; meanwhile Kargo's controller rewrites its GitHub entry.
+    fake_kube.delay("PATCH", r"/projectconfigs/demo/status$", 1.0)
+    fake_kube.patch(
+        "v1", "Secret", "demo", "bb", {"data": {"secret": base64.b64encode(b"new").decode()}}
+    )
+    time.sleep(0.3)
+    kargo = {"webhookReceivers": [{"name": "gh", "path": "/github/2", "url": "u2"}]}
+    fake_kube.patch(KARGO, "ProjectConfig", "demo", "demo", {"status": kargo}, subresource="status")
+    fake_kube.clear_faults()
+
+    def final() -> list[str] | None:
+        status = (fake_kube.get(KARGO, "ProjectConfig", "demo", "demo") or {}).get("status") or {}
+        urls = [r["url"] for r in status.get("webhookReceivers") or []]
+        return urls if len(urls) == 2 and urls[1] != old else None
+
+    assert eventually(final, what="both entries current")[0] == "u2"
+    conflicts = [
+        r
+        for r in fake_kube.filter_requests("PATCH", r"/projectconfigs/demo/status$")
+        if r.status == 409
+    ]
+    assert conflicts, "the held-up PATCH should have met Kargo's newer write"
+
+
 def test_secret_watch_after_history_expired_does_not_spin(
     fake_kube: FakeKubernetes, demo: Server
 ) -> None:

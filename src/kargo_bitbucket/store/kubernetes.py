@@ -81,8 +81,7 @@ class KubernetesStore:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._config_status: dict[Owner, Any] = {}
-        self._generations: dict[Owner, int] = {}
+        self._configs: dict[Owner, Mapping[str, Any]] = {}  # as last seen or written
         self._reroute_due = asyncio.Event()
         self._publish_failures = 0
         self.elector = LeaderElector(
@@ -137,11 +136,9 @@ class KubernetesStore:
         if kind in ("ProjectConfig", "ClusterConfig"):
             owner = Owner(kind, namespace, name)
             if body is None:
-                self._config_status.pop(owner, None)
-                self._generations.pop(owner, None)
+                self._configs.pop(owner, None)
             else:
-                self._config_status[owner] = body.get("status") or {}
-                self._generations[owner] = int((body.get("metadata") or {}).get("generation") or 1)
+                self._configs[owner] = body
         if self.indexes.apply(kind, namespace, name, body):
             self._reroute_due.set()
 
@@ -215,6 +212,10 @@ class KubernetesStore:
                 await self._publish(owner, status)
             except (ApiError, httpx.HTTPError, OSError, TimeoutError) as error:
                 failed = True
+                if isinstance(error, ApiError) and error.status.code == 409:
+                    # Another writer was first: the retry renders over what it wrote.
+                    log.info("status of %s %s changed meanwhile", owner.kind, owner.label)
+                    continue
                 reason = f"{type(error).__name__}: {error}".removesuffix(": ")
                 log.warning("cannot publish status of %s %s: %s", owner.kind, owner.label, reason)
         if not failed:
@@ -226,12 +227,18 @@ class KubernetesStore:
         asyncio.get_running_loop().call_later(delay, self._reroute_due.set)
 
     async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
-        current = self._config_status.get(owner, {})
-        rendered = status.render(current, self._generations.get(owner, 1), now_rfc3339())
+        config = self._configs.get(owner, {})
+        meta = config.get("metadata") or {}
+        current = config.get("status") or {}
+        rendered = status.render(current, int(meta.get("generation") or 1), now_rfc3339())
         if all(current.get(key) == value for key, value in rendered.items()):
             return
         resource = RESOURCES[owner.kind]
-        patch = {"status": rendered}
+        patch: dict[str, Any] = {"status": rendered}
+        if meta.get("resourceVersion"):
+            # Only over the status we read: a write by another controller since (Kargo's
+            # own, for its receivers) makes this a 409, and we retry once we have seen it.
+            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         # A write must not land after another replica may have taken the Lease over.
         async with asyncio.timeout(self.elector.remaining()):
             patched = await self.client.patch(
@@ -243,7 +250,7 @@ class KubernetesStore:
             )
         # Our own write: remember it now, not when its watch event arrives, or a reroute
         # in between would see stale status and write the same thing again.
-        self._config_status[owner] = plain(patched).get("status") or {}
+        self._configs[owner] = plain(patched)
         log.info("published receivers of %s %s", owner.kind, owner.label)
 
     def record(self, record: DeliveryRecord) -> None:
