@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -47,15 +49,27 @@ class LeaseAPI:
         self.lease = copy.deepcopy(lease)
 
 
-def elector(api: LeaseAPI, on_elected: Any) -> LeaderElector:
-    return LeaderElector(
+@contextlib.asynccontextmanager
+async def elected(api: LeaseAPI) -> AsyncIterator[tuple[LeaderElector, list[float]]]:
+    """An elector running against ``api`` until the block ends, once it leads; and the
+    times it was elected."""
+    elections: list[float] = []
+    leader = LeaderElector(
         api,  # type: ignore[arg-type]
         "kargo",
         "replica-a",
-        on_elected,
+        lambda: elections.append(time.monotonic()),
         duration=DURATION,
         renew_every=DURATION / 3,
     )
+    task = asyncio.create_task(leader.run())
+    try:
+        await wait_for(lambda: leader.leader)
+        yield leader, elections
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 async def wait_for(condition: Any, timeout: float = 3.0) -> None:
@@ -73,18 +87,9 @@ def test_one_failed_renewal_does_not_end_leadership() -> None:
     asyncio.run(one_failed_renewal())
 
 
-def run_elector(api: LeaseAPI) -> tuple[LeaderElector, list[float]]:
-    elections: list[float] = []
-    leader = elector(api, lambda: elections.append(time.monotonic()))
-    return leader, elections
-
-
 async def renewals_hang() -> None:
     api = LeaseAPI()
-    leader, elections = run_elector(api)
-    task = asyncio.create_task(leader.run())
-    try:
-        await wait_for(lambda: leader.leader)
+    async with elected(api) as (leader, elections):
         assert len(elections) == 1
         api.hanging = True
         hung_at = time.monotonic()
@@ -95,28 +100,17 @@ async def renewals_hang() -> None:
         api.hanging = False
         await wait_for(lambda: leader.leader)
         assert len(elections) == 2  # regained: it publishes again
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def one_failed_renewal() -> None:
     api = LeaseAPI()
-    leader, elections = run_elector(api)
-    task = asyncio.create_task(leader.run())
-    try:
-        await wait_for(lambda: leader.leader)
+    async with elected(api) as (leader, elections):
         api.failures = 1
         await wait_for(lambda: api.failures == 0)
         for _ in range(int(DURATION / 0.01)):
             assert leader.leader
             await asyncio.sleep(0.01)
         assert len(elections) == 1
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await leader.release()
+    await leader.release()
     assert api.lease is not None and api.lease.spec is not None
     assert api.lease.spec.holderIdentity is None  # handed over at once

@@ -291,12 +291,8 @@ class _CloudPullRequest(msgspec.Struct):
     pullrequest: _CloudObject | None = None
 
 
-class _Clone(msgspec.Struct):
-    href: str | None = None
-
-
 class _ServerLinks(msgspec.Struct):
-    clone: list[_Clone] | None = None
+    clone: list[_Href] | None = None
 
 
 class _ServerRepository(msgspec.Struct):
