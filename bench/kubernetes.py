@@ -65,7 +65,7 @@ from tests.kube.fakeapi import FakeKubernetes  # noqa: E402
 
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION  # noqa: E402
 from kargo_bitbucket.store.kubernetes import RESOURCES, KubernetesStore, connect  # noqa: E402
-from kargo_bitbucket.store.reflector import LIST_CHUNK, plain  # noqa: E402
+from kargo_bitbucket.store.kubernetes.reflector import LIST_CHUNK, plain  # noqa: E402
 
 KARGO = "kargo.akuity.io/v1alpha1"
 WAREHOUSE = RESOURCES["Warehouse"]

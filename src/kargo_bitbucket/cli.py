@@ -641,7 +641,9 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     metrics = None
     admin = None
     if settings.admin is not None:
-        metrics = Metrics(store.indexes.counts, lambda: store.watch_restarts)
+        metrics = Metrics(
+            store.indexes.counts, lambda: store.watch_restarts, lambda: store.api_failures
+        )
         admin = build_admin_server(create_admin_app(store, metrics), *settings.admin)
 
     async def on_ready() -> None:

@@ -46,9 +46,11 @@ class Metrics(Collector):
         self,
         sizes: Callable[[], Mapping[str, int]] = dict,
         restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        api_failures: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
+        self.api_failures = api_failures
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str]] = Counter()
@@ -115,6 +117,13 @@ class Metrics(Collector):
             "Kubernetes watches restarted, by kind and reason (expired = 410 Gone)",
             ["kind", "reason"],
             self.restarts().items(),
+        )
+        yield _counter(
+            "kargo_bitbucket_api_failures",
+            "Kubernetes API requests failed and retried with backoff (list, watch, Secret, "
+            "Lease, status), by kind and reason (forbidden, throttled, server_error, ...)",
+            ["kind", "reason"],
+            self.api_failures().items(),
         )
 
     def exposition(self) -> bytes:

@@ -14,7 +14,7 @@ from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 from lightkube.resources.coordination_v1 import Lease
 
-from kargo_bitbucket.store.leader import LeaderElector
+from kargo_bitbucket.store.kubernetes.leader import LeaderElector
 
 DURATION = 0.6  # seconds; leadership lasts 0.4 s past the start of a renewal that held
 

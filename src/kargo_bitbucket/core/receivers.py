@@ -216,6 +216,31 @@ def owner_of(config: Mapping[str, Any]) -> Owner:
     return Owner(kind=kind, namespace=namespace, name=str(meta.get("name") or ""))
 
 
+def secret_namespace(owner: Owner, system_namespace: str) -> str:
+    """Where the Secrets an owner's receivers name live, as Kargo looks them up: a
+    ProjectConfig's in its project namespace, the ClusterConfig's in the system namespace."""
+    return owner.namespace if owner.kind == "ProjectConfig" else system_namespace
+
+
+def referenced_secrets(
+    configs: Iterable[Mapping[str, Any]], system_namespace: str
+) -> set[tuple[str, str]]:
+    """(namespace, name) of every Secret a Bitbucket receiver of an honoured config names."""
+    wanted = set()
+    for config in configs:
+        owner = owner_of(config)
+        if not owner.honoured:
+            continue
+        namespace = secret_namespace(owner, system_namespace)
+        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
+            bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
+            if isinstance(bitbucket, Mapping):
+                name = (bitbucket.get("secretRef") or {}).get("name")
+                if isinstance(name, str) and name:
+                    wanted.add((namespace, name))
+    return wanted
+
+
 def published(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(owner label, receiver name, URL) of the Bitbucket receivers in a config's status.
 
@@ -257,7 +282,7 @@ def resolve(
         if not owner.honoured:
             continue
         status = statuses.setdefault(owner, OwnerStatus())
-        secret_namespace = owner.namespace if owner.kind == "ProjectConfig" else system_namespace
+        secrets_in = secret_namespace(owner, system_namespace)
         project = owner.namespace if owner.kind == "ProjectConfig" else ""
         for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
             if not isinstance(receiver, Mapping):
@@ -269,10 +294,10 @@ def resolve(
                 status.others.add(name)
                 continue
             secret_name = str((bitbucket.get("secretRef") or {}).get("name") or "")
-            data = secrets(secret_namespace, secret_name)
-            where = f"receiver {name!r}: Secret {secret_namespace}/{secret_name}"
+            data = secrets(secrets_in, secret_name)
+            where = f"receiver {name!r}: Secret {secrets_in}/{secret_name}"
             if data is None:
-                why = unreadable(secret_namespace, secret_name)
+                why = unreadable(secrets_in, secret_name)
                 status.problems.append(
                     f"{where} cannot be read ({why})" if why else f"{where} not found"
                 )
@@ -288,7 +313,7 @@ def resolve(
                     name=name,
                     path=path,
                     secret=secret,
-                    secret_ref=f"{secret_namespace}/{secret_name}",
+                    secret_ref=f"{secrets_in}/{secret_name}",
                 )
             )
     claims: dict[str, list[Route]] = {}

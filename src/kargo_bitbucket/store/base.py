@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +57,11 @@ class Store(Protocol):
     indexes: Indexes
     watch_restarts: dict[tuple[str, str], int]
     """Watch restarts by (kind, reason); empty where nothing is watched."""
+
+    @property
+    def api_failures(self) -> Mapping[tuple[str, str], int]:
+        """Failed API requests retried with backoff, by (kind, reason); empty without an API."""
+        ...
 
     @property
     def ready(self) -> bool:

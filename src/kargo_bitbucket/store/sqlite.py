@@ -391,6 +391,7 @@ class SqliteStore:
         self.state = state
         self.history_size = history_size
         self.watch_restarts: dict[tuple[str, str], int] = {}
+        self.api_failures: dict[tuple[str, str], int] = {}
         self._records: list[DeliveryRecord] = []
         self.indexes = indexes
         self._revision = 0

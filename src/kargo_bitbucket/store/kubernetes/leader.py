@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,8 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
+
+from kargo_bitbucket.store.backoff import Backoff, Outage, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class LeaderElector:
         name: str = "kargo-bitbucket",
         duration: float = 15.0,
         renew_every: float = 5.0,
+        failures: Counter[tuple[str, str]] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -45,6 +50,8 @@ class LeaderElector:
         self.duration = duration
         self.renew_every = renew_every
         self.on_elected = on_elected
+        self.backoff = backoff or Backoff(duration / 6, 30.0)
+        self.outage = Outage(log, f"lease {namespace}/{name}", kind="Lease", counts=failures)
         self._held_since: float | None = None  # monotonic start of the last renewal that held
         self._announced = False  # what the last log line said
 
@@ -62,13 +69,12 @@ class LeaderElector:
         """Try to hold the Lease forever; each attempt may take until leadership would lapse."""
         while True:
             attempt = time.monotonic()
+            error: Exception | None = None
             try:
                 async with asyncio.timeout(self.duration * 2 / 3):
                     holding: bool | None = await self._try_hold()
-            except (ApiError, httpx.HTTPError, OSError, TimeoutError) as error:
-                # httpx and asyncio timeouts carry no text: name the error's type as well.
-                reason = f"{type(error).__name__}: {error}".removesuffix(": ")
-                log.warning("lease %s/%s: %s", self.namespace, self.name, reason)
+            except (ApiError, httpx.HTTPError, OSError, TimeoutError) as failed:
+                error = failed
                 holding = None  # unknown: leadership runs out on its own if this goes on
             was_leader = self.leader  # without a gap since the last renewal that held
             if holding:
@@ -83,9 +89,17 @@ class LeaderElector:
             self._announced = leader
             if leader and not was_leader:
                 self.on_elected()  # publish what changed while we could not
-            # After a failure, try again sooner, while leadership still lasts.
-            pause = self.renew_every if holding is not None else self.duration / 6
-            await asyncio.sleep(max(0.0, attempt + pause - time.monotonic()))
+            pause = self.renew_every
+            if error is None:
+                self.backoff.reset()
+                self.outage.recovered()
+            else:
+                response = error.response if isinstance(error, httpx.HTTPStatusError) else None
+                pause = self.backoff.delay(retry_after(response))
+                if leader:  # try again sooner, while leadership still lasts
+                    pause = min(pause, self.duration / 6)
+                self.outage.failed(error, pause)
+            await self.backoff.sleep(max(0.0, attempt + pause - time.monotonic()))
 
     async def _try_hold(self) -> bool:
         """One acquire-or-renew attempt, with optimistic concurrency on resourceVersion."""

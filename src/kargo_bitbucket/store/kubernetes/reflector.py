@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.types import on_error_raise
+
+from kargo_bitbucket.store.backoff import Backoff, Outage, retry_after, status_code
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,12 @@ LIST_CHUNK = 500
 WATCH_TIMEOUT = 290
 WATCH_IDLE_LIMIT = WATCH_TIMEOUT + 60
 """A watch silent for this long (no event, no bookmark, no reconnect) is presumed dead."""
-MAX_BACKOFF = 30.0
+WORKING_AFTER = 10.0
+"""A watch open this long without an error works, events or not (a quiet kind sends none);
+a refused one fails within milliseconds."""
+FIRST_RETRY, MAX_BACKOFF = 0.4, 30.0
+"""Retries of a failing list or watch wait 0.2-0.4 s, then twice as long each time, up to
+15-30 s: a watch refused for ever costs ~2 requests a minute, not 5 a second."""
 
 
 def plain(obj: Any) -> dict[str, Any]:
@@ -43,6 +50,8 @@ class Reflector:
         name: str | None = None,
         on_restart: Callable[[str, str], None] | None = None,
         on_forbidden: Callable[[str, str, str], None] | None = None,
+        failures: Counter[tuple[str, str]] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -53,19 +62,23 @@ class Reflector:
         self.synced = asyncio.Event()
         self.on_restart = on_restart or (lambda kind, reason: None)
         self.on_forbidden = on_forbidden
+        self.backoff = backoff or Backoff(FIRST_RETRY, MAX_BACKOFF)
+        what = f"watch of {kind} {namespace}/{name}" if name else f"watch of {kind}"
+        self.outage = Outage(log, what, kind=kind, counts=failures)
         self._known: set[tuple[str, str]] = set()
         self._version: str | None = None
-        self._events = 0
+        self._working = False  # the current watch delivered an event or stayed up
 
     async def run(self) -> None:
-        """List, then watch forever; re-list on 410, resume from the last version otherwise."""
-        failures = 0
+        """List, then watch forever; re-list on 410, resume from the last version otherwise.
+
+        Failures back off (:class:`Backoff`) until a watch works again: a list that
+        succeeds before a watch that is refused does not count as working.
+        """
         while True:
             try:
                 if self._version is None:
                     await (self._get() if self.name else self._list())
-                failures = 0
-                self._events = 0
                 await self._watch()
             except asyncio.CancelledError:
                 raise
@@ -74,22 +87,26 @@ class Reflector:
                     log.info("watch of %s expired (410); listing again", self.kind)
                     self._version = None
                     self.on_restart(self.kind, "expired")
-                    if self._events == 0:  # expired again at once: never spin
-                        failures += 1
-                        await self._backoff(failures, "410 right after listing")
-                    continue
-                failures += 1
-                self.on_restart(self.kind, "error")
-                await self._backoff(failures, f"HTTP {status_code(error)}: {error}")
+                    if self._working:  # expired after working: list again at once
+                        continue
+                else:
+                    self.on_restart(self.kind, "error")
+                await self._retry(error)
             except (httpx.HTTPError, OSError, ValueError, TimeoutError) as error:
-                failures += 1
                 self.on_restart(self.kind, "error")
-                await self._backoff(failures, f"{type(error).__name__}: {error}")
+                await self._retry(error)
 
-    async def _backoff(self, failures: int, reason: str) -> None:
-        delay = min(MAX_BACKOFF, 0.2 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-        log.warning("watch of %s failed (%s); retrying in %.1fs", self.kind, reason, delay)
-        await asyncio.sleep(delay)
+    async def _retry(self, error: Exception) -> None:
+        response = error.response if isinstance(error, httpx.HTTPStatusError) else None
+        delay = self.backoff.delay(retry_after(response))
+        self.outage.failed(error, delay)
+        await self.backoff.sleep(delay)
+
+    def _works(self) -> None:
+        """The watch works: reset the backoff, and say so if it had been failing."""
+        self._working = True
+        self.backoff.reset()
+        self.outage.recovered()
 
     async def _get(self) -> None:
         """One named object (needs only ``get``, never ``list``): fetch it, or note it is absent."""
@@ -156,14 +173,20 @@ class Reflector:
                 "fieldSelector": f"metadata.name={self.name}" if self.name else None,
             },
         )
-        async with asyncio.timeout(WATCH_IDLE_LIMIT) as idle:
-            async for event, obj in inner.watch(request, on_error=on_error_raise):
-                idle.reschedule(asyncio.get_running_loop().time() + WATCH_IDLE_LIMIT)
-                self._on_event(event, obj)
+        self._working = False
+        works = asyncio.get_running_loop().call_later(WORKING_AFTER, self._works)
+        try:
+            async with asyncio.timeout(WATCH_IDLE_LIMIT) as idle:
+                async for event, obj in inner.watch(request, on_error=on_error_raise):
+                    idle.reschedule(asyncio.get_running_loop().time() + WATCH_IDLE_LIMIT)
+                    if not self._working:
+                        self._works()
+                    self._on_event(event, obj)
+        finally:
+            works.cancel()
 
     def _on_event(self, event: str, obj: Any) -> None:
         """Apply one watch event; bookmarks only move the resume point."""
-        self._events += 1
         body = plain(obj)
         version = (body.get("metadata") or {}).get("resourceVersion")
         self._version = version or self._version
@@ -176,13 +199,6 @@ class Reflector:
         else:
             self._known.add(key)
             self.handler(self.kind, key[0], key[1], body)
-
-
-def status_code(error: httpx.HTTPStatusError) -> int:
-    """The HTTP status of an error: lightkube's ApiError carries a Status object, others not."""
-    if isinstance(error, ApiError) and error.status.code:
-        return int(error.status.code)
-    return error.response.status_code
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -1,0 +1,188 @@
+"""The Kubernetes backend: watch-fed indexes, refresh by merge patch, one leader publishes.
+
+:class:`KubernetesStore` only wires the parts: a :class:`Reflector` per Kargo kind, the
+:class:`SecretFollower`, the :class:`StatusPublisher` under the :class:`LeaderElector`'s
+Lease, and the :class:`Refresher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightkube import AsyncClient
+
+from kargo_bitbucket.core.receivers import Owner, referenced_secrets
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
+from kargo_bitbucket.store.base import REFRESH_BUDGET, RefreshResult, Target
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.kubernetes.client import (
+    KubernetesConfigError,
+    connect,
+    load_indexes,
+    published_receivers,
+)
+from kargo_bitbucket.store.kubernetes.leader import LeaderElector
+from kargo_bitbucket.store.kubernetes.publisher import StatusPublisher
+from kargo_bitbucket.store.kubernetes.reflector import Reflector
+from kargo_bitbucket.store.kubernetes.refresher import PATCH_CONCURRENCY, Refresher
+from kargo_bitbucket.store.kubernetes.resources import RESOURCES
+from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
+
+__all__ = [
+    "RESOURCES",
+    "KubernetesConfigError",
+    "KubernetesStore",
+    "connect",
+    "load_indexes",
+    "published_receivers",
+]
+
+log = logging.getLogger(__name__)
+
+
+class KubernetesStore:
+    """Caches Kargo's resources from watches; a delivery reads only memory and sends patches."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        indexes: Indexes,
+        *,
+        namespace: str,
+        identity: str,
+        publish: bool = True,
+        patch_concurrency: int = PATCH_CONCURRENCY,
+        patch_budget: float = REFRESH_BUDGET,
+        attempt_timeout: float = 3.0,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        emit_events: bool = True,
+        lease_duration: float = 15.0,
+    ) -> None:
+        self.client = client
+        self.indexes = indexes
+        self.publish = publish
+        self.history = MemoryHistory(history_size)
+        self.watch_restarts: dict[tuple[str, str], int] = {}
+        self.api_failures: Counter[tuple[str, str]] = Counter()
+        self._ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reroute_due = asyncio.Event()
+        self.elector = LeaderElector(
+            client,
+            namespace,
+            identity,
+            self._reroute_due.set,  # the rerouter alone publishes, one pass at a time
+            duration=lease_duration,
+            renew_every=lease_duration / 3,
+            failures=self.api_failures,
+        )
+        self.publisher = StatusPublisher(
+            client, self.elector, self._reroute_due.set, failures=self.api_failures
+        )
+        self.refresher = Refresher(
+            client,
+            identity,
+            concurrency=patch_concurrency,
+            budget=patch_budget,
+            attempt_timeout=attempt_timeout,
+            emit_events=emit_events,
+        )
+        self.secrets = SecretFollower(
+            client,
+            indexes,
+            self._on_object,
+            self._reroute_due.set,
+            on_restart=self._count_restart,
+            failures=self.api_failures,
+        )
+        self.reflectors = [
+            Reflector(
+                client,
+                resource,
+                kind,
+                self._on_object,
+                namespace=None if kind == "ClusterConfig" else "*",
+                on_restart=self._count_restart,
+                failures=self.api_failures,
+            )
+            for kind, resource in RESOURCES.items()
+        ]
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been listed and the referenced Secrets read."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Start every watch; become ready when the initial lists and Secrets are in."""
+        for reflector in self.reflectors:
+            self._spawn(reflector.run(), f"watch-{reflector.kind}")
+        await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
+        await self._follow_secrets(wait=10)
+        self.indexes.reroute()
+        self._spawn(self._rerouter(), "rerouter")
+        if self.publish:
+            self._spawn(self.elector.run(), "leader-election")
+        self._ready = True
+        log.info("caches loaded", extra=self.indexes.counts())
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    def _count_restart(self, kind: str, reason: str) -> None:
+        key = (kind, reason)
+        self.watch_restarts[key] = self.watch_restarts.get(key, 0) + 1
+
+    def _on_object(
+        self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None
+    ) -> None:
+        """Feed a watched object into the indexes; remember config status to diff against."""
+        if kind in ("ProjectConfig", "ClusterConfig"):
+            self.publisher.observe(Owner(kind, namespace, name), body)
+        if self.indexes.apply(kind, namespace, name, body):
+            self._reroute_due.set()
+
+    async def _rerouter(self) -> None:
+        """Recompute routes after config or Secret changes, coalescing bursts."""
+        while True:
+            await self._reroute_due.wait()
+            self._reroute_due.clear()
+            await self._follow_secrets(wait=5)
+            self.indexes.reroute()
+            if self.publish and self.elector.leader:
+                await self.publisher.publish_all(self.indexes.resolution.statuses)
+
+    async def _follow_secrets(self, *, wait: float) -> None:
+        wanted = referenced_secrets(self.indexes.configs(), self.indexes.system_namespace)
+        await self.secrets.follow(wanted, wait=wait)
+
+    def record(self, record: DeliveryRecord) -> None:
+        """Keep a delivery in this replica's bounded in-memory history."""
+        self.history.record(record)
+
+    async def deliveries(
+        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+    ) -> list[DeliveryRecord]:
+        """This replica's recent deliveries, newest first."""
+        return await self.history.deliveries(namespace, receiver, limit)
+
+    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+        """Patch every target concurrently (bounded), retrying inside one time budget."""
+        return await self.refresher.refresh(targets, value, note)
+
+    async def close(self) -> None:
+        """Stop watching, hand the Lease over, close the client."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.secrets.close()
+        await self.refresher.close()
+        await self.elector.release()
+        await self.client.close()

@@ -1,0 +1,89 @@
+"""The connection to the API server (credentials, pool, User-Agent) and the CLI's one-shot reads."""
+
+from __future__ import annotations
+
+import httpx2 as httpx
+from lightkube import AsyncClient
+
+from kargo_bitbucket import __version__
+from kargo_bitbucket.core.receivers import published
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.kubernetes.reflector import plain
+from kargo_bitbucket.store.kubernetes.refresher import EVENT_CONCURRENCY, PATCH_CONCURRENCY
+from kargo_bitbucket.store.kubernetes.resources import RESOURCES
+
+USER_AGENT = f"kargo-bitbucket/{__version__}"
+POOL_SIZE = PATCH_CONCURRENCY + EVENT_CONCURRENCY + 8
+
+
+class KubernetesConfigError(RuntimeError):
+    """No usable cluster credentials were found."""
+
+
+class UserAgentTransport(httpx.AsyncBaseTransport):
+    """Names the receiver on every request, so audit logs and API Priority and Fairness
+    FlowSchemas can tell it from other clients (lightkube has no setting for headers)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with our User-Agent in place of httpx's."""
+        request.headers["User-Agent"] = USER_AGENT
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport's connections."""
+        await self.inner.aclose()
+
+
+def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
+    """A client from ``--kubeconfig``/``--context``, else in-cluster, else ``$KUBECONFIG``."""
+    from lightkube import ConfigError, KubeConfig
+    from lightkube.config.client_adapter import verify_cluster
+
+    try:
+        config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+        single = config.get(context_name=context)
+    except (ConfigError, OSError, ValueError) as error:
+        raise KubernetesConfigError(f"cannot load Kubernetes credentials: {error}") from error
+    if single is None or single.user is None:
+        raise KubernetesConfigError(f"kubeconfig has no usable context {context or '(current)'}")
+    # Keep as many connections alive as patches and Events may run at once: with httpx's
+    # default of 20, a 500-Warehouse push opened ~260 new TLS connections (measured).
+    transport = httpx.AsyncHTTPTransport(
+        verify=verify_cluster(single.cluster, single.user, single.abs_file),
+        # No cap on connections: every watch (one per kind and per referenced Secret) holds
+        # one for good, and patches and Events are bounded by their own semaphores; a cap
+        # left 85 referenced Secrets with no connection for anything else.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_SIZE),
+    )
+    return AsyncClient(
+        single,
+        timeout=httpx.Timeout(10.0),
+        field_manager="kargo-bitbucket",
+        transport=UserAgentTransport(transport),
+    )
+
+
+async def load_indexes(client: AsyncClient, indexes: Indexes) -> Indexes:
+    """Fill ``indexes`` with one list of every kind (for one-shot commands like ``explain``)."""
+    for kind, resource in RESOURCES.items():
+        namespace = None if kind == "ClusterConfig" else "*"
+        async for obj in client.list(resource, namespace=namespace):
+            body = plain(obj)
+            meta = body.get("metadata") or {}
+            indexes.apply(kind, str(meta.get("namespace") or ""), str(meta.get("name")), body)
+    await client.close()
+    return indexes
+
+
+async def published_receivers(client: AsyncClient) -> list[tuple[str, str, str]]:
+    """(owner, receiver name, URL) from every ProjectConfig's and ClusterConfig's status."""
+    found = []
+    for kind in ("ClusterConfig", "ProjectConfig"):
+        namespace = "*" if kind == "ProjectConfig" else None
+        async for obj in client.list(RESOURCES[kind], namespace=namespace):
+            found += published(plain(obj))
+    await client.close()
+    return found
