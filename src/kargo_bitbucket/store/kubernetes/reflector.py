@@ -68,6 +68,7 @@ class Reflector:
         self._known: set[tuple[str, str]] = set()
         self._version: str | None = None
         self._working = False  # the current watch delivered an event or stayed up
+        self._delivered = False  # a watch delivered an event since the last list
 
     async def run(self) -> None:
         """List, then watch forever; re-list on 410, resume from the last version otherwise.
@@ -79,6 +80,7 @@ class Reflector:
             try:
                 if self._version is None:
                     await (self._get() if self.name else self._list())
+                    self._delivered = False
                 await self._watch()
             except asyncio.CancelledError:
                 raise
@@ -87,7 +89,7 @@ class Reflector:
                     log.info("watch of %s expired (410); listing again", self.kind)
                     self._version = None
                     self.on_restart(self.kind, "expired")
-                    if self._working:  # expired after working: list again at once
+                    if self._delivered:  # expired after events: list again at once
                         continue
                 else:
                     self.on_restart(self.kind, "error")
@@ -181,6 +183,7 @@ class Reflector:
                     idle.reschedule(asyncio.get_running_loop().time() + WATCH_IDLE_LIMIT)
                     if not self._working:
                         self._works()
+                    self._delivered = True
                     self._on_event(event, obj)
         finally:
             works.cancel()

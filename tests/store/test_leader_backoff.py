@@ -1,0 +1,90 @@
+"""A Lease that cannot be read backs off while this replica does not lead, with one warning."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import pytest
+
+from kargo_bitbucket.store.backoff import Backoff
+from kargo_bitbucket.store.kubernetes.leader import LeaderElector
+from tests.store.test_leader import DURATION, LeaseAPI, wait_for
+
+LOGGER = "kargo_bitbucket.store.kubernetes.leader"
+
+
+def test_a_failing_lease_backs_off_then_is_taken_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = LeaseAPI()
+    api.failures = 6
+    pauses: list[float] = []
+    failures: Counter[tuple[str, str]] = Counter()
+
+    async def record(delay: float) -> None:
+        pauses.append(delay)
+        await asyncio.sleep(0)
+
+    async def go() -> LeaderElector:
+        elector = LeaderElector(
+            api,  # type: ignore[arg-type]
+            "kargo",
+            "replica-a",
+            lambda: None,
+            duration=DURATION,
+            renew_every=DURATION / 3,
+            failures=failures,
+            backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
+        )
+        task = asyncio.create_task(elector.run())
+        try:
+            await wait_for(lambda: elector.leader)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return elector
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    asyncio.run(go())
+    # Each pause counts from the start of its attempt, so it is a little shorter.
+    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert pauses[:6] == pytest.approx(expected, abs=0.05)
+    assert failures == {("Lease", "server_error"): 6}
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert [level for level, _ in lines].count("WARNING") == 1
+    assert ("INFO", "lease kargo/kargo-bitbucket works again after 6 failed attempt(s)") in lines
+
+
+def test_a_leader_retries_a_failed_renewal_within_a_sixth_of_the_duration() -> None:
+    api = LeaseAPI()
+    pauses: list[float] = []
+
+    async def record(delay: float) -> None:
+        pauses.append(delay)
+        await asyncio.sleep(0)
+
+    async def go() -> bool:
+        elector = LeaderElector(
+            api,  # type: ignore[arg-type]
+            "kargo",
+            "replica-a",
+            lambda: None,
+            duration=DURATION,
+            renew_every=DURATION / 3,
+            backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
+        )
+        task = asyncio.create_task(elector.run())
+        try:
+            await wait_for(lambda: elector.leader)
+            pauses.clear()
+            api.failures = 5
+            await wait_for(lambda: api.failures == 0 and len(pauses) >= 5)
+            return elector.leader
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    assert asyncio.run(go())
+    assert max(pauses[:5]) <= DURATION / 6
