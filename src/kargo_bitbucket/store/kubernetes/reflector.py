@@ -23,12 +23,13 @@ LIST_CHUNK = 500
 WATCH_TIMEOUT = 290
 WATCH_IDLE_LIMIT = WATCH_TIMEOUT + 60
 """A watch silent for this long (no event, no bookmark, no reconnect) is presumed dead."""
-WORKING_AFTER = 10.0
-"""A watch open this long without an error works, events or not (a quiet kind sends none);
-a refused one fails within milliseconds."""
+WORKING_AFTER = 15.0
+"""A watch open this long without an error works, events or not (a quiet kind sends none).
+A refused one fails within milliseconds, an unreachable server within the client's 10 s
+connect timeout: neither ever counts as working."""
 FIRST_RETRY, MAX_BACKOFF = 0.4, 30.0
 """Retries of a failing list or watch wait 0.2-0.4 s, then twice as long each time, up to
-15-30 s: a watch refused for ever costs ~2 requests a minute, not 5 a second."""
+15-30 s: a watch refused for ever costs 2-4 requests a minute, not 3-5 a second."""
 
 
 def plain(obj: Any) -> dict[str, Any]:
@@ -89,7 +90,7 @@ class Reflector:
                     log.info("watch of %s expired (410); listing again", self.kind)
                     self._version = None
                     self.on_restart(self.kind, "expired")
-                    if self._delivered:  # expired after events: list again at once
+                    if self._delivered or self._working:  # not right after a list: at once
                         continue
                 else:
                     self.on_restart(self.kind, "error")
