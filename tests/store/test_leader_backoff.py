@@ -15,6 +15,27 @@ from tests.store.test_leader import DURATION, LeaseAPI, wait_for
 LOGGER = "kargo_bitbucket.store.kubernetes.leader"
 
 
+def elector(
+    api: LeaseAPI, pauses: list[float], failures: Counter[tuple[str, str]] | None = None
+) -> LeaderElector:
+    """An elector on ``api`` whose pauses are recorded in ``pauses`` instead of waited."""
+
+    async def record(delay: float) -> None:
+        pauses.append(delay)
+        await asyncio.sleep(0)
+
+    return LeaderElector(
+        api,  # type: ignore[arg-type]
+        "kargo",
+        "replica-a",
+        lambda: None,
+        duration=DURATION,
+        renew_every=DURATION / 3,
+        failures=failures,
+        backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
+    )
+
+
 def test_a_failing_lease_backs_off_then_is_taken_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -23,28 +44,14 @@ def test_a_failing_lease_backs_off_then_is_taken_with_one_warning(
     pauses: list[float] = []
     failures: Counter[tuple[str, str]] = Counter()
 
-    async def record(delay: float) -> None:
-        pauses.append(delay)
-        await asyncio.sleep(0)
-
-    async def go() -> LeaderElector:
-        elector = LeaderElector(
-            api,  # type: ignore[arg-type]
-            "kargo",
-            "replica-a",
-            lambda: None,
-            duration=DURATION,
-            renew_every=DURATION / 3,
-            failures=failures,
-            backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
-        )
-        task = asyncio.create_task(elector.run())
+    async def go() -> None:
+        leader = elector(api, pauses, failures)
+        task = asyncio.create_task(leader.run())
         try:
-            await wait_for(lambda: elector.leader)
+            await wait_for(lambda: leader.leader)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        return elector
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     asyncio.run(go())
@@ -61,27 +68,15 @@ def test_a_leader_retries_a_failed_renewal_within_a_sixth_of_the_duration() -> N
     api = LeaseAPI()
     pauses: list[float] = []
 
-    async def record(delay: float) -> None:
-        pauses.append(delay)
-        await asyncio.sleep(0)
-
     async def go() -> bool:
-        elector = LeaderElector(
-            api,  # type: ignore[arg-type]
-            "kargo",
-            "replica-a",
-            lambda: None,
-            duration=DURATION,
-            renew_every=DURATION / 3,
-            backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
-        )
-        task = asyncio.create_task(elector.run())
+        leader = elector(api, pauses)
+        task = asyncio.create_task(leader.run())
         try:
-            await wait_for(lambda: elector.leader)
+            await wait_for(lambda: leader.leader)
             pauses.clear()
             api.failures = 5
             await wait_for(lambda: api.failures == 0 and len(pauses) >= 5)
-            return elector.leader
+            return leader.leader
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
