@@ -60,6 +60,10 @@ omitStages: ["RequestReceived"]
 rules:
   - level: None
     users: ["system:apiserver"]
+  - level: Request
+    resources:
+      - group: kargo.akuity.io
+        resources: ["projectconfigs/status", "clusterconfigs/status"]
   - level: Metadata
 """
 
@@ -214,16 +218,29 @@ class Kube:
         review = self.call("POST", path, {"spec": {"expirationSeconds": seconds}})
         return str(review["status"]["token"])
 
-    def kubeconfig(self, path: Path, token: str | None = None, namespace: str = "default") -> Path:
-        """A kubeconfig that lightkube, kubectl and ``serve --kubernetes`` accept."""
+    def kubeconfig(
+        self,
+        path: Path,
+        token: str | None = None,
+        namespace: str = "default",
+        *,
+        server: str | None = None,
+        token_file: Path | None = None,
+    ) -> Path:
+        """A kubeconfig that lightkube, kubectl and ``serve --kubernetes`` accept: ``token``
+        (default this client's), or the file ``token_file`` it is written to (``tokenFile``,
+        re-read after a 401); ``server`` replaces the URL (a proxy's)."""
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
+        user: dict[str, str] = {"token": token or self.token}
+        if token_file is not None:
+            token_file.write_text(user.pop("token"))
+            user["tokenFile"] = str(token_file.resolve())
+        cluster = {"server": server or self.url, "certificate-authority-data": ca}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {"name": "test", "cluster": {"server": self.url, "certificate-authority-data": ca}}
-            ],
-            "users": [{"name": "test", "user": {"token": token or self.token}}],
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "test", "user": user}],
             "contexts": [
                 {
                     "name": "test",
@@ -236,7 +253,7 @@ class Kube:
         return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AuditEvent:
     """One request as the audit log recorded it (level Metadata, final stage)."""
 
@@ -249,6 +266,8 @@ class AuditEvent:
     namespace: str
     name: str
     subresource: str
+    body: Any = None
+    """The request body, for status writes only (the policy logs those at level Request)."""
 
     @property
     def path(self) -> str:
@@ -496,6 +515,7 @@ class KubeApiServer:
                 namespace=ref.get("namespace", ""),
                 name=ref.get("name", ""),
                 subresource=ref.get("subresource", ""),
+                body=raw.get("requestObject"),
             )
             if user is None or event.user == user:
                 events.append(event)

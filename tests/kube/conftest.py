@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,70 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Server
 from tests.kube.apiserver import Kube, KubeApiServer
 from tests.kube.fakeapi import FakeKubernetes
+from tests.kube.manifests import KARGO, Objects, published_receivers
 
-KARGO = "kargo.akuity.io/v1alpha1"
+BASE_NAMESPACE = "kargo"
 RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
 _namespaces = itertools.count(1)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    """The first truthy value of ``check()``, polled every 50 ms; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def published_url(objects: Objects, namespace: str, receiver: str = "bb") -> str:
+    """The URL published for ``receiver`` of ``namespace``, once there is one."""
+    return str(
+        eventually(
+            lambda: published_receivers(objects, namespace).get(receiver),
+            what=f"a published URL for receiver {receiver} of {namespace}",
+        )
+    )
+
+
+Replicas = Callable[..., Server]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    """Start ``serve --kubernetes`` replicas (Lease of 3 s for quick hand-overs):
+    ``replicas(kubeconfig, *extra, name=..., lease_namespace=...)``; all stopped afterwards."""
+    started: list[Server] = []
+
+    def start(
+        kubeconfig: Path, *extra: str, name: str = "replica-a", lease_namespace: str = "kargo"
+    ) -> Server:
+        server = Server(
+            tmp_path / f"{name}.db",
+            [
+                "--kubernetes",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--lease-namespace",
+                lease_namespace,
+                "--lease-duration",
+                "3",
+                *extra,
+            ],
+            env={"POD_NAME": name},
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture
@@ -121,19 +178,20 @@ class Receiver:
 
 
 def install_rbac(kube: Kube, docs: list[dict[str, Any]], namespace: str) -> None:
-    """Create deploy/base's RBAC with its namespace ``kargo`` replaced by ``namespace``, and
-    cluster-scoped names suffixed with it, so every test has its own ServiceAccount."""
+    """Create rendered RBAC with deploy/base's namespace ``kargo`` replaced by ``namespace``,
+    and cluster-scoped names suffixed with it, so every test has its own ServiceAccount."""
     for doc in docs:
         doc = yaml.safe_load(yaml.safe_dump(doc))
         meta = doc["metadata"]
-        if "namespace" in meta:
-            meta["namespace"] = namespace
-        else:
+        if "namespace" not in meta:
             meta["name"] = f"{meta['name']}-{namespace}"
+        elif meta["namespace"] == BASE_NAMESPACE:
+            meta["namespace"] = namespace
         if doc["kind"] == "ClusterRoleBinding":
             doc["roleRef"]["name"] = f"{doc['roleRef']['name']}-{namespace}"
         for subject in doc.get("subjects") or []:
-            subject["namespace"] = namespace
+            if subject.get("namespace") == BASE_NAMESPACE:
+                subject["namespace"] = namespace
         kube.create(doc)
 
 
