@@ -8,48 +8,24 @@ comes back the watch recovers by itself, says so once, and follows the Secret ag
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from tests.conftest import Server, request
+from tests.conftest import request
 from tests.kube.apiserver import AuditEvent, KubeApiServer
-from tests.kube.conftest import Receiver
+from tests.kube.conftest import Receiver, Replicas, eventually, published_url
+from tests.kube.manifests import (
+    KARGO,
+    PUSH,
+    project,
+    published_receivers,
+    refreshed,
+    secret,
+    signed,
+    warehouse,
+)
 
-KARGO = "kargo.akuity.io/v1alpha1"
 RBAC = "rbac.authorization.k8s.io/v1"
-REPO_URL = "https://bitbucket.org/acme/app"
-PUSH = json.dumps(
-    {
-        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
-        "repository": {"links": {"html": {"href": REPO_URL}}},
-    }
-).encode()
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
-def secret(namespace: str, name: str, value: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": {"secret": value},
-    }
-
-
-def receivers(secret_name: str) -> dict[str, Any]:
-    return {"webhookReceivers": [{"name": "bb", "bitbucket": {"secretRef": {"name": secret_name}}}]}
 
 
 def secret_rules(*verbs: str) -> dict[str, Any]:
@@ -57,100 +33,65 @@ def secret_rules(*verbs: str) -> dict[str, Any]:
 
 
 def test_a_watch_refused_by_rbac_backs_off_logs_once_and_recovers(
-    kube_api: KubeApiServer, kube_namespace: str, receiver_kubeconfig: Receiver, tmp_path: Path
+    kube_api: KubeApiServer,
+    kube_namespace: str,
+    receiver_kubeconfig: Receiver,
+    replicas: Replicas,
 ) -> None:
     admin, ns, rcv = kube_api.admin, kube_namespace, receiver_kubeconfig
-    admin.create(secret(ns, "bb", "first"))
-    admin.create(secret(ns, "bb2", "second"))
-    admin.create(
-        {
-            "apiVersion": KARGO,
-            "kind": "ProjectConfig",
-            "metadata": {"name": ns, "namespace": ns},
-            "spec": receivers("bb"),
-        }
-    )
-    admin.create(
-        {
-            "apiVersion": KARGO,
-            "kind": "Warehouse",
-            "metadata": {"name": "app", "namespace": ns},
-            "spec": {"subscriptions": [{"git": {"repoURL": REPO_URL, "branch": "main"}}]},
-        }
-    )
+    for obj in (
+        secret(ns, "bb", "first"),
+        secret(ns, "bb2", "second"),
+        project(ns, ("bb", "bb")),
+        warehouse(ns, "app"),
+    ):
+        admin.create(obj)
 
-    def url() -> str | None:
-        config = admin.get(KARGO, "ProjectConfig", ns, ns) or {}
-        entries = (config.get("status") or {}).get("webhookReceivers") or []
-        return next((str(e["url"]) for e in entries if e["name"] == "bb"), None)
-
-    def ours(since: int) -> list[AuditEvent]:
-        return kube_api.audit(since, user=rcv.user)
+    def url_other_than(old: str) -> str | None:
+        new = published_receivers(admin, ns).get("bb")
+        return new if new != old else None
 
     def refused_watches(since: int) -> list[AuditEvent]:
         return [
             e
-            for e in ours(since)
+            for e in kube_api.audit(since, user=rcv.user)
             if e.verb == "watch" and e.code == 403 and "metadata.name%3Dbb2" in e.uri
         ]
 
     start = kube_api.audit_mark()
-    server = Server(
-        tmp_path / "replica.db",
-        [
-            "--kubernetes",
-            "--kubeconfig",
-            str(rcv.kubeconfig),
-            "--lease-namespace",
-            rcv.namespace,
-            "--lease-duration",
-            "3",
-        ],
-        env={"POD_NAME": "replica-a"},
-    )
-    try:
-        first_url = eventually(url, 20, "the first URL published")
-        role = f"kargo-bitbucket-secrets-{rcv.namespace}"
-        admin.patch(RBAC, "ClusterRole", None, role, secret_rules("get"))
-        # Point the receiver at another Secret: it gets it (allowed) and watches it (refused).
-        mark = kube_api.audit_mark()
-        admin.patch(KARGO, "ProjectConfig", ns, ns, {"spec": receivers("bb2")})
-        second_url = eventually(lambda: (u := url()) != first_url and u, 20, "the new URL")
-        eventually(lambda: refused_watches(mark), 20, "a refused watch of bb2")
-        began = time.monotonic()
-        eventually(lambda: len(refused_watches(mark)) >= 5, 30, "five refused watches")
-        # Backing off, the fifth attempt comes at least 0.2+0.4+0.8+1.6 s after the first;
-        # the old loop made it within 1.6 s at most.
-        assert time.monotonic() - began >= 3.0 - 0.1
-        failing = f"watch of Secret {ns}/bb2 failing"
-        assert server.logs().count(failing) == 1
+    server = replicas(rcv.kubeconfig, lease_namespace=rcv.namespace)
+    first_url = published_url(admin, ns)
+    role = f"kargo-bitbucket-secrets-{rcv.namespace}"
+    admin.patch(RBAC, "ClusterRole", None, role, secret_rules("get"))
+    # Point the receiver at another Secret: it gets it (allowed) and watches it (refused).
+    mark = kube_api.audit_mark()
+    admin.patch(KARGO, "ProjectConfig", ns, ns, project(ns, ("bb", "bb2")))
+    second_url = eventually(lambda: url_other_than(first_url), 20, "the URL of bb2")
+    eventually(lambda: refused_watches(mark), 20, "a refused watch of bb2")
+    began = time.monotonic()
+    eventually(lambda: len(refused_watches(mark)) >= 5, 30, "five refused watches")
+    # Backing off, the fifth attempt comes at least 0.2+0.4+0.8+1.6 s after the first;
+    # the old loop made all five within 1.6 s.
+    assert time.monotonic() - began >= 3.0 - 0.1
+    failing = f"watch of Secret {ns}/bb2 failing"
+    assert server.logs().count(failing) == 1
 
-        admin.patch(RBAC, "ClusterRole", None, role, secret_rules("get", "watch"))
-        recovered = f"watch of Secret {ns}/bb2 works again after"
-        eventually(lambda: recovered in server.logs(), 30, "the watch to recover")
-        logs = server.logs()
-        assert logs.count(recovered) == 1
-        assert logs.count(failing) == 1
+    admin.patch(RBAC, "ClusterRole", None, role, secret_rules("get", "watch"))
+    recovered = f"watch of Secret {ns}/bb2 works again after"
+    eventually(lambda: recovered in server.logs(), 30, "the watch to recover")
+    logs = server.logs()
+    assert logs.count(recovered) == 1
+    assert logs.count(failing) == 1
 
-        # The watch follows the Secret again: a rotation moves the URL, and a delivery
-        # signed with the new value refreshes the Warehouse.
-        admin.patch("v1", "Secret", ns, "bb2", {"stringData": {"secret": "third"}})
-        third_url = eventually(lambda: (u := url()) != second_url and u, 20, "the rotated URL")
-        signature = hmac.new(b"third", PUSH, hashlib.sha256).hexdigest()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Event-Key": "repo:push",
-            "X-Request-UUID": "outage-test",
-            "X-Hub-Signature": f"sha256={signature}",
-        }
-        answer = request(third_url, PUSH, headers)  # the base URL is the listener's
-        assert answer.status == 200, answer.body
-        app = admin.get(KARGO, "Warehouse", ns, "app") or {}
-        assert "kargo.akuity.io/refresh" in (app["metadata"].get("annotations") or {})
+    # The watch follows the Secret again: a rotation moves the URL, and a delivery signed
+    # with the new value refreshes the Warehouse.
+    admin.patch("v1", "Secret", ns, "bb2", {"stringData": {"secret": "third"}})
+    third_url = eventually(lambda: url_other_than(second_url), 20, "the rotated URL")
+    answer = request(third_url, PUSH, signed(PUSH, "third"))
+    assert answer.status == 200, answer.body
+    assert refreshed(admin, "Warehouse", ns, "app") is not None
+    metrics = request(server.admin + "/metrics", method="GET").body.decode()
+    assert 'kargo_bitbucket_api_failures_total{kind="Secret",reason="forbidden"}' in metrics
 
-        metrics = request(server.admin + "/metrics", method="GET").body.decode()
-        assert 'kargo_bitbucket_api_failures_total{kind="Secret",reason="forbidden"}' in metrics
-    finally:
-        server.stop()
-    agents = {e.user_agent for e in ours(start)}
+    agents = {e.user_agent for e in kube_api.audit(start, user=rcv.user)}
     assert agents and all(a.startswith("kargo-bitbucket/") for a in agents), agents
