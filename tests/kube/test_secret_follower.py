@@ -1,0 +1,104 @@
+"""The Secret follower alone, against the fake API server: by name only, and only while named."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightkube import AsyncClient, KubeConfig
+
+from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
+from tests.kube.apiserver import fold_string_data
+from tests.kube.fakeapi import FakeKubernetes
+from tests.kube.manifests import project, secret
+
+
+def problems(indexes: Indexes) -> list[str]:
+    indexes.reroute()
+    return [p for status in indexes.resolution.statuses.values() for p in status.problems]
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_named_secrets_are_got_and_watched_by_name_and_dropped_when_no_longer_named(
+    fake_kube: FakeKubernetes, kubeconfig: Path
+) -> None:
+    for name in ("a", "b"):
+        fake_kube.create(fold_string_data(secret("demo", name, f"value-{name}")))
+    indexes = Indexes(BaseURL.parse("https://h"), "kargo")
+    indexes.apply("ProjectConfig", "demo", "demo", project("demo", ("ra", "a"), ("rb", "b")))
+    changes: list[None] = []
+
+    async def go() -> None:
+        client = AsyncClient(KubeConfig.from_file(kubeconfig), trust_env=False)
+        follower = SecretFollower(client, indexes, _feeder(indexes), lambda: changes.append(None))
+        try:
+            await follower.follow({("demo", "a"), ("demo", "b")}, wait=5)
+            assert problems(indexes) == []
+            assert len(indexes.resolution.routes) == 2
+            await until(lambda: len(fake_kube.open_watches) == 2, "two watches")
+            await follower.follow({("demo", "a")}, wait=5)
+            assert problems(indexes) == ["receiver 'rb': Secret demo/b not found"]
+            await until(lambda: len(fake_kube.open_watches) == 1, "b's watch to close")
+            fake_kube.patch("v1", "Secret", "demo", "a", {"data": {"secret": "bmV3"}})
+            await until(
+                lambda: indexes.reroute().routes and _secret_of(indexes) == b"new",
+                "the rotated value",
+            )
+        finally:
+            await follower.close()
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    verbs = {(r.verb, r.path) for r in fake_kube.requests if "/secrets" in r.path}
+    assert {verb for verb, _ in verbs} == {"get", "watch"}
+    assert all(path.endswith(("/secrets/a", "/secrets/b", "/secrets")) for _, path in verbs)
+    watches = [r for r in fake_kube.requests if r.verb == "watch"]
+    assert all(r.query.get("fieldSelector", "").startswith("metadata.name=") for r in watches)
+    assert changes == []  # nothing unreadable to report
+
+
+def test_a_forbidden_secret_is_named_in_ready_and_reported(
+    fake_kube: FakeKubernetes, kubeconfig: Path
+) -> None:
+    fake_kube.create(fold_string_data(secret("demo", "c", "value-c")))
+    fake_kube.fail("get", "/secrets/c", 403, times=1000)
+    indexes = Indexes(BaseURL.parse("https://h"), "kargo")
+    indexes.apply("ProjectConfig", "demo", "demo", project("demo", ("rc", "c")))
+    changes: list[None] = []
+
+    async def go() -> None:
+        client = AsyncClient(KubeConfig.from_file(kubeconfig), trust_env=False)
+        follower = SecretFollower(client, indexes, _feeder(indexes), lambda: changes.append(None))
+        try:
+            await follower.follow({("demo", "c")}, wait=5)
+        finally:
+            await follower.close()
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    (problem,) = problems(indexes)
+    assert problem.startswith("receiver 'rc': Secret demo/c cannot be read (HTTP 403")
+    assert changes
+
+
+def _feeder(indexes: Indexes) -> Callable[[str, str, str, Any], None]:
+    def feed(kind: str, namespace: str, name: str, body: Any) -> None:
+        indexes.apply(kind, namespace, name, body)
+
+    return feed
+
+
+def _secret_of(indexes: Indexes) -> bytes:
+    (route,) = indexes.resolution.routes.values()
+    return route.secret
