@@ -56,15 +56,19 @@ def test_reset_starts_again_from_base() -> None:
 
 
 def test_retry_after_header_in_seconds() -> None:
-    def response(value: str | None) -> httpx.Response:
-        return httpx.Response(429, headers={} if value is None else {"Retry-After": value})
+    def refusal(value: str | None) -> httpx.HTTPStatusError:
+        request = httpx.Request("GET", "https://kube.test/api")
+        headers = {} if value is None else {"Retry-After": value}
+        response = httpx.Response(429, headers=headers, request=request)
+        return httpx.HTTPStatusError("429", request=request, response=response)
 
-    assert retry_after(response("3")) == 3
-    assert retry_after(response("1.5")) == 1.5
-    assert retry_after(response(None)) == 0
-    assert retry_after(response("Wed, 21 Oct 2015 07:28:00 GMT")) == 0
-    assert retry_after(response("-4")) == 0
-    assert retry_after(None) == 0
+    assert retry_after(refusal("3")) == 3
+    assert retry_after(refusal("1.5")) == 1.5
+    assert retry_after(refusal(None)) == 0
+    assert retry_after(refusal("Wed, 21 Oct 2015 07:28:00 GMT")) == 0
+    assert retry_after(refusal("-4")) == 0
+    assert retry_after(TimeoutError()) == 0
+    assert retry_after(api_error(503)) == 0  # an ApiError built without a response
 
 
 def api_error(code: int) -> ApiError:

@@ -99,8 +99,9 @@ class Outage:
         self.failures = 0
 
 
-def retry_after(response: httpx.Response | None) -> float:
-    """Seconds a 429/503 asks the client to wait, if it says (in seconds, as the API server)."""
+def retry_after(error: BaseException) -> float:
+    """Seconds a refusal's ``Retry-After`` asks the client to wait (0 when it says nothing)."""
+    response = error.response if isinstance(error, httpx.HTTPStatusError) else None
     value = response.headers.get("retry-after", "") if response is not None else ""
     try:
         return max(0.0, float(value))

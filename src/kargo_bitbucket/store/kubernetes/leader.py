@@ -27,7 +27,9 @@ class LeaderElector:
 
     Leadership lasts two thirds of the Lease duration past the start of the last successful
     renewal, so a replica whose renewals hang or fail stops writing before any other may
-    take the Lease over (the last third absorbs clock skew between the nodes).
+    take the Lease over (the last third absorbs clock skew between the nodes). A holder
+    retries a failed renewal within a sixth of the duration; a replica that does not hold
+    the Lease backs off up to 30 s.
     """
 
     def __init__(
@@ -94,8 +96,7 @@ class LeaderElector:
                 self.backoff.reset()
                 self.outage.recovered()
             else:
-                response = error.response if isinstance(error, httpx.HTTPStatusError) else None
-                pause = self.backoff.delay(retry_after(response))
+                pause = self.backoff.delay(retry_after(error))
                 if leader:  # try again sooner, while leadership still lasts
                     pause = min(pause, self.duration / 6)
                 self.outage.failed(error, pause)

@@ -100,8 +100,7 @@ class Reflector:
                 await self._retry(error)
 
     async def _retry(self, error: Exception) -> None:
-        response = error.response if isinstance(error, httpx.HTTPStatusError) else None
-        delay = self.backoff.delay(retry_after(response))
+        delay = self.backoff.delay(retry_after(error))
         self.outage.failed(error, delay)
         await self.backoff.sleep(delay)
 

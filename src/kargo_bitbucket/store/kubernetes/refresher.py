@@ -111,7 +111,7 @@ class Refresher:
                 if code not in RETRYABLE:
                     log.error("refresh of %s refused: %s", _name(target), error)
                     return "failed", ""
-                wait_at_least = retry_after(error.response)
+                wait_at_least = retry_after(error)
                 reason = f"HTTP {code}"
             except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
                 reason = type(error).__name__
