@@ -26,15 +26,8 @@ import yaml
 
 from tests.conftest import REPO, Server, cli, request
 from tests.e2e import test_corpus
-from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer
-from tests.kube.conftest import (
-    Receiver,
-    Replicas,
-    eventually,
-    make_receiver,
-    new_namespace,
-    published_url,
-)
+from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
+from tests.kube.conftest import Replicas, eventually, new_namespace, published_url
 from tests.kube.manifests import (
     KARGO,
     PUSH,
