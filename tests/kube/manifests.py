@@ -85,3 +85,13 @@ def refreshed(objects: Objects, kind: str, namespace: str, name: str) -> str | N
     """The refresh annotation of an object, None when absent."""
     obj = objects.get(KARGO, kind, namespace, name) or {}
     return (obj.get("metadata", {}).get("annotations") or {}).get(REFRESH)
+
+
+def one_receiver(namespace: str, *warehouses: str) -> list[dict[str, Any]]:
+    """Secret ``bb`` (``topsecret``), the ProjectConfig with receiver ``bb`` naming it, and
+    Warehouses on ``main`` of :data:`REPO_URL`: the usual start of a test."""
+    return [
+        secret(namespace, "bb", "topsecret"),
+        project(namespace, ("bb", "bb")),
+        *(warehouse(namespace, name) for name in warehouses),
+    ]

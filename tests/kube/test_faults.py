@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import Server, free_port, request
 from tests.kube.conftest import Replicas, eventually, published_url
 from tests.kube.fakeapi import FakeKubernetes
-from tests.kube.manifests import KARGO, PUSH, project, secret, signed, warehouse
+from tests.kube.manifests import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
 
 
 def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:
@@ -142,11 +142,7 @@ def test_http_410_before_the_stream_relists(tmp_path: Path, replicas: Replicas) 
         kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
         seed(
             fake,
-            [
-                secret("demo", "bb", "topsecret"),
-                project("demo", ("bb", "bb")),
-                warehouse("demo", "app"),
-            ],
+            one_receiver("demo", "app"),
         )
         server = replicas(kubeconfig)
         try:
@@ -170,7 +166,7 @@ def test_http_410_before_the_stream_relists(tmp_path: Path, replicas: Replicas) 
 def test_deliveries_before_the_caches_load_are_told_to_retry(
     fake_kube: FakeKubernetes, kubeconfig: Path, replicas: Replicas
 ) -> None:
-    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    seed(fake_kube, one_receiver("demo"))
     fake_kube.delay("GET", r"/promotions$", 4.0)
     port = free_port()
     admin = free_port()
@@ -217,7 +213,7 @@ def test_failed_status_writes_are_retried(
     fake_kube: FakeKubernetes, kubeconfig: Path, replicas: Replicas
 ) -> None:
     """Tested against a fake API server: two 500s on the status PATCH, nothing else changes."""
-    seed(fake_kube, [secret("demo", "bb", "topsecret"), project("demo", ("bb", "bb"))])
+    seed(fake_kube, one_receiver("demo"))
     fake_kube.fail("PATCH", r"/projectconfigs/demo/status$", 500, times=2)
     replicas(kubeconfig)
     assert published_url(fake_kube, "demo")

@@ -26,20 +26,14 @@ import yaml
 
 from tests.conftest import REPO, Server, cli, request
 from tests.e2e import test_corpus
-from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer
-from tests.kube.conftest import (
-    Receiver,
-    Replicas,
-    eventually,
-    make_receiver,
-    new_namespace,
-    published_url,
-)
+from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
+from tests.kube.conftest import Replicas, eventually, new_namespace, published_url
 from tests.kube.manifests import (
     KARGO,
     PUSH,
     REFRESH,
     REPO_URL,
+    one_receiver,
     project,
     published_receivers,
     refreshed,
@@ -185,7 +179,7 @@ def test_a_cut_watch_resumes_from_its_resource_version_with_bookmarks(
     ns = kube_namespace
     seed(
         kube_api.admin,
-        [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb")), warehouse(ns, "app")],
+        one_receiver(ns, "app"),
     )
     proxy = CuttableProxy(kube_api.port)
     try:
@@ -247,7 +241,7 @@ def test_two_replicas_elect_one_writer_and_hand_over_on_shutdown(
     replicas: Replicas,
 ) -> None:
     ns, kube = kube_namespace, kube_api.admin
-    seed(kube, [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb"))])
+    seed(kube, one_receiver(ns))
     a = start(replicas, receiver_kubeconfig, name="replica-a")
     published_url(kube, ns)
     b = start(replicas, receiver_kubeconfig, name="replica-b")
@@ -278,7 +272,7 @@ def test_kill_9_of_the_leader_hands_over_when_its_lease_runs_out(
     replicas: Replicas,
 ) -> None:
     ns, kube = kube_namespace, kube_api.admin
-    seed(kube, [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb")), warehouse(ns, "app")])
+    seed(kube, one_receiver(ns, "app"))
     a = start(replicas, receiver_kubeconfig, name="replica-a")
     url = published_url(kube, ns)
     b = start(replicas, receiver_kubeconfig, name="replica-b")
@@ -403,7 +397,7 @@ def test_no_publish_leaves_status_alone(
     ns = kube_namespace
     seed(
         kube_api.admin,
-        [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb")), warehouse(ns, "app")],
+        one_receiver(ns, "app"),
     )
     mark = kube_api.audit_mark()
     server = start(replicas, receiver_kubeconfig, "--no-publish")
@@ -528,7 +522,7 @@ def test_a_rotated_service_account_token_is_reread(
     """The kubelet rewrites the projected token file; an old token stops working when its
     ServiceAccount is recreated: the receiver re-reads the file after the 401."""
     ns, kube, rc = kube_namespace, kube_api.admin, receiver_kubeconfig
-    seed(kube, [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb")), warehouse(ns, "app")])
+    seed(kube, one_receiver(ns, "app"))
     token_file = tmp_path / "token"
     kubeconfig = kube.kubeconfig(tmp_path / "kc", rc.token, token_file=token_file)
     replicas(kubeconfig, lease_namespace=rc.namespace)
