@@ -46,10 +46,10 @@ def test_named_secrets_are_got_and_watched_by_name_and_dropped_when_no_longer_na
             await follower.follow({("demo", "a"), ("demo", "b")}, wait=5)
             assert problems(indexes) == []
             assert len(indexes.resolution.routes) == 2
-            await until(lambda: len(fake_kube.open_watches) == 2, "two watches")
+            await until(lambda: len(fake_kube.store.open_watches()) == 2, "two watches")
             await follower.follow({("demo", "a")}, wait=5)
             assert problems(indexes) == ["receiver 'rb': Secret demo/b not found"]
-            await until(lambda: len(fake_kube.open_watches) == 1, "b's watch to close")
+            await until(lambda: len(fake_kube.store.open_watches()) == 1, "b's watch to close")
             fake_kube.patch("v1", "Secret", "demo", "a", {"data": {"secret": "bmV3"}})
             await until(
                 lambda: indexes.reroute().routes and _secret_of(indexes) == b"new",

@@ -115,7 +115,7 @@ def test_a_watch_that_works_again_says_so_once_and_resets_the_backoff(
     fake_kube.fail("watch", "/warehouses", 500, times=3)
 
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.open_watches, "the watch to open after three failures")
+        await until(lambda: fake_kube.store.open_watches(), "the watch, after three failures")
         assert harness.delays == [0.4, 0.8, 1.6]
         assert harness.backoff.failures == 3  # open, but nothing delivered yet: not reset
         fake_kube.create(warehouse("late"))
@@ -137,7 +137,7 @@ def test_429_retry_after_is_honoured(fake_kube: FakeKubernetes, kubeconfig: Path
     fake_kube.fail("list", "/warehouses", 429, times=1, retry_after=3)
 
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.open_watches, "the watch to open")
+        await until(lambda: fake_kube.store.open_watches(), "the watch to open")
         assert harness.delays == [3, 7]
         assert harness.failures == {("Warehouse", "throttled"): 2}
 
@@ -163,7 +163,7 @@ def test_410_right_after_listing_backs_off_but_after_events_lists_at_once(
     fake_kube: FakeKubernetes, kubeconfig: Path
 ) -> None:
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.open_watches, "the watch to open")
+        await until(lambda: fake_kube.store.open_watches(), "the watch to open")
         fake_kube.create(warehouse("one"))
         await until(lambda: "one" in harness.seen, "the first Warehouse")
         lists = len(fake_kube.filter_requests(verb="list", path="/warehouses"))
