@@ -797,15 +797,22 @@ def _describe_delivery(record: DeliveryRecord) -> str:
     lines = [
         f"{record.time}  {record.receiver}  {record.event}  {record.delivery_id or '-'}{attempt}"
         f"  -> {record.status} {record.message} ({record.duration_ms:.1f} ms)"
+        f"{'' if record.signed else '  unsigned'}"
     ]
+    if record.detail:
+        lines.append(f"  detail: {record.detail}")
     if record.pr_url:
         lines.append(f"  pull request: {record.pr_url}")
     elif record.repository:
         refs = ", ".join(record.refs) if record.refs is not None else "unknown (refresh all)"
+        if record.omitted_refs:
+            refs += f" and {record.omitted_refs} more"
         lines.append(f"  repository: {', '.join(record.repository)}")
         lines.append(f"  refs: {refs}")
     for c in record.candidates:
         lines.append(f"  {c.outcome:<13} {c.kind} {_qualified(c.namespace, c.name)}: {c.reason}")
+    if record.omitted_candidates:
+        lines.append(f"  and {record.omitted_candidates} more candidates")
     if record.status == 200 and record.repository and not record.candidates:
         lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import itertools
 import logging
 import os
 import sqlite3
@@ -18,7 +19,13 @@ import orjson
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
-from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, select
+from kargo_bitbucket.history import (
+    DEFAULT_HISTORY_SIZE,
+    UNSIGNED_HISTORY_SIZE,
+    DeliveryRecord,
+    newest_first,
+    select,
+)
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
     RefreshResult,
@@ -46,6 +53,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unsigned_deliveries (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
@@ -57,6 +68,12 @@ TRIM_EVERY = 64  # history rows dropped together (one at a time dirtied 2 more p
 RECORD_BATCH = 64  # delivery records written together, or after RECORD_DELAY, whichever first
 RECORD_DELAY = 0.05
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
+HISTORY_TABLES = {
+    True: ("deliveries", "history_size"),
+    False: ("unsigned_deliveries", "unsigned_size"),
+}
+"""Signed deliveries and unsigned requests, each in a table of its own with its own window
+(the meta key holding how many of it readers see)."""
 
 
 class StateFileError(RuntimeError):
@@ -269,23 +286,18 @@ class StateFile:
     ) -> set[Target]:
         """Write refresh values and delivery records in one transaction.
 
-        Returns the targets that exist. History beyond the last ``keep`` records is dropped
-        every ``TRIM_EVERY`` records; readers see only the last ``keep`` (``keep_history``).
+        Returns the targets that exist. History beyond the last ``keep`` records (and
+        unsigned requests beyond ``UNSIGNED_HISTORY_SIZE``) is dropped every ``TRIM_EVERY``
+        records; readers see only the last ``keep`` (``keep_history``).
         """
         found = set()
         with self._transaction() as db:
             if records:
-                db.executemany(
-                    "INSERT INTO deliveries (namespace, receiver, record) VALUES (?, ?, ?)",
-                    [
-                        (r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r))
-                        for r in records
-                    ],
-                )
-                # Ids are consecutive (rows go from the old end only): the newest is the last.
-                newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
-                    db.execute("DELETE FROM deliveries WHERE id <= ?", (newest - keep,))
+                signed = [r for r in records if r.signed]
+                _insert(db, "deliveries", signed, keep)
+                if len(signed) < len(records):
+                    unsigned = [r for r in records if not r.signed]
+                    _insert(db, "unsigned_deliveries", unsigned, _unsigned_keep(keep))
             for target, value in batch:
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
@@ -298,28 +310,44 @@ class StateFile:
     def keep_history(self, size: int) -> None:
         """Set the number of deliveries readers see, and drop the older ones now."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('history_size', ?)", (size,)
-            )
-            db.execute(
-                "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?", (size,)
-            )
+            for signed, keep in ((True, size), (False, _unsigned_keep(size))):
+                table, key = HISTORY_TABLES[signed]
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, keep))
+                db.execute(
+                    f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,)
+                )
 
     def deliveries(
         self,
         namespace: str | None = None,
         receiver: str | None = None,
         limit: int | None = None,
-        queued: int = 0,
+        queued: tuple[int, int] = (0, 0),
     ) -> list[DeliveryRecord]:
-        """The last ``keep_history`` deliveries (all if never set), newest first.
+        """The last ``keep_history`` deliveries (all if never set), newest first, with the
+        unsigned requests of their own window merged in.
 
-        ``queued`` newer ones not written yet take that many places of the window.
+        ``queued`` (signed, unsigned) newer ones not written yet take that many places of
+        the windows.
         """
+        signed = self._window(True, namespace, receiver, limit, queued[0])
+        unsigned = self._window(False, namespace, receiver, limit, queued[1])
+        return list(itertools.islice(newest_first(signed, unsigned), limit))
+
+    def _window(
+        self,
+        signed: bool,
+        namespace: str | None,
+        receiver: str | None,
+        limit: int | None,
+        queued: int,
+    ) -> list[DeliveryRecord]:
+        """The records of one history table a reader sees, newest first."""
+        table, key = HISTORY_TABLES[signed]
         query = (
-            "SELECT record FROM deliveries WHERE id > (SELECT MAX(id) FROM deliveries) "
-            "- COALESCE((SELECT value FROM meta WHERE key = 'history_size') - ?, "
-            "(SELECT MAX(id) FROM deliveries))"
+            f"SELECT record FROM {table} WHERE id > (SELECT MAX(id) FROM {table}) "
+            f"- COALESCE((SELECT value FROM meta WHERE key = '{key}') - ?, "
+            f"(SELECT MAX(id) FROM {table}))"
         )
         args: list[Any] = [queued]
         if namespace is not None:
@@ -356,6 +384,27 @@ class StateFile:
                 (orjson.dumps(new), *key),
             )
         return True
+
+
+def _insert(
+    db: sqlite3.Connection, table: str, records: Sequence[DeliveryRecord], keep: int
+) -> None:
+    """Append records to one history table, trimming it to ``keep`` every ``TRIM_EVERY``."""
+    if not records:
+        return
+    db.executemany(
+        f"INSERT INTO {table} (namespace, receiver, record) VALUES (?, ?, ?)",
+        [(r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r)) for r in records],
+    )
+    # Ids are consecutive (rows go from the old end only): the newest is the last.
+    newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
+        db.execute(f"DELETE FROM {table} WHERE id <= ?", (newest - keep,))
+
+
+def _unsigned_keep(keep: int) -> int:
+    """How many unsigned requests are kept beside ``keep`` deliveries."""
+    return min(keep, UNSIGNED_HISTORY_SIZE)
 
 
 def _assemble(
@@ -503,11 +552,14 @@ class SqliteStore:
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
         """Recorded deliveries, newest first: the queued ones, then the written ones."""
-        queued = select(reversed(self._records), namespace, receiver, limit)
+        signed = [r for r in reversed(self._records) if r.signed][: self.history_size]
+        unsigned = [r for r in reversed(self._records) if not r.signed]
+        unsigned = unsigned[: _unsigned_keep(self.history_size)]
+        queued = select(newest_first(signed, unsigned), namespace, receiver, limit)
         written: list[DeliveryRecord] = await self._run(
-            self.state.deliveries, namespace, receiver, limit, len(self._records)
+            self.state.deliveries, namespace, receiver, limit, (len(signed), len(unsigned))
         )
-        return (queued + written)[:limit]
+        return list(itertools.islice(newest_first(queued, written), limit))
 
     def _kick(self) -> None:
         """Make sure a writer task is draining the queues."""
