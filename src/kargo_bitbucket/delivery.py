@@ -24,12 +24,19 @@ from kargo_bitbucket.core.signature import SignatureCheck, check_signature
 from kargo_bitbucket.history import Candidate, DeliveryRecord
 from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.metrics import Metrics, event_label
-from kargo_bitbucket.store.base import RefreshResult, Store, Target, now_rfc3339
+from kargo_bitbucket.store.base import (
+    RefreshResult,
+    Store,
+    StoreUnavailable,
+    Target,
+    now_rfc3339,
+)
 
 log = logging.getLogger("kargo_bitbucket.delivery")
 
 UNSIGNED_RESULTS = frozenset({"ping", "missing-signature", "bad-signature"})
 """Results of ``handle`` reached before a signature was verified (``refused`` ones all are)."""
+STORE_UNAVAILABLE = {"error": "store unavailable"}
 UNSIGNED_LOG_RATE = 5
 """Log lines a second per receiver about unsigned requests; the rest are counted."""
 
@@ -64,16 +71,22 @@ class Deliveries:
         """Answer one delivery whose body has been read within limits; record and log it."""
         started = time.perf_counter()
         event_key = headers.get("x-event-key", "").strip()
-        try:
-            answer = await self._handle(route, event_key, headers, body)
-        except Exception:
-            log.exception(
-                "delivery failed unexpectedly",
-                extra={"delivery": delivery_id(headers), "receiver": route.label},
-            )
-            answer = Answer(500, {"error": "internal error"}, "error")
+        signed = False
+        if not self.store.available:
+            answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+        else:
+            try:
+                answer = await self._handle(route, event_key, headers, body)
+            except StoreUnavailable:
+                answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+            except Exception:
+                log.exception(
+                    "delivery failed unexpectedly",
+                    extra={"delivery": delivery_id(headers), "receiver": route.label},
+                )
+                answer = Answer(500, {"error": "internal error"}, "error")
+            signed = answer.result not in UNSIGNED_RESULTS
         duration = time.perf_counter() - started
-        signed = answer.result not in UNSIGNED_RESULTS
         self._finish(route, answer, _record(route, event_key, headers, answer, duration, signed))
         return answer
 
