@@ -240,3 +240,65 @@ def test_every_log_field_is_cut(caplog: pytest.LogCaptureFixture) -> None:
     assert fields["delivery"].endswith("…[truncated, 24000000 chars]")
     assert fields["msg"].endswith("…[truncated, 100000 chars]")
     assert fields["status"] == 401
+
+
+def big_records(count: int, size: int, prefix: str) -> list[DeliveryRecord]:
+    fields = ("2026-12-06T00:00:00.000000Z", "a/r", "a", "repo:push")
+    return [
+        DeliveryRecord(*fields, f"{prefix}{i}", "1", 200, "refreshed", "m" * size, 1.0)
+        for i in range(count)
+    ]
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def test_state_file_shrinks_back_after_big_records_leave_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = StateFile(path)
+    state.keep_history(50)
+    for batch in range(4):  # 200 records of 256 KiB: 50 MB
+        state.write_batch([], big_records(50, 256 * 1024, f"big{batch}-"), keep=50)
+    state.checkpoint(wal_limit=0)
+    grown = file_size(path)
+    assert grown > 10 * 1024 * 1024
+    for batch in range(10):  # normal ones push the big ones out
+        state.write_batch([], big_records(64, 200, f"small{batch}-"), keep=50)
+    for _ in range(100):
+        state.vacuum()
+        state.checkpoint(wal_limit=0)
+        if file_size(path) < 2 * 1024 * 1024:
+            break
+    assert file_size(path) < 2 * 1024 * 1024, (grown, file_size(path))
+    assert [r.delivery_id for r in state.deliveries(limit=1)] == ["small9-63"]
+    state.close()
+
+
+def test_a_file_made_before_auto_vacuum_is_converted_and_reclaimed_while_serving(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    old = StateFile(path)
+    old._db.execute("PRAGMA auto_vacuum=NONE")
+    old._db.execute("VACUUM")  # as files made by earlier versions are
+    assert old._db.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    old.write_batch([], big_records(40, 512 * 1024, "big"), keep=1000)
+    old._db.execute("DELETE FROM deliveries")
+    old.close()
+    grown = file_size(path)
+    assert grown > 15 * 1024 * 1024
+
+    async def scenario(served: Served) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while file_size(path) > 2 * 1024 * 1024:  # the checkpointer hands the pages back
+            assert loop.time() < deadline, file_size(path)
+            await asyncio.sleep(0.1)
+        status, _ = await served.signed(push("main"))
+        assert status == 200
+
+    serve(tmp_path, scenario)
+    reader = StateFile(path, create=False)
+    assert reader._db.execute("PRAGMA auto_vacuum").fetchone() == (2,)
+    reader.close()
