@@ -142,7 +142,10 @@ class StateFile:
 
     def remove_own_journal(self) -> None:
         """Once closed, delete the WAL and shared-memory files this connection left at the
-        path: SQLite would otherwise read them as the journal of a file put there since."""
+        path: SQLite would otherwise read them as the journal of a file put there since.
+        Nothing is deleted while the file itself is still the one at the path."""
+        if self.is_still_at_path():
+            return
         for suffix, opened in self._journal.items():
             if opened is not None and identity(self._beside(suffix)) == opened:
                 with contextlib.suppress(FileNotFoundError):
