@@ -28,7 +28,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra`` fields a call attached to a record, long text cut (``LOG_FIELD_LIMIT``)."""
     attributes = itertools.islice(vars(record).items(), _FIRST_EXTRA, None)
     return {
-        k: clip(v, LOG_FIELD_LIMIT) if isinstance(v, str) else v
+        k: clip(v, LOG_FIELD_LIMIT) if isinstance(v, str) and len(v) > LOG_FIELD_LIMIT else v
         for k, v in attributes
         if k not in _STANDARD and not k.startswith("_")
     }
