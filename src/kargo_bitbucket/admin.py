@@ -70,6 +70,8 @@ def _row(record: DeliveryRecord) -> str:
         if record.refs is None and record.repository
         else ", ".join(record.refs or [])
     )
+    if record.omitted_refs:
+        refs += f" and {record.omitted_refs} more"
     attempt = f" (attempt {escape(record.attempt)})" if record.attempt else ""
     candidates = "".join(
         f"<li><span class={'ok' if c.outcome == 'refreshed' else 'dim'}>"
@@ -78,6 +80,10 @@ def _row(record: DeliveryRecord) -> str:
         f"{escape(c.reason)}</li>"
         for c in record.candidates
     )
+    if record.omitted_candidates:
+        candidates += f"<li class=dim>and {record.omitted_candidates} more</li>"
+    detail = f"<br><span class=dim>{escape(record.detail)}</span>" if record.detail else ""
+    unsigned = " <span class=dim>(unsigned)</span>" if not record.signed else ""
     return (
         "<tr>"
         f"<td>{escape(record.time.replace('T', ' ').rstrip('Z'))}</td>"
@@ -87,7 +93,7 @@ def _row(record: DeliveryRecord) -> str:
         f"<td>{escape(target)}</td>"
         f"<td>{escape(refs)}</td>"
         f"<td class={'ok' if good else 'bad'}>{record.status} {escape(record.message)}"
-        f" <span class=dim>{record.duration_ms:.1f} ms</span></td>"
+        f"{unsigned} <span class=dim>{record.duration_ms:.1f} ms</span>{detail}</td>"
         f"<td class=reasons>{'<ul>' + candidates + '</ul>' if candidates else '—'}</td>"
         "</tr>"
     )

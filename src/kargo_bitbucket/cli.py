@@ -26,9 +26,18 @@ from kargo_bitbucket.config import (
     DEFAULT_LISTEN,
     DEFAULT_SYSTEM_NAMESPACE,
     ConfigError,
+    FromEnv,
     ServeSettings,
+    admin_address,
+    boolean,
+    choice,
     default_state,
     env,
+    listen_address,
+    natural_int,
+    positive_int,
+    positive_seconds,
+    resolve_env,
 )
 from kargo_bitbucket.core.decision import decide_pull_request, decide_push
 from kargo_bitbucket.core.events import Push
@@ -61,6 +70,7 @@ T = TypeVar("T")
 USAGE_ERROR = 2
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_LEVEL_HELP = "log level (env KARGO_BITBUCKET_LOG_LEVEL; default info)"
+SECONDS_FORM = "a number of seconds above 0, e.g. 10 or 2.5"
 FAILURE = 1
 REDACTED = "<redacted>"
 
@@ -73,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the console command."""
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        resolve_env(vars(args))
+    except ConfigError as error:
+        _fail(str(error), USAGE_ERROR)
     logs.configure(args.log_level)
     try:
         code = args.run(args)
@@ -100,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level", default=env("LOG_LEVEL", "info"), choices=LOG_LEVELS, help=LOG_LEVEL_HELP
+        "--log-level",
+        default=FromEnv("LOG_LEVEL", "info", choice(*LOG_LEVELS), " or ".join(LOG_LEVELS)),
+        choices=LOG_LEVELS,
+        help=LOG_LEVEL_HELP,
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     # Also accepted after the command (`serve --log-level debug`), where people put it.
@@ -125,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     _state_flag(serve)
     serve.add_argument(
         "--listen",
-        default=env("LISTEN", DEFAULT_LISTEN),
+        default=FromEnv("LISTEN", DEFAULT_LISTEN, listen_address, "HOST:PORT"),
         metavar="HOST:PORT",
         help=f"address to listen on (default {DEFAULT_LISTEN})",
     )
@@ -144,34 +161,36 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--body-limit",
         type=int,
-        default=int(env("BODY_LIMIT") or 2097152),
+        default=FromEnv(
+            "BODY_LIMIT", 2097152, positive_int, "a whole number of bytes, e.g. 2097152"
+        ),
         metavar="BYTES",
         help="largest accepted body (default 2097152)",
     )
     serve.add_argument(
         "--body-timeout",
         type=float,
-        default=float(env("BODY_TIMEOUT") or 10),
+        default=FromEnv("BODY_TIMEOUT", 10.0, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
         help="time allowed to send the body (default 10)",
     )
     serve.add_argument(
         "--header-timeout",
         type=float,
-        default=float(env("HEADER_TIMEOUT") or 10),
+        default=FromEnv("HEADER_TIMEOUT", 10.0, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
         help="time allowed to send the request headers (default 10)",
     )
     serve.add_argument(
         "--shutdown-grace",
         type=float,
-        default=float(env("SHUTDOWN_GRACE") or 8),
+        default=FromEnv("SHUTDOWN_GRACE", 8.0, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
         help="how long in-flight deliveries may finish after SIGTERM (default 8)",
     )
     serve.add_argument(
         "--admin-listen",
-        default=env("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN),
+        default=FromEnv("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN, admin_address, "HOST:PORT or off"),
         metavar="HOST:PORT|off",
         help=f"metrics and delivery history listener (default {DEFAULT_ADMIN_LISTEN}; "
         "never the webhook port; off disables it and metrics)",
@@ -179,7 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--history-size",
         type=int,
-        default=int(env("HISTORY_SIZE") or DEFAULT_HISTORY_SIZE),
+        default=FromEnv(
+            "HISTORY_SIZE", DEFAULT_HISTORY_SIZE, natural_int, "a whole number, 0 or more"
+        ),
         metavar="N",
         help=f"deliveries kept in the history (default {DEFAULT_HISTORY_SIZE}; 0 turns it off)",
     )
@@ -187,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-publish",
         action="store_true",
-        default=env("NO_PUBLISH", "") in ("1", "true"),
+        default=FromEnv("NO_PUBLISH", False, boolean, "1, true, 0 or false"),
         help="Kubernetes mode: do not write receiver URLs into status "
         "(where Kargo's own controller publishes them)",
     )
@@ -200,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--lease-duration",
         type=float,
-        default=float(env("LEASE_DURATION") or 15),
+        default=FromEnv("LEASE_DURATION", 15.0, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
         help="Kubernetes mode: how long the status writer's Lease lasts unrenewed "
         "(at least 3; default 15; renewed every third of it)",
@@ -357,7 +378,9 @@ def _read_sources(path: str) -> list[tuple[str, str]]:
     if target.is_dir():
         files = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
         if not files:
-            raise UsageError(f"{path}: no *.yaml or *.yml files in this directory")
+            raise UsageError(
+                f"{path}: no *.yaml or *.yml files in this directory: no objects to apply"
+            )
     elif target.exists():
         files = [target]
     else:
@@ -396,6 +419,8 @@ def _apply_to(state: StateFile, resources: Sequence[Resource]) -> None:
 
 def _apply(args: argparse.Namespace) -> int:
     resources = load_manifests(args.files)
+    if not resources:
+        raise UsageError("no objects to apply")
     state = StateFile(args.state)
     try:
         _apply_to(state, resources)
@@ -774,15 +799,22 @@ def _describe_delivery(record: DeliveryRecord) -> str:
     lines = [
         f"{record.time}  {record.receiver}  {record.event}  {record.delivery_id or '-'}{attempt}"
         f"  -> {record.status} {record.message} ({record.duration_ms:.1f} ms)"
+        f"{'' if record.signed else '  unsigned'}"
     ]
+    if record.detail:
+        lines.append(f"  detail: {record.detail}")
     if record.pr_url:
         lines.append(f"  pull request: {record.pr_url}")
     elif record.repository:
         refs = ", ".join(record.refs) if record.refs is not None else "unknown (refresh all)"
+        if record.omitted_refs:
+            refs += f" and {record.omitted_refs} more"
         lines.append(f"  repository: {', '.join(record.repository)}")
         lines.append(f"  refs: {refs}")
     for c in record.candidates:
         lines.append(f"  {c.outcome:<13} {c.kind} {_qualified(c.namespace, c.name)}: {c.reason}")
+    if record.omitted_candidates:
+        lines.append(f"  and {record.omitted_candidates} more candidates")
     if record.status == 200 and record.repository and not record.candidates:
         lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
     return "\n".join(lines)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
@@ -23,6 +25,91 @@ class ConfigError(ValueError):
 def env(name: str, default: str | None = None) -> str | None:
     """The value of ``KARGO_BITBUCKET_<NAME>``, or ``default``."""
     return os.environ.get(ENV_PREFIX + name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class FromEnv:
+    """A flag's default read from ``KARGO_BITBUCKET_<name>`` once the command is known.
+
+    Reading it only then keeps ``--help`` and the commands that do not take the flag
+    working whatever the variable holds; ``resolve_env`` checks it as the flag would be.
+    """
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any] = str
+    form: str = "a string"
+
+    def value(self) -> Any:
+        """The variable's value checked and converted, or the default when unset or empty."""
+        raw = env(self.name)
+        if not raw:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{self.name}={raw!r}: expected {self.form}") from None
+
+
+def resolve_env(values: dict[str, Any]) -> None:
+    """Replace every ``FromEnv`` default in parsed arguments by its checked value."""
+    for key, value in values.items():
+        if isinstance(value, FromEnv):
+            values[key] = value.value()
+
+
+def positive_int(text: str) -> int:
+    """A whole number above 0 (``2097152``; no units)."""
+    number = int(text)
+    if number <= 0:
+        raise ValueError(text)
+    return number
+
+
+def natural_int(text: str) -> int:
+    """A whole number, 0 or more."""
+    number = int(text)
+    if number < 0:
+        raise ValueError(text)
+    return number
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0 (``10``, ``2.5``)."""
+    number = float(text)
+    if not 0 < number < float("inf"):
+        raise ValueError(text)
+    return number
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    """One of ``allowed``, compared case-insensitively."""
+
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise ValueError(text)
+        return text.lower()
+
+    return parse
+
+
+def boolean(text: str) -> bool:
+    """``1``/``true`` or ``0``/``false``."""
+    return choice("1", "true", "0", "false")(text) in ("1", "true")
+
+
+def listen_address(text: str) -> str:
+    """``HOST:PORT``, kept as text (``ServeSettings.build`` splits it)."""
+    try:
+        parse_listen(text)
+    except ConfigError:
+        raise ValueError(text) from None
+    return text
+
+
+def admin_address(text: str) -> str:
+    """``HOST:PORT``, or ``off``."""
+    return text if text == "off" else listen_address(text)
 
 
 def default_state() -> Path:

@@ -8,15 +8,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kargo_bitbucket.bounds import (
+    FIELD_LIMIT,
+    ID_LIMIT,
+    MAX_CANDIDATES,
+    MAX_REFS,
+    MAX_REPOSITORIES,
+    clip,
+    clip_all,
+)
 from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import Verdict, decide_pull_request, decide_push
 from kargo_bitbucket.core.receivers import Route
 from kargo_bitbucket.core.signature import SignatureCheck, check_signature
 from kargo_bitbucket.history import Candidate, DeliveryRecord
+from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.metrics import Metrics, event_label
-from kargo_bitbucket.store.base import RefreshResult, Store, Target, now_rfc3339
+from kargo_bitbucket.store.base import (
+    RefreshResult,
+    Store,
+    StoreUnavailable,
+    Target,
+    now_rfc3339,
+)
 
 log = logging.getLogger("kargo_bitbucket.delivery")
+
+UNSIGNED_RESULTS = frozenset({"ping", "missing-signature", "bad-signature"})
+"""Results of ``handle`` reached before a signature was verified (``refused`` ones all are)."""
+STORE_UNAVAILABLE = {"error": "store unavailable"}
+UNSIGNED_LOG_RATE = 5
+"""Log lines a second per receiver about unsigned requests; the rest are counted."""
 
 
 @dataclass(slots=True)
@@ -32,8 +54,8 @@ class Answer:
 
 
 def delivery_id(headers: Mapping[str, str]) -> str:
-    """Cloud's ``X-Request-UUID`` or Server's ``X-Request-Id``."""
-    return headers.get("x-request-uuid") or headers.get("x-request-id") or ""
+    """Cloud's ``X-Request-UUID`` or Server's ``X-Request-Id``, cut past what Bitbucket sends."""
+    return clip(headers.get("x-request-uuid") or headers.get("x-request-id") or "", ID_LIMIT)
 
 
 class Deliveries:
@@ -43,20 +65,29 @@ class Deliveries:
         self.store = store
         self.metrics = metrics
         self._newline_warned: set[tuple[str, str, str]] = set()
+        self._unsigned_lines = Throttle(UNSIGNED_LOG_RATE)
 
     async def handle(self, route: Route, headers: Mapping[str, str], body: bytes) -> Answer:
         """Answer one delivery whose body has been read within limits; record and log it."""
         started = time.perf_counter()
         event_key = headers.get("x-event-key", "").strip()
-        try:
-            answer = await self._handle(route, event_key, headers, body)
-        except Exception:
-            log.exception(
-                "delivery failed unexpectedly",
-                extra={"delivery": delivery_id(headers), "receiver": route.label},
-            )
-            answer = Answer(500, {"error": "internal error"}, "error")
-        self._finish(route, event_key, headers, answer, time.perf_counter() - started)
+        signed = False
+        if not self.store.available:
+            answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+        else:
+            try:
+                answer = await self._handle(route, event_key, headers, body)
+            except StoreUnavailable:
+                answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+            except Exception:
+                log.exception(
+                    "delivery failed unexpectedly",
+                    extra={"delivery": delivery_id(headers), "receiver": route.label},
+                )
+                answer = Answer(500, {"error": "internal error"}, "error")
+            signed = answer.result not in UNSIGNED_RESULTS
+        duration = time.perf_counter() - started
+        self._finish(route, answer, _record(route, event_key, headers, answer, duration, signed))
         return answer
 
     def refused(
@@ -67,35 +98,40 @@ class Deliveries:
         duration: float,
     ) -> None:
         """Record, count and log a request to a receiver refused before its body was read."""
-        self._finish(route, headers.get("x-event-key", "").strip(), headers, answer, duration)
+        event_key = headers.get("x-event-key", "").strip()
+        self._finish(route, answer, _record(route, event_key, headers, answer, duration, False))
 
-    def _finish(
-        self,
-        route: Route,
-        event_key: str,
-        headers: Mapping[str, str],
-        answer: Answer,
-        duration: float,
-    ) -> None:
-        """What every answered request to a receiver leaves: history, metrics, one log line."""
-        record = _record(route, event_key, headers, answer, duration)
+    def _finish(self, route: Route, answer: Answer, record: DeliveryRecord) -> None:
+        """What every answered request to a receiver leaves: history, metrics, one log line.
+
+        Unsigned requests go to the history's separate ring, and at most
+        ``UNSIGNED_LOG_RATE`` of them a second per receiver to the log.
+        """
         self.store.record(record)
         if self.metrics is not None:
-            _count(self.metrics, event_key, answer, duration)
-        log.info(
-            "delivery %s",
-            answer.result,
-            extra={
-                "receiver": record.receiver,
-                "event": event_key,
-                "delivery": record.delivery_id,
-                "attempt": record.attempt,
-                "status": answer.status,
-                "result": answer.result,
-                "refreshed": answer.refreshed,
-                "duration_ms": record.duration_ms,
-            },
-        )
+            _count(self.metrics, route, answer, record)
+        message = "delivery %s"
+        args: tuple[object, ...] = (answer.result,)
+        if not record.signed:
+            suppressed = self._unsigned_lines.admit(route.label)
+            if suppressed is None:
+                return
+            if suppressed:
+                message += " (%d more unsigned requests to this receiver not logged)"
+                args += (suppressed,)
+        extra: dict[str, object] = {
+            "receiver": record.receiver,
+            "event": record.event,
+            "delivery": record.delivery_id,
+            "attempt": record.attempt,
+            "status": answer.status,
+            "result": answer.result,
+            "refreshed": answer.refreshed,
+            "duration_ms": record.duration_ms,
+        }
+        if record.detail:
+            extra["detail"] = record.detail
+        log.info(message, *args, extra=extra)
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes
@@ -170,12 +206,12 @@ class Deliveries:
         )
 
 
-def _count(metrics: Metrics, event_key: str, answer: Answer, duration: float) -> None:
+def _count(metrics: Metrics, route: Route, answer: Answer, record: DeliveryRecord) -> None:
     """Metrics for one delivery: its event and result, signature failures, refreshes."""
-    metrics.count_delivery(event_label(event_key), answer.result, duration)
+    metrics.count_delivery(event_label(record.event), answer.result, record.duration_ms / 1000)
     if answer.result in ("missing-signature", "bad-signature"):
         reason = "missing" if answer.result == "missing-signature" else "invalid"
-        metrics.count_signature_failure(reason)
+        metrics.count_signature_failure(reason, route.label)
     for candidate in answer.candidates:
         if candidate.outcome != "not refreshed":
             metrics.count_refresh(candidate.kind, candidate.outcome)
@@ -210,26 +246,51 @@ def _note(event_key: str, event: events.Push | events.PullRequestClosed) -> str:
 
 
 def _record(
-    route: Route, event_key: str, headers: Mapping[str, str], answer: Answer, duration: float
+    route: Route,
+    event_key: str,
+    headers: Mapping[str, str],
+    answer: Answer,
+    duration: float,
+    signed: bool,
 ) -> DeliveryRecord:
-    """The history entry for one delivery."""
+    """The history entry for one delivery, every field bounded (``bounds``)."""
     event = answer.event
+    candidates = answer.candidates
     record = DeliveryRecord(
         time=now_rfc3339(micro=True),
         receiver=route.label,
         namespace=route.owner.label,
-        event=event_key,
+        event=clip(event_key, ID_LIMIT),
         delivery_id=delivery_id(headers),
-        attempt=headers.get("x-attempt-number", ""),
+        attempt=clip(headers.get("x-attempt-number", ""), ID_LIMIT),
         status=answer.status,
         result=answer.result,
-        message=str(answer.body.get("msg") or answer.body.get("error") or ""),
+        message=clip(str(answer.body.get("msg") or answer.body.get("error") or ""), FIELD_LIMIT),
         duration_ms=round(duration * 1000, 3),
-        candidates=answer.candidates,
+        candidates=[
+            c if len(c.reason) <= FIELD_LIMIT else _clip_reason(c)
+            for c in candidates[:MAX_CANDIDATES]
+        ],
+        detail=clip(str(answer.body.get("detail") or ""), FIELD_LIMIT),
+        omitted_candidates=max(len(candidates) - MAX_CANDIDATES, 0),
+        signed=signed,
     )
     if isinstance(event, events.Push):
-        record.repository = list(event.repo_urls)
-        record.refs = list(event.refs) if event.refs is not None else None
+        record.repository = clip_all(event.repo_urls, MAX_REPOSITORIES)
+        if event.refs is not None:
+            record.refs = clip_all(event.refs, MAX_REFS)
+            record.omitted_refs = max(len(event.refs) - MAX_REFS, 0)
     elif isinstance(event, events.PullRequestClosed):
-        record.pr_url = event.pr_url
+        record.pr_url = clip(event.pr_url, FIELD_LIMIT)
     return record
+
+
+def _clip_reason(candidate: Candidate) -> Candidate:
+    """The candidate with its reason cut to ``FIELD_LIMIT``."""
+    return Candidate(
+        candidate.kind,
+        candidate.namespace,
+        candidate.name,
+        candidate.outcome,
+        clip(candidate.reason, FIELD_LIMIT),
+    )

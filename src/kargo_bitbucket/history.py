@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_HISTORY_SIZE = 1000
+UNSIGNED_HISTORY_SIZE = 100
+"""Requests answered before a signature was verified (ping, 401, 405, 408, 413) kept apart,
+in a ring of their own: anyone can send them, and they must not push signed deliveries
+out of the history."""
 
 
 @dataclass(slots=True)
@@ -25,7 +30,8 @@ class Candidate:
 class DeliveryRecord:
     """One delivery, without secrets or payload: enough to answer "why didn't it refresh?".
 
-    ``orjson.dumps`` serialises it (and its candidates) directly, field by field.
+    ``orjson.dumps`` serialises it (and its candidates) directly, field by field. Every
+    field is bounded (``bounds``): lists keep their first items and count the others.
     """
 
     time: str
@@ -42,6 +48,12 @@ class DeliveryRecord:
     refs: list[str] | None = None
     pr_url: str = ""
     candidates: list[Candidate] = field(default_factory=list)
+    detail: str = ""
+    """What was wrong with the body of a 400, as the answer said."""
+    omitted_refs: int = 0
+    omitted_candidates: int = 0
+    signed: bool = True
+    """False for a request answered before its signature was verified."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeliveryRecord:
@@ -49,6 +61,11 @@ class DeliveryRecord:
         fields = dict(data)
         fields["candidates"] = [Candidate(**c) for c in fields.get("candidates") or []]
         return cls(**fields)
+
+
+def newest_first(*streams: Iterable[DeliveryRecord]) -> Iterable[DeliveryRecord]:
+    """Merge streams that are each newest first (times are RFC 3339 UTC: they sort as text)."""
+    return heapq.merge(*streams, key=lambda record: record.time, reverse=True)
 
 
 def select(
@@ -71,21 +88,26 @@ def select(
 
 
 class MemoryHistory:
-    """The last ``size`` deliveries of this process (Kubernetes mode keeps one per replica)."""
+    """The last ``size`` deliveries of this process (Kubernetes mode keeps one per replica),
+    and apart from them the last ``UNSIGNED_HISTORY_SIZE`` unsigned requests."""
 
     def __init__(self, size: int = DEFAULT_HISTORY_SIZE) -> None:
-        self._records: deque[DeliveryRecord] = deque(maxlen=max(size, 0))
+        size = max(size, 0)
+        self._records: deque[DeliveryRecord] = deque(maxlen=size)
+        self._unsigned: deque[DeliveryRecord] = deque(maxlen=min(size, UNSIGNED_HISTORY_SIZE))
 
     def record(self, record: DeliveryRecord) -> None:
-        """Remember a delivery, forgetting the oldest past the bound."""
-        if self._records.maxlen:
-            self._records.append(record)
+        """Remember a delivery, forgetting the oldest of its ring past the bound."""
+        ring = self._records if record.signed else self._unsigned
+        if ring.maxlen:
+            ring.append(record)
 
     async def deliveries(
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
-        """Newest first."""
-        return select(reversed(self._records), namespace, receiver, limit)
+        """Newest first, signed and unsigned together."""
+        merged = newest_first(reversed(self._records), reversed(self._unsigned))
+        return select(merged, namespace, receiver, limit)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + len(self._unsigned)

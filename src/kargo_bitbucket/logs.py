@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from kargo_bitbucket.bounds import LOG_FIELD_LIMIT, clip
+
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",
     "asctime",
@@ -23,9 +25,44 @@ _FIRST_EXTRA = len(vars(logging.makeLogRecord({})))
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra`` fields a call attached to a record."""
+    """The ``extra`` fields a call attached to a record, long text cut (``LOG_FIELD_LIMIT``)."""
     attributes = itertools.islice(vars(record).items(), _FIRST_EXTRA, None)
-    return {k: v for k, v in attributes if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: clip(v, LOG_FIELD_LIMIT) if isinstance(v, str) and len(v) > LOG_FIELD_LIMIT else v
+        for k, v in attributes
+        if k not in _STANDARD and not k.startswith("_")
+    }
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The formatted message, cut to ``LOG_FIELD_LIMIT``."""
+    return clip(record.getMessage(), LOG_FIELD_LIMIT)
+
+
+class Throttle:
+    """At most ``rate`` lines a second per key; the lines held back are counted.
+
+    For what anyone can cause (unsigned requests): the log says how much happened
+    without growing with it.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._windows: dict[str, list[int]] = {}  # key: [second, lines let through, held back]
+
+    def admit(self, key: str) -> int | None:
+        """None to hold a line back; else how many were held back before this one."""
+        second = int(time.monotonic())
+        window = self._windows.get(key)
+        if window is None or window[0] != second:
+            held = window[2] if window is not None else 0
+            self._windows[key] = [second, 1, 0]
+            return held
+        if window[1] < self.rate:
+            window[1] += 1
+            return 0
+        window[2] += 1
+        return None
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,7 +84,7 @@ class JsonFormatter(logging.Formatter):
             "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
             **_fields(record),
         }
         if record.exc_info:
@@ -61,7 +98,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         extras = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v not in ("", None))
-        text = f"{stamp} {record.levelname.lower():7} {record.getMessage()}"
+        text = f"{stamp} {record.levelname.lower():7} {_message(record)}"
         if extras:
             text += f"  {extras}"
         if record.exc_info:

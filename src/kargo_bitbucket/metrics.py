@@ -53,7 +53,7 @@ class Metrics(Collector):
         self.api_failures = api_failures
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
-        self.signature_failures: Counter[tuple[str]] = Counter()
+        self.signature_failures: Counter[tuple[str, str]] = Counter()
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._duration_sum = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
@@ -69,9 +69,12 @@ class Metrics(Collector):
         """One object a delivery refreshed, found gone, or failed to refresh."""
         self.refreshes[kind, result] += 1
 
-    def count_signature_failure(self, reason: str) -> None:
-        """One delivery refused for its signature (``missing`` or ``invalid``)."""
-        self.signature_failures[reason,] += 1
+    def count_signature_failure(self, reason: str, receiver: str) -> None:
+        """One delivery refused for its signature (``missing`` or ``invalid``).
+
+        ``receiver`` is a configured receiver's ``namespace/name``, never the request path.
+        """
+        self.signature_failures[reason, receiver] += 1
 
     def collect(self) -> Iterable[Family]:
         """Every family, read at scrape time."""
@@ -100,8 +103,8 @@ class Metrics(Collector):
         )
         yield _counter(
             "kargo_bitbucket_signature_failures",
-            "Deliveries refused for their signature (missing or invalid)",
-            ["reason"],
+            "Deliveries refused for their signature (missing or invalid), by receiver",
+            ["reason", "receiver"],
             self.signature_failures.items(),
         )
         cache = GaugeMetricFamily(

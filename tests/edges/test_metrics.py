@@ -51,12 +51,20 @@ def test_refreshes_signature_failures_and_live_gauges() -> None:
     metrics = Metrics(lambda: {"warehouses": 7}, lambda: {("Warehouse", "expired"): 2})
     metrics.count_refresh("Warehouse", "refreshed")
     metrics.count_refresh("Promotion", "gone")
-    metrics.count_signature_failure("invalid")
+    metrics.count_signature_failure("invalid", "demo/hook")
     assert (
         value(metrics, "kargo_bitbucket_refreshes_total", kind="Warehouse", result="refreshed") == 1
     )
     assert value(metrics, "kargo_bitbucket_refreshes_total", kind="Promotion", result="gone") == 1
-    assert value(metrics, "kargo_bitbucket_signature_failures_total", reason="invalid") == 1
+    assert (
+        value(
+            metrics,
+            "kargo_bitbucket_signature_failures_total",
+            reason="invalid",
+            receiver="demo/hook",
+        )
+        == 1
+    )
     assert value(metrics, "kargo_bitbucket_cache_objects", kind="warehouses") == 7
     assert (
         value(metrics, "kargo_bitbucket_watch_restarts_total", kind="Warehouse", reason="expired")

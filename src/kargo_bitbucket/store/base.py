@@ -33,6 +33,11 @@ def now_rfc3339(micro: bool = False) -> str:
     return f"{stamp}Z"
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot take a refresh now (its state file vanished, its caches are not
+    synced): the delivery is answered 503, never 200 with the refresh lost."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One object to refresh."""
@@ -68,12 +73,20 @@ class Store(Protocol):
         """True once every kind has been loaded into the indexes."""
         ...
 
+    @property
+    def available(self) -> bool:
+        """True while refreshes can be made durable; False answers deliveries 503."""
+        ...
+
     async def start(self) -> None:
         """Load everything, publish receivers, and begin following changes."""
         ...
 
     async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
-        """Set the refresh annotation of each target to ``value``; ``note`` says why."""
+        """Set the refresh annotation of each target to ``value``; ``note`` says why.
+
+        Raises ``StoreUnavailable`` when the refresh cannot be made durable.
+        """
         ...
 
     def record(self, record: DeliveryRecord) -> None:

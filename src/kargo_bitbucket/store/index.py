@@ -35,6 +35,10 @@ class Indexes:
     def __init__(self, base: BaseURL, system_namespace: str) -> None:
         self.base = base
         self.system_namespace = system_namespace
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every object, to be fed anew (the state file was replaced)."""
         self._warehouses: dict[Key, WarehouseEntry] = {}
         self._by_identity: dict[str, dict[str, set[str]]] = {}
         self._promotion_urls: dict[Key, frozenset[str]] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+import itertools
 import logging
 import os
 import sqlite3
@@ -18,10 +20,17 @@ import orjson
 
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
-from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, select
+from kargo_bitbucket.history import (
+    DEFAULT_HISTORY_SIZE,
+    UNSIGNED_HISTORY_SIZE,
+    DeliveryRecord,
+    newest_first,
+    select,
+)
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
     RefreshResult,
+    StoreUnavailable,
     Target,
     now_rfc3339,
 )
@@ -46,6 +55,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unsigned_deliveries (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, receiver TEXT NOT NULL, record BLOB NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
 
@@ -56,11 +69,34 @@ RESTART_WAIT = 0.1  # seconds a RESTART checkpoint may hold up writers (waiting 
 TRIM_EVERY = 64  # history rows dropped together (one at a time dirtied 2 more pages per commit)
 RECORD_BATCH = 64  # delivery records written together, or after RECORD_DELAY, whichever first
 RECORD_DELAY = 0.05
+VACUUM_SLACK = 1024  # free pages (4 MiB) left alone: history churn reuses its own
+VACUUM_STEP = 2048  # free pages handed back per checkpoint: 20-60 ms of write lock, measured
+INCREMENTAL = 2  # PRAGMA auto_vacuum
 WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
+HISTORY_TABLES = {
+    True: ("deliveries", "history_size"),
+    False: ("unsigned_deliveries", "unsigned_size"),
+}
+"""Signed deliveries and unsigned requests, each in a table of its own with its own window
+(the meta key holding how many of it readers see)."""
 
 
 class StateFileError(RuntimeError):
     """The state file cannot be opened or is not ours."""
+
+
+Identity = tuple[int, int] | None
+"""(device, inode) of the file at a path; None when there is none."""
+
+
+def identity(path: Path) -> Identity:
+    """Which file is at ``path`` now: compared with the one opened, it tells a file that was
+    deleted (``rm state.db*``) or replaced (a new one moved over it) while open."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +116,7 @@ class StateFile:
         self, path: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = 10.0
     ) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         if not create and not self.path.exists():
             raise StateFileError(f"state file {self.path} does not exist")
         if create:
@@ -88,12 +125,35 @@ class StateFile:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
+            # Free pages can then be handed back (``vacuum``): the file's size follows what it
+            # holds. Only a new file takes it here; ``start_vacuuming`` converts an old one.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             self.wal = mode == "wal"
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise StateFileError(f"state file {self.path}: {error}") from error
+        self.identity = identity(self.path)
+        self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
+
+    def _beside(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def remove_own_journal(self) -> None:
+        """Once closed, delete the WAL and shared-memory files this connection left at the
+        path: SQLite would otherwise read them as the journal of a file put there since.
+        Nothing is deleted while the file itself is still the one at the path."""
+        if self.is_still_at_path():
+            return
+        for suffix, opened in self._journal.items():
+            if opened is not None and identity(self._beside(suffix)) == opened:
+                with contextlib.suppress(FileNotFoundError):
+                    self._beside(suffix).unlink()
+
+    def is_still_at_path(self) -> bool:
+        """True while the file this connection writes to is the one at its path."""
+        return identity(self.path) == self.identity
 
     def close(self) -> None:
         """Close the connection."""
@@ -125,6 +185,32 @@ class StateFile:
             # While it waits, writers wait too: give up after RESTART_WAIT, retry next time.
             self._db.execute(f"PRAGMA busy_timeout={int(RESTART_WAIT * 1000)}")
             self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
+    def start_vacuuming(self) -> bool:
+        """Convert a file made before incremental auto-vacuum (one VACUUM); True if it did."""
+        (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
+        if mode == INCREMENTAL:
+            return False
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self._db.execute("VACUUM")
+        return True
+
+    def vacuum(self, slack: int = VACUUM_SLACK, step: int = VACUUM_STEP) -> None:
+        """Hand up to ``step`` free pages back once more than ``slack`` are free.
+
+        The pages move to the end of the file, which the next checkpoint cuts. It takes the
+        write lock, so it waits at most ``RESTART_WAIT`` for it and otherwise tries next time.
+        """
+        (free,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        if free <= slack:
+            return
+        self._db.execute(f"PRAGMA busy_timeout={int(RESTART_WAIT * 1000)}")
+        try:
+            # executescript steps the pragma to its end; execute() frees one page per call.
+            self._db.executescript(f"PRAGMA incremental_vacuum({step})")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -269,23 +355,18 @@ class StateFile:
     ) -> set[Target]:
         """Write refresh values and delivery records in one transaction.
 
-        Returns the targets that exist. History beyond the last ``keep`` records is dropped
-        every ``TRIM_EVERY`` records; readers see only the last ``keep`` (``keep_history``).
+        Returns the targets that exist. History beyond the last ``keep`` records (and
+        unsigned requests beyond ``UNSIGNED_HISTORY_SIZE``) is dropped every ``TRIM_EVERY``
+        records; readers see only the last ``keep`` (``keep_history``).
         """
         found = set()
         with self._transaction() as db:
             if records:
-                db.executemany(
-                    "INSERT INTO deliveries (namespace, receiver, record) VALUES (?, ?, ?)",
-                    [
-                        (r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r))
-                        for r in records
-                    ],
-                )
-                # Ids are consecutive (rows go from the old end only): the newest is the last.
-                newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
-                    db.execute("DELETE FROM deliveries WHERE id <= ?", (newest - keep,))
+                signed = [r for r in records if r.signed]
+                _insert(db, "deliveries", signed, keep)
+                if len(signed) < len(records):
+                    unsigned = [r for r in records if not r.signed]
+                    _insert(db, "unsigned_deliveries", unsigned, _unsigned_keep(keep))
             for target, value in batch:
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
@@ -298,28 +379,44 @@ class StateFile:
     def keep_history(self, size: int) -> None:
         """Set the number of deliveries readers see, and drop the older ones now."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('history_size', ?)", (size,)
-            )
-            db.execute(
-                "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?", (size,)
-            )
+            for signed, keep in ((True, size), (False, _unsigned_keep(size))):
+                table, key = HISTORY_TABLES[signed]
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, keep))
+                db.execute(
+                    f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,)
+                )
 
     def deliveries(
         self,
         namespace: str | None = None,
         receiver: str | None = None,
         limit: int | None = None,
-        queued: int = 0,
+        queued: tuple[int, int] = (0, 0),
     ) -> list[DeliveryRecord]:
-        """The last ``keep_history`` deliveries (all if never set), newest first.
+        """The last ``keep_history`` deliveries (all if never set), newest first, with the
+        unsigned requests of their own window merged in.
 
-        ``queued`` newer ones not written yet take that many places of the window.
+        ``queued`` (signed, unsigned) newer ones not written yet take that many places of
+        the windows.
         """
+        signed = self._window(True, namespace, receiver, limit, queued[0])
+        unsigned = self._window(False, namespace, receiver, limit, queued[1])
+        return list(itertools.islice(newest_first(signed, unsigned), limit))
+
+    def _window(
+        self,
+        signed: bool,
+        namespace: str | None,
+        receiver: str | None,
+        limit: int | None,
+        queued: int,
+    ) -> list[DeliveryRecord]:
+        """The records of one history table a reader sees, newest first."""
+        table, key = HISTORY_TABLES[signed]
         query = (
-            "SELECT record FROM deliveries WHERE id > (SELECT MAX(id) FROM deliveries) "
-            "- COALESCE((SELECT value FROM meta WHERE key = 'history_size') - ?, "
-            "(SELECT MAX(id) FROM deliveries))"
+            f"SELECT record FROM {table} WHERE id > (SELECT MAX(id) FROM {table}) "
+            f"- COALESCE((SELECT value FROM meta WHERE key = '{key}') - ?, "
+            f"(SELECT MAX(id) FROM {table}))"
         )
         args: list[Any] = [queued]
         if namespace is not None:
@@ -356,6 +453,43 @@ class StateFile:
                 (orjson.dumps(new), *key),
             )
         return True
+
+
+def _insert(
+    db: sqlite3.Connection, table: str, records: Sequence[DeliveryRecord], keep: int
+) -> None:
+    """Append records to one history table, trimming it to ``keep`` every ``TRIM_EVERY``."""
+    if not records:
+        return
+    db.executemany(
+        f"INSERT INTO {table} (namespace, receiver, record) VALUES (?, ?, ?)",
+        [(r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r)) for r in records],
+    )
+    # Ids are consecutive (rows go from the old end only): the newest is the last.
+    newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
+        db.execute(f"DELETE FROM {table} WHERE id <= ?", (newest - keep,))
+
+
+def _newest(records: list[DeliveryRecord], keep: int) -> list[DeliveryRecord]:
+    """The last ``keep`` signed and last ``_unsigned_keep(keep)`` unsigned of queued records,
+    in their order: what readers would see of them."""
+    signed = unsigned = 0
+    chosen = []
+    for record in reversed(records):
+        if record.signed and signed < keep:
+            signed += 1
+            chosen.append(record)
+        elif not record.signed and unsigned < _unsigned_keep(keep):
+            unsigned += 1
+            chosen.append(record)
+    chosen.reverse()
+    return chosen
+
+
+def _unsigned_keep(keep: int) -> int:
+    """How many unsigned requests are kept beside ``keep`` deliveries."""
+    return min(keep, UNSIGNED_HISTORY_SIZE)
 
 
 def _assemble(
@@ -398,27 +532,47 @@ class SqliteStore:
         self._ready = False
         self._poller: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._pending: list[tuple[Target, str, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[Target, str, asyncio.Future[bool], StateFile]] = []
+        """Refreshes to write, each with the state file its delivery decided from."""
         self._records_due = False
         self._record_timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._inline: StateFile | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._given = state
+        self._available = True
+        self._rejected: Identity = None
+        self._released = False
 
     @property
     def ready(self) -> bool:
         """True once the state file has been loaded and receivers published."""
         return self._ready
 
+    @property
+    def available(self) -> bool:
+        """False from the moment the state file is seen deleted or replaced until a file at
+        its path has been loaded (``_poll``)."""
+        return self._available
+
     async def start(self) -> None:
         """Load the whole state, publish receivers, then poll for other processes' changes."""
         await self.sync()
+        await self._serve_from_state()
+        self._ready = True
+        self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
+
+    async def _serve_from_state(self) -> None:
+        """Auto-vacuum, the history window, the inline writer and the checkpointer."""
+        try:
+            if await self._run(self.state.start_vacuuming):
+                log.info("state file %s converted to incremental auto-vacuum", self.state.path)
+        except sqlite3.Error as error:
+            log.warning("state file %s keeps its free pages: %s", self.state.path, error)
         await self._run(self.state.keep_history, self.history_size)
         if self.state.wal:  # else a COMMIT, not only BEGIN, may meet a lock
             self._inline = await self._run(StateFile, self.state.path)
             self._inline.never_wait_for_locks()
-        self._ready = True
-        self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
         self._checkpointer = asyncio.create_task(self._checkpoints(), name="state-checkpoints")
 
     async def _checkpoints(self) -> None:
@@ -441,19 +595,25 @@ class SqliteStore:
                 while True:
                     await asyncio.sleep(CHECKPOINT_INTERVAL)
                     try:
+                        await loop.run_in_executor(thread, state.vacuum)
                         await loop.run_in_executor(thread, state.checkpoint)
                     except sqlite3.Error as error:
                         log.warning("state file checkpoint failed: %s", error)
             finally:
                 await loop.run_in_executor(thread, state.close)
 
-    async def sync(self) -> None:
-        """Apply every change since the last sync to the indexes; republish if receivers moved."""
-        revision, changes = await self._run(self.state.changes_since, self._revision)
+    async def sync(self, anew: bool = False) -> None:
+        """Apply every change since the last sync to the indexes; republish if receivers moved.
+
+        ``anew``: the indexes are emptied and fed the whole file (another file at the path).
+        """
+        revision, changes = await self._run(self.state.changes_since, 0 if anew else self._revision)
         self._revision = revision
-        if not changes:
+        if anew:
+            self.indexes.clear()
+        elif not changes:
             return
-        rerouted = False
+        rerouted = anew
         for change in changes:
             rerouted |= self.indexes.apply(change.kind, change.namespace, change.name, change.body)
         if rerouted or not self._ready:
@@ -462,14 +622,67 @@ class SqliteStore:
                 await self._run(self.state.write_status, owner, status)
 
     async def _poll(self) -> None:
-        """Follow changes made by other processes (``apply`` while serving)."""
+        """Follow changes made by other processes (``apply`` while serving), and notice a
+        state file deleted or replaced under us within ``POLL_INTERVAL``."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
-                if await self._run(self.state.revision) != self._revision:
+                if self._available and not await self._run(self.state.is_still_at_path):
+                    self._lose()
+                if not self._available:
+                    await self._reopen()
+                elif await self._run(self.state.revision) != self._revision:
                     await self.sync()
             except sqlite3.Error as error:
                 log.warning("state file poll failed: %s", error)
+
+    def _lose(self) -> None:
+        """Stop taking refreshes: they would go to a file no one reads again."""
+        self._available = False
+        log.error(
+            "state file %s was deleted or replaced while serving: deliveries are answered "
+            "503 until a state file is back at that path (kargo-bitbucket apply -f creates one)",
+            self.state.path,
+        )
+
+    async def _reopen(self) -> None:
+        """Load the file now at the state file's path, if there is one we have not refused."""
+        if not self._released:
+            await self._release()
+        path = self.state.path
+        found = identity(path)
+        if found is None or found == self._rejected:
+            return
+        opened = functools.partial(
+            StateFile, path, create=False, busy_timeout=self.state.busy_timeout
+        )
+        try:
+            self.state = await self._run(opened)
+        except StateFileError as error:
+            self._rejected = found
+            log.error("%s; deliveries are still answered 503", error)
+            return
+        self._released = False
+        await self.sync(anew=True)
+        await self._serve_from_state()
+        self._available = True
+        log.warning(
+            "state file %s is back: reloaded, deliveries are answered again",
+            path,
+            extra=self.indexes.counts(),
+        )
+        if self._records:
+            self._write_records()
+
+    async def _release(self) -> None:
+        """Close every connection to the lost file, then remove the journal it left behind."""
+        await self._stop_checkpoints()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        await self._run(self.state.close)
+        await self._run(self.state.remove_own_journal)
+        self._released = True
 
     def record(self, record: DeliveryRecord) -> None:
         """Queue a delivery record, written with others: ``RECORD_BATCH`` or ``RECORD_DELAY``.
@@ -481,6 +694,8 @@ class SqliteStore:
         if self.history_size <= 0:
             return
         self._records.append(record)
+        if len(self._records) > 2 * (self.history_size + UNSIGNED_HISTORY_SIZE):
+            self._records = _newest(self._records, self.history_size)  # the file is away
         if len(self._records) >= RECORD_BATCH:
             self._write_records()
         else:
@@ -504,11 +719,18 @@ class SqliteStore:
         self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
     ) -> list[DeliveryRecord]:
         """Recorded deliveries, newest first: the queued ones, then the written ones."""
-        queued = select(reversed(self._records), namespace, receiver, limit)
+        newest = _newest(self._records, self.history_size)
+        unsigned = sum(not r.signed for r in newest)
+        queued = select(reversed(newest), namespace, receiver, limit)
+        if not self._available:  # the file's history went with it
+            return queued
         written: list[DeliveryRecord] = await self._run(
-            self.state.deliveries, namespace, receiver, limit, len(self._records)
+            self.state.deliveries, namespace, receiver, limit, (len(newest) - unsigned, unsigned)
         )
-        return (queued + written)[:limit]
+        # The writer may have written queued ones meanwhile: show those once.
+        shown = {(r.time, r.receiver, r.delivery_id) for r in queued}
+        written = [r for r in written if (r.time, r.receiver, r.delivery_id) not in shown]
+        return list(itertools.islice(newest_first(queued, written), limit))
 
     def _kick(self) -> None:
         """Make sure a writer task is draining the queues."""
@@ -519,37 +741,53 @@ class SqliteStore:
 
     async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
         """Queue the writes; concurrent deliveries share one transaction per burst."""
+        if not self._available:
+            raise StoreUnavailable(f"state file {self.state.path} is gone")
         loop = asyncio.get_running_loop()
         futures = []
         for target in targets:
             future: asyncio.Future[bool] = loop.create_future()
-            self._pending.append((target, value, future))
+            self._pending.append((target, value, future, self.state))
             futures.append(future)
         self._kick()
         result = RefreshResult()
+        unavailable: StoreUnavailable | None = None
         for target, future in zip(targets, futures, strict=True):
             try:
                 exists = await future
+            except StoreUnavailable as error:
+                unavailable = error
+                continue
             except sqlite3.Error as error:
                 log.error("refresh of %s %s/%s failed: %s", *_who(target), error)
                 result.failed.append(target)
                 continue
             (result.refreshed if exists else result.gone).append(target)
+        if unavailable is not None:
+            raise unavailable
         return result
 
     async def _flush(self) -> None:
         """Write everything queued, batch after batch, until the queue is empty."""
         while self._pending or self._records_due:
-            batch, self._pending = self._pending, []
+            batch = []
+            for target, value, future, source in self._pending:
+                if source is self.state and self._available:
+                    batch.append((target, value, future))
+                elif not future.done():  # decided from a file that is gone
+                    future.set_exception(StoreUnavailable("state file was deleted or replaced"))
+            self._pending = []
+            if not self._available:  # records wait for the file to be back
+                return
             records: list[DeliveryRecord] = []
             if self._records_due:
                 records, self._records, self._records_due = self._records, [], False
             writes = [(target, value) for target, value, _ in batch]
             try:
                 found = await self._write(writes, records)
-            except sqlite3.Error as error:
+            except (sqlite3.Error, StoreUnavailable) as error:
                 if records:  # they wait for another try (the newest history_size of them)
-                    self._records = (records + self._records)[-self.history_size :]
+                    self._records = _newest(records + self._records, self.history_size)
                     self._write_records_soon()
                 for _, _, future in batch:
                     if not future.done():  # its delivery may have been cancelled meanwhile
@@ -568,16 +806,24 @@ class SqliteStore:
         database thread and back (measured: 15 us per delivery). Only when another
         process holds the write lock (``apply``, a checkpoint) does the batch go to the
         database thread, to wait there for the lock without stalling the loop.
+
+        Once committed, the file written must still be the one at the path (one stat):
+        else the refreshes went to a deleted file and their deliveries are answered 503.
         """
-        if self._inline is not None:
+        state, inline = self.state, self._inline
+        found: set[Target] | None = None
+        if inline is not None:
             try:
-                return self._inline.write_batch(writes, records, self.history_size)
+                found = inline.write_batch(writes, records, self.history_size)
             except sqlite3.OperationalError as error:
                 if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # or BUSY_SNAPSHOT...
                     raise
-        found: set[Target] = await self._run(
-            self.state.write_batch, writes, records, self.history_size
-        )
+        if found is None:
+            found = await self._run(state.write_batch, writes, records, self.history_size)
+        if not state.is_still_at_path():
+            if state is self.state and self._available:
+                self._lose()
+            raise StoreUnavailable(f"state file {state.path} was deleted or replaced")
         return found
 
     async def _run(self, func: Any, *args: Any) -> Any:
@@ -593,14 +839,23 @@ class SqliteStore:
                 await self._flusher
         if self._record_timer is not None:
             self._record_timer.cancel()
-        for task in (self._poller, self._checkpointer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self._stop_checkpoints()
         self._executor.shutdown(wait=True)
         if self._inline is not None:
             self._inline.close()
+        if self.state is not self._given:  # a file reloaded here; the caller closes its own
+            self.state.close()
+
+    async def _stop_checkpoints(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
 
 
 def _who(target: Target) -> tuple[str, str, str]:

@@ -118,6 +118,11 @@ class KubernetesStore:
         """True once every kind has been listed and the referenced Secrets read."""
         return self._ready
 
+    @property
+    def available(self) -> bool:
+        """True while the caches are synced (every watch has listed its kind)."""
+        return self._ready and all(r.synced.is_set() for r in self.reflectors)
+
     async def start(self) -> None:
         """Start every watch; become ready when the initial lists and Secrets are in."""
         for reflector in self.reflectors:

@@ -1,0 +1,72 @@
+"""Settings from the environment are checked like flags; apply refuses empty input (issue 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "form"),
+    [
+        ("BODY_LIMIT", "2MiB", "a whole number of bytes"),
+        ("BODY_LIMIT", "0", "a whole number of bytes"),
+        ("LOG_LEVEL", "loud", "debug or info or warning or error"),
+        ("HISTORY_SIZE", "-1", "a whole number, 0 or more"),
+        ("BODY_TIMEOUT", "soon", "a number of seconds above 0"),
+        ("LISTEN", "8080", "HOST:PORT"),
+        ("ADMIN_LISTEN", "nowhere", "HOST:PORT or off"),
+        ("NO_PUBLISH", "yes please", "1, true, 0 or false"),
+    ],
+)
+def test_bad_variable_is_one_line_naming_it_and_exit_2(
+    state: Path, variable: str, value: str, form: str
+) -> None:
+    result = cli("serve", state=state, check=False, env={f"KARGO_BITBUCKET_{variable}": value})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"KARGO_BITBUCKET_{variable}={value!r}" in result.stderr
+    assert f"expected {form}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_commands_without_the_setting_still_work(state: Path) -> None:
+    bad = {"KARGO_BITBUCKET_BODY_LIMIT": "2MiB", "KARGO_BITBUCKET_LEASE_DURATION": "long"}
+    for args in (["--help"], ["serve", "--help"], ["secret"]):
+        result = cli(*args, state=state, check=False, env=bad)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_log_level_stops_every_command_but_help(state: Path) -> None:
+    loud = {"KARGO_BITBUCKET_LOG_LEVEL": "loud"}
+    assert cli("--help", state=state, env=loud).returncode == 0
+    result = cli("secret", state=state, check=False, env=loud)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kargo-bitbucket: KARGO_BITBUCKET_LOG_LEVEL='loud': "
+        "expected debug or info or warning or error\n"
+    )
+    assert cli("secret", state=state, env={"KARGO_BITBUCKET_LOG_LEVEL": "DEBUG"}).returncode == 0
+
+
+@pytest.mark.parametrize("text", ["", "---\n", "# nothing here\n---\n---\n"])
+def test_apply_of_no_objects_exits_2(tmp_path: Path, state: Path, text: str) -> None:
+    manifest = tmp_path / "empty.yaml"
+    manifest.write_text(text)
+    result = cli("apply", "-f", str(manifest), state=state, check=False)
+    assert (result.returncode, result.stderr) == (2, "kargo-bitbucket: no objects to apply\n")
+    assert not state.exists()
+    from_stdin = cli("apply", "-f", "-", state=state, stdin=text, check=False)
+    assert (from_stdin.returncode, from_stdin.stderr) == (2, result.stderr)
+
+
+def test_apply_of_an_empty_directory_exits_2(tmp_path: Path, state: Path) -> None:
+    empty = tmp_path / "manifests"
+    empty.mkdir()
+    result = cli("apply", "-f", str(empty), state=state, check=False)
+    assert result.returncode == 2
+    assert result.stderr.endswith("no objects to apply\n")

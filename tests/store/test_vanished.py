@@ -1,0 +1,63 @@
+"""The embedded store notices its state file replaced under it (in process; e2e has rm)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
+from kargo_bitbucket.store.sqlite import StateFile
+from tests.store.test_sqlite import config, started, warehouse
+
+
+async def until(condition: Callable[[], bool], seconds: float = 3) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+
+
+def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    first = StateFile(path)
+    first.apply([*config("a"), warehouse("a", "w1")])
+    first.close()
+    good = tmp_path / "good" / "state.db"
+    second = StateFile(good)
+    second.apply([*config("a"), warehouse("a", "w2")])
+    second.close()
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not a database, " * 1000)
+    w1, w2 = Target("Warehouse", "a", "w1"), Target("Warehouse", "a", "w2")
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            assert (await store.refresh([w1], "v1")).refreshed == [w1]
+            os.replace(garbage, path)
+            with pytest.raises(StoreUnavailable):  # the write batch sees it at once
+                await store.refresh([w1], "v2")
+            assert not store.available
+            await until(lambda: "file is not a database" in caplog.text)
+            assert not store.available
+            os.replace(good, path)
+            await until(lambda: store.available)
+            assert [e.name for e in store.indexes.warehouses("a")] == ["w2"]
+            assert (await store.refresh([w2], "v3")).refreshed == [w2]
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, "kargo_bitbucket"):
+        asyncio.run(scenario())
+    assert caplog.text.count("was deleted or replaced while serving") == 1
+    reader = StateFile(path, create=False)
+    (stored,) = reader.get("Warehouse", "a", "w2")
+    assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v3"
+    reader.close()
