@@ -1,0 +1,455 @@
+"""``hooks check`` and ``hooks sync``: read the store, ask Bitbucket, print, change our hooks.
+
+The receivers (URL and secret), the Warehouses' repositories and the Running
+Promotions' PRs come from the state file or, with ``--kubernetes``, from the cluster;
+``core.webhooks`` decides what each repository needs; this module only fetches, prints
+and, with ``sync --apply``, creates, updates or deletes the hooks marked as ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from kargo_bitbucket.bitbucket_api import BitbucketClient, BitbucketError
+from kargo_bitbucket.config import ConfigError
+from kargo_bitbucket.core.promotions import awaited_pr_urls
+from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, owner_of, published
+from kargo_bitbucket.core.webhooks import (
+    CREATE,
+    DELETE,
+    MANUAL,
+    NONE,
+    REPOSITORY,
+    UPDATE,
+    Finding,
+    Hook,
+    Place,
+    Plan,
+    Receiver,
+    compare,
+    desired_hook,
+    plan,
+    prune_places,
+)
+from kargo_bitbucket.credentials import (
+    SECRET_KEY,
+    Credentials,
+    CredentialsError,
+    parse,
+    read_file,
+)
+from kargo_bitbucket.store.index import Indexes, decode_secret_data
+
+if TYPE_CHECKING:
+    from lightkube import AsyncClient
+
+T = TypeVar("T")
+
+CONCURRENCY = 8
+"""Bitbucket calls in flight at once: fast enough for hundreds of repositories, and far
+below Cloud's rate limit (1,000 API calls an hour per user for hooks)."""
+PLACEHOLDER = BaseURL.parse("http://hooks.invalid")
+_PUBLISHED_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
+
+VERBS = {
+    CREATE: ("would create", "created"),
+    UPDATE: ("would update", "updated"),
+    DELETE: ("would delete", "deleted"),
+}
+
+
+@dataclass(slots=True)
+class Inventory:
+    """What the store says: receivers with URLs, and the objects their hooks serve."""
+
+    receivers: list[Receiver] = field(default_factory=list)
+    warehouses: list[tuple[str, str, str]] = field(default_factory=list)
+    pull_requests: list[tuple[str, str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def inventory(
+    indexes: Indexes, promotions: Iterable[Mapping[str, Any]], base: BaseURL | None
+) -> Inventory:
+    """Receivers at their URL (``base``, else the one their status publishes) and objects.
+
+    The path is recomputed from the current secret, so a rotated secret gives the new
+    URL even before the server has republished it.
+    """
+    found = Inventory()
+    bases: dict[tuple[str, str], BaseURL] = {}
+    for config in indexes.configs():
+        for owner, name, url in published(config):
+            try:
+                bases[(owner, name)] = BaseURL.parse(_PUBLISHED_PATH.sub("", url))
+            except BaseURLError:
+                continue
+    resolution = indexes.resolution
+    for holder, status in resolution.statuses.items():
+        found.problems += [f"receiver problem in {holder.label}: {p}" for p in status.problems]
+    for route in resolution.routes.values():
+        where = base or bases.get((route.owner.label, route.name))
+        if where is None:
+            found.problems.append(
+                f"receiver {route.label}: no published URL yet; pass --base-url "
+                "(the server's public base URL) or start `serve` first"
+            )
+            continue
+        found.receivers.append(
+            Receiver(
+                owner=route.owner.label,
+                name=route.name,
+                url=where.url(where.path + route.path),
+                secret=route.secret,
+                scope=route.owner.scope,
+            )
+        )
+    for warehouse in indexes.warehouses(None):
+        for subscription in warehouse.subscriptions:
+            found.warehouses.append((warehouse.namespace, warehouse.name, subscription.repo_url))
+    for body in promotions:
+        meta = body.get("metadata") or {}
+        for url in sorted(awaited_pr_urls(body)):
+            found.pull_requests.append((str(meta.get("namespace")), str(meta.get("name")), url))
+    return found
+
+
+def load_state(path: Any, system_namespace: str) -> tuple[Indexes, list[dict[str, Any]]]:
+    """Indexes and Promotions from the embedded state file."""
+    from kargo_bitbucket.store.sqlite import StateFile, load_indexes
+
+    state = StateFile(path, create=False)
+    try:
+        indexes = load_indexes(state, Indexes(PLACEHOLDER, system_namespace))
+        return indexes, state.get("Promotion")
+    finally:
+        state.close()
+
+
+async def load_cluster(
+    client: AsyncClient, system_namespace: str, credentials_secret: tuple[str, str] | None
+) -> tuple[Indexes, list[dict[str, Any]], str | None]:
+    """Indexes, Promotions and the credentials document (if named) from the cluster."""
+    from lightkube import ApiError
+    from lightkube.resources.core_v1 import Secret
+
+    from kargo_bitbucket.store.kubernetes import RESOURCES
+    from kargo_bitbucket.store.reflector import plain
+
+    indexes = Indexes(PLACEHOLDER, system_namespace)
+    promotions = []
+    try:
+        for kind, resource in RESOURCES.items():
+            namespace = None if kind == "ClusterConfig" else "*"
+            async for obj in client.list(resource, namespace=namespace):
+                body = plain(obj)
+                meta = body.get("metadata") or {}
+                indexes.apply(kind, str(meta.get("namespace") or ""), str(meta.get("name")), body)
+                if kind == "Promotion":
+                    promotions.append(body)
+        for namespace, name in _secret_refs(indexes):
+            try:
+                indexes.put_secret(plain(await client.get(Secret, name=name, namespace=namespace)))
+            except ApiError as error:
+                if error.status.code != 404:
+                    indexes.secret_unreadable(namespace, name, f"{error.status.code} from the API")
+        document = None
+        if credentials_secret is not None:
+            namespace, name = credentials_secret
+            secret = plain(await client.get(Secret, name=name, namespace=namespace))
+            data = decode_secret_data(secret).get(SECRET_KEY)
+            if data is None:
+                raise CredentialsError(f"Secret {namespace}/{name} has no key {SECRET_KEY!r}")
+            document = data.decode(errors="replace")
+    finally:
+        await client.close()
+    indexes.reroute()
+    return indexes, promotions, document
+
+
+def _secret_refs(indexes: Indexes) -> set[tuple[str, str]]:
+    """(namespace, name) of the Secret of every Bitbucket receiver Kargo would read."""
+    refs = set()
+    for config in indexes.configs():
+        owner = owner_of(config)
+        if not owner.honoured:
+            continue
+        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
+            bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
+            name = (bitbucket.get("secretRef") or {}).get("name") if bitbucket else None
+            if isinstance(name, str) and name:
+                refs.add((owner.namespace or indexes.system_namespace, name))
+    return refs
+
+
+@dataclass(slots=True)
+class Survey:
+    """The plan, what Bitbucket has, and the findings, with a client per server."""
+
+    plan: Plan
+    findings: list[Finding]
+    clients: dict[str, BitbucketClient]
+    warnings: list[str] = field(default_factory=list)
+
+
+async def survey(
+    found: Inventory,
+    credentials: Credentials,
+    api_urls: Mapping[str, str],
+    *,
+    scope: str,
+    mirrors: bool,
+    prune: bool,
+) -> Survey:
+    """List the hooks at every place the plan names (and, with ``prune``, their neighbours)."""
+    wanted = plan(
+        found.receivers,
+        found.warehouses,
+        found.pull_requests,
+        scope=scope,
+        mirrors=mirrors,
+        servers=credentials.servers(),
+    )
+    clients: dict[str, BitbucketClient] = {}
+    missing: dict[str, str] = {}
+    for server in sorted({w.place.server for w in wanted.wanted}):
+        credential = credentials.lookup(server)
+        if credential is None:
+            missing[server] = f"no credentials for {server} (see --credentials)"
+            continue
+        url = credentials.api_url(server, api_urls)
+        clients[server] = BitbucketClient(url, credential, cloud=server == "bitbucket.org")
+    limit = asyncio.Semaphore(CONCURRENCY)
+    warnings: list[str] = []
+    places = sorted({w.place for w in wanted.wanted})
+    if prune and scope == REPOSITORY:
+        containers = sorted({p.container for p in places if p.server in clients})
+        listed = await _gather(limit, [_repositories(clients[c.server], c) for c in containers])
+        repositories: dict[Place, list[str]] = {}
+        for container, result in zip(containers, listed, strict=True):
+            if isinstance(result, str):
+                warnings.append(f"cannot list the repositories of {container.label}: {result}")
+            else:
+                repositories[container] = result
+        places += prune_places(wanted.wanted, repositories)
+    existing: dict[Place, Sequence[Hook] | str] = {
+        p: missing[p.server] for p in places if p.server in missing
+    }
+    asked = [p for p in places if p.server in clients]
+    listed_hooks = await _gather(limit, [_hooks(clients[p.server], p) for p in asked])
+    existing.update(zip(asked, listed_hooks, strict=True))
+    findings = compare(wanted.wanted, existing, prune=prune)
+    return Survey(wanted, findings, clients, warnings)
+
+
+async def _hooks(client: BitbucketClient, place: Place) -> list[Hook] | str:
+    try:
+        return await client.hooks(place)
+    except BitbucketError as error:
+        return str(error)
+
+
+async def _repositories(client: BitbucketClient, container: Place) -> list[str] | str:
+    try:
+        return await client.repositories(container)
+    except BitbucketError as error:
+        return str(error)
+
+
+async def _gather(limit: asyncio.Semaphore, calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Run ``calls`` at most ``CONCURRENCY`` at a time, results in order."""
+
+    async def one(call: Awaitable[T]) -> T:
+        async with limit:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
+async def apply(found: Survey) -> list[str]:
+    """Carry out every create, update and delete; the outcome of each finding, in order."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def act(finding: Finding) -> str:
+        if finding.action not in VERBS:
+            return ""
+        client = found.clients[finding.place.server]
+        try:
+            if finding.action == DELETE:
+                await client.delete(finding.place, finding.hook_id)
+            else:
+                want = finding.wanted
+                assert want is not None  # create and update always carry their Wanted
+                hook, secret = desired_hook(want), want.receiver.secret
+                if finding.action == CREATE:
+                    await client.create(finding.place, hook, secret)
+                else:
+                    await client.update(finding.place, finding.hook_id, hook, secret)
+        except BitbucketError as error:
+            return f"failed: {error}"
+        return VERBS[finding.action][1]
+
+    return await _gather(limit, [act(f) for f in found.findings])
+
+
+# Printing
+def _line(verb: str, finding: Finding) -> str:
+    detail = f"  ({finding.detail})" if finding.detail else ""
+    return f"{verb:<16} {finding.place.label}  {finding.marker}{detail}"
+
+
+def _json(finding: Finding, outcome: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "server": finding.place.server,
+        "owner": finding.place.owner,
+        "repository": finding.place.slug or None,
+        "receiver": finding.marker.removeprefix("kargo "),
+        "status": finding.status,
+        "problems": list(finding.problems),
+        "action": finding.action,
+        "hookId": finding.hook_id or None,
+        "detail": finding.detail or None,
+        "servedObjects": list(finding.wanted.sources) if finding.wanted else [],
+    }
+    if outcome is not None:
+        entry["result"] = outcome
+    return entry
+
+
+def _report_notes(found: Inventory, result: Survey) -> None:
+    for problem in found.problems:
+        print(f"kargo-bitbucket: {problem}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"kargo-bitbucket: {warning}", file=sys.stderr)
+    for skipped in result.plan.skipped:
+        print(f"note: not a Bitbucket repository, skipped: {skipped}", file=sys.stderr)
+    if not found.receivers and not found.problems:
+        print("kargo-bitbucket: no Bitbucket receiver found", file=sys.stderr)
+    elif found.receivers and not result.plan.wanted:
+        print("note: no object a receiver serves names a Bitbucket repository", file=sys.stderr)
+
+
+def check(found: Inventory, result: Survey, output: str) -> int:
+    """Print one line per place and receiver; 1 when anything is off."""
+    if output == "json":
+        data = [_json(f) for f in result.findings]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for finding in result.findings:
+            print(_line(finding.status, finding))
+    _report_notes(found, result)
+    off = any(f.problems for f in result.findings)
+    return 1 if off or found.problems or not found.receivers else 0
+
+
+def sync(found: Inventory, result: Survey, output: str, outcomes: list[str] | None) -> int:
+    """Print what sync would do (``outcomes`` None) or did; 1 when something is left off."""
+    dry = outcomes is None
+    results = outcomes if outcomes is not None else [""] * len(result.findings)
+    if output == "json":
+        data = [
+            _json(f, None if dry else (r or None))
+            for f, r in zip(result.findings, results, strict=True)
+        ]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for finding, outcome in zip(result.findings, results, strict=True):
+            if finding.action in VERBS:
+                verb = VERBS[finding.action][0] if dry else outcome
+                why = ", ".join(finding.problems)
+                print(_line(verb, Finding(finding.place, finding.marker, (), NONE, detail=why)))
+            else:
+                print(_line(finding.status, finding))
+    _report_notes(found, result)
+    todo = sum(f.action in VERBS for f in result.findings)
+    if dry and todo and output != "json":
+        print(f"{todo} change(s) to make: run again with --apply", file=sys.stderr)
+    failed = any(r.startswith("failed") for r in results)
+    left = any(f.action == MANUAL for f in result.findings)
+    return 1 if failed or left or found.problems or not found.receivers else 0
+
+
+# Entry point from the command line
+def run(args: argparse.Namespace) -> int:
+    """``hooks check`` / ``hooks sync``: everything after argument parsing."""
+    base = _base_url(args.base_url)
+    api_urls = _api_urls(args.api_url)
+    document = None
+    if args.kubernetes:
+        from kargo_bitbucket.store.kubernetes import KubernetesConfigError, connect
+
+        try:
+            client = connect(args.kubeconfig, args.context)
+        except KubernetesConfigError as error:
+            raise ConfigError(str(error)) from error
+        secret_ref = None if args.credentials else _secret_ref(args.credentials_secret)
+        import httpx2
+        from lightkube import ApiError
+
+        try:
+            indexes, promotions, document = asyncio.run(
+                load_cluster(client, args.system_namespace, secret_ref)
+            )
+        except (ApiError, httpx2.HTTPError) as error:
+            print(f"kargo-bitbucket: cannot read from the Kubernetes API: {error}", file=sys.stderr)
+            return 1
+    else:
+        indexes, promotions = load_state(args.state, args.system_namespace)
+    if args.credentials:
+        credentials = read_file(args.credentials)
+    elif document is not None:
+        credentials = parse(document, f"Secret {args.credentials_secret}")
+    else:
+        credentials = Credentials()
+    found = inventory(indexes, promotions, base)
+    prune = args.hooks_command == "sync" and args.prune
+
+    async def go() -> tuple[Survey, list[str] | None]:
+        result = await survey(
+            found, credentials, api_urls, scope=args.scope, mirrors=args.mirrors, prune=prune
+        )
+        try:
+            done = await apply(result) if args.hooks_command == "sync" and args.apply else None
+        finally:
+            for client in result.clients.values():
+                await client.close()
+        return result, done
+
+    result, outcomes = asyncio.run(go())
+    if args.hooks_command == "check":
+        return check(found, result, args.output)
+    return sync(found, result, args.output, outcomes)
+
+
+def _base_url(text: str | None) -> BaseURL | None:
+    if not text:
+        return None
+    try:
+        return BaseURL.parse(text)
+    except BaseURLError as error:
+        raise ConfigError(f"--base-url: {error}") from error
+
+
+def _api_urls(pairs: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        host, sep, url = pair.partition("=")
+        if not sep or not host or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--api-url {pair!r}: expected HOST=http(s)://URL")
+        found[host] = url
+    return found
+
+
+def _secret_ref(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name:
+        raise ConfigError(f"--credentials-secret {text!r}: expected NAMESPACE/NAME")
+    return namespace, name
