@@ -46,14 +46,14 @@ class BitbucketClient:
         api_url: str,
         credential: Credential,
         cloud: bool,
-        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = TIMEOUT,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.cloud = cloud
+        self.timeout = timeout
         self._origin = urlsplit(self.api_url)[:2]
         self._http = httpx.AsyncClient(
-            timeout=TIMEOUT,
-            transport=transport,
+            timeout=timeout,
             headers={"Authorization": credential.authorization(), "Accept": "application/json"},
         )
 
@@ -126,7 +126,7 @@ class BitbucketClient:
         """Every item of a paged listing, following ``next`` or ``nextPageStart``."""
         items: list[Mapping[str, Any]] = []
         url: str | None = f"{self.api_url}{path}"
-        params: dict[str, Any] = {"pagelen": PAGE} if self.cloud else {"limit": PAGE}
+        params: dict[str, Any] | None = {"pagelen": PAGE} if self.cloud else {"limit": PAGE}
         for _ in range(MAX_PAGES):
             if url is None:
                 return items
@@ -136,7 +136,7 @@ class BitbucketClient:
                 [v for v in values if isinstance(v, Mapping)] if isinstance(values, list) else []
             )
             if self.cloud:
-                url, params = self._next(page.get("next")), {}
+                url, params = self._next(page.get("next")), None  # the link has the query
             elif page.get("isLastPage") is False and isinstance(page.get("nextPageStart"), int):
                 params = {"limit": PAGE, "start": page["nextPageStart"]}
             else:
@@ -167,7 +167,8 @@ class BitbucketClient:
             try:
                 response = await self._http.request(method, url, json=body, params=params)
             except httpx.TimeoutException:
-                raise BitbucketError(0, f"no answer from {self.api_url} in {TIMEOUT:g} s") from None
+                message = f"no answer from {self.api_url} in {self.timeout:g} s"
+                raise BitbucketError(0, message) from None
             except httpx.HTTPError as error:
                 raise BitbucketError(0, f"cannot reach {self.api_url}: {error}") from None
             if response.status_code != 429:
