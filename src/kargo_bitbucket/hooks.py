@@ -26,7 +26,6 @@ from kargo_bitbucket.core.webhooks import (
     CREATE,
     DELETE,
     MANUAL,
-    NONE,
     REPOSITORY,
     UPDATE,
     Finding,
@@ -301,9 +300,19 @@ async def apply(found: Survey) -> list[str]:
 
 
 # Printing
-def _line(verb: str, finding: Finding) -> str:
-    detail = f"  ({finding.detail})" if finding.detail else ""
-    return f"{verb:<16} {finding.place.label}  {finding.marker}{detail}"
+def _print_rows(rows: Sequence[tuple[str, Finding, str]]) -> None:
+    """One aligned line per (status or verb, finding, detail), columns two spaces apart."""
+    cells = [
+        (first, f.place.label, f.marker, f"({detail})" if detail else "")
+        for first, f, detail in rows
+    ]
+    widths = [max((len(c[i]) for c in cells), default=0) for i in range(3)]
+    for row in cells:
+        print(
+            "  ".join(
+                cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True)
+            ).rstrip()
+        )
 
 
 def _json(finding: Finding, outcome: str | None = None) -> dict[str, Any]:
@@ -343,8 +352,7 @@ def check(found: Inventory, result: Survey, output: str) -> int:
         data = [_json(f) for f in result.findings]
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        for finding in result.findings:
-            print(_line(finding.status, finding))
+        _print_rows([(f.status, f, f.detail) for f in result.findings])
     _report_notes(found, result)
     off = any(f.problems for f in result.findings)
     return 1 if off or found.problems or not found.receivers else 0
@@ -361,13 +369,14 @@ def sync(found: Inventory, result: Survey, output: str, outcomes: list[str] | No
         ]
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
+        rows = []
         for finding, outcome in zip(result.findings, results, strict=True):
             if finding.action in VERBS:
                 verb = VERBS[finding.action][0] if dry else outcome
-                why = ", ".join(finding.problems)
-                print(_line(verb, Finding(finding.place, finding.marker, (), NONE, detail=why)))
+                rows.append((verb, finding, finding.status))
             else:
-                print(_line(finding.status, finding))
+                rows.append((finding.status, finding, finding.detail))
+        _print_rows(rows)
     _report_notes(found, result)
     todo = sum(f.action in VERBS for f in result.findings)
     if dry and todo and output != "json":
