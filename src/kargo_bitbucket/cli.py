@@ -913,6 +913,11 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{verb:<17} {v.kind} {_qualified(v.namespace, v.name)}: {v.reason}")
         for warning in v.warnings:
             print(f"  warning: {warning}")
+    if any(v.refresh for v in verdicts):
+        print(
+            "If a real event did not refresh it, the delivery never arrived: "
+            "`kargo-bitbucket hooks check` shows each repository's webhook."
+        )
     return 0
 
 

@@ -345,3 +345,18 @@ def test_a_receiver_without_a_published_url_needs_base_url(state: Path) -> None:
     result = hooks(state, "check")
     assert result.returncode == 1
     assert "receiver demo/bb: no published URL yet; pass --base-url" in result.stderr
+
+
+def test_explain_points_to_hooks_check_when_it_would_refresh(state: Path) -> None:
+    cli(
+        "apply",
+        "-f",
+        "-",
+        state=state,
+        stdin=DC_MANIFESTS + warehouse("deploy", WAREHOUSES["deploy"]),
+    )
+    would = cli("explain", "--repo", WAREHOUSES["deploy"], "--ref", "main", state=state).stdout
+    assert "would refresh     Warehouse demo/deploy" in would
+    assert "kargo-bitbucket hooks check" in would
+    other = cli("explain", "--repo", WAREHOUSES["deploy"], "--ref", "dev", state=state).stdout
+    assert "hooks check" not in other
