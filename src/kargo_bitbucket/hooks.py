@@ -23,6 +23,7 @@ from kargo_bitbucket.config import ConfigError
 from kargo_bitbucket.core.promotions import awaited_pr_urls
 from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, owner_of, published
 from kargo_bitbucket.core.webhooks import (
+    CLOUD,
     CREATE,
     DELETE,
     MANUAL,
@@ -163,7 +164,15 @@ async def load_cluster(
         document = None
         if credentials_secret is not None:
             namespace, name = credentials_secret
-            secret = plain(await client.get(Secret, name=name, namespace=namespace))
+            try:
+                secret = plain(await client.get(Secret, name=name, namespace=namespace))
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+                raise CredentialsError(
+                    f"Secret {namespace}/{name} not found: create it with the Bitbucket "
+                    "credentials (key credentials.yaml), or pass --credentials FILE"
+                ) from None
             data = decode_secret_data(secret).get(SECRET_KEY)
             if data is None:
                 raise CredentialsError(f"Secret {namespace}/{name} has no key {SECRET_KEY!r}")
@@ -225,7 +234,7 @@ async def survey(
             missing[server] = f"no credentials for {server} (see --credentials)"
             continue
         url = credentials.api_url(server, api_urls)
-        clients[server] = BitbucketClient(url, credential, cloud=server == "bitbucket.org")
+        clients[server] = BitbucketClient(url, credential, cloud=server == CLOUD)
     limit = asyncio.Semaphore(CONCURRENCY)
     warnings: list[str] = []
     places = sorted({w.place for w in wanted.wanted})
