@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kargo_bitbucket.core.webhooks import (
     CLOUD_EVENTS,
@@ -192,6 +196,8 @@ def good(receiver: Receiver = RECEIVER, **changes: object) -> Hook:
         # The user's own hook with our URL: reported, never changed, none created beside it.
         ([good(marker="Kargo (by hand)")], (), NONE),
         ([good(marker="Kargo (by hand)", active=False)], (INACTIVE,), MANUAL),
+        # Another receiver's marked hook is its own, even when it has this URL.
+        ([good(marker="kargo cluster/all")], (MISSING,), CREATE),
         # Someone else's hook to another URL is not ours and not a match.
         ([good(marker="Jenkins", url="https://ci.example.com/hook")], (MISSING,), CREATE),
         ("403 Forbidden", (NO_ACCESS,), MANUAL),
@@ -265,3 +271,51 @@ def test_desired_hook_is_active_with_our_marker_url_and_events() -> None:
         active=True,
         secret_set=True,
     )
+
+
+MARKERS = st.sampled_from(["kargo demo/bb", "kargo cluster/all", "kargo demo/gone", "Jenkins"])
+URLS = st.sampled_from([RECEIVER.url, CLUSTER.url, "https://old", "https://ci"])
+HOOKS = st.lists(
+    st.builds(
+        Hook,
+        marker=MARKERS,
+        url=URLS,
+        events=st.frozensets(st.sampled_from([*CLOUD_EVENTS, "issue:created"])),
+        active=st.booleans(),
+        secret_set=st.booleans(),
+    ),
+    max_size=4,
+)
+INFRA = Place("bitbucket.org", "acme", "infra")
+
+
+def _sync(existing: dict, findings: list) -> dict:
+    """Bitbucket after a sync --apply --prune: what the findings' actions do to the hooks."""
+    after = {place: list(hooks) for place, hooks in existing.items()}
+    for finding in findings:
+        hooks = after[finding.place]
+        if finding.action in (UPDATE, DELETE):
+            hooks[:] = [h for h in hooks if h.id != finding.hook_id]
+        if finding.action in (CREATE, UPDATE):
+            hooks.append(replace(desired_hook(finding.wanted), id=finding.hook_id or "new"))
+    return after
+
+
+@settings(max_examples=300, deadline=None)
+@given(guestbook=HOOKS, infra=HOOKS)
+def test_one_sync_converges_and_never_touches_other_hooks(guestbook: list, infra: list) -> None:
+    existing = {
+        GUESTBOOK: [replace(h, id=f"g{i}") for i, h in enumerate(guestbook)],
+        INFRA: [replace(h, id=f"i{i}") for i, h in enumerate(infra)],
+    }
+    wanted = _wanted(RECEIVER, CLUSTER)
+    after = _sync(existing, compare(wanted, existing, prune=True))
+    again = compare(wanted, after, prune=True)
+    assert all(f.action in (NONE, MANUAL) for f in again)
+    for place, hooks in existing.items():
+        theirs = [h for h in hooks if not h.marker.startswith("kargo ")]
+        assert [h for h in after[place] if not h.marker.startswith("kargo ")] == theirs
+    assert not [h for h in after[INFRA] if h.marker.startswith("kargo ")]
+    for finding in again:
+        if finding.action == MANUAL:
+            assert not any(h.marker == finding.marker for h in after[finding.place])

@@ -308,7 +308,8 @@ def _judge(want: Wanted, hooks: Sequence[Hook]) -> Finding:
     hook = next((h for h in hooks if h.marker == marker), None)
     ours = hook is not None
     if hook is None:
-        hook = next((h for h in hooks if h.url == url), None)
+        # A user's hook to our URL stands in for ours; another receiver's marked hook never.
+        hook = next((h for h in hooks if h.url == url and not MARKER.match(h.marker)), None)
     if hook is None:
         return Finding(want.place, marker, (MISSING,), CREATE, wanted=want)
     problems = []
