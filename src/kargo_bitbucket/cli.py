@@ -356,8 +356,13 @@ def _kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubernetes", action="store_true", help="use the Kubernetes API instead of the state file"
     )
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), metavar="FILE")
-    parser.add_argument("--context", metavar="NAME")
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        metavar="FILE",
+        help="kubeconfig file (default $KUBECONFIG; without one, the in-cluster service account)",
+    )
+    parser.add_argument("--context", metavar="NAME", help="kubeconfig context (default: current)")
 
 
 def _hooks_flags(parser: argparse.ArgumentParser) -> None:

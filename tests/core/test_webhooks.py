@@ -214,7 +214,12 @@ def test_compare_names_the_missing_events_and_the_hook_to_fix_by_hand() -> None:
     assert finding.detail == "lacks pullrequest:fulfilled, pullrequest:rejected"
     assert finding.hook_id == "{1}"
     (manual,) = compare(_wanted(RECEIVER), {GUESTBOOK: [good(marker="x", active=False)]})
-    assert "not created by kargo-bitbucket" in manual.detail
+    assert manual.detail == (
+        "hook {1} was not created by kargo-bitbucket: fix it by hand, or delete it for sync "
+        "to create ours"
+    )
+    (fine,) = compare(_wanted(RECEIVER), {GUESTBOOK: [good(marker="x")]})
+    assert (fine.status, fine.detail) == ("ok", "hook {1} was not created by kargo-bitbucket")
 
 
 def test_each_receiver_has_its_own_hook_per_repository() -> None:

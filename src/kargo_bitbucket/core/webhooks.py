@@ -324,7 +324,8 @@ def _judge(want: Wanted, hooks: Sequence[Hook]) -> Finding:
         problems.append(NO_SECRET)
     detail = f"lacks {', '.join(missing)}" if missing else ""
     if not ours:
-        detail = f"hook {hook.id} was not created by kargo-bitbucket: fix it by hand"
+        detail = f"hook {hook.id} was not created by kargo-bitbucket"
+        detail += ": fix it by hand, or delete it for sync to create ours" if problems else ""
     action = NONE if not problems else UPDATE if ours else MANUAL
     return Finding(want.place, marker, tuple(problems), action, hook.id, detail, want)
 
