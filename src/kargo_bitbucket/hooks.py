@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,8 +19,7 @@ import orjson
 
 from kargo_bitbucket.bitbucket_api import BitbucketClient, BitbucketError
 from kargo_bitbucket.config import ConfigError
-from kargo_bitbucket.core.promotions import awaited_pr_urls
-from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, owner_of, published
+from kargo_bitbucket.core.receivers import BaseURL, BaseURLError
 from kargo_bitbucket.core.webhooks import (
     CLOUD,
     CREATE,
@@ -33,20 +31,13 @@ from kargo_bitbucket.core.webhooks import (
     Hook,
     Place,
     Plan,
-    Receiver,
     compare,
     desired_hook,
     plan,
     prune_places,
 )
-from kargo_bitbucket.credentials import (
-    SECRET_KEY,
-    Credentials,
-    CredentialsError,
-    parse,
-    read_file,
-)
-from kargo_bitbucket.store.index import Indexes, decode_secret_data
+from kargo_bitbucket.credentials import Credentials, parse, read_file
+from kargo_bitbucket.inventory import Inventory, inventory, load_cluster, load_state
 
 if TYPE_CHECKING:
     from lightkube import AsyncClient
@@ -54,148 +45,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CONCURRENCY = 8
-"""Bitbucket calls in flight at once: fast enough for hundreds of repositories, and far
-below Cloud's rate limit (1,000 API calls an hour per user for hooks)."""
-PLACEHOLDER = BaseURL.parse("http://hooks.invalid")
-_PUBLISHED_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
+"""Bitbucket calls in flight at once: hundreds of repositories take seconds, not minutes,
+without opening a connection per repository or bursting into Cloud's hourly rate limit."""
 
 VERBS = {
     CREATE: ("would create", "created"),
     UPDATE: ("would update", "updated"),
     DELETE: ("would delete", "deleted"),
 }
-
-
-@dataclass(slots=True)
-class Inventory:
-    """What the store says: receivers with URLs, and the objects their hooks serve."""
-
-    receivers: list[Receiver] = field(default_factory=list)
-    warehouses: list[tuple[str, str, str]] = field(default_factory=list)
-    pull_requests: list[tuple[str, str, str]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def inventory(
-    indexes: Indexes, promotions: Iterable[Mapping[str, Any]], base: BaseURL | None
-) -> Inventory:
-    """Receivers at their URL (``base``, else the one their status publishes) and objects.
-
-    The path is recomputed from the current secret, so a rotated secret gives the new
-    URL even before the server has republished it.
-    """
-    found = Inventory()
-    bases: dict[tuple[str, str], BaseURL] = {}
-    for config in indexes.configs():
-        for owner, name, url in published(config):
-            try:
-                bases[(owner, name)] = BaseURL.parse(_PUBLISHED_PATH.sub("", url))
-            except BaseURLError:
-                continue
-    resolution = indexes.resolution
-    for holder, status in resolution.statuses.items():
-        found.problems += [f"receiver problem in {holder.label}: {p}" for p in status.problems]
-    for route in resolution.routes.values():
-        where = base or bases.get((route.owner.label, route.name))
-        if where is None:
-            found.problems.append(
-                f"receiver {route.label}: no published URL yet; pass --base-url "
-                "(the server's public base URL) or start `serve` first"
-            )
-            continue
-        found.receivers.append(
-            Receiver(
-                owner=route.owner.label,
-                name=route.name,
-                url=where.url(where.path + route.path),
-                secret=route.secret,
-                scope=route.owner.scope,
-            )
-        )
-    for warehouse in indexes.warehouses(None):
-        for subscription in warehouse.subscriptions:
-            found.warehouses.append((warehouse.namespace, warehouse.name, subscription.repo_url))
-    for body in promotions:
-        meta = body.get("metadata") or {}
-        for url in sorted(awaited_pr_urls(body)):
-            found.pull_requests.append((str(meta.get("namespace")), str(meta.get("name")), url))
-    return found
-
-
-def load_state(path: Any, system_namespace: str) -> tuple[Indexes, list[dict[str, Any]]]:
-    """Indexes and Promotions from the embedded state file."""
-    from kargo_bitbucket.store.sqlite import StateFile, load_indexes
-
-    state = StateFile(path, create=False)
-    try:
-        indexes = load_indexes(state, Indexes(PLACEHOLDER, system_namespace))
-        return indexes, state.get("Promotion")
-    finally:
-        state.close()
-
-
-async def load_cluster(
-    client: AsyncClient, system_namespace: str, credentials_secret: tuple[str, str] | None
-) -> tuple[Indexes, list[dict[str, Any]], str | None]:
-    """Indexes, Promotions and the credentials document (if named) from the cluster."""
-    from lightkube import ApiError
-    from lightkube.resources.core_v1 import Secret
-
-    from kargo_bitbucket.store.kubernetes import RESOURCES
-    from kargo_bitbucket.store.reflector import plain
-
-    indexes = Indexes(PLACEHOLDER, system_namespace)
-    promotions = []
-    try:
-        for kind, resource in RESOURCES.items():
-            namespace = None if kind == "ClusterConfig" else "*"
-            async for obj in client.list(resource, namespace=namespace):
-                body = plain(obj)
-                meta = body.get("metadata") or {}
-                indexes.apply(kind, str(meta.get("namespace") or ""), str(meta.get("name")), body)
-                if kind == "Promotion":
-                    promotions.append(body)
-        for namespace, name in _secret_refs(indexes):
-            try:
-                indexes.put_secret(plain(await client.get(Secret, name=name, namespace=namespace)))
-            except ApiError as error:
-                if error.status.code != 404:
-                    indexes.secret_unreadable(namespace, name, f"{error.status.code} from the API")
-        document = None
-        if credentials_secret is not None:
-            namespace, name = credentials_secret
-            try:
-                secret = plain(await client.get(Secret, name=name, namespace=namespace))
-            except ApiError as error:
-                if error.status.code != 404:
-                    raise
-                raise CredentialsError(
-                    f"Secret {namespace}/{name} not found: create it with the Bitbucket "
-                    "credentials (key credentials.yaml), or pass --credentials FILE"
-                ) from None
-            data = decode_secret_data(secret).get(SECRET_KEY)
-            if data is None:
-                raise CredentialsError(f"Secret {namespace}/{name} has no key {SECRET_KEY!r}")
-            document = data.decode(errors="replace")
-    finally:
-        await client.close()
-    indexes.reroute()
-    return indexes, promotions, document
-
-
-def _secret_refs(indexes: Indexes) -> set[tuple[str, str]]:
-    """(namespace, name) of the Secret of every Bitbucket receiver Kargo would read."""
-    refs = set()
-    for config in indexes.configs():
-        owner = owner_of(config)
-        if not owner.honoured:
-            continue
-        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
-            bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
-            name = (bitbucket.get("secretRef") or {}).get("name") if bitbucket else None
-            if isinstance(name, str) and name:
-                refs.add((owner.namespace or indexes.system_namespace, name))
-    return refs
 
 
 @dataclass(slots=True)
@@ -402,32 +259,32 @@ def run(args: argparse.Namespace) -> int:
     api_urls = _api_urls(args.api_url)
     document = None
     if args.kubernetes:
-        from kargo_bitbucket.store.kubernetes import KubernetesConfigError, connect
-
-        try:
-            client = connect(args.kubeconfig, args.context)
-        except KubernetesConfigError as error:
-            raise ConfigError(str(error)) from error
-        secret_ref = None if args.credentials else _secret_ref(args.credentials_secret)
         import httpx2
         from lightkube import ApiError
 
+        from kargo_bitbucket.store.kubernetes import KubernetesConfigError, connect
+
+        def client() -> AsyncClient:
+            try:
+                return connect(args.kubeconfig, args.context)
+            except KubernetesConfigError as error:
+                raise ConfigError(str(error)) from error
+
+        secret_ref = None if args.credentials else _secret_ref(args.credentials_secret)
         try:
-            indexes, promotions, document = asyncio.run(
-                load_cluster(client, args.system_namespace, secret_ref)
-            )
+            indexes, document = asyncio.run(load_cluster(client, args.system_namespace, secret_ref))
         except (ApiError, httpx2.HTTPError) as error:
             print(f"kargo-bitbucket: cannot read from the Kubernetes API: {error}", file=sys.stderr)
             return 1
     else:
-        indexes, promotions = load_state(args.state, args.system_namespace)
+        indexes = load_state(args.state, args.system_namespace)
     if args.credentials:
         credentials = read_file(args.credentials)
     elif document is not None:
         credentials = parse(document, f"Secret {args.credentials_secret}")
     else:
         credentials = Credentials()
-    found = inventory(indexes, promotions, base)
+    found = inventory(indexes, base)
     prune = args.hooks_command == "sync" and args.prune
 
     async def go() -> tuple[Survey, list[str] | None]:

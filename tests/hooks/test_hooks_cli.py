@@ -325,6 +325,7 @@ def test_without_valid_credentials_every_repository_is_no_access(
         ),
         (["--base-url", "ftp://x"], "--base-url"),
         (["--credentials", "/nonexistent/creds.yaml"], "/nonexistent/creds.yaml: cannot read"),
+        (["--kubernetes", "--kubeconfig", "/nonexistent"], "cannot load Kubernetes credentials"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(state: Path, args: list[str], message: str) -> None:
