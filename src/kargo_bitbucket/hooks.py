@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CONCURRENCY = 8
-"""Bitbucket calls in flight at once: hundreds of repositories take seconds, not minutes,
-without opening a connection per repository or bursting into Cloud's hourly rate limit."""
+"""Bitbucket calls in flight at once: at 100 ms a call, 200 repositories are checked in
+3.1 s instead of 21.1 s one by one (bench/hooks.py, medians of 4 alternating rounds),
+without a connection per repository or a burst into Cloud's hourly rate limit."""
 
 VERBS = {
     CREATE: ("would create", "created"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,8 @@ class FakeBitbucket:
     rate_limited: int = 0
     """How many of the next requests get a 429."""
     retry_after: str = "0"
+    latency: float = 0.0
+    """Seconds each answer is held back (a WAN round trip, for measurements)."""
     secrets: dict[str, str] = field(default_factory=dict)
     """The secret each hook id was last given (what Bitbucket would sign with)."""
     calls: list[Call] = field(default_factory=list)
@@ -120,6 +123,7 @@ class FakeBitbucket:
                 auth = self.headers.get("Authorization", "")
                 fake.calls.append(Call(self.command, self.path, auth, body))
                 status, answer, headers = fake.route(self.command, self.path, auth, body)
+                time.sleep(fake.latency)
                 self._answer(status, answer, headers)
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
