@@ -336,6 +336,26 @@ def _parser() -> argparse.ArgumentParser:
     _kubernetes_flags(explain)
     explain.set_defaults(run=_explain)
 
+    hooks = add("hooks", help="check or create the Bitbucket webhooks every receiver needs")
+    hooks_commands = hooks.add_subparsers(title="hooks commands", required=True, metavar="COMMAND")
+    for name, what in (
+        ("check", "one line per repository: ok or what is off (exit 1 when anything is)"),
+        ("sync", "show the webhooks to create, update or delete (--apply does it)"),
+    ):
+        command = hooks_commands.add_parser(name, parents=[after], help=what)
+        command.set_defaults(run=_hooks, hooks_command=name)
+        _hooks_flags(command)
+        if name == "sync":
+            command.add_argument(
+                "--apply", action="store_true", help="make the changes (default: dry run)"
+            )
+            command.add_argument(
+                "--prune",
+                action="store_true",
+                help="also delete our hooks in the workspace's/project's repositories "
+                "that no Warehouse or Promotion needs any more",
+            )
+
     secret = add("secret", help="print a new random secret and its Secret manifest")
     secret.add_argument("--name", default="bitbucket-webhook", help="Secret name")
     secret.add_argument("-n", "--namespace", default="kargo-demo")
@@ -357,8 +377,71 @@ def _kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubernetes", action="store_true", help="use the Kubernetes API instead of the state file"
     )
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), metavar="FILE")
-    parser.add_argument("--context", metavar="NAME")
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        metavar="FILE",
+        help="kubeconfig file (default $KUBECONFIG; without one, the in-cluster service account)",
+    )
+    parser.add_argument("--context", metavar="NAME", help="kubeconfig context (default: current)")
+
+
+def _hooks_flags(parser: argparse.ArgumentParser) -> None:
+    _state_flag(parser)
+    _kubernetes_flags(parser)
+    parser.add_argument(
+        "--credentials",
+        default=env("CREDENTIALS"),
+        metavar="FILE",
+        help="YAML/JSON file mapping Bitbucket hosts to API tokens "
+        "(env KARGO_BITBUCKET_CREDENTIALS; see docs/bitbucket-setup.md)",
+    )
+    parser.add_argument(
+        "--credentials-secret",
+        default=f"{os.environ.get('POD_NAMESPACE') or 'kargo'}/kargo-bitbucket-credentials",
+        metavar="NAMESPACE/NAME",
+        help="Kubernetes mode: Secret whose key credentials.yaml holds that document "
+        "(default $POD_NAMESPACE or kargo, /kargo-bitbucket-credentials)",
+    )
+    parser.add_argument(
+        "--api-url",
+        action="append",
+        default=[],
+        metavar="HOST=URL",
+        help="REST API base URL of a Bitbucket host, where it is not the default (repeatable)",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=env("BASE_URL"),
+        metavar="URL",
+        help="the server's public base URL (env KARGO_BITBUCKET_BASE_URL; "
+        "default: taken from the receiver URLs published in status)",
+    )
+    parser.add_argument(
+        "--scope",
+        choices=["repository", "workspace"],
+        default="repository",
+        help="one hook per repository (default), or one per Cloud workspace / Data Center project",
+    )
+    parser.add_argument(
+        "--mirrors",
+        action="store_true",
+        help="Data Center hooks also get mirror:repo_synchronized (repositories behind mirrors)",
+    )
+    parser.add_argument(
+        "--system-namespace",
+        default=env("SYSTEM_NAMESPACE", DEFAULT_SYSTEM_NAMESPACE),
+        help=f"namespace of the ClusterConfig's Secrets (default {DEFAULT_SYSTEM_NAMESPACE})",
+    )
+    parser.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="table or json"
+    )
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    from kargo_bitbucket.hooks import run
+
+    return run(args)
 
 
 # Manifests
@@ -869,6 +952,11 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{verb:<17} {v.kind} {_qualified(v.namespace, v.name)}: {v.reason}")
         for warning in v.warnings:
             print(f"  warning: {warning}")
+    if any(v.refresh for v in verdicts):
+        print(
+            "If a real event did not refresh it, the delivery never arrived: "
+            "`kargo-bitbucket hooks check` shows each repository's webhook."
+        )
     return 0
 
 

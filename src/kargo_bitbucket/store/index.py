@@ -130,6 +130,14 @@ class Indexes:
         found = _in_scope(self._by_pr.get(pr_url_key(pr_url)), scope)
         return sorted((namespace, name) for namespace, names in found for name in names)
 
+    def awaited_pull_requests(self) -> list[tuple[str, str, str]]:
+        """(namespace, name, PR URL key) of every Running Promotion waiting on a PR."""
+        return sorted(
+            (namespace, name, url)
+            for (namespace, name), urls in self._promotion_urls.items()
+            for url in urls
+        )
+
     # Receivers
     def put_config(self, body: Mapping[str, Any]) -> None:
         """Remember a ProjectConfig or ClusterConfig (call ``reroute`` after a batch)."""

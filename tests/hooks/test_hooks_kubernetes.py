@@ -1,0 +1,69 @@
+"""``hooks --kubernetes``: objects and Secrets from the API server, credentials from a Secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+from tests.hooks.fake_bitbucket import FakeBitbucket, running
+from tests.hooks.test_hooks_cli import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
+from tests.kube.fakeapi import FakeKubernetes
+from tests.kube.test_kubernetes_mode import project, secret, seed, warehouse
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[tuple[FakeKubernetes, Path]]:
+    with FakeKubernetes(bookmark_interval=0.5) as fake:
+        yield fake, fake.kubeconfig(tmp_path / "kubeconfig")
+
+
+def test_sync_reads_the_cluster_and_the_credentials_secret(
+    kube: tuple[FakeKubernetes, Path], tmp_path: Path
+) -> None:
+    fake_kube, kubeconfig = kube
+    with running(FakeBitbucket(cloud=False)) as bitbucket:
+        bitbucket.add_repository("PLAT", "deploy")
+        document = json.dumps({"bb.example.com": {"token": "t0ken", "api_url": bitbucket.url}})
+        credentials = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "kargo-bitbucket-credentials", "namespace": "kargo"},
+            "stringData": {"credentials.yaml": document},
+        }
+        seed(
+            fake_kube,
+            [
+                project("demo", ("bb", "bb-secret")),
+                secret("demo", "bb-secret", "first-secret"),
+                warehouse("demo", "deploy", repo=WAREHOUSES["deploy"]),
+                credentials,
+            ],
+        )
+        args = ("--kubernetes", "--kubeconfig", str(kubeconfig), "--base-url", BASE)
+        env = {"POD_NAMESPACE": "kargo"}
+        state = tmp_path / "unused.db"
+        done = cli("hooks", "sync", "--apply", *args, state=state, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[0] == "created"
+        (hook,) = bitbucket.hooks("PLAT", "deploy")
+        assert (hook["url"], set(hook["events"])) == (receiver_url("first-secret"), SERVER_EVENTS)
+        assert bitbucket.secrets[str(hook["id"])] == "first-secret"
+        checked = cli("hooks", "check", *args, state=state, env=env, check=False)
+        assert checked.returncode == 0 and checked.stdout.startswith("ok")
+
+        missing = cli(
+            "hooks",
+            "check",
+            *args,
+            "--credentials-secret",
+            "kargo/absent",
+            state=state,
+            env=env,
+            check=False,
+        )
+        assert missing.returncode == 2
+        assert "Secret kargo/absent not found" in missing.stderr
