@@ -8,11 +8,16 @@ credentials).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, owner_of, published
+from kargo_bitbucket.core.receivers import (
+    BaseURL,
+    BaseURLError,
+    published,
+    referenced_secrets,
+)
 from kargo_bitbucket.core.webhooks import Receiver
 from kargo_bitbucket.credentials import SECRET_KEY, CredentialsError
 from kargo_bitbucket.store.index import Indexes, decode_secret_data
@@ -100,12 +105,12 @@ async def load_cluster(
     from lightkube.resources.core_v1 import Secret
 
     from kargo_bitbucket.store.kubernetes import load_indexes
-    from kargo_bitbucket.store.reflector import plain
+    from kargo_bitbucket.store.kubernetes.reflector import plain
 
     indexes = await load_indexes(connect(), Indexes(PLACEHOLDER, system_namespace))
     client = connect()
     try:
-        for namespace, name in _secret_refs(indexes):
+        for namespace, name in referenced_secrets(indexes.configs(), indexes.system_namespace):
             try:
                 indexes.put_secret(plain(await client.get(Secret, name=name, namespace=namespace)))
             except ApiError as error:
@@ -131,18 +136,3 @@ async def load_cluster(
         await client.close()
     indexes.reroute()
     return indexes, document
-
-
-def _secret_refs(indexes: Indexes) -> set[tuple[str, str]]:
-    """(namespace, name) of the Secret of every Bitbucket receiver Kargo would read."""
-    refs = set()
-    for config in indexes.configs():
-        owner = owner_of(config)
-        if not owner.honoured:
-            continue
-        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
-            bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
-            name = (bitbucket.get("secretRef") or {}).get("name") if bitbucket else None
-            if isinstance(name, str) and name:
-                refs.add((owner.namespace or indexes.system_namespace, name))
-    return refs
