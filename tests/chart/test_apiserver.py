@@ -1,0 +1,289 @@
+"""The chart against a real kube-apiserver (``kube_api``): every values file passes a
+server-side dry run, ``helm install`` and ``helm upgrade`` work, and the receiver, run
+locally with a token of the chart's own ServiceAccount and the installed Deployment's
+arguments, does the whole Kubernetes flow (push -> refresh annotation, status published)
+without one 403, with either kind of Secret access."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.chart.conftest import (
+    CHART,
+    VALUES,
+    VALUES_FILES,
+    Helm,
+    kubectl_run,
+    objects,
+    one,
+)
+from tests.conftest import Server, request
+from tests.kube.apiserver import KubeApiServer
+from tests.kube.conftest import KARGO, new_namespace, wait_for_rbac
+
+BASE_URL = "https://kargo-webhooks.example.com"
+REPO_URL = "https://bitbucket.org/acme/app"
+PUSH = json.dumps(
+    {
+        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
+        "repository": {"links": {"html": {"href": REPO_URL}}},
+    }
+).encode()
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def get(kubectl: str, kubeconfig: Path, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    result = kubectl_run(kubectl, kubeconfig, ["get", kind, name, "-n", namespace, "-o", "json"])
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+def ensure_namespaces(kube_api: KubeApiServer, names: set[str]) -> None:
+    for name in names:
+        if kube_api.admin.get("v1", "Namespace", None, name) is None:
+            kube_api.admin.create(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+            )
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_every_values_file_passes_a_server_side_dry_run(
+    values: Path,
+    helm: Helm,
+    kubectl: str,
+    kube_api: KubeApiServer,
+    kube_namespace: str,
+    cluster_admin: Path,
+    servicemonitor_crd: None,
+) -> None:
+    rendered = helm.template(values, release="dry", namespace=kube_namespace)
+    docs = objects(rendered)
+    ensure_namespaces(
+        kube_api, {d["metadata"]["namespace"] for d in docs if "namespace" in d["metadata"]}
+    )
+    result = kubectl_run(kubectl, cluster_admin, ["apply", "--dry-run=server", "-f", "-"], rendered)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(docs), result.stdout
+
+
+def test_install_without_base_url_fails_and_creates_nothing(
+    helm_admin: Helm, kubectl: str, kube_namespace: str, cluster_admin: Path
+) -> None:
+    result = helm_admin.run("install", "nobase", str(CHART), "-n", kube_namespace, check=False)
+    assert result.returncode != 0 and "baseURL is required" in result.stderr
+    listed = kubectl_run(
+        kubectl,
+        cluster_admin,
+        ["get", "deployments,serviceaccounts,secrets", "-n", kube_namespace, "-o", "name"],
+    )
+    assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
+
+
+@pytest.fixture
+def release_namespace(kube_api: KubeApiServer, request: pytest.FixtureRequest) -> str:
+    return new_namespace(kube_api.admin, "rel-" + request.node.name.removeprefix("test_"))
+
+
+@pytest.fixture
+def uninstall(helm_admin: Helm) -> Iterator[list[tuple[str, str]]]:
+    """Releases (name, namespace) to uninstall after the test (their ClusterRoles go too)."""
+    releases: list[tuple[str, str]] = []
+    yield releases
+    for name, namespace in releases:
+        helm_admin.run("uninstall", name, "-n", namespace, check=False)
+
+
+def serve_like_the_deployment(
+    deployment: dict[str, Any], base_url: str, kubeconfig: Path, namespace: str, folder: Path
+) -> Server:
+    """``serve`` with the installed Deployment's arguments, on loopback instead of 0.0.0.0,
+    with the token's kubeconfig and the environment the pod would have."""
+    (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    args: list[str] = main["args"]
+    assert args[0] == "serve"
+    kept, skip = [], False
+    for arg in args[1:]:
+        if skip or arg in ("--listen", "--admin-listen"):
+            skip = not skip
+            continue
+        kept.append(arg)
+    env = {"KARGO_BITBUCKET_BASE_URL": base_url, "POD_NAMESPACE": namespace, "POD_NAME": "pod-a"}
+    return Server(folder / "state.db", [*kept, "--kubeconfig", str(kubeconfig)], env=env)
+
+
+@pytest.mark.parametrize("mode", ["cluster", "namespaced"])
+def test_install_upgrade_and_a_push_as_the_charts_service_account(
+    mode: str,
+    helm_admin: Helm,
+    kubectl: str,
+    kube_api: KubeApiServer,
+    kube_namespace: str,
+    release_namespace: str,
+    cluster_admin: Path,
+    uninstall: list[tuple[str, str]],
+    tmp_path: Path,
+) -> None:
+    project, own = kube_namespace, release_namespace
+    admin = kube_api.admin
+    admin.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "bb", "namespace": project},
+            "stringData": {"secret": "topsecret"},
+        }
+    )
+    access: dict[str, Any] = {"mode": mode}
+    if mode == "namespaced":
+        access["namespaced"] = [{"namespace": project, "secrets": ["bb"]}]
+    values = {"baseURL": BASE_URL, "secretAccess": access}
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    release = f"kb-{mode}"
+    uninstall.append((release, own))
+    common = [str(CHART), "-n", own, "--values", str(tmp_path / "values.yaml")]
+    helm_admin.run("install", release, *common)
+    helm_admin.run(
+        "upgrade", release, *common, "--set", "logLevel=debug", "--set", "server.historySize=10"
+    )
+    history = json.loads(helm_admin.run("history", release, "-n", own, "-o", "json").stdout)
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
+
+    name = f"{release}-kargo-bitbucket"
+    deployment = get(kubectl, cluster_admin, "deployment", name, own)
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--log-level=debug" in args and "--history-size=10" in args  # the upgrade's values
+    config = get(kubectl, cluster_admin, "configmap", f"{name}-config", own)
+    created = kubectl_run(
+        kubectl, cluster_admin, ["create", "token", name, "-n", own, "--duration=1h"]
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    wait_for_rbac(kube_api, token)
+    kubeconfig = admin.kubeconfig(tmp_path / "service-account-kubeconfig", token, own)
+
+    admin.create(
+        {
+            "apiVersion": KARGO,
+            "kind": "ProjectConfig",
+            "metadata": {"name": project, "namespace": project},
+            "spec": {
+                "webhookReceivers": [{"name": "bb", "bitbucket": {"secretRef": {"name": "bb"}}}]
+            },
+        }
+    )
+    admin.create(
+        {
+            "apiVersion": KARGO,
+            "kind": "Warehouse",
+            "metadata": {"name": "app", "namespace": project},
+            "spec": {"subscriptions": [{"git": {"repoURL": REPO_URL, "branch": "main"}}]},
+        }
+    )
+    mark = kube_api.audit_mark()
+    server = serve_like_the_deployment(
+        deployment, config["data"]["KARGO_BITBUCKET_BASE_URL"], kubeconfig, own, tmp_path
+    )
+    try:
+
+        def published() -> str | None:
+            status = (admin.get(KARGO, "ProjectConfig", project, project) or {}).get("status") or {}
+            urls = [r["url"] for r in status.get("webhookReceivers") or [] if r["name"] == "bb"]
+            return urls[0] if urls else None
+
+        url = eventually(published, "the receiver URL in the ProjectConfig's status")
+        assert url.startswith(f"{BASE_URL}/bitbucket/")
+        signature = hmac.new(b"topsecret", PUSH, hashlib.sha256).hexdigest()
+        answer = request(
+            server.base + urlsplit(url).path,
+            PUSH,
+            {
+                "Content-Type": "application/json",
+                "X-Event-Key": "repo:push",
+                "X-Request-UUID": f"chart-{mode}",
+                "X-Hub-Signature": f"sha256={signature}",
+            },
+        )
+        assert answer.status == 200, answer.body
+        assert answer.json()["msg"] == "refreshed 1 warehouse(s)"
+        warehouse = admin.get(KARGO, "Warehouse", project, "app") or {}
+        assert "kargo.akuity.io/refresh" in warehouse["metadata"].get("annotations", {})
+        lease = admin.get("coordination.k8s.io/v1", "Lease", own, "kargo-bitbucket") or {}
+        assert lease["spec"]["holderIdentity"] == "pod-a"
+    finally:
+        code = server.stop()
+    assert code == 0, server.logs()
+
+    user = f"system:serviceaccount:{own}:{name}"
+    events = kube_api.audit(mark, user=user)
+    assert [(e.verb, e.uri, e.code) for e in events if e.code == 403] == []
+    done = {(e.verb, e.resource, e.subresource) for e in events if e.code in (200, 201)}
+    assert {
+        ("patch", "warehouses", ""),
+        ("patch", "projectconfigs", "status"),
+        ("get", "secrets", ""),
+        ("watch", "secrets", ""),
+        ("create", "leases", ""),
+    } <= done, done
+
+
+def test_the_network_policy_is_narrowed_to_the_api_servers_addresses_at_install(
+    helm_admin: Helm,
+    kubectl: str,
+    kube_api: KubeApiServer,
+    release_namespace: str,
+    cluster_admin: Path,
+    uninstall: list[tuple[str, str]],
+) -> None:
+    """``helm install`` looks up Service default/kubernetes and its EndpointSlices; ``helm
+    template`` (deploy/base) cannot, and allows any address on the API server's ports."""
+    port = 16443
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.1"]}],  # data only: never contacted
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
+    applied = kubectl_run(kubectl, cluster_admin, ["apply", "-f", "-"], json.dumps(slice_))
+    assert applied.returncode == 0, applied.stderr
+    service = get(kubectl, cluster_admin, "service", "kubernetes", "default")
+    uninstall.append(("netpol", release_namespace))
+    helm_admin.run(
+        "install", "netpol", str(CHART), "-n", release_namespace, "--set", f"baseURL={BASE_URL}"
+    )
+    policy = get(
+        kubectl, cluster_admin, "networkpolicy", "netpol-kargo-bitbucket", release_namespace
+    )
+    (egress,) = policy["spec"]["egress"]
+    assert sorted(t["ipBlock"]["cidr"] for t in egress["to"]) == sorted(
+        ["192.0.2.1/32", f"{service['spec']['clusterIP']}/32"]
+    )
+    assert sorted(p["port"] for p in egress["ports"]) == sorted({443, 6443, port})
+
+    offline = one(objects(helm_admin.template(VALUES / "defaults.yaml")), "NetworkPolicy")
+    (anywhere,) = offline["spec"]["egress"]
+    assert "to" not in anywhere and [p["port"] for p in anywhere["ports"]] == [443, 6443]
