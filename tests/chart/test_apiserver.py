@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,6 +131,16 @@ def serve_like_the_deployment(
     return Server(folder / "state.db", [*kept, "--kubeconfig", str(kubeconfig)], env=env)
 
 
+def read_urls_as_the_notes_say(notes: str, kubectl: str, kubeconfig: Path, project: str) -> str:
+    """Run the NOTES' ``kubectl get projectconfig ... jsonpath`` line for ``project``."""
+    (line,) = [s for s in notes.splitlines() if "kubectl get projectconfig" in s and "range" in s]
+    args = shlex.split(line.replace("<project>", project))  # named like its namespace
+    assert args[:2] == ["kubectl", "get"]
+    result = kubectl_run(kubectl, kubeconfig, args[1:])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.parametrize("mode", ["cluster", "namespaced"])
 def test_install_upgrade_and_a_push_as_the_charts_service_account(
     mode: str,
@@ -160,7 +171,7 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     release = f"kb-{mode}"
     uninstall.append((release, own))
     common = [str(CHART), "-n", own, "--values", str(tmp_path / "values.yaml")]
-    helm_admin.run("install", release, *common)
+    notes = helm_admin.run("install", release, *common).stdout
     helm_admin.run(
         "upgrade", release, *common, "--set", "logLevel=debug", "--set", "server.historySize=10"
     )
@@ -211,6 +222,7 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
 
         url = eventually(published, "the receiver URL in the ProjectConfig's status")
         assert url.startswith(f"{BASE_URL}/bitbucket/")
+        assert read_urls_as_the_notes_say(notes, kubectl, cluster_admin, project) == f"bb\t{url}\n"
         signature = hmac.new(b"topsecret", PUSH, hashlib.sha256).hexdigest()
         answer = request(
             server.base + urlsplit(url).path,
