@@ -163,7 +163,11 @@ def test_every_serve_setting_has_a_value(helm: Helm) -> None:
     options = set(re.findall(r"(--[a-z][a-z-]+)", usage)) - FIXED_SERVE_OPTIONS
     args = container(objects(helm.template(VALUES / "everything.yaml")))["args"]
     given = {arg.split("=", 1)[0] for arg in args}
-    assert options - given == set(), "serve options the chart cannot set (add a value)"
+    assert options - given == set(), (
+        "serve options the chart cannot set: give each a server.* value (values.yaml, "
+        "values.schema.json, the $flags of templates/deployment.yaml, tests/chart/values/"
+        "everything.yaml), or list it above if the chart fixes it"
+    )
 
 
 def test_everything_reaches_the_objects(helm: Helm) -> None:
