@@ -4,6 +4,7 @@ changes in the objects an operator gets."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,16 +95,50 @@ def test_inconsistent_values_fail_with_a_reason(
     assert message in result.stderr
 
 
-def test_deploy_base_is_what_the_chart_renders(helm: Helm) -> None:
-    if not (TOOLS / "helm").exists():
-        pytest.skip(".ci/render-deploy uses .tools/bin/helm (.ci/get-helm), absent here")
-    result = subprocess.run(
-        ["bash", str(REPO / ".ci" / "render-deploy"), "--check"],
+def render_deploy(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(root / ".ci" / "render-deploy"), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """What .ci/render-deploy reads and writes, copied (helm linked from .tools/bin)."""
+    if not (TOOLS / "helm").exists():
+        pytest.skip(".ci/render-deploy uses .tools/bin/helm (.ci/get-helm), absent here")
+    for part in (".ci", "charts", "deploy"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    (tmp_path / "src" / "kargo_bitbucket").mkdir(parents=True)
+    shutil.copy(
+        REPO / "src" / "kargo_bitbucket" / "__init__.py", tmp_path / "src" / "kargo_bitbucket"
+    )
+    (tmp_path / ".tools").symlink_to(REPO / ".tools")
+    return tmp_path
+
+
+def test_deploy_base_is_what_the_chart_renders(repo_copy: Path) -> None:
+    assert render_deploy(REPO, "--check").returncode == 0
+    deployment = repo_copy / "deploy" / "base" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("replicas: 2", "replicas: 3"))
+    drifted = render_deploy(repo_copy, "--check")
+    assert drifted.returncode == 1
+    assert "+  replicas: 2" in drifted.stderr and "run .ci/render-deploy" in drifted.stderr
+    assert render_deploy(repo_copy).returncode == 0
+    assert render_deploy(repo_copy, "--check").returncode == 0
+
+
+def test_chart_and_package_versions_must_agree(repo_copy: Path) -> None:
+    chart = repo_copy / "charts" / "kargo-bitbucket" / "Chart.yaml"
+    chart.write_text(
+        re.sub(r"^appVersion: .*$", 'appVersion: "9.9.9"', chart.read_text(), flags=re.M)
+    )
+    result = render_deploy(repo_copy, "--check")
+    assert result.returncode == 1
+    assert "'appVersion': '9.9.9'" in result.stderr and "keep them equal" in result.stderr
 
 
 def test_defaults_keep_the_hardening_and_two_replicas(helm: Helm) -> None:
