@@ -304,3 +304,20 @@ def test_namespaced_secret_access_names_each_secret(helm: Helm) -> None:
     }
     subject = [{"kind": "ServiceAccount", "name": "kargo-bitbucket", "namespace": "kargo"}]
     assert bindings == {"chart-values-demo": subject, "chart-values-system": subject}
+
+
+def test_a_new_base_url_rolls_the_pods(helm: Helm) -> None:
+    def pod_annotations(base_url: str) -> dict[str, str]:
+        docs = objects(helm.template(None, "--set", f"baseURL={base_url}"))
+        return dict(one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
+
+    first = pod_annotations("https://kargo-webhooks.example.com")
+    assert pod_annotations("https://kargo-webhooks.example.com") == first
+    assert pod_annotations("https://kargo.example.com/webhooks") != first
+
+
+def test_clusters_older_than_1_30_are_refused(helm: Helm) -> None:
+    """The preStop sleep action needs Kubernetes 1.30."""
+    result = helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.29.5", check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
+    assert helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.30.0").returncode == 0
