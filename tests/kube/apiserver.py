@@ -53,6 +53,10 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "Project": ("projects", False),
 }
 
+BASE_NAMESPACE = "kargo"
+"""The namespace deploy/base puts the receiver in; :func:`install_rbac` replaces it."""
+RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -60,6 +64,10 @@ omitStages: ["RequestReceived"]
 rules:
   - level: None
     users: ["system:apiserver"]
+  - level: Request
+    resources:
+      - group: kargo.akuity.io
+        resources: ["projectconfigs/status", "clusterconfigs/status"]
   - level: Metadata
 """
 
@@ -214,16 +222,29 @@ class Kube:
         review = self.call("POST", path, {"spec": {"expirationSeconds": seconds}})
         return str(review["status"]["token"])
 
-    def kubeconfig(self, path: Path, token: str | None = None, namespace: str = "default") -> Path:
-        """A kubeconfig that lightkube, kubectl and ``serve --kubernetes`` accept."""
+    def kubeconfig(
+        self,
+        path: Path,
+        token: str | None = None,
+        namespace: str = "default",
+        *,
+        server: str | None = None,
+        token_file: Path | None = None,
+    ) -> Path:
+        """A kubeconfig that lightkube, kubectl and ``serve --kubernetes`` accept: ``token``
+        (default this client's), or the file ``token_file`` it is written to (``tokenFile``,
+        re-read after a 401); ``server`` replaces the URL (a proxy's)."""
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
+        user: dict[str, str] = {"token": token or self.token}
+        if token_file is not None:
+            token_file.write_text(user.pop("token"))
+            user["tokenFile"] = str(token_file.resolve())
+        cluster = {"server": server or self.url, "certificate-authority-data": ca}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {"name": "test", "cluster": {"server": self.url, "certificate-authority-data": ca}}
-            ],
-            "users": [{"name": "test", "user": {"token": token or self.token}}],
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "test", "user": user}],
             "contexts": [
                 {
                     "name": "test",
@@ -236,7 +257,7 @@ class Kube:
         return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AuditEvent:
     """One request as the audit log recorded it (level Metadata, final stage)."""
 
@@ -249,6 +270,8 @@ class AuditEvent:
     namespace: str
     name: str
     subresource: str
+    body: Any = None
+    """The request body, for status writes only (the policy logs those at level Request)."""
 
     @property
     def path(self) -> str:
@@ -496,10 +519,83 @@ class KubeApiServer:
                 namespace=ref.get("namespace", ""),
                 name=ref.get("name", ""),
                 subresource=ref.get("subresource", ""),
+                body=raw.get("requestObject"),
             )
             if user is None or event.user == user:
                 events.append(event)
         return events
+
+
+def render_rbac(kustomization: Path) -> list[dict[str, Any]]:
+    """The ServiceAccount and RBAC objects ``kubectl kustomize <kustomization>`` renders."""
+    kubectl = shutil.which("kubectl") or "kubectl"
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(kustomization)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What a replica of the receiver runs with: ``kubeconfig`` holds a ServiceAccount token
+    bound to deploy/base's RBAC; ``namespace`` is its own (the Lease's) namespace."""
+
+    kubeconfig: Path
+    namespace: str
+    service_account: str
+    token: str
+
+    @property
+    def user(self) -> str:
+        """The user name the API server (and its audit log) knows the token as."""
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+
+def install_rbac(kube: Kube, docs: list[dict[str, Any]], namespace: str) -> None:
+    """Create rendered RBAC with deploy/base's namespace ``kargo`` replaced by ``namespace``,
+    and cluster-scoped names suffixed with it, so every test has its own ServiceAccount."""
+    for doc in docs:
+        doc = yaml.safe_load(yaml.safe_dump(doc))
+        meta = doc["metadata"]
+        if "namespace" not in meta:
+            meta["name"] = f"{meta['name']}-{namespace}"
+        elif meta["namespace"] == BASE_NAMESPACE:
+            meta["namespace"] = namespace
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = f"{doc['roleRef']['name']}-{namespace}"
+        for subject in doc.get("subjects") or []:
+            if subject.get("namespace") == BASE_NAMESPACE:
+                subject["namespace"] = namespace
+        kube.create(doc)
+
+
+def wait_for_rbac(server: KubeApiServer, token: str) -> None:
+    """Until the new bindings authorise the token (the authoriser's cache lags by a moment)."""
+    client = Kube(server.url, token, server.admin.ca_file)
+    deadline = time.monotonic() + 10
+    try:
+        probe = path_of("kargo.akuity.io/v1alpha1", "Warehouse")
+        while client.http.get(probe, params={"limit": "1"}).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the RBAC bindings did not take effect in 10 s")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def make_receiver(
+    server: KubeApiServer, docs: list[dict[str, Any]], namespace: str, folder: Path
+) -> Receiver:
+    install_rbac(server.admin, docs, namespace)
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = server.admin.token_for(namespace, account)
+    wait_for_rbac(server, token)
+    path = server.admin.kubeconfig(folder / f"kubeconfig-{namespace}", token, namespace)
+    return Receiver(path, namespace, account, token)
 
 
 def running(assets: Path) -> Iterator[KubeApiServer]:

@@ -14,23 +14,82 @@ import itertools
 import os
 import re
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
-from tests.kube.apiserver import Kube, KubeApiServer
+from tests.conftest import REPO, Server
+from tests.kube.apiserver import (
+    RBAC_KINDS,
+    Kube,
+    KubeApiServer,
+    Receiver,
+    make_receiver,
+    render_rbac,
+)
 from tests.kube.fakeapi import FakeKubernetes
+from tests.kube.manifests import KARGO, Objects, published_receivers
 
-KARGO = "kargo.akuity.io/v1alpha1"
-RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
 _namespaces = itertools.count(1)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    """The first truthy value of ``check()``, polled every 50 ms; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def published_url(objects: Objects, namespace: str, receiver: str = "bb") -> str:
+    """The URL published for ``receiver`` of ``namespace``, once there is one."""
+    return str(
+        eventually(
+            lambda: published_receivers(objects, namespace).get(receiver),
+            what=f"a published URL for receiver {receiver} of {namespace}",
+        )
+    )
+
+
+Replicas = Callable[..., Server]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    """Start ``serve --kubernetes`` replicas (Lease of 3 s for quick hand-overs):
+    ``replicas(kubeconfig, *extra, name=..., lease_namespace=...)``; all stopped afterwards."""
+    started: list[Server] = []
+
+    def start(
+        kubeconfig: Path, *extra: str, name: str = "replica-a", lease_namespace: str = "kargo"
+    ) -> Server:
+        server = Server(
+            tmp_path / f"{name}.db",
+            [
+                "--kubernetes",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--lease-namespace",
+                lease_namespace,
+                "--lease-duration",
+                "3",
+                *extra,
+            ],
+            env={"POD_NAME": name},
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture
@@ -89,77 +148,11 @@ def kube_namespace(kube_api: KubeApiServer, request: pytest.FixtureRequest) -> I
 @pytest.fixture(scope="session")
 def deploy_base_rbac() -> list[dict[str, Any]]:
     """The ServiceAccount and RBAC objects ``kubectl kustomize deploy/base`` renders."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    if shutil.which("kubectl") is None:
         pytest.fail("kubectl is needed to render deploy/base (.ci/run installs it)")
-    rendered = subprocess.run(
-        [kubectl, "kustomize", str(REPO / "deploy" / "base")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] in RBAC_KINDS]
+    docs = render_rbac(REPO / "deploy" / "base")
     assert {d["kind"] for d in docs} == RBAC_KINDS, "deploy/base lost part of its RBAC"
     return docs
-
-
-@dataclass(frozen=True)
-class Receiver:
-    """What a replica of the receiver runs with: ``kubeconfig`` holds a ServiceAccount token
-    bound to deploy/base's RBAC; ``namespace`` is its own (the Lease's) namespace."""
-
-    kubeconfig: Path
-    namespace: str
-    service_account: str
-    token: str
-
-    @property
-    def user(self) -> str:
-        """The user name the API server (and its audit log) knows the token as."""
-        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
-
-
-def install_rbac(kube: Kube, docs: list[dict[str, Any]], namespace: str) -> None:
-    """Create deploy/base's RBAC with its namespace ``kargo`` replaced by ``namespace``, and
-    cluster-scoped names suffixed with it, so every test has its own ServiceAccount."""
-    for doc in docs:
-        doc = yaml.safe_load(yaml.safe_dump(doc))
-        meta = doc["metadata"]
-        if "namespace" in meta:
-            meta["namespace"] = namespace
-        else:
-            meta["name"] = f"{meta['name']}-{namespace}"
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = f"{doc['roleRef']['name']}-{namespace}"
-        for subject in doc.get("subjects") or []:
-            subject["namespace"] = namespace
-        kube.create(doc)
-
-
-def wait_for_rbac(kube_api: KubeApiServer, token: str) -> None:
-    """Until the new bindings authorise the token (the authoriser's cache lags by a moment)."""
-    client = Kube(kube_api.url, token, kube_api.admin.ca_file)
-    deadline = time.monotonic() + 10
-    try:
-        probe = f"/apis/{KARGO}/warehouses"
-        while client.http.get(probe, params={"limit": "1"}).status_code != 200:
-            if time.monotonic() > deadline:
-                raise AssertionError("deploy/base RBAC did not take effect in 10 s")
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def make_receiver(
-    kube_api: KubeApiServer, docs: list[dict[str, Any]], namespace: str, folder: Path
-) -> Receiver:
-    install_rbac(kube_api.admin, docs, namespace)
-    account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = kube_api.admin.token_for(namespace, account)
-    wait_for_rbac(kube_api, token)
-    path = kube_api.admin.kubeconfig(folder / f"kubeconfig-{namespace}", token, namespace)
-    return Receiver(path, namespace, account, token)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kube.apiserver import Kube, KubeApiServer, path_of
-from tests.kube.conftest import KARGO, Receiver
+from tests.kube.apiserver import Kube, KubeApiServer, Receiver, path_of
+from tests.kube.manifests import KARGO
 
 
 @pytest.fixture
