@@ -6,12 +6,9 @@ without one 403, with either kind of Secret access."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import shlex
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,26 +26,11 @@ from tests.chart.conftest import (
     one,
 )
 from tests.conftest import Server, request
-from tests.kube.apiserver import KubeApiServer
-from tests.kube.conftest import KARGO, new_namespace, wait_for_rbac
+from tests.kube.apiserver import KubeApiServer, wait_for_rbac
+from tests.kube.conftest import new_namespace, published_url
+from tests.kube.manifests import KARGO, PUSH, REFRESH, project, secret, signed, warehouse
 
 BASE_URL = "https://kargo-webhooks.example.com"
-REPO_URL = "https://bitbucket.org/acme/app"
-PUSH = json.dumps(
-    {
-        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
-        "repository": {"links": {"html": {"href": REPO_URL}}},
-    }
-).encode()
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def get(kubectl: str, kubeconfig: Path, kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -153,19 +135,12 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     uninstall: list[tuple[str, str]],
     tmp_path: Path,
 ) -> None:
-    project, own = kube_namespace, release_namespace
+    demo, own = kube_namespace, release_namespace
     admin = kube_api.admin
-    admin.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "bb", "namespace": project},
-            "stringData": {"secret": "topsecret"},
-        }
-    )
+    admin.create(secret(demo, "bb", "topsecret"))
     access: dict[str, Any] = {"mode": mode}
     if mode == "namespaced":
-        access["namespaced"] = [{"namespace": project, "secrets": ["bb"]}]
+        access["namespaced"] = [{"namespace": demo, "secrets": ["bb"]}]
     values = {"baseURL": BASE_URL, "secretAccess": access}
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
     release = f"kb-{mode}"
@@ -191,53 +166,21 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     wait_for_rbac(kube_api, token)
     kubeconfig = admin.kubeconfig(tmp_path / "service-account-kubeconfig", token, own)
 
-    admin.create(
-        {
-            "apiVersion": KARGO,
-            "kind": "ProjectConfig",
-            "metadata": {"name": project, "namespace": project},
-            "spec": {
-                "webhookReceivers": [{"name": "bb", "bitbucket": {"secretRef": {"name": "bb"}}}]
-            },
-        }
-    )
-    admin.create(
-        {
-            "apiVersion": KARGO,
-            "kind": "Warehouse",
-            "metadata": {"name": "app", "namespace": project},
-            "spec": {"subscriptions": [{"git": {"repoURL": REPO_URL, "branch": "main"}}]},
-        }
-    )
+    admin.create(project(demo, ("bb", "bb")))
+    admin.create(warehouse(demo, "app"))
     mark = kube_api.audit_mark()
     server = serve_like_the_deployment(
         deployment, config["data"]["KARGO_BITBUCKET_BASE_URL"], kubeconfig, own, tmp_path
     )
     try:
-
-        def published() -> str | None:
-            status = (admin.get(KARGO, "ProjectConfig", project, project) or {}).get("status") or {}
-            urls = [r["url"] for r in status.get("webhookReceivers") or [] if r["name"] == "bb"]
-            return urls[0] if urls else None
-
-        url = eventually(published, "the receiver URL in the ProjectConfig's status")
+        url = published_url(admin, demo)
         assert url.startswith(f"{BASE_URL}/bitbucket/")
-        assert read_urls_as_the_notes_say(notes, kubectl, cluster_admin, project) == f"bb\t{url}\n"
-        signature = hmac.new(b"topsecret", PUSH, hashlib.sha256).hexdigest()
-        answer = request(
-            server.base + urlsplit(url).path,
-            PUSH,
-            {
-                "Content-Type": "application/json",
-                "X-Event-Key": "repo:push",
-                "X-Request-UUID": f"chart-{mode}",
-                "X-Hub-Signature": f"sha256={signature}",
-            },
-        )
+        assert read_urls_as_the_notes_say(notes, kubectl, cluster_admin, demo) == f"bb\t{url}\n"
+        answer = request(server.base + urlsplit(url).path, PUSH, signed(PUSH))
         assert answer.status == 200, answer.body
         assert answer.json()["msg"] == "refreshed 1 warehouse(s)"
-        warehouse = admin.get(KARGO, "Warehouse", project, "app") or {}
-        assert "kargo.akuity.io/refresh" in warehouse["metadata"].get("annotations", {})
+        refreshed = admin.get(KARGO, "Warehouse", demo, "app") or {}
+        assert REFRESH in refreshed["metadata"].get("annotations", {})
         lease = admin.get("coordination.k8s.io/v1", "Lease", own, "kargo-bitbucket") or {}
         assert lease["spec"]["holderIdentity"] == "pod-a"
     finally:
