@@ -18,12 +18,10 @@ import yaml
 
 from tests.chart.conftest import (
     CHART,
-    VALUES,
     VALUES_FILES,
     Helm,
     kubectl_run,
     objects,
-    one,
 )
 from tests.conftest import Server, request
 from tests.kube.apiserver import KubeApiServer, wait_for_rbac
@@ -200,45 +198,55 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     } <= done, done
 
 
-def test_the_network_policy_is_narrowed_to_the_api_servers_addresses_at_install(
+def test_the_network_policy_is_narrowed_to_the_api_servers_endpoints_when_found(
     helm_admin: Helm,
     kubectl: str,
-    kube_api: KubeApiServer,
     release_namespace: str,
     cluster_admin: Path,
     uninstall: list[tuple[str, str]],
 ) -> None:
-    """``helm install`` looks up Service default/kubernetes and its EndpointSlices; ``helm
-    template`` (deploy/base) cannot, and allows any address on the API server's ports."""
-    port = 16443
+    """``helm install`` and ``helm upgrade`` look up the EndpointSlices of Service
+    default/kubernetes (this API server has none: it runs without an endpoint reconciler)
+    and narrow egress to them and the ClusterIP; found none, any address on the ports."""
+    uninstall.append(("netpol", release_namespace))
+    release = ["netpol", str(CHART), "-n", release_namespace, "--set", f"baseURL={BASE_URL}"]
+
+    def egress() -> dict[str, Any]:
+        policy = get(
+            kubectl, cluster_admin, "networkpolicy", "netpol-kargo-bitbucket", release_namespace
+        )
+        (rule,) = policy["spec"]["egress"]
+        return dict(rule)
+
+    helm_admin.run("install", *release)
+    anywhere = egress()
+    assert "to" not in anywhere and [p["port"] for p in anywhere["ports"]] == [443, 6443]
+
     slice_ = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": "kubernetes",
+            "name": "kubernetes-chart-test",
             "namespace": "default",
             "labels": {"kubernetes.io/service-name": "kubernetes"},
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["192.0.2.1"]}],  # data only: never contacted
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        "ports": [{"name": "https", "port": 16443, "protocol": "TCP"}],
     }
     applied = kubectl_run(kubectl, cluster_admin, ["apply", "-f", "-"], json.dumps(slice_))
     assert applied.returncode == 0, applied.stderr
-    service = get(kubectl, cluster_admin, "service", "kubernetes", "default")
-    uninstall.append(("netpol", release_namespace))
-    helm_admin.run(
-        "install", "netpol", str(CHART), "-n", release_namespace, "--set", f"baseURL={BASE_URL}"
-    )
-    policy = get(
-        kubectl, cluster_admin, "networkpolicy", "netpol-kargo-bitbucket", release_namespace
-    )
-    (egress,) = policy["spec"]["egress"]
-    assert sorted(t["ipBlock"]["cidr"] for t in egress["to"]) == sorted(
-        ["192.0.2.1/32", f"{service['spec']['clusterIP']}/32"]
-    )
-    assert sorted(p["port"] for p in egress["ports"]) == sorted({443, 6443, port})
-
-    offline = one(objects(helm_admin.template(VALUES / "defaults.yaml")), "NetworkPolicy")
-    (anywhere,) = offline["spec"]["egress"]
-    assert "to" not in anywhere and [p["port"] for p in anywhere["ports"]] == [443, 6443]
+    try:
+        helm_admin.run("upgrade", *release)
+        narrowed = egress()
+    finally:
+        kubectl_run(
+            kubectl,
+            cluster_admin,
+            ["delete", "endpointslice", "-n", "default", "kubernetes-chart-test"],
+        )
+    cluster_ip = get(kubectl, cluster_admin, "service", "kubernetes", "default")["spec"][
+        "clusterIP"
+    ]
+    assert [t["ipBlock"]["cidr"] for t in narrowed["to"]] == ["192.0.2.1/32", f"{cluster_ip}/32"]
+    assert [p["port"] for p in narrowed["ports"]] == [443, 6443, 16443]

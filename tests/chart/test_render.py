@@ -173,6 +173,10 @@ def test_defaults_keep_the_hardening_and_two_replicas(helm: Helm) -> None:
     )
     assert rules(secrets) == [("secrets", "get", ""), ("secrets", "watch", "")]
     assert not of_kind(docs, "Ingress") and not of_kind(docs, "ServiceMonitor")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert [r["ports"][0]["port"] for r in policy["ingress"]] == ["http", "metrics"]
+    (egress,) = policy["egress"]  # no cluster to look the API server up in: any address
+    assert "to" not in egress and [p["port"] for p in egress["ports"]] == [443, 6443]
 
 
 def chart_version() -> str:
