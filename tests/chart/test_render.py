@@ -242,6 +242,17 @@ def test_everything_reaches_the_objects(helm: Helm) -> None:
     assert rule["host"] == "hooks.example.com"
     assert [p["path"] for p in rule["http"]["paths"]] == ["/webhooks/bitbucket/"]
     service = one(docs, "Service")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"]["example.com/service"] == "webhooks"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert (
+        annotations["example.com/pod"] == "webhooks" and "prometheus.io/scrape" not in annotations
+    )
+    account = one(docs, "ServiceAccount")["metadata"]
+    assert (account["name"], account["annotations"]["example.com/owner"]) == (
+        "kargo-webhooks",
+        "platform",
+    )
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "http": 8080,
         "metrics": 9100,
