@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from kargo_bitbucket.core.receivers import BaseURL
 from tests.chart.conftest import (
     CHART,
     VALUES_FILES,
@@ -121,9 +122,14 @@ def read_urls_as_the_notes_say(notes: str, kubectl: str, kubeconfig: Path, proje
     return result.stdout
 
 
-@pytest.mark.parametrize("mode", ["cluster", "namespaced"])
+@pytest.mark.parametrize(
+    ("mode", "publish"),
+    [("cluster", True), ("namespaced", True), ("cluster", False)],
+    ids=["cluster", "namespaced", "no-publish"],
+)
 def test_install_upgrade_and_a_push_as_the_charts_service_account(
     mode: str,
+    publish: bool,
     helm_admin: Helm,
     kubectl: str,
     kube_api: KubeApiServer,
@@ -139,9 +145,9 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     access: dict[str, Any] = {"mode": mode}
     if mode == "namespaced":
         access["namespaced"] = [{"namespace": demo, "secrets": ["bb"]}]
-    values = {"baseURL": BASE_URL, "secretAccess": access}
+    values = {"baseURL": BASE_URL, "secretAccess": access, "publish": publish}
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
-    release = f"kb-{mode}"
+    release = f"kb-{mode}-{'publish' if publish else 'no-publish'}"
     uninstall.append((release, own))
     common = [str(CHART), "-n", own, "--values", str(tmp_path / "values.yaml")]
     notes = helm_admin.run("install", release, *common).stdout
@@ -171,16 +177,21 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
         deployment, config["data"]["KARGO_BITBUCKET_BASE_URL"], kubeconfig, own, tmp_path
     )
     try:
-        url = published_url(admin, demo)
+        if publish:
+            url = published_url(admin, demo)
+            assert read_urls_as_the_notes_say(notes, kubectl, cluster_admin, demo) == f"bb\t{url}\n"
+        else:  # Kargo's own controller would publish this URL
+            url = BaseURL.parse(BASE_URL).url(
+                BaseURL.parse(BASE_URL).receiver_path(demo, "bb", b"topsecret")
+            )
         assert url.startswith(f"{BASE_URL}/bitbucket/")
-        assert read_urls_as_the_notes_say(notes, kubectl, cluster_admin, demo) == f"bb\t{url}\n"
         answer = request(server.base + urlsplit(url).path, PUSH, signed(PUSH))
         assert answer.status == 200, answer.body
         assert answer.json()["msg"] == "refreshed 1 warehouse(s)"
         refreshed = admin.get(KARGO, "Warehouse", demo, "app") or {}
         assert REFRESH in refreshed["metadata"].get("annotations", {})
-        lease = admin.get("coordination.k8s.io/v1", "Lease", own, "kargo-bitbucket") or {}
-        assert lease["spec"]["holderIdentity"] == "pod-a"
+        lease = admin.get("coordination.k8s.io/v1", "Lease", own, "kargo-bitbucket")
+        assert (lease or {}).get("spec", {}).get("holderIdentity") == ("pod-a" if publish else None)
     finally:
         code = server.stop()
     assert code == 0, server.logs()
@@ -189,13 +200,12 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     events = kube_api.audit(mark, user=user)
     assert [(e.verb, e.uri, e.code) for e in events if e.code == 403] == []
     done = {(e.verb, e.resource, e.subresource) for e in events if e.code in (200, 201)}
-    assert {
-        ("patch", "warehouses", ""),
-        ("patch", "projectconfigs", "status"),
-        ("get", "secrets", ""),
-        ("watch", "secrets", ""),
-        ("create", "leases", ""),
-    } <= done, done
+    writes = {("patch", "projectconfigs", "status"), ("create", "leases", "")}
+    assert {("patch", "warehouses", ""), ("get", "secrets", ""), ("watch", "secrets", "")} <= done
+    assert done & writes == (writes if publish else set()), done
+    if not publish:
+        status = (admin.get(KARGO, "ProjectConfig", demo, demo) or {}).get("status") or {}
+        assert not status.get("webhookReceivers")
 
 
 def test_the_network_policy_is_narrowed_to_the_api_servers_endpoints_when_found(
