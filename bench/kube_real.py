@@ -127,6 +127,12 @@ def project(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
+def proc_cpu_seconds(stat_path: str) -> float:
+    """User + system CPU seconds from a /proc/.../stat file."""
+    fields = Path(stat_path).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -145,12 +151,12 @@ class Backend:
     kubeconfig: Path
     lease_namespace = "kargo"
 
-    def http(self) -> httpx2.Client:
+    def http(self, read_timeout: float | None = 120) -> httpx2.Client:
         return httpx2.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {self.token}"},
             verify=ssl.create_default_context(cafile=str(self.ca_file)),
-            timeout=120,
+            timeout=httpx2.Timeout(120, read=read_timeout),
         )
 
     def create(self, objects: list[dict[str, Any]]) -> None:
@@ -160,6 +166,10 @@ class Backend:
         raise NotImplementedError
 
     def mark(self) -> int:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the API server (real: kube-apiserver and etcd)."""
         raise NotImplementedError
 
     def receiver_requests(self, since: int) -> list[tuple[str, str]]:
@@ -243,6 +253,9 @@ class Real(Backend):
     def mark(self) -> int:
         return self.server.audit_mark()
 
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(f"/proc/{p.pid}/stat") for p in self.server.processes)
+
     def receiver_requests(self, since: int) -> list[tuple[str, str]]:
         return [
             (e.verb, e.resource + (f"/{e.subresource}" if e.subresource else ""))
@@ -275,6 +288,11 @@ class Fake(Backend):
 
     def mark(self) -> int:
         return len(self.api.requests)
+
+    def cpu_seconds(self) -> float:
+        thread = self.api._thread
+        assert thread is not None and thread.native_id is not None
+        return proc_cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
 
     def receiver_requests(self, since: int) -> list[tuple[str, str]]:
         return [
@@ -323,6 +341,7 @@ class AnnotationWatch:
         self.seen: dict[tuple[str, str], float] = {}
         self.changed = threading.Condition()
         self.open = threading.Event()
+        self.restarts = 0
         self._thread = threading.Thread(
             target=self._run, args=(backend, namespace, version), daemon=True
         )
@@ -331,25 +350,34 @@ class AnnotationWatch:
             raise BenchError(f"watch of {namespace} did not open")
 
     def _run(self, backend: Backend, namespace: str, version: str) -> None:
-        params = {"watch": "1", "resourceVersion": version, "timeoutSeconds": "600"}
+        """Watch, and when the stream breaks (the API server drops a watcher that falls
+        behind, or it stops at the end) watch again from the last version seen."""
         path = path_of(KARGO, "Warehouse", namespace)
-        with (
-            contextlib.suppress(httpx2.HTTPError),  # the API server stopped at the end
-            backend.http() as http,
-            http.stream("GET", path, params=params) as stream,
-        ):
-            self.open.set()
-            for line in stream.iter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                meta = event["object"].get("metadata") or {}
-                value = (meta.get("annotations") or {}).get(REFRESH)
-                if value is None:
-                    continue
-                with self.changed:
-                    self.seen.setdefault((meta["name"], value), time.monotonic())
-                    self.changed.notify_all()
+        while True:
+            params = {"watch": "1", "resourceVersion": version, "timeoutSeconds": "1800"}
+            try:
+                with (
+                    backend.http(read_timeout=None) as http,
+                    http.stream("GET", path, params=params) as stream,
+                ):
+                    self.open.set()
+                    for line in stream.iter_lines():
+                        if line:
+                            version = self._record(json.loads(line)) or version
+            except httpx2.HTTPError:
+                self.restarts += 1
+                if self.restarts > 100:
+                    return
+                time.sleep(0.1)
+
+    def _record(self, event: dict[str, Any]) -> str | None:
+        meta = event["object"].get("metadata") or {}
+        value = (meta.get("annotations") or {}).get(REFRESH)
+        if value is not None:
+            with self.changed:
+                self.seen.setdefault((meta["name"], value), time.monotonic())
+                self.changed.notify_all()
+        return meta.get("resourceVersion")
 
     def wait(self, done: Callable[[dict[tuple[str, str], float]], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -357,7 +385,7 @@ class AnnotationWatch:
             while not done(self.seen):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise BenchError("annotations not seen in time")
+                    raise BenchError(f"annotations not seen in time ({self.restarts} restarts)")
                 self.changed.wait(left)
 
     def new_since(self, before: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
@@ -412,6 +440,10 @@ class Receiver:
         self.rss_mib = int(rss.split()[1]) / 1024
         return self
 
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return proc_cpu_seconds(f"/proc/{self.process.pid}/stat")
+
     def __exit__(self, *_: object) -> None:
         if self.process is not None:
             terminate(self.process)
@@ -443,6 +475,8 @@ class Figures:
     answer: list[float] = field(default_factory=list)
     last_seen: list[float] = field(default_factory=list)
     fan_requests: list[collections.Counter[tuple[str, str]]] = field(default_factory=list)
+    fan_api_cpu: list[float] = field(default_factory=list)
+    fan_receiver_cpu: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     one_requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     deliveries: int = 0
@@ -450,10 +484,16 @@ class Figures:
 
 
 def fan_out_round(
-    backend: Backend, watch: AnnotationWatch, url: str, fan: int, figures: Figures
+    backend: Backend,
+    receiver: Receiver,
+    watch: AnnotationWatch,
+    url: str,
+    fan: int,
+    figures: Figures,
 ) -> None:
     before = watch.keys()
     mark = backend.mark()
+    cpu = backend.cpu_seconds(), receiver.cpu_seconds()
     started = time.monotonic()
     status, body = post(url)
     answered = time.monotonic() - started
@@ -467,6 +507,8 @@ def fan_out_round(
     figures.answer.append(answered)
     figures.last_seen.append(max(watch.new_since(before).values()) - started)
     figures.fan_requests.append(settled(backend, mark))
+    figures.fan_api_cpu.append(backend.cpu_seconds() - cpu[0])
+    figures.fan_receiver_cpu.append(receiver.cpu_seconds() - cpu[1])
 
 
 def latency_rounds(
@@ -501,6 +543,13 @@ def report(figures: dict[str, Figures], args: argparse.Namespace) -> str:
         lambda f: med_ms(f.answer) + f" (max {max(f.answer) * 1000:.0f})",
     )
     both(f"push to {args.fan}: last annotation seen through a watch", lambda f: med_ms(f.last_seen))
+    both(
+        f"push to {args.fan}: CPU per delivery, API server / receiver",
+        lambda f: (
+            f"{statistics.median(f.fan_api_cpu):.2f} s / "
+            f"{statistics.median(f.fan_receiver_cpu):.2f} s"
+        ),
+    )
     both(
         f"push to {args.fan}: receiver requests per delivery",
         lambda f: ", ".join(
@@ -578,6 +627,7 @@ def main() -> None:
                     for backend in backends if round_ % 2 == 0 else backends[::-1]:
                         fan_out_round(
                             backend,
+                            receivers[backend.name],
                             watches[backend.name][0],
                             urls[backend.name][0],
                             args.fan,
