@@ -288,6 +288,7 @@ class KubeApiServer:
         self.audit_log = self.workdir / "audit.log"
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
+        self.etcd_url = ""
         self.processes: list[subprocess.Popen[bytes]] = []
         self._admin: Kube | None = None
 
@@ -332,6 +333,7 @@ class KubeApiServer:
         (work / "tokens.csv").write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
         (work / "audit-policy.yaml").write_text(AUDIT_POLICY)
         client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn(
             "etcd",
             [

@@ -1,0 +1,338 @@
+"""The chart rendered offline: lint, the values schema, clear failures, and what each value
+changes in the objects an operator gets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.conftest import CHART, TOOLS, VALUES, VALUES_FILES, Helm, objects, of_kind, one
+from tests.conftest import REPO
+
+BASE_URL = ("--set", "baseURL=https://kargo-webhooks.example.com")
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(found)
+
+
+def rules(role: dict[str, Any]) -> list[tuple[str, ...]]:
+    """A role's grants as (resource, verb, names) triples, flattened."""
+    return sorted(
+        (resource, verb, ",".join(rule.get("resourceNames") or []))
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    )
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_lint_strict(helm: Helm, values: Path) -> None:
+    result = helm.run("lint", "--strict", str(CHART), "--values", str(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_missing_base_url_fails_with_what_to_set(helm: Helm) -> None:
+    result = helm.run("template", str(CHART), check=False)
+    assert result.returncode != 0
+    assert "baseURL is required" in result.stderr
+    assert "--set baseURL=https://" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ('replicas="two"', "replicas"),
+        ('publish="yes"', "publish"),
+        ('server.bodyLimit="2MB"', "server.bodyLimit"),
+        ("server.leaseDuration=1", "server.leaseDuration"),
+        ('secretAccess.mode="everything"', "secretAccess.mode"),
+        ('secretAccess.namespaced=[{"namespace":"demo","secrets":"bb"}]', "secrets"),
+        ('image.digest="latest"', "image.digest"),
+        ('logLevel="verbose"', "logLevel"),
+        ('networkPolicy.apiServer.ports=["https"]', "networkPolicy.apiServer.ports"),
+        ('ingress.enabled="true"', "ingress.enabled"),
+        ('extraArgs="--no-publish"', "extraArgs"),
+        ('tolerations={"key":"a"}', "tolerations"),
+        ('baseURL="https://kargo.example.com/?x=1"', "baseURL"),
+        ('baseURL="CHANGE-ME-to-the-public-URL-Bitbucket-reaches"', "baseURL"),
+        ('baseURl="https://kargo.example.com"', "baseURl"),
+    ],
+)
+def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, field: str) -> None:
+    # --set-json after --set-json: a baseURL setting overrides the valid one.
+    valid = ("--set-json", 'baseURL="https://kargo-webhooks.example.com"')
+    result = helm.run("template", str(CHART), *valid, "--set-json", setting, check=False)
+    assert result.returncode != 0, f"{setting} was accepted"
+    assert "schema" in result.stderr and field in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["secretAccess.mode=namespaced"],
+            "secretAccess.mode=namespaced needs secretAccess.namespaced",
+        ),
+        (["server.shutdownGrace=30"], "terminationGracePeriodSeconds (30) must exceed"),
+        (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "needs metrics.enabled"),
+    ],
+)
+def test_inconsistent_values_fail_with_a_reason(
+    helm: Helm, settings: list[str], message: str
+) -> None:
+    sets = [arg for s in settings for arg in ("--set", s)]
+    result = helm.run("template", str(CHART), *BASE_URL, *sets, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def render_deploy(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(root / ".ci" / "render-deploy"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """What .ci/render-deploy reads and writes, copied (helm linked from .tools/bin)."""
+    if not (TOOLS / "helm").exists():
+        pytest.skip(".ci/render-deploy uses .tools/bin/helm (.ci/get-helm), absent here")
+    for part in (".ci", "charts", "deploy"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    (tmp_path / "src" / "kargo_bitbucket").mkdir(parents=True)
+    shutil.copy(
+        REPO / "src" / "kargo_bitbucket" / "__init__.py", tmp_path / "src" / "kargo_bitbucket"
+    )
+    (tmp_path / ".tools").symlink_to(REPO / ".tools")
+    return tmp_path
+
+
+def test_deploy_base_is_what_the_chart_renders(repo_copy: Path) -> None:
+    assert render_deploy(REPO, "--check").returncode == 0
+    deployment = repo_copy / "deploy" / "base" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("replicas: 2", "replicas: 3"))
+    drifted = render_deploy(repo_copy, "--check")
+    assert drifted.returncode == 1
+    assert "+  replicas: 2" in drifted.stderr and "run .ci/render-deploy" in drifted.stderr
+    assert render_deploy(repo_copy).returncode == 0
+    assert render_deploy(repo_copy, "--check").returncode == 0
+
+
+def test_chart_and_package_versions_must_agree(repo_copy: Path) -> None:
+    chart = repo_copy / "charts" / "kargo-bitbucket" / "Chart.yaml"
+    chart.write_text(
+        re.sub(r"^appVersion: .*$", 'appVersion: "9.9.9"', chart.read_text(), flags=re.M)
+    )
+    result = render_deploy(repo_copy, "--check")
+    assert result.returncode == 1
+    assert "'appVersion': '9.9.9'" in result.stderr and "keep them equal" in result.stderr
+
+
+def test_defaults_keep_the_hardening_and_two_replicas(helm: Helm) -> None:
+    docs = objects(helm.template(VALUES / "defaults.yaml"))
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    main = container(docs)
+    assert deployment["spec"]["replicas"] == 2
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert main["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert main["image"] == f"kargo-bitbucket:{chart_version()}"
+    assert main["args"] == [
+        "serve",
+        "--kubernetes",
+        "--listen",
+        "0.0.0.0:8080",
+        "--admin-listen",
+        "0.0.0.0:9090",
+    ]
+    lease = next(r for r in of_kind(docs, "Role") if "leader" in r["metadata"]["name"])
+    assert rules(lease) == [
+        ("leases", "create", ""),
+        ("leases", "get", "kargo-bitbucket"),
+        ("leases", "update", "kargo-bitbucket"),
+    ]
+    secrets = next(
+        r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-secrets")
+    )
+    assert rules(secrets) == [("secrets", "get", ""), ("secrets", "watch", "")]
+    assert not of_kind(docs, "Ingress") and not of_kind(docs, "ServiceMonitor")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert [r["ports"][0]["port"] for r in policy["ingress"]] == ["http", "metrics"]
+    (egress,) = policy["egress"]  # no cluster to look the API server up in: any address
+    assert "to" not in egress and [p["port"] for p in egress["ports"]] == [443, 6443]
+
+
+def chart_version() -> str:
+    match = re.search(r"^appVersion: \"?([^\"\s]+)", (CHART / "Chart.yaml").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+# What the chart does not set on purpose: fixed by the Deployment, or given through env.
+FIXED_SERVE_OPTIONS = {
+    "--help", "--filename", "--state", "--listen", "--admin-listen", "--kubernetes",
+    "--kubeconfig", "--context", "--lease-namespace", "--base-url", "--no-publish", "--log-level",
+}  # fmt: skip
+
+
+def test_every_serve_setting_has_a_value(helm: Helm) -> None:
+    """Each option of ``serve --help`` is either a chart value that reaches the args or fixed
+    by the chart; a new option fails here until the chart has a value for it."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "kargo_bitbucket", "serve", "--help"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    options = set(re.findall(r"(--[a-z][a-z-]+)", usage)) - FIXED_SERVE_OPTIONS
+    args = container(objects(helm.template(VALUES / "everything.yaml")))["args"]
+    given = {arg.split("=", 1)[0] for arg in args}
+    assert options - given == set(), (
+        "serve options the chart cannot set: give each a server.* value (values.yaml, "
+        "values.schema.json, the $flags of templates/deployment.yaml, tests/chart/values/"
+        "everything.yaml), or list it above if the chart fixes it"
+    )
+
+
+def test_everything_reaches_the_objects(helm: Helm) -> None:
+    docs = objects(helm.template(VALUES / "everything.yaml", release="r", namespace="platform"))
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    main = container(docs)
+    assert main["image"] == (
+        "registry.example.com/platform/kargo-bitbucket:0.1.0-rc1@sha256:" + "0123456789abcdef" * 4
+    )
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert pod["serviceAccountName"] == "kargo-webhooks"
+    assert pod["priorityClassName"] == "platform-critical"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in pod["affinity"] and "podAntiAffinity" not in pod["affinity"]
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert pod["terminationGracePeriodSeconds"] == 40
+    assert main["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
+    assert main["resources"]["limits"] == {"memory": "512Mi"}
+    assert {"name": "TZ", "value": "UTC"} in main["env"]
+    assert main["args"][-1] == "--lease-duration=20"  # extraArgs last: they win
+    assert "--body-limit=1048576" in main["args"] and "--header-timeout=4.5" in main["args"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["example.com/tier"] == "edge" and labels["example.com/team"] == "platform"
+    for doc in docs:
+        assert doc["metadata"]["labels"]["example.com/team"] == "platform", doc["kind"]
+        assert doc["metadata"]["annotations"]["example.com/contact"] == "platform@example.com"
+    ingress = one(docs, "Ingress")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"hosts": ["hooks.example.com"], "secretName": "hooks-tls"}]
+    (rule,) = ingress["rules"]
+    assert rule["host"] == "hooks.example.com"
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/webhooks/bitbucket/"]
+    service = one(docs, "Service")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"]["example.com/service"] == "webhooks"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert (
+        annotations["example.com/pod"] == "webhooks" and "prometheus.io/scrape" not in annotations
+    )
+    account = one(docs, "ServiceAccount")["metadata"]
+    assert (account["name"], account["annotations"]["example.com/owner"]) == (
+        "kargo-webhooks",
+        "platform",
+    )
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "http": 8080,
+        "metrics": 9100,
+    }
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["platform"]}
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert [r["from"][0]["namespaceSelector"] for r in policy["ingress"]] == [
+        {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+        {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    ]
+    api, proxy = policy["egress"]
+    assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["192.0.2.10/32", "192.0.2.11/32"]
+    assert api["ports"] == [{"port": 6443, "protocol": "TCP"}]
+    assert proxy["ports"] == [{"port": 3128, "protocol": "TCP"}]
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+
+
+def test_minimal_turns_each_part_off(helm: Helm) -> None:
+    docs = objects(helm.template(VALUES / "minimal.yaml"))
+    main = container(docs)
+    assert main["args"][-3:] == ["--admin-listen", "off", "--no-publish"]
+    assert [p["name"] for p in main["ports"]] == ["http"]
+    assert [p["name"] for p in one(docs, "Service")["spec"]["ports"]] == ["http"]
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert not any(key.startswith("prometheus.io/") for key in annotations)
+    kinds = {doc["kind"] for doc in docs}
+    assert not kinds & {"NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor", "Role"}
+    # Without publishing: no status writes, no Lease.
+    main_role = next(
+        r for r in of_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith("-secrets")
+    )
+    assert not [r for r in rules(main_role) if "/status" in r[0]]
+    ingress = one(docs, "Ingress")
+    assert "tls" not in ingress["spec"] and not ingress["metadata"].get("annotations")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "kargo.internal.example.com"
+    assert rule["http"]["paths"][0]["path"] == "/hooks/bitbucket/"
+
+
+def test_namespaced_secret_access_names_each_secret(helm: Helm) -> None:
+    docs = objects(helm.template(VALUES / "namespaced.yaml"))
+    assert not [
+        r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-secrets")
+    ]
+    secret_roles = {
+        r["metadata"]["namespace"]: rules(r)
+        for r in of_kind(docs, "Role")
+        if r["metadata"]["name"].endswith("-secrets")
+    }
+    names = "bitbucket-webhook,bitbucket-webhook-dc"
+    assert secret_roles == {
+        "chart-values-demo": [("secrets", "get", names), ("secrets", "watch", names)],
+        "chart-values-system": [
+            ("secrets", "get", "bitbucket-webhook"),
+            ("secrets", "watch", "bitbucket-webhook"),
+        ],
+    }
+    bindings = {
+        b["metadata"]["namespace"]: b["subjects"]
+        for b in of_kind(docs, "RoleBinding")
+        if b["metadata"]["name"].endswith("-secrets")
+    }
+    subject = [{"kind": "ServiceAccount", "name": "kargo-bitbucket", "namespace": "kargo"}]
+    assert bindings == {"chart-values-demo": subject, "chart-values-system": subject}
+
+
+def test_a_new_base_url_rolls_the_pods(helm: Helm) -> None:
+    def pod_annotations(base_url: str) -> dict[str, str]:
+        docs = objects(helm.template(None, "--set", f"baseURL={base_url}"))
+        return dict(one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
+
+    first = pod_annotations("https://kargo-webhooks.example.com")
+    assert pod_annotations("https://kargo-webhooks.example.com") == first
+    assert pod_annotations("https://kargo.example.com/webhooks") != first
+
+
+def test_clusters_older_than_1_30_are_refused(helm: Helm) -> None:
+    """The preStop sleep action needs Kubernetes 1.30."""
+    result = helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.29.5", check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
+    assert helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.30.0").returncode == 0
