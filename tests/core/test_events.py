@@ -533,7 +533,44 @@ def test_no_url_exceptions_have_fixed_details() -> None:
 def test_body_not_json(event: str, body: bytes) -> None:
     with pytest.raises(InvalidPayload) as info:
         parse_event(event, body)
-    assert info.value.detail == "body is not valid JSON"
+    assert info.value.detail.startswith("body is not valid ")
+
+
+def invalid_utf8_cases() -> list[Any]:
+    return [
+        pytest.param(event, path, id=f"{event}-{dotted(path)}")
+        for events, path, needed, _ in FIELDS
+        if needed is str
+        for event in events
+    ]
+
+
+@pytest.mark.parametrize(("event", "path"), invalid_utf8_cases())
+@pytest.mark.parametrize(
+    "bad", [b"\x80", b"ok\xc3", b"\xed\xa0\x80"], ids=["lone", "cut", "surrogate"]
+)
+def test_invalid_utf8_in_a_read_field_names_the_field(event: str, path: Path_, bad: bytes) -> None:
+    """Issue 9: msgspec raised UnicodeDecodeError out of parse_event (a 500) for these."""
+    body = json.dumps(with_value(BASES[event], path, "@bad@")).encode().replace(b"@bad@", bad)
+    with pytest.raises(InvalidPayload) as info:
+        parse_event(event, body)
+    assert info.value.detail == f"{dotted(path)} is not valid UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"a\x80": 1}', "a key of the body is not valid UTF-8"),
+        (b'{"x": [1, {"y": "\xff"}]}', "x[1].y is not valid UTF-8"),
+        (b'{"x": "\xff", "y": "\xfe"}', "x is not valid UTF-8"),
+        (b'{"x": \xff}', "body is not valid UTF-8 (byte 6)"),
+        (b'{"x": "\\ud800"}', "body is not valid JSON: no low surrogate in string at character 7"),
+    ],
+)
+def test_bad_bytes_anywhere_are_located_without_echoing_them(body: bytes, detail: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("pr:merged", body)
+    assert info.value.detail == detail
 
 
 @pytest.mark.parametrize("body", [b"[]", b"null", b"1", b'"x"', b"true", b'[{"push": {}}]'])
@@ -747,7 +784,7 @@ def test_deeply_nested_bodies_are_invalid_json_not_errors(where: str) -> None:
         body = b'{"push": {"changes": ' + nested + b"}}"
     with pytest.raises(InvalidPayload) as info:
         parse_event("repo:push", body)
-    assert info.value.detail == "body is not valid JSON"
+    assert info.value.detail.startswith("body is not valid JSON: ")
 
 
 def test_change_without_type_is_a_branch_and_clone_links_without_href_are_skipped() -> None:
@@ -805,7 +842,7 @@ def check_schema_agrees_with_walk(event: str, body: bytes) -> None:
         walked = events_module._walk(events_module._PARSERS[event], body)
     except InvalidPayload as exc:
         # The schema skips fields it does not need unconverted (1e999 among them).
-        assert exc.detail == "body is not valid JSON"
+        assert exc.detail.startswith("body is not valid ")
         return
     assert walked == decided
 
