@@ -8,7 +8,13 @@ from typing import Any
 
 from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.identity import repository_identity
-from kargo_bitbucket.core.subscriptions import GitSubscription, git_subscriptions, match_ref
+from kargo_bitbucket.core.subscriptions import (
+    GitSubscription,
+    PushedRefs,
+    first_matches,
+    git_subscriptions,
+    match_ref,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,22 +53,36 @@ class Verdict:
     warnings: tuple[str, ...] = ()
 
 
+REF_REASONS = 20
+"""Refs whose reasons a Warehouse that no ref matches lists; the rest are counted."""
+
+
+def pushed_identities(push: Push) -> dict[str, str]:
+    """The repository identities of a push, each with the URL it was pushed as."""
+    return {repository_identity(url): url for url in push.repo_urls}
+
+
 def decide_push(
     push: Push, find: Callable[[Iterable[str]], Iterable[WarehouseEntry]]
 ) -> list[Verdict]:
-    """Judge the Warehouses ``find`` returns for the pushed repository identities."""
-    pushed = {repository_identity(url): url for url in push.repo_urls}
+    """Judge the Warehouses ``find`` returns for the pushed repository identities.
+
+    Costs O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
+    subscription, and each reason names at most REF_REASONS refs, whatever the push.
+    """
+    pushed = pushed_identities(push)
+    refs = None if push.refs is None else PushedRefs(push.refs)
     verdicts = []
     for warehouse in find(pushed):
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]
-        verdicts.append(_judge(warehouse, subscriptions, push.refs, pushed))
+        verdicts.append(_judge(warehouse, subscriptions, refs, pushed))
     return verdicts
 
 
 def _judge(
     warehouse: WarehouseEntry,
     subscriptions: list[GitSubscription],
-    refs: tuple[str, ...] | None,
+    refs: PushedRefs | None,
     pushed: Mapping[str, str],
 ) -> Verdict:
     """The verdict for one Warehouse: the first certain match wins, else the first uncertain one."""
@@ -73,27 +93,32 @@ def _judge(
         return Verdict(
             kind, namespace, name, True, "the push names no refs, so every subscriber is refreshed"
         )
-    misses: list[str] = []
     uncertain: Verdict | None = None
     for subscription in subscriptions:
-        for ref in refs:
-            verdict = match_ref(subscription, ref)
-            if not verdict.matched:
-                misses.append(verdict.reason)
-                continue
-            reason = verdict.reason + _via(subscription, pushed)
-            if not verdict.uncertain:
-                return Verdict(kind, namespace, name, True, reason)
-            if uncertain is None:
-                warnings = tuple(
-                    f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
-                    f"{problem}; refreshed anyway"
-                    for problem in subscription.problems
-                )
-                uncertain = Verdict(kind, namespace, name, True, reason, warnings)
+        found = first_matches(subscription, refs)
+        if found.certain is not None:
+            return Verdict(
+                kind, namespace, name, True, found.certain.reason + _via(subscription, pushed)
+            )
+        if found.uncertain is not None and uncertain is None:
+            warnings = tuple(
+                f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
+                f"{problem}; refreshed anyway"
+                for problem in subscription.problems
+            )
+            reason = found.uncertain.reason + _via(subscription, pushed)
+            uncertain = Verdict(kind, namespace, name, True, reason, warnings)
     if uncertain is not None:
         return uncertain
-    return Verdict(kind, namespace, name, False, "; ".join(dict.fromkeys(misses)))
+    return Verdict(kind, namespace, name, False, _misses(subscriptions, refs.refs))
+
+
+def _misses(subscriptions: list[GitSubscription], refs: tuple[str, ...]) -> str:
+    """Why no ref matched: the reasons of the first REF_REASONS refs, and how many more."""
+    shown = refs[:REF_REASONS]
+    reasons = dict.fromkeys(match_ref(s, ref).reason for s in subscriptions for ref in shown)
+    more = len(refs) - len(shown)
+    return "; ".join(reasons) + (f"; and {more} more refs" if more else "")
 
 
 def _via(subscription: GitSubscription, pushed: Mapping[str, str]) -> str:
