@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import Counter
@@ -15,8 +14,9 @@ from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import (
     REF_REASONS,
     Verdict,
+    WarehouseEntry,
     decide_pull_request,
-    decide_push,
+    judge_push,
     pushed_identities,
 )
 from kargo_bitbucket.core.receivers import Route
@@ -29,10 +29,12 @@ log = logging.getLogger("kargo_bitbucket.delivery")
 
 LISTED_CANDIDATES = 50
 """Candidates a delivery's record lists, those refreshed first; the rest are only counted."""
-OFF_LOOP_PAIRS = 2_000
-"""Refs x candidates from which matching runs in a worker thread: past about 1 us a pair,
-this keeps the event loop free within 2 ms; a 10,000-ref push to 1,000 Warehouses took
-the loop for 9.4 s before matching was indexed (issue 9), 40 ms after."""
+JUDGING_SLICE = 0.002
+"""Seconds of matching after which a delivery lets the event loop run other work.
+
+A 10,000-ref push to 1,000 Warehouses held the loop 9.4 s (issue 9); a small push
+never reaches one slice, so it pays nothing for this.
+"""
 
 
 @dataclass(slots=True)
@@ -143,9 +145,7 @@ class Deliveries:
         scope = route.owner.scope
         if isinstance(event, events.Push):
             found = self.store.indexes.warehouses_for(pushed_identities(event), scope)
-            decide = functools.partial(decide_push, event, lambda _: found)
-            pairs = len(event.refs or ()) * len(found)
-            verdicts = await asyncio.to_thread(decide) if pairs >= OFF_LOOP_PAIRS else decide()
+            verdicts = await _judge_in_slices(event, found)
             noun = "warehouse"
         else:
             waiting = self.store.indexes.promotions_waiting_on(event.pr_url, scope)
@@ -191,6 +191,18 @@ class Deliveries:
             route.label,
             extra={"delivery": delivery_id(headers), "receiver": route.label},
         )
+
+
+async def _judge_in_slices(push: events.Push, found: list[WarehouseEntry]) -> list[Verdict]:
+    """Every verdict of ``judge_push``, yielding to the loop after each JUDGING_SLICE."""
+    verdicts = []
+    pause = time.perf_counter() + JUDGING_SLICE
+    for verdict in judge_push(push, found):
+        verdicts.append(verdict)
+        if time.perf_counter() >= pause:
+            await asyncio.sleep(0)
+            pause = time.perf_counter() + JUDGING_SLICE
+    return verdicts
 
 
 def _count(metrics: Metrics, event_key: str, answer: Answer, duration: float) -> None:

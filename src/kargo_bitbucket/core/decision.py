@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,18 +65,21 @@ def pushed_identities(push: Push) -> dict[str, str]:
 def decide_push(
     push: Push, find: Callable[[Iterable[str]], Iterable[WarehouseEntry]]
 ) -> list[Verdict]:
-    """Judge the Warehouses ``find`` returns for the pushed repository identities.
+    """Judge the Warehouses ``find`` returns for the pushed repository identities."""
+    return list(judge_push(push, find(pushed_identities(push))))
+
+
+def judge_push(push: Push, warehouses: Iterable[WarehouseEntry]) -> Iterator[Verdict]:
+    """The verdict on each Warehouse in turn, so that a caller can pause between them.
 
     Costs O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
     subscription, and each reason names at most REF_REASONS refs, whatever the push.
     """
     pushed = pushed_identities(push)
     refs = None if push.refs is None else PushedRefs(push.refs)
-    verdicts = []
-    for warehouse in find(pushed):
+    for warehouse in warehouses:
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]
-        verdicts.append(_judge(warehouse, subscriptions, refs, pushed))
-    return verdicts
+        yield _judge(warehouse, subscriptions, refs, pushed)
 
 
 def _judge(
