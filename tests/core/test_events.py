@@ -885,3 +885,11 @@ def test_mutated_corpus_payloads_only_raise_invalid_payload(data: Any) -> None:
     path = data.draw(st.sampled_from(json_paths(base)))
     payload = with_value(base, path, data.draw(json_values))
     check_only_invalid_payload(corpus_event(name), json.dumps(payload).encode())
+
+
+def test_a_long_key_above_deep_nesting_is_cut_in_the_detail() -> None:
+    """The path of invalid bytes under a 1 MB key and 1,000 levels stays short and cheap."""
+    body = b'{"' + b"k" * 1_000_000 + b'": ' + b"[" * 1000 + b'"\x80"' + b"]" * 1000 + b"}"
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("repo:push", body)
+    assert info.value.detail == "k" * 200 + "… is not valid UTF-8"

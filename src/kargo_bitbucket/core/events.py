@@ -504,13 +504,22 @@ def _marked_path(root: Any) -> str:
             if any(_BAD_BYTE in key for key in value):
                 path = f"a key of {path or 'the body'}"
                 break
-            items = [(f"{path}.{key}" if path else key, item) for key, item in value.items()]
+            items = [(_child(path, f".{key}" if path else key), v) for key, v in value.items()]
             stack.extend(reversed(items))
         elif isinstance(value, list):
-            stack.extend(reversed([(f"{path}[{i}]", item) for i, item in enumerate(value)]))
+            stack.extend(reversed([(_child(path, f"[{i}]"), v) for i, v in enumerate(value)]))
     else:
         return "body"
-    return path if len(path) <= _PATH_LIMIT else path[:_PATH_LIMIT] + "…"
+    return path
+
+
+def _child(path: str, segment: str) -> str:
+    """``path`` + ``segment``, cut at _PATH_LIMIT with a marker (a long key deep down would
+    otherwise be copied into the path of every value under it)."""
+    if len(path) > _PATH_LIMIT:
+        return path
+    joined = path + segment
+    return joined if len(joined) <= _PATH_LIMIT else joined[:_PATH_LIMIT] + "…"
 
 
 def _mark(error: UnicodeError) -> tuple[str, int]:
