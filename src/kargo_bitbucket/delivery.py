@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +13,6 @@ from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import (
     REF_REASONS,
     Verdict,
-    WarehouseEntry,
     decide_pull_request,
     judge_push,
     pushed_identities,
@@ -49,7 +47,7 @@ class Answer:
     refreshed: int = 0
     unlisted: int = 0
     """Candidates considered but left out of ``candidates`` (past LISTED_CANDIDATES)."""
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     """(kind, outcome) of every candidate, listed or not: what metrics count."""
 
 
@@ -144,8 +142,9 @@ class Deliveries:
             )
         scope = route.owner.scope
         if isinstance(event, events.Push):
-            found = self.store.indexes.warehouses_for(pushed_identities(event), scope)
-            verdicts = await _judge_in_slices(event, found)
+            pushed = pushed_identities(event)
+            found = self.store.indexes.warehouses_for(pushed, scope)
+            verdicts = await _judge_in_slices(judge_push(event, pushed, found))
             noun = "warehouse"
         else:
             waiting = self.store.indexes.promotions_waiting_on(event.pr_url, scope)
@@ -193,11 +192,11 @@ class Deliveries:
         )
 
 
-async def _judge_in_slices(push: events.Push, found: list[WarehouseEntry]) -> list[Verdict]:
+async def _judge_in_slices(judged: Iterator[Verdict]) -> list[Verdict]:
     """Every verdict of ``judge_push``, yielding to the loop after each JUDGING_SLICE."""
     verdicts = []
     pause = time.perf_counter() + JUDGING_SLICE
-    for verdict in judge_push(push, found):
+    for verdict in judged:
         verdicts.append(verdict)
         if time.perf_counter() >= pause:
             await asyncio.sleep(0)
@@ -211,36 +210,36 @@ def _count(metrics: Metrics, event_key: str, answer: Answer, duration: float) ->
     if answer.result in ("missing-signature", "bad-signature"):
         reason = "missing" if answer.result == "missing-signature" else "invalid"
         metrics.count_signature_failure(reason)
-    for kind, outcome in answer.outcomes.elements():
+    for (kind, outcome), count in answer.outcomes.items():
         if outcome != "not refreshed":
-            metrics.count_refresh(kind, outcome)
+            for _ in range(count):
+                metrics.count_refresh(kind, outcome)
 
 
 def _candidates(
     verdicts: list[Verdict], result: RefreshResult
-) -> tuple[list[Candidate], int, Counter[tuple[str, str]]]:
+) -> tuple[list[Candidate], int, dict[tuple[str, str], int]]:
     """Each verdict with what became of it: refreshed, gone, failed, or not refreshed.
 
     Lists at most LISTED_CANDIDATES, in verdict order, those due a refresh before the
-    others; returns how many were left out and every (kind, outcome) with its count.
+    others; returns how many were left out and how many had each (kind, outcome).
     """
     outcome_of = {
         **{(t.kind, t.namespace, t.name): "gone" for t in result.gone},
         **{(t.kind, t.namespace, t.name): "failed" for t in result.failed},
         **{(t.kind, t.namespace, t.name): "refreshed" for t in result.refreshed},
     }
-    outcomes = [outcome_of.get((v.kind, v.namespace, v.name), "not refreshed") for v in verdicts]
-    tally = Counter((v.kind, outcome) for v, outcome in zip(verdicts, outcomes, strict=True))
-    chosen = list(range(len(verdicts)))
-    if len(verdicts) > LISTED_CANDIDATES:
-        due_first = sorted(chosen, key=lambda i: not verdicts[i].refresh)
-        chosen = sorted(due_first[:LISTED_CANDIDATES])
-    listed = [
-        Candidate(verdicts[i].kind, verdicts[i].namespace, verdicts[i].name, outcomes[i],
-                  verdicts[i].reason)
-        for i in chosen
-    ]  # fmt: skip
-    return listed, len(verdicts) - len(listed), tally
+    tally: dict[tuple[str, str], int] = {}
+    candidates = []
+    for v in verdicts:
+        outcome = outcome_of.get((v.kind, v.namespace, v.name), "not refreshed")
+        tally[v.kind, outcome] = tally.get((v.kind, outcome), 0) + 1
+        candidates.append(Candidate(v.kind, v.namespace, v.name, outcome, v.reason))
+    if len(candidates) <= LISTED_CANDIDATES:
+        return candidates, 0, tally
+    due_first = sorted(range(len(verdicts)), key=lambda i: not verdicts[i].refresh)
+    listed = [candidates[i] for i in sorted(due_first[:LISTED_CANDIDATES])]
+    return listed, len(candidates) - len(listed), tally
 
 
 def _note(event_key: str, event: events.Push | events.PullRequestClosed) -> str:

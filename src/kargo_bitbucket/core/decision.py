@@ -66,16 +66,19 @@ def decide_push(
     push: Push, find: Callable[[Iterable[str]], Iterable[WarehouseEntry]]
 ) -> list[Verdict]:
     """Judge the Warehouses ``find`` returns for the pushed repository identities."""
-    return list(judge_push(push, find(pushed_identities(push))))
+    pushed = pushed_identities(push)
+    return list(judge_push(push, pushed, find(pushed)))
 
 
-def judge_push(push: Push, warehouses: Iterable[WarehouseEntry]) -> Iterator[Verdict]:
+def judge_push(
+    push: Push, pushed: Mapping[str, str], warehouses: Iterable[WarehouseEntry]
+) -> Iterator[Verdict]:
     """The verdict on each Warehouse in turn, so that a caller can pause between them.
 
-    Costs O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
+    ``pushed`` is ``pushed_identities(push)``, which found the Warehouses. Costs
+    O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
     subscription, and each reason names at most REF_REASONS refs, whatever the push.
     """
-    pushed = pushed_identities(push)
     refs = None if push.refs is None else PushedRefs(push.refs)
     for warehouse in warehouses:
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]

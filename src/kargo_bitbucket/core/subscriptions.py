@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -191,9 +192,13 @@ class PushedRefs:
     def __init__(self, refs: tuple[str, ...]) -> None:
         self.refs = refs
         self.position = {ref: index for index, ref in enumerate(refs)}
-        self.tags = [ref[len(TAG_PREFIX) :] for ref in refs if ref.startswith(TAG_PREFIX)]
         self._versions: dict[tuple[str, bool], Version | None] = {}
         self._judged: dict[tuple[Any, ...], FirstMatches] = {}
+
+    @functools.cached_property
+    def tags(self) -> list[str]:
+        """The pushed tags' names in push order (listed only if a tag subscription asks)."""
+        return [ref[len(TAG_PREFIX) :] for ref in self.refs if ref.startswith(TAG_PREFIX)]
 
     def version(self, tag: str, strict: bool) -> Version | None:
         """The tag as a semantic version, or None; parsed once per push."""
@@ -212,16 +217,23 @@ class FirstMatches:
     uncertain: RefVerdict | None
 
 
+_NO_MATCH = FirstMatches(None, None)
+
+
 def first_matches(subscription: GitSubscription, pushed: PushedRefs) -> FirstMatches:
     """What ``match_ref`` over every pushed ref in order would find first, without asking it
     about each ref: the work is bounded by the number of tags, not refs times anything."""
     refs = pushed.refs
     if subscription.strategy == BRANCH_STRATEGY:
-        wanted = (subscription.branch,) if subscription.branch else DEFAULT_BRANCHES
-        found = [pushed.position.get(BRANCH_PREFIX + branch) for branch in wanted]
-        first = min((position for position in found if position is not None), default=None)
-        certain = None if first is None else _match_branch(subscription, refs[first])
-        return FirstMatches(certain, None)
+        position = pushed.position
+        if subscription.branch:
+            first = position.get(BRANCH_PREFIX + subscription.branch)
+        else:
+            found = [position.get(BRANCH_PREFIX + branch) for branch in DEFAULT_BRANCHES]
+            first = min((at for at in found if at is not None), default=None)
+        if first is None:
+            return _NO_MATCH
+        return FirstMatches(_match_branch(subscription, refs[first]), None)
     if subscription.strategy not in TAG_STRATEGIES:
         return FirstMatches(None, match_ref(subscription, refs[0]) if refs else None)
     shape = _shape(subscription)
