@@ -192,12 +192,13 @@ class Deliveries:
         )
 
 
-async def _judge_in_slices(judged: Iterator[Verdict]) -> list[Verdict]:
+async def _judge_in_slices(judged: Iterator[Verdict | None]) -> list[Verdict]:
     """Every verdict of ``judge_push``, yielding to the loop after each JUDGING_SLICE."""
     verdicts = []
     pause = time.perf_counter() + JUDGING_SLICE
     for verdict in judged:
-        verdicts.append(verdict)
+        if verdict is not None:
+            verdicts.append(verdict)
         if time.perf_counter() >= pause:
             await asyncio.sleep(0)
             pause = time.perf_counter() + JUDGING_SLICE

@@ -11,7 +11,9 @@ from kargo_bitbucket.core.identity import repository_identity
 from kargo_bitbucket.core.subscriptions import (
     GitSubscription,
     PushedRefs,
+    Steps,
     first_matches,
+    first_tag_matches,
     git_subscriptions,
     match_ref,
 )
@@ -67,22 +69,23 @@ def decide_push(
 ) -> list[Verdict]:
     """Judge the Warehouses ``find`` returns for the pushed repository identities."""
     pushed = pushed_identities(push)
-    return list(judge_push(push, pushed, find(pushed)))
+    return [v for v in judge_push(push, pushed, find(pushed)) if v is not None]
 
 
 def judge_push(
     push: Push, pushed: Mapping[str, str], warehouses: Iterable[WarehouseEntry]
-) -> Iterator[Verdict]:
-    """The verdict on each Warehouse in turn, so that a caller can pause between them.
+) -> Iterator[Verdict | None]:
+    """The verdict on each Warehouse in turn, and None wherever the caller may pause.
 
     ``pushed`` is ``pushed_identities(push)``, which found the Warehouses. Costs
     O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
-    subscription, and each reason names at most REF_REASONS refs, whatever the push.
+    subscription, with a None at least every PAUSE_EVERY tags, and each reason
+    names at most REF_REASONS refs, whatever the push.
     """
     refs = None if push.refs is None else PushedRefs(push.refs)
     for warehouse in warehouses:
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]
-        yield _judge(warehouse, subscriptions, refs, pushed)
+        yield (yield from _judge(warehouse, subscriptions, refs, pushed))
 
 
 def _judge(
@@ -90,7 +93,7 @@ def _judge(
     subscriptions: list[GitSubscription],
     refs: PushedRefs | None,
     pushed: Mapping[str, str],
-) -> Verdict:
+) -> Steps[Verdict]:
     """The verdict for one Warehouse: the first certain match wins, else the first uncertain one."""
     kind, namespace, name = "Warehouse", warehouse.namespace, warehouse.name
     if not subscriptions:
@@ -102,6 +105,8 @@ def _judge(
     uncertain: Verdict | None = None
     for subscription in subscriptions:
         found = first_matches(subscription, refs)
+        if found is None:
+            found = yield from first_tag_matches(subscription, refs)
         if found.certain is not None:
             return Verdict(
                 kind, namespace, name, True, found.certain.reason + _via(subscription, pushed)
