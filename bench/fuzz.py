@@ -249,18 +249,20 @@ class Watcher(threading.Thread):
     def __init__(self, server: run.Server, state: Path) -> None:
         super().__init__(daemon=True)
         self.server, self.state = server, state
-        self.samples: list[tuple[float, int, int]] = []
+        self.samples: list[tuple[float, int, int, int]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
         started = time.monotonic()
         while not self.halt.wait(1.0):
-            size = sum(p.stat().st_size for p in self.state.parent.glob(self.state.name + "*"))
+            wal = self.state.with_name(self.state.name + "-wal")
+            size = self.state.stat().st_size
             try:
                 rss = self.server.rss_kib()
+                wal_size = wal.stat().st_size if wal.exists() else 0
             except (OSError, BenchError):
                 return
-            self.samples.append((time.monotonic() - started, rss, size))
+            self.samples.append((time.monotonic() - started, rss, size, wal_size))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -350,13 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"p99 {p99 * 1000:.1f} ms, worst {ordered[-1] * 1000:.1f} ms"
         )
         samples = watcher.samples
-        tenth = samples[len(samples) // 10] if samples else (0, 0, 0)
+        tenth = samples[len(samples) // 10] if samples else (0, 0, 0, 0)
         peak = max((s[1] for s in samples), default=0)
-        last = samples[-1] if samples else (0, 0, 0)
+        last = samples[-1] if samples else (0, 0, 0, 0)
         print(
             f"server RSS: {tenth[1] / 1024:.0f} MiB at 10 % of the run, peak "
             f"{peak / 1024:.0f} MiB, {last[1] / 1024:.0f} MiB at the end; state file "
-            f"{tenth[2] / 2**20:.1f} MiB at 10 %, {last[2] / 2**20:.1f} MiB at the end"
+            f"{tenth[2] / 2**20:.1f} MiB at 10 %, {last[2] / 2**20:.1f} MiB at the end "
+            f"(its WAL {tenth[3] / 2**20:.1f} and {last[3] / 2**20:.1f} MiB, largest "
+            f"{max((s[3] for s in samples), default=0) / 2**20:.1f} MiB)"
         )
         problems = log_problems(server.log)
         server_errors = sum(n for s, n in statuses.items() if s >= 500)
