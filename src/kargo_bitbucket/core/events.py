@@ -433,7 +433,8 @@ def is_handled(event_key: str) -> bool:
 def parse_event(event_key: str, body: bytes) -> Push | PullRequestClosed:
     """Parse the raw body of a handled event into what the refresh logic needs.
 
-    Raises InvalidPayload (HTTP 400) for a body that is not a JSON object or has a
+    Raises InvalidPayload (HTTP 400) for a body that is not a JSON object (invalid UTF-8
+    and lone surrogates included: the detail names the field holding them) or has a
     field we need missing, null or of the wrong type; its subclass NoRepositoryURL
     for a push whose payload carries no repository URL at all (checked after the
     rest of the body, per §4 row 8 before row 9), and NoPullRequestURL for a PR
