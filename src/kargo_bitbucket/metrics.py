@@ -65,9 +65,9 @@ class Metrics(Collector):
         self._buckets[bisect_left(BUCKETS, duration)] += 1
         self._duration_sum += duration
 
-    def count_refresh(self, kind: str, result: str) -> None:
-        """One object a delivery refreshed, found gone, or failed to refresh."""
-        self.refreshes[kind, result] += 1
+    def count_refresh(self, kind: str, result: str, count: int = 1) -> None:
+        """Objects a delivery refreshed, found gone, or failed to refresh."""
+        self.refreshes[kind, result] += count
 
     def count_signature_failure(self, reason: str, receiver: str) -> None:
         """One delivery refused for its signature (``missing`` or ``invalid``).

@@ -23,6 +23,7 @@ from kargo_bitbucket.core.events import (
     is_ping,
     parse_event,
 )
+from tests.builders import corpus_event, json_paths
 from tests.conftest import corpus_dir
 
 # --------------------------------------------------------------------------- corpus
@@ -32,23 +33,6 @@ CORPUS = corpus_dir()
 CORPUS_ABSENT = f"Bitbucket payload corpus absent at {CORPUS} (set KARGO_BITBUCKET_PAYLOADS)"
 CORPUS_FILES = sorted(p.name for p in CORPUS.glob("*.json")) if CORPUS.is_dir() else []
 needs_corpus = pytest.mark.skipif(not CORPUS_FILES, reason=CORPUS_ABSENT)
-
-# File-name prefix -> X-Event-Key, as in the SOURCES.md tables (cross-checked below).
-PREFIX_EVENTS = {
-    "cloud_repo_push_": "repo:push",
-    "cloud_pullrequest_fulfilled": "pullrequest:fulfilled",
-    "cloud_pullrequest_rejected": "pullrequest:rejected",
-    "server_repo_refs_changed": "repo:refs_changed",
-    "server_mirror_repo_synchronized": "mirror:repo_synchronized",
-    "server_pr_merged": "pr:merged",
-    "server_pr_declined": "pr:declined",
-    "server_diagnostics_ping": "diagnostics:ping",
-}
-
-
-def event_for(name: str) -> str:
-    [event] = [e for prefix, e in PREFIX_EVENTS.items() if name.startswith(prefix)]
-    return event
 
 
 def corpus_files_param() -> list[Any]:
@@ -69,7 +53,7 @@ def test_prefix_table_agrees_with_sources_md() -> None:
     listed = dict(rows)
     assert len(listed) == len(rows), "a file is listed twice in SOURCES.md"
     assert sorted(listed) == CORPUS_FILES, "SOURCES.md and the directory disagree"
-    assert {name: event_for(name) for name in listed} == listed
+    assert {name: corpus_event(name) for name in listed} == listed
 
 
 def expected_from_json(event: str, data: dict[str, Any]) -> Push | PullRequestClosed | type:
@@ -98,7 +82,7 @@ def expected_from_json(event: str, data: dict[str, Any]) -> Push | PullRequestCl
 
 @pytest.mark.parametrize("name", corpus_files_param())
 def test_every_corpus_file_parses_for_its_event_key(name: str) -> None:
-    event = event_for(name)
+    event = corpus_event(name)
     body = read(name)
     if event == "diagnostics:ping":
         assert is_ping(event) and not is_handled(event)
@@ -200,7 +184,7 @@ CONCRETE: dict[str, Push | PullRequestClosed | type] = {
 @pytest.mark.parametrize("name", sorted(CONCRETE))
 def test_concrete_results(name: str) -> None:
     expected = CONCRETE[name]
-    event = event_for(name)
+    event = corpus_event(name)
     if isinstance(expected, type):
         with pytest.raises(expected) as info:
             parse_event(event, read(name))
@@ -533,7 +517,44 @@ def test_no_url_exceptions_have_fixed_details() -> None:
 def test_body_not_json(event: str, body: bytes) -> None:
     with pytest.raises(InvalidPayload) as info:
         parse_event(event, body)
-    assert info.value.detail == "body is not valid JSON"
+    assert info.value.detail.startswith("body is not valid ")
+
+
+def invalid_utf8_cases() -> list[Any]:
+    return [
+        pytest.param(event, path, id=f"{event}-{dotted(path)}")
+        for events, path, needed, _ in FIELDS
+        if needed is str
+        for event in events
+    ]
+
+
+@pytest.mark.parametrize(("event", "path"), invalid_utf8_cases())
+@pytest.mark.parametrize(
+    "bad", [b"\x80", b"ok\xc3", b"\xed\xa0\x80"], ids=["lone", "cut", "surrogate"]
+)
+def test_invalid_utf8_in_a_read_field_names_the_field(event: str, path: Path_, bad: bytes) -> None:
+    """Issue 9: msgspec raised UnicodeDecodeError out of parse_event (a 500) for these."""
+    body = json.dumps(with_value(BASES[event], path, "@bad@")).encode().replace(b"@bad@", bad)
+    with pytest.raises(InvalidPayload) as info:
+        parse_event(event, body)
+    assert info.value.detail == f"{dotted(path)} is not valid UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"a\x80": 1}', "a key of the body is not valid UTF-8"),
+        (b'{"x": [1, {"y": "\xff"}]}', "x[1].y is not valid UTF-8"),
+        (b'{"x": "\xff", "y": "\xfe"}', "x is not valid UTF-8"),
+        (b'{"x": \xff}', "body is not valid UTF-8 (byte 6)"),
+        (b'{"x": "\\ud800"}', "body is not valid JSON: no low surrogate in string at character 7"),
+    ],
+)
+def test_bad_bytes_anywhere_are_located_without_echoing_them(body: bytes, detail: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("pr:merged", body)
+    assert info.value.detail == detail
 
 
 @pytest.mark.parametrize("body", [b"[]", b"null", b"1", b'"x"', b"true", b'[{"push": {}}]'])
@@ -718,7 +739,7 @@ def test_unneeded_fields_are_not_read() -> None:
 @pytest.mark.parametrize("name", corpus_files_param())
 def test_well_formed_corpus_files_take_the_schema_path(name: str) -> None:
     """Every real push and PR (but mirror syncs) is decided without the slower walk."""
-    event = event_for(name)
+    event = corpus_event(name)
     if event in ("diagnostics:ping", "mirror:repo_synchronized"):
         assert event not in events_module._SCHEMA_PARSERS
         return
@@ -747,7 +768,7 @@ def test_deeply_nested_bodies_are_invalid_json_not_errors(where: str) -> None:
         body = b'{"push": {"changes": ' + nested + b"}}"
     with pytest.raises(InvalidPayload) as info:
         parse_event("repo:push", body)
-    assert info.value.detail == "body is not valid JSON"
+    assert info.value.detail.startswith("body is not valid JSON: ")
 
 
 def test_change_without_type_is_a_branch_and_clone_links_without_href_are_skipped() -> None:
@@ -805,7 +826,7 @@ def check_schema_agrees_with_walk(event: str, body: bytes) -> None:
         walked = events_module._walk(events_module._PARSERS[event], body)
     except InvalidPayload as exc:
         # The schema skips fields it does not need unconverted (1e999 among them).
-        assert exc.detail == "body is not valid JSON"
+        assert exc.detail.startswith("body is not valid ")
         return
     assert walked == decided
 
@@ -842,23 +863,12 @@ def test_arbitrary_bytes_only_raise_invalid_payload(event: str, body: bytes) -> 
     check_only_invalid_payload(event, body)
 
 
-def all_paths(value: Any, prefix: Path_ = ()) -> list[Path_]:
-    paths: list[Path_] = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            paths += all_paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            paths += all_paths(child, (*prefix, index))
-    return paths
-
-
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event=handled_keys, data=st.data())
 def test_mutated_valid_payloads_only_raise_invalid_payload(event: str, data: Any) -> None:
     """Replace or delete one node of a valid payload: the parser copes with every field."""
     base = BASES[event]
-    path = data.draw(st.sampled_from(all_paths(base)))
+    path = data.draw(st.sampled_from(json_paths(base)))
     if isinstance(path[-1], str) and data.draw(st.booleans()):
         payload = with_value(base, path, None, delete=True)
     else:
@@ -872,6 +882,14 @@ def test_mutated_valid_payloads_only_raise_invalid_payload(event: str, data: Any
 def test_mutated_corpus_payloads_only_raise_invalid_payload(data: Any) -> None:
     name = data.draw(st.sampled_from([n for n in CORPUS_FILES if "ping" not in n]))
     base = json.loads(read(name))
-    path = data.draw(st.sampled_from(all_paths(base)))
+    path = data.draw(st.sampled_from(json_paths(base)))
     payload = with_value(base, path, data.draw(json_values))
-    check_only_invalid_payload(event_for(name), json.dumps(payload).encode())
+    check_only_invalid_payload(corpus_event(name), json.dumps(payload).encode())
+
+
+def test_a_long_key_above_deep_nesting_is_cut_in_the_detail() -> None:
+    """The path of invalid bytes under a 1 MB key and 1,000 levels stays short and cheap."""
+    body = b'{"' + b"k" * 1_000_000 + b'": ' + b"[" * 1000 + b'"\x80"' + b"]" * 1000 + b"}"
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("repo:push", body)
+    assert info.value.detail == "k" * 200 + "… is not valid UTF-8"

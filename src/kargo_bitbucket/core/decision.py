@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.identity import repository_identity
-from kargo_bitbucket.core.subscriptions import GitSubscription, git_subscriptions, match_ref
+from kargo_bitbucket.core.subscriptions import (
+    GitSubscription,
+    PushedRefs,
+    Steps,
+    first_matches,
+    first_tag_matches,
+    git_subscriptions,
+    match_ref,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,24 +55,48 @@ class Verdict:
     warnings: tuple[str, ...] = ()
 
 
+REF_REASONS = 20
+"""Refs whose reasons a Warehouse that no ref matches lists; the rest are counted."""
+REASON_CHARS = 400
+"""Characters of ref reasons in one sentence, so the count of the rest survives the
+history's 512-character cut of a reason."""
+
+
+def pushed_identities(push: Push) -> dict[str, str]:
+    """The repository identities of a push, each with the URL it was pushed as."""
+    return {repository_identity(url): url for url in push.repo_urls}
+
+
 def decide_push(
     push: Push, find: Callable[[Iterable[str]], Iterable[WarehouseEntry]]
 ) -> list[Verdict]:
     """Judge the Warehouses ``find`` returns for the pushed repository identities."""
-    pushed = {repository_identity(url): url for url in push.repo_urls}
-    verdicts = []
-    for warehouse in find(pushed):
+    pushed = pushed_identities(push)
+    return [v for v in judge_push(push, pushed, find(pushed)) if v is not None]
+
+
+def judge_push(
+    push: Push, pushed: Mapping[str, str], warehouses: Iterable[WarehouseEntry]
+) -> Iterator[Verdict | None]:
+    """The verdict on each Warehouse in turn, and None wherever the caller may pause.
+
+    ``pushed`` is ``pushed_identities(push)``, which found the Warehouses. Costs
+    O(refs + candidates) for branch subscriptions and O(tags) per distinct tag
+    subscription, with a None at least every PAUSE_EVERY tags, and each reason
+    names at most REF_REASONS refs, whatever the push.
+    """
+    refs = None if push.refs is None else PushedRefs(push.refs)
+    for warehouse in warehouses:
         subscriptions = [s for s in warehouse.subscriptions if s.identity in pushed]
-        verdicts.append(_judge(warehouse, subscriptions, push.refs, pushed))
-    return verdicts
+        yield (yield from _judge(warehouse, subscriptions, refs, pushed))
 
 
 def _judge(
     warehouse: WarehouseEntry,
     subscriptions: list[GitSubscription],
-    refs: tuple[str, ...] | None,
+    refs: PushedRefs | None,
     pushed: Mapping[str, str],
-) -> Verdict:
+) -> Steps[Verdict]:
     """The verdict for one Warehouse: the first certain match wins, else the first uncertain one."""
     kind, namespace, name = "Warehouse", warehouse.namespace, warehouse.name
     if not subscriptions:
@@ -73,27 +105,43 @@ def _judge(
         return Verdict(
             kind, namespace, name, True, "the push names no refs, so every subscriber is refreshed"
         )
-    misses: list[str] = []
     uncertain: Verdict | None = None
     for subscription in subscriptions:
-        for ref in refs:
-            verdict = match_ref(subscription, ref)
-            if not verdict.matched:
-                misses.append(verdict.reason)
-                continue
-            reason = verdict.reason + _via(subscription, pushed)
-            if not verdict.uncertain:
-                return Verdict(kind, namespace, name, True, reason)
-            if uncertain is None:
-                warnings = tuple(
-                    f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
-                    f"{problem}; refreshed anyway"
-                    for problem in subscription.problems
-                )
-                uncertain = Verdict(kind, namespace, name, True, reason, warnings)
+        found = first_matches(subscription, refs)
+        if found is None:
+            found = yield from first_tag_matches(subscription, refs)
+        if found.certain is not None:
+            return Verdict(
+                kind, namespace, name, True, found.certain.reason + _via(subscription, pushed)
+            )
+        if found.uncertain is not None and uncertain is None:
+            warnings = tuple(
+                f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
+                f"{problem}; refreshed anyway"
+                for problem in subscription.problems
+            )
+            reason = found.uncertain.reason + _via(subscription, pushed)
+            uncertain = Verdict(kind, namespace, name, True, reason, warnings)
     if uncertain is not None:
         return uncertain
-    return Verdict(kind, namespace, name, False, "; ".join(dict.fromkeys(misses)))
+    return Verdict(kind, namespace, name, False, _misses(subscriptions, refs.refs))
+
+
+def _misses(subscriptions: list[GitSubscription], refs: tuple[str, ...]) -> str:
+    """Why no ref matched: the reasons of the first refs (at most REF_REASONS of them and
+    REASON_CHARS characters), and how many refs more."""
+    reasons: dict[str, None] = {}
+    size = shown = 0
+    for ref in refs[:REF_REASONS]:
+        new = [r for r in (match_ref(s, ref).reason for s in subscriptions) if r not in reasons]
+        cost = sum(len(r) + 2 for r in new)
+        if shown and size + cost > REASON_CHARS:
+            break
+        reasons.update(dict.fromkeys(new))
+        size += cost
+        shown += 1
+    more = len(refs) - shown
+    return "; ".join(reasons) + (f"; and {more} more refs" if more else "")
 
 
 def _via(subscription: GitSubscription, pushed: Mapping[str, str]) -> str:

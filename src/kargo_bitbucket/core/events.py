@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -382,7 +383,9 @@ def _schema_parser(
     def parse(body: bytes) -> Push | PullRequestClosed | None:
         try:
             return extract(decoder.decode(body))
-        except (msgspec.DecodeError, RecursionError, _Undecided):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, _Undecided):
+            # msgspec checks a string's UTF-8 only when it converts it, and says so with
+            # UnicodeDecodeError: the walk then names the field (issue 9: this was a 500).
             return None
 
     return parse
@@ -430,7 +433,8 @@ def is_handled(event_key: str) -> bool:
 def parse_event(event_key: str, body: bytes) -> Push | PullRequestClosed:
     """Parse the raw body of a handled event into what the refresh logic needs.
 
-    Raises InvalidPayload (HTTP 400) for a body that is not a JSON object or has a
+    Raises InvalidPayload (HTTP 400) for a body that is not a JSON object (invalid UTF-8
+    and lone surrogates included: the detail names the field holding them) or has a
     field we need missing, null or of the wrong type; its subclass NoRepositoryURL
     for a push whose payload carries no repository URL at all (checked after the
     rest of the body, per §4 row 8 before row 9), and NoPullRequestURL for a PR
@@ -453,10 +457,78 @@ def _walk(
     parser: Callable[[_Obj], Push | PullRequestClosed], body: bytes
 ) -> Push | PullRequestClosed:
     """Decode the whole body and let ``parser`` check each field it reads on the way."""
+    return parser(_decode(body))
+
+
+def _decode(body: bytes) -> _Obj:
+    """The body as a JSON object, or InvalidPayload naming what is wrong and where.
+
+    orjson refuses invalid UTF-8 anywhere, lone surrogate escapes and nesting past 1,024
+    levels; its message and position say what and where without quoting the input.
+    """
     try:
         root = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidPayload("body is not valid JSON") from None
+    except orjson.JSONDecodeError as error:
+        raise InvalidPayload(_not_json(body, error)) from None
     if not isinstance(root, dict):
         raise InvalidPayload("body is not a JSON object")
-    return parser(root)
+    return root
+
+
+_BAD_BYTE = "\ufdd0"
+"""Stands in for an invalid byte while looking for where it is: a noncharacter, never text."""
+_PATH_LIMIT = 200
+"""Characters of a field path an error detail may carry: keys of unread fields are input."""
+
+
+def _not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
+    """Why orjson refused the body: the field holding invalid UTF-8, or its message and offset."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as bad:
+        try:
+            root = orjson.loads(body.decode(errors=_MARK_BAD_BYTES))
+        except orjson.JSONDecodeError:
+            return f"body is not valid UTF-8 (byte {bad.start})"
+        return f"{_marked_path(root)} is not valid UTF-8"
+    return f"body is not valid JSON: {error.msg} at character {error.pos}"
+
+
+def _marked_path(root: Any) -> str:
+    """Where the first invalid-byte mark is: the path of a string, or the object of a key."""
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and _BAD_BYTE in value:
+            break
+        if isinstance(value, dict):
+            if any(_BAD_BYTE in key for key in value):
+                path = f"a key of {path or 'the body'}"
+                break
+            items = [(_child(path, f".{key}" if path else key), v) for key, v in value.items()]
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend(reversed([(_child(path, f"[{i}]"), v) for i, v in enumerate(value)]))
+    else:
+        return "body"
+    return path
+
+
+def _child(path: str, segment: str) -> str:
+    """``path`` + ``segment``, cut at _PATH_LIMIT with a marker (a long key deep down would
+    otherwise be copied into the path of every value under it)."""
+    if len(path) > _PATH_LIMIT:
+        return path
+    joined = path + segment
+    return joined if len(joined) <= _PATH_LIMIT else joined[:_PATH_LIMIT] + "…"
+
+
+def _mark(error: UnicodeError) -> tuple[str, int]:
+    """A codecs error handler: each invalid byte becomes one _BAD_BYTE."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return _BAD_BYTE * (error.end - error.start), error.end
+
+
+_MARK_BAD_BYTES = "kargo-bitbucket.mark-bad-bytes"
+codecs.register_error(_MARK_BAD_BYTES, _mark)

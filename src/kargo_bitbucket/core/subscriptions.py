@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import re2
 
 from kargo_bitbucket.core.identity import repository_identity
-from kargo_bitbucket.core.semver import Constraint, SemverError, parse_version
+from kargo_bitbucket.core.semver import Constraint, SemverError, Version, parse_version
 
 BRANCH_STRATEGY = "NewestFromBranch"
 TAG_STRATEGIES = frozenset({"SemVer", "Lexical", "NewestTag"})
 DEFAULT_BRANCHES = ("main", "master")
 BRANCH_PREFIX = "refs/heads/"
 TAG_PREFIX = "refs/tags/"
+
+T = TypeVar("T")
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -170,12 +172,157 @@ def match_ref(subscription: GitSubscription, ref: str) -> RefVerdict:
     if strategy == BRANCH_STRATEGY:
         return _match_branch(subscription, ref)
     if strategy in TAG_STRATEGIES:
-        return _match_tag(subscription, ref)
+        return _match_tag(subscription, ref, _parse)
     return RefVerdict(
         True,
         f"ref {ref} refreshes anyway: unknown commitSelectionStrategy {strategy!r}",
         "commitSelectionStrategy",
     )
+
+
+class PushedRefs:
+    """The refs of one push, indexed once so that matching a subscription is cheap.
+
+    A branch subscription is a dictionary lookup per wanted branch; a tag subscription
+    one pass over the tags that stops at its first certain match, with each tag parsed as
+    a version at most once per push, and subscriptions of the same shape (same strategy,
+    constraint and regexes) judged once. Before this, a 10,000-ref push to 1,008 branch
+    subscriptions called ``match_ref`` 10 million times: 9.4 s (issue 9).
+    """
+
+    __slots__ = ("_judged", "_tags", "_versions", "position", "refs")
+
+    def __init__(self, refs: tuple[str, ...]) -> None:
+        self.refs = refs
+        self.position = dict(zip(refs, range(len(refs)), strict=True))
+        self._tags: list[str] | None = None
+        self._versions: dict[tuple[str, bool], Version | None] = {}
+        self._judged: dict[tuple[Any, ...], FirstMatches] = {}
+
+    @property
+    def tags(self) -> list[str]:
+        """The pushed tags' names in push order (listed only if a tag subscription asks)."""
+        if self._tags is None:
+            self._tags = [ref[len(TAG_PREFIX) :] for ref in self.refs if ref.startswith(TAG_PREFIX)]
+        return self._tags
+
+    def version(self, tag: str, strict: bool) -> Version | None:
+        """The tag as a semantic version, or None; parsed once per push."""
+        key = (tag, strict)
+        if key not in self._versions:
+            self._versions[key] = _parse(tag, strict)
+        return self._versions[key]
+
+
+class FirstMatches(NamedTuple):
+    """The first ref (in push order) that matches a subscription for certain, and the first
+    that matches only because an unevaluable field would decide (refresh anyway)."""
+
+    certain: RefVerdict | None
+    uncertain: RefVerdict | None
+
+
+_NO_MATCH = FirstMatches(None, None)
+
+
+PAUSE_EVERY = 500
+"""Tags one subscription examines between two points where its caller may pause: about
+1 ms (parsing a tag as a version takes 2 us); the first SemVer subscription of a
+5,000-tag push held the event loop 16 ms in one piece before."""
+
+Steps = Generator[None, None, T]
+"""Work that yields None where its caller may pause, and returns a T."""
+
+
+def first_matches(subscription: GitSubscription, pushed: PushedRefs) -> FirstMatches | None:
+    """What ``match_ref`` over every pushed ref in order would find first, without asking it
+    about each ref; None for a tag subscription whose shape this push has not judged yet
+    (``first_tag_matches`` then does, in steps): the work is bounded by the number of
+    tags, not refs times anything."""
+    refs = pushed.refs
+    if subscription.strategy == BRANCH_STRATEGY:
+        position = pushed.position
+        if subscription.branch:
+            first = position.get(BRANCH_PREFIX + subscription.branch)
+        else:
+            found = [position.get(BRANCH_PREFIX + branch) for branch in DEFAULT_BRANCHES]
+            first = min((at for at in found if at is not None), default=None)
+        if first is None:
+            return _NO_MATCH
+        return FirstMatches(_match_branch(subscription, refs[first]), None)
+    if subscription.strategy not in TAG_STRATEGIES:
+        return FirstMatches(None, match_ref(subscription, refs[0]) if refs else None)
+    return pushed._judged.get(_shape(subscription))
+
+
+def first_tag_matches(subscription: GitSubscription, pushed: PushedRefs) -> Steps[FirstMatches]:
+    """``first_matches`` of a tag subscription, judged tag by tag and kept for its shape."""
+    found = yield from _scan_tags(subscription, pushed)
+    pushed._judged[_shape(subscription)] = found
+    return found
+
+
+def _scan_tags(subscription: GitSubscription, pushed: PushedRefs) -> Steps[FirstMatches]:
+    uncertain: RefVerdict | None = None
+    for tag in _plausible_tags(subscription, pushed):
+        if tag is None:
+            yield
+            continue
+        outcome, _ = _tag_outcome(subscription, tag, pushed.version)
+        if outcome in _CERTAIN:
+            ref = TAG_PREFIX + tag
+            return FirstMatches(_match_tag(subscription, ref, pushed.version), uncertain)
+        if outcome == "uncertain" and uncertain is None:
+            uncertain = _match_tag(subscription, TAG_PREFIX + tag, pushed.version)
+    return FirstMatches(None, uncertain)
+
+
+def _plausible_tags(subscription: GitSubscription, pushed: PushedRefs) -> Iterator[str | None]:
+    """The pushed tags, less those a cheap test rules out for certain; None every
+    PAUSE_EVERY tags examined.
+
+    Only tests whose failure means "no match" whatever else holds: not a version or
+    outside the constraint (SemVer), no allow regex matching when all compiled. The
+    full rules judge what is left: 200 SemVer and 100 regex subscriptions over 5,000
+    tags that none matches took 1.7 s judged tag by tag, 1.3 s so (measured; the regex
+    searches, 2 us each, are most of what is left).
+    """
+    semver = subscription.strategy == "SemVer"
+    strict, constraint, version = subscription.strict, subscription.constraint, pushed.version
+    allow = [p.regex for p in subscription.allow if p.regex is not None]
+    complete = len(allow) == len(subscription.allow) and "allowTags" not in subscription.deprecated
+    allow = allow if complete else []
+    for index, tag in enumerate(pushed.tags, 1):
+        if index % PAUSE_EVERY == 0:
+            yield None
+        if semver:
+            parsed = version(tag, strict)
+            if parsed is None or (constraint is not None and not constraint.allows(parsed)):
+                continue
+        if allow and not any(regex.search(tag) for regex in allow):
+            continue
+        yield tag
+
+
+def _shape(subscription: GitSubscription) -> tuple[Any, ...]:
+    """Everything of a tag subscription that its verdicts and their reasons depend on."""
+    return (
+        subscription.strategy,
+        subscription.strict,
+        subscription.constraint_text,
+        subscription.constraint is None,
+        subscription.constraint_error is None,
+        tuple((p.text, p.regex is None) for p in subscription.allow),
+        tuple((p.text, p.regex is None) for p in subscription.ignore),
+        subscription.deprecated,
+    )
+
+
+def _parse(tag: str, strict: bool) -> Version | None:
+    try:
+        return parse_version(tag, strict=strict)
+    except SemverError:
+        return None
 
 
 def _match_branch(subscription: GitSubscription, ref: str) -> RefVerdict:
@@ -194,62 +341,79 @@ def _match_branch(subscription: GitSubscription, ref: str) -> RefVerdict:
     return RefVerdict(False, f'branch "{branch}" does not match {described}')
 
 
-def _match_tag(subscription: GitSubscription, ref: str) -> RefVerdict:
+_CERTAIN = frozenset({"satisfies", "accepted"})
+
+
+def _tag_outcome(
+    subscription: GitSubscription, tag: str, version_of: Callable[[str, bool], Version | None]
+) -> tuple[str, str]:
     """Tag strategies: allowed, not ignored, and for SemVer a satisfying version.
 
-    Unevaluable parts count as "unknown" (three-valued logic): a ref is dropped
-    only when the parts we can evaluate already rule it out.
+    Unevaluable parts count as "unknown" (three-valued logic): a tag is dropped only
+    when the parts we can evaluate already rule it out. Returns what decided, and the
+    pattern text or field names it concerns; no sentence is built here, as a huge push
+    asks this for every tag.
     """
+    uncertain: list[str] = []
+    for pattern in subscription.ignore:
+        if pattern.regex is None:
+            uncertain.append(pattern.field)
+        elif pattern.regex.search(tag):
+            return "ignored", pattern.text
+    if "ignoreTags" in subscription.deprecated:
+        uncertain.append("ignoreTags")
+
+    allow_terms = subscription.allow
+    restricted = allow_terms or "allowTags" in subscription.deprecated
+    if restricted and not any(p.regex is not None and p.regex.search(tag) for p in allow_terms):
+        unknown = [p.field for p in allow_terms if p.regex is None]
+        if "allowTags" in subscription.deprecated:
+            unknown.append("allowTags")
+        if not unknown:
+            return "not allowed", ""
+        uncertain.extend(unknown)
+
+    if subscription.strategy == "SemVer":
+        version = version_of(tag, subscription.strict)
+        if version is None:
+            return "not a version", ""
+        if subscription.constraint is not None:
+            if not subscription.constraint.allows(version):
+                return "unsatisfied", ""
+        elif subscription.constraint_error:
+            uncertain.append("semverConstraint")
+
+    if uncertain:
+        return "uncertain", ", ".join(dict.fromkeys(uncertain))
+    if subscription.strategy == "SemVer" and subscription.constraint is not None:
+        return "satisfies", ""
+    return "accepted", ""
+
+
+def _match_tag(
+    subscription: GitSubscription, ref: str, version_of: Callable[[str, bool], Version | None]
+) -> RefVerdict:
+    """A tag strategy's verdict on one ref, with the sentence saying why."""
     strategy = subscription.strategy
     if not ref.startswith(TAG_PREFIX):
         return RefVerdict(
             False, f"{_describe(ref)} is not a tag; {strategy} subscription follows tags"
         )
     tag = ref[len(TAG_PREFIX) :]
-    uncertain: list[str] = []
-
-    for pattern in subscription.ignore:
-        if pattern.regex is None:
-            uncertain.append(pattern.field)
-        elif pattern.regex.search(tag):
-            return RefVerdict(False, f'tag "{tag}": ignoreTagsRegexes "{pattern.text}" matched')
-    if "ignoreTags" in subscription.deprecated:
-        uncertain.append("ignoreTags")
-
-    allow_terms = [*subscription.allow]
-    if allow_terms or "allowTags" in subscription.deprecated:
-        allowed_by = next(
-            (p for p in allow_terms if p.regex is not None and p.regex.search(tag)), None
-        )
-        if allowed_by is None:
-            unknown = [p.field for p in allow_terms if p.regex is None]
-            if "allowTags" in subscription.deprecated:
-                unknown.append("allowTags")
-            if not unknown:
-                listed = ", ".join(f'"{p.text}"' for p in allow_terms)
-                return RefVerdict(False, f'tag "{tag}" matches none of allowTagsRegexes {listed}')
-            uncertain.extend(unknown)
-
-    if strategy == "SemVer":
-        try:
-            version = parse_version(tag, strict=subscription.strict)
-        except SemverError:
-            kind = "strict semantic version" if subscription.strict else "semantic version"
-            return RefVerdict(False, f'tag "{tag}" is not a {kind}')
-        if subscription.constraint is not None:
-            if not subscription.constraint.allows(version):
-                return RefVerdict(
-                    False, f'tag "{tag}" does not satisfy "{subscription.constraint_text}"'
-                )
-        elif subscription.constraint_error:
-            uncertain.append("semverConstraint")
-
-    if uncertain:
-        fields = ", ".join(dict.fromkeys(uncertain))
-        return RefVerdict(
-            True, f'tag "{tag}" refreshes anyway: {fields} cannot be evaluated', fields
-        )
-    if strategy == "SemVer" and subscription.constraint is not None:
+    outcome, about = _tag_outcome(subscription, tag, version_of)
+    if outcome == "ignored":
+        return RefVerdict(False, f'tag "{tag}": ignoreTagsRegexes "{about}" matched')
+    if outcome == "not allowed":
+        listed = ", ".join(f'"{p.text}"' for p in subscription.allow)
+        return RefVerdict(False, f'tag "{tag}" matches none of allowTagsRegexes {listed}')
+    if outcome == "not a version":
+        kind = "strict semantic version" if subscription.strict else "semantic version"
+        return RefVerdict(False, f'tag "{tag}" is not a {kind}')
+    if outcome == "unsatisfied":
+        return RefVerdict(False, f'tag "{tag}" does not satisfy "{subscription.constraint_text}"')
+    if outcome == "uncertain":
+        return RefVerdict(True, f'tag "{tag}" refreshes anyway: {about} cannot be evaluated', about)
+    if outcome == "satisfies":
         return RefVerdict(True, f'tag "{tag}" satisfies "{subscription.constraint_text}"')
     return RefVerdict(True, f'tag "{tag}" is accepted by the {strategy} subscription')
 

@@ -1,0 +1,140 @@
+"""Which Warehouses a push refreshes, and why, whatever the size of the push (SPEC §6, issue 9)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kargo_bitbucket.core.decision import REF_REASONS, Verdict, WarehouseEntry, decide_push
+from kargo_bitbucket.core.events import Push
+from kargo_bitbucket.core.subscriptions import match_ref
+
+REPO = "https://bitbucket.org/acme/app"
+
+
+def warehouse(name: str, *gits: dict[str, Any]) -> WarehouseEntry:
+    subscriptions = [{"git": {"repoURL": REPO, **git}} for git in gits]
+    return WarehouseEntry.from_body(
+        {"metadata": {"namespace": "p", "name": name}, "spec": {"subscriptions": subscriptions}}
+    )
+
+
+def decide(refs: tuple[str, ...] | None, *warehouses: WarehouseEntry) -> list[Verdict]:
+    return decide_push(Push((REPO,), refs), lambda found: warehouses)
+
+
+def by_definition(entry: WarehouseEntry, refs: tuple[str, ...]) -> tuple[bool, str, int]:
+    """SPEC §6.3 read literally: every subscription against every ref, in order."""
+    uncertain: tuple[bool, str, int] | None = None
+    for subscription in entry.subscriptions:
+        for ref in refs:
+            verdict = match_ref(subscription, ref)
+            if verdict.matched and not verdict.uncertain:
+                return True, verdict.reason, 0
+            if verdict.matched and uncertain is None:
+                uncertain = (True, verdict.reason, len(subscription.problems))
+    return uncertain or (False, "", 0)
+
+
+gits = st.fixed_dictionaries(
+    {},
+    optional={
+        "branch": st.sampled_from(["main", "dev", "release"]),
+        "commitSelectionStrategy": st.sampled_from(
+            ["NewestFromBranch", "SemVer", "NewestTag", "Lexical", "Digest"]
+        ),
+        "semverConstraint": st.sampled_from(["^1.0.0", ">=2", "x>"]),
+        "strictSemvers": st.booleans(),
+        "allowTagsRegexes": st.lists(st.sampled_from(["^v", "rc", "("]), max_size=2),
+        "ignoreTagsRegexes": st.lists(st.sampled_from(["rc", "^v0", "["]), max_size=2),
+        "allowTags": st.sampled_from(["", "v"]),
+    },
+)
+refs = st.lists(
+    st.sampled_from(
+        ["refs/heads/main", "refs/heads/dev", "refs/heads/x", "refs/tags/v1.2.3",
+         "refs/tags/v2.0.0-rc1", "refs/tags/v0.1", "refs/tags/1.0", "refs/tags/app", "refs/x/y"]
+    ),
+    min_size=1,
+    max_size=8,
+    unique=True,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(subscriptions=st.lists(gits, min_size=1, max_size=3), pushed=refs)
+def test_verdicts_are_those_of_every_ref_against_every_subscription(
+    subscriptions: list[dict[str, Any]], pushed: list[str]
+) -> None:
+    """The indexed matching decides and explains exactly as the literal reading of §6.3."""
+    entry = warehouse("w", *subscriptions)
+    (verdict,) = decide(tuple(pushed), entry)
+    refresh, reason, problems = by_definition(entry, tuple(pushed))
+    assert verdict.refresh is refresh
+    if refresh:
+        assert verdict.reason == reason
+        assert len(verdict.warnings) == problems
+    else:
+        more = re.search(r"; and (\d+) more refs$", verdict.reason)
+        shown = len(pushed) - (int(more.group(1)) if more else 0)
+        assert shown >= 1
+        expected = dict.fromkeys(
+            match_ref(s, r).reason for r in pushed[:shown] for s in entry.subscriptions
+        )
+        assert verdict.reason == "; ".join(expected) + (more.group(0) if more else "")
+        assert len(verdict.reason) <= 512
+
+
+def test_the_first_matching_ref_in_push_order_names_the_reason() -> None:
+    (verdict,) = decide(("refs/heads/master", "refs/heads/main"), warehouse("w", {}))
+    assert verdict.reason == 'branch "master" matches default branch "main" or "master"'
+
+
+def test_a_huge_push_that_matches_nothing_names_twenty_refs_and_counts_the_rest() -> None:
+    """Issue 9: 10,000 refs to 1,008 Warehouses built a 933 MB history row from its reasons."""
+    pushed = tuple(f"refs/heads/feature-{i}" for i in range(10_000))
+    warehouses = [warehouse(f"w{i}", {"branch": f"release-{i}"}) for i in range(1_000)]
+    verdicts = decide(pushed, *warehouses)
+    assert len(verdicts) == 1_000 and not any(v.refresh for v in verdicts)
+    reason = verdicts[7].reason
+    assert reason.startswith('branch "feature-0" does not match subscription branch "release-7"')
+    shown = reason.count("does not match")
+    assert 1 <= shown <= REF_REASONS and len(reason) <= 512
+    assert reason.endswith(f"; and {10_000 - shown} more refs")
+
+
+def test_a_huge_push_still_refreshes_every_warehouse_one_of_its_refs_matches() -> None:
+    pushed = (*(f"refs/tags/v1.{i}.0" for i in range(10_000)), "refs/heads/release-3")
+    warehouses = [
+        warehouse("branch", {"branch": "release-3"}),
+        warehouse("semver", {"commitSelectionStrategy": "SemVer", "semverConstraint": "^1.9999"}),
+        warehouse("other", {"commitSelectionStrategy": "SemVer", "semverConstraint": "^2"}),
+    ]
+    verdicts = {v.name: v for v in decide(pushed, *warehouses)}
+    assert verdicts["branch"].refresh and verdicts["semver"].refresh
+    assert verdicts["semver"].reason == 'tag "v1.9999.0" satisfies "^1.9999"'
+    assert not verdicts["other"].refresh
+
+
+def test_warehouses_of_the_same_shape_each_get_their_own_verdict() -> None:
+    """Judging one tag rule once per push must not leak one Warehouse's URL into another's."""
+    same = {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["^v"]}
+    spelled = WarehouseEntry.from_body(
+        {
+            "metadata": {"namespace": "p", "name": "ssh"},
+            "spec": {"subscriptions": [{"git": {"repoURL": "git@bitbucket.org:acme/app", **same}}]},
+        }
+    )
+    plain, other = decide(("refs/tags/v1",), warehouse("plain", same), spelled)
+    assert plain.reason == 'tag "v1" is accepted by the NewestTag subscription'
+    assert other.reason.endswith(
+        "(subscribed as git@bitbucket.org:acme/app, matched by repository identity)"
+    )
+
+
+def test_refs_unknown_refreshes_every_subscriber() -> None:
+    (verdict,) = decide(None, warehouse("w", {"branch": "dev"}))
+    assert verdict.refresh
