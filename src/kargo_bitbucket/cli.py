@@ -24,9 +24,11 @@ from kargo_bitbucket import __version__, logs
 from kargo_bitbucket.config import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SYSTEM_NAMESPACE,
     ConfigError,
     ServeSettings,
+    default_max_connections,
     default_state,
     env,
 )
@@ -161,6 +163,14 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env("HEADER_TIMEOUT") or 10),
         metavar="SECONDS",
         help="time allowed to send the request headers (default 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(env("MAX_CONNECTIONS") or default_max_connections()),
+        metavar="N",
+        help="open webhook connections at most; more get 503 "
+        f"(default {DEFAULT_MAX_CONNECTIONS}, fewer if the open-file limit is low)",
     )
     serve.add_argument(
         "--shutdown-grace",
@@ -563,6 +573,7 @@ def _serve(args: argparse.Namespace) -> int:
         body_limit=args.body_limit,
         body_timeout=args.body_timeout,
         header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         shutdown_grace=args.shutdown_grace,
         admin_listen=args.admin_listen,
         history_size=args.history_size,
@@ -630,6 +641,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     from kargo_bitbucket.app import Lifecycle, create_app
     from kargo_bitbucket.metrics import Metrics
     from kargo_bitbucket.server import (
+        Connections,
         ListenError,
         bind,
         build_admin_server,
@@ -638,10 +650,13 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     )
 
     lifecycle = Lifecycle()
+    connections = Connections(settings.max_connections)
     metrics = None
     admin = None
     if settings.admin is not None:
-        metrics = Metrics(store.indexes.counts, lambda: store.watch_restarts)
+        metrics = Metrics(
+            store.indexes.counts, lambda: store.watch_restarts, connections.dropped.items
+        )
         admin = build_admin_server(create_admin_app(store, metrics), *settings.admin)
 
     async def on_ready() -> None:
@@ -665,6 +680,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
         settings.port,
         header_timeout=settings.header_timeout,
         shutdown_grace=settings.shutdown_grace,
+        connections=connections,
     )
     try:
         main_socket = bind(settings.host, settings.port)

@@ -46,9 +46,11 @@ class Metrics(Collector):
         self,
         sizes: Callable[[], Mapping[str, int]] = dict,
         restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        dropped_connections: Callable[[], Iterable[tuple[str, int]]] = tuple,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
+        self.dropped_connections = dropped_connections
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str]] = Counter()
@@ -115,6 +117,13 @@ class Metrics(Collector):
             "Kubernetes watches restarted, by kind and reason (expired = 410 Gone)",
             ["kind", "reason"],
             self.restarts().items(),
+        )
+        yield _counter(
+            "kargo_bitbucket_connections_dropped",
+            "Webhook connections the front door refused or closed, by reason "
+            "(cap, too-large, header-timeout)",
+            ["reason"],
+            (((reason,), count) for reason, count in self.dropped_connections()),
         )
 
     def exposition(self) -> bytes:

@@ -1,77 +1,243 @@
-"""Running the app on uvicorn: header-read deadline, draining readiness, graceful SIGTERM."""
+"""Running the app on uvicorn: the front door's limits, draining readiness, graceful SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 import socket
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from kargo_bitbucket.app import Lifecycle
+from kargo_bitbucket.config import DEFAULT_MAX_CONNECTIONS
+
+log = logging.getLogger("kargo_bitbucket.server")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 8.0
+HEAD_LIMIT = 64 * 1024
+HEADER_COUNT_LIMIT = 100
+KEEP_ALIVE = 5.0
+CAP_LOG_INTERVAL = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: 43\r\nconnection: close\r\n\r\n"
+    b'{"error":"request header fields too large"}'
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: 33\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    b'{"error":"too many connections"}\n'
+)
 
 
-def protocol_with_header_deadline(timeout: float) -> type[HttpToolsProtocol]:
-    """An httptools protocol that closes connections whose headers take longer than ``timeout``."""
+@dataclass(slots=True)
+class Connections:
+    """Open webhook connections against their cap, and those dropped by the front door.
 
-    class HeaderDeadlineProtocol(HttpToolsProtocol):
+    ``dropped`` counts by reason: ``cap`` (refused at the cap), ``too-large`` (request
+    line and headers over their limit, answered 431) and ``header-timeout``.
+    """
+
+    limit: int = DEFAULT_MAX_CONNECTIONS
+    open: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    _logged: float = float("-inf")
+    _unlogged: int = 0
+
+    def refuse(self) -> None:
+        """Count a connection refused at the cap; one log line per 10 s at most."""
+        self.dropped["cap"] += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged >= CAP_LOG_INTERVAL:
+            log.warning(
+                "connection cap reached: refused %d connection(s) with 503",
+                self._unlogged,
+                extra={"max_connections": self.limit},
+            )
+            self._logged, self._unlogged = now, 0
+
+
+def front_door_protocol(
+    connections: Connections, header_timeout: float, keep_alive: float = KEEP_ALIVE
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
+
+    class FrontDoorProtocol(HttpToolsProtocol):
+        """One webhook connection, bounded in number, head size and idle time.
+
+        - Past ``connections.limit`` open connections a new one gets a 503 and is closed.
+        - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
+          ``HEADER_COUNT_LIMIT`` headers, else 431 and closed. httptools buffers each
+          header whole, so bytes are counted as they are fed (8 parallel 64 MB request
+          lines took 570 MB and stalled deliveries 6.8 s before).
+        - One deadline per connection: ``header_timeout`` to send each head, and
+          ``keep_alive`` after the last answer, which further bytes (the unread body of an
+          early 404/405) do not extend: uvicorn's own keep-alive timer restarts on any
+          byte, so one byte after an early answer held the connection for ever.
+        - A client that half-closes after pipelining still gets its answers, and a lost
+          connection stops every cycle on it: uvicorn marks only the newest, so the
+          running one wrote to a closed transport ("Exception in ASGI application").
+
+        uvicorn internals this relies on (tests/e2e/test_front_door.py fails if they go):
+        the methods connection_made, connection_lost, data_received, eof_received,
+        on_message_begin, on_headers_complete, on_body, on_message_complete and
+        on_response_complete; the attributes loop, transport, headers and cycle; and
+        RequestResponseCycle's response_complete, disconnected and message_event.
+        """
+
         _deadline: asyncio.TimerHandle | None = None
+        _head: int | None = None  # bytes of the current head fed so far; None between heads
+        _accepted = False
+        _refused = False
+        _eof = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if connections.open >= connections.limit:
+                connections.refuse()
+                transport.write(BUSY)
+                transport.close()
+                return
+            connections.open += 1
+            self._accepted = True
+            self._cycles: deque[RequestResponseCycle] = deque()
             super().connection_made(transport)
-            self._arm()
+            self._head = 0
+            self._arm(header_timeout, "header-timeout")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self._accepted:
+                return
+            self._accepted = False
+            connections.open -= 1
+            self._disarm()
+            for cycle in self._cycles:
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+            super().connection_lost(exc)
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            """Keep the write side open for the answers still owed; close if none are."""
+            self._eof = True
+            if not self._cycles:
+                self.transport.close()
+            return True
+
+        def data_received(self, data: bytes) -> None:
+            while self._head is not None and data:
+                room = HEAD_LIMIT - self._head
+                if room <= 0:
+                    return self._refuse()
+                piece, data = data[:room], data[room:]
+                self._head += len(piece)
+                super().data_received(piece)
+                if self._refused:
+                    return
+            if data:
+                super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm()
+            if self._head is None:
+                self._head = 0
+            self._arm(header_timeout, "header-timeout")
 
         def on_headers_complete(self) -> None:
+            if self._refused:
+                return
+            self._head = None
             self._disarm()
+            if len(self.headers) > HEADER_COUNT_LIMIT:
+                return self._refuse()
             super().on_headers_complete()
+            self._cycles.append(self.cycle)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
 
-        def _arm(self) -> None:
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            while self._cycles and self._cycles[0].response_complete:
+                self._cycles.popleft()
+            if self._cycles or self._head is not None or self.transport.is_closing():
+                return  # a pipelined request runs, or the next head is under its deadline
+            if self._eof:
+                self.transport.close()
+            else:
+                self._arm(keep_alive, None)
+
+        def _refuse(self) -> None:
+            """431 (unless an answer is under way) and close: the head is over its limits."""
+            self._refused = True
+            self._head = None
             self._disarm()
-            self._deadline = self.loop.call_later(timeout, self._expire)
+            connections.dropped["too-large"] += 1
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(TOO_LARGE)
+            self.transport.close()
+
+        def _arm(self, timeout: float, reason: str | None) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(timeout, self._expire, reason)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _expire(self) -> None:
+        def _expire(self, reason: str | None) -> None:
             self._deadline = None
             if not self.transport.is_closing():
+                if reason is not None:
+                    connections.dropped[reason] += 1
                 self.transport.close()
 
-    return HeaderDeadlineProtocol
+    return FrontDoorProtocol
 
 
 class Server(uvicorn.Server):
     """uvicorn's server, draining on a stop signal and then exiting 0 (SPEC §9).
 
-    uvicorn re-raises the captured signal after shutdown, which would make the
-    process die of SIGTERM; a completed graceful shutdown is a success.
+    uvicorn's own signal capture re-raises the signal after shutdown, which would make
+    the process die of SIGTERM; a completed graceful shutdown is a success.
     """
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, connections: Connections
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.connections = connections
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.draining = True
         super().handle_exit(sig, frame)
-        self._captured_signals.clear()
 
 
 class CompanionServer(uvicorn.Server):
@@ -144,19 +310,22 @@ def build_server(
     *,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    connections: Connections | None = None,
 ) -> Server:
-    """A uvicorn server for ``app`` on ``host:port`` with our protocol and no access log."""
+    """A uvicorn server for ``app`` on ``host:port`` with the front door's protocol."""
+    connections = connections or Connections()
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",  # the caller runs the event loop (uvloop.run)
-        http=protocol_with_header_deadline(header_timeout),
+        http=front_door_protocol(connections, header_timeout),
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=int(shutdown_grace),
-        timeout_keep_alive=15,
+        timeout_keep_alive=int(KEEP_ALIVE),
     )
-    return Server(config, lifecycle)
+    return Server(config, lifecycle, connections)
