@@ -121,7 +121,7 @@ class Metrics(Collector):
         yield _counter(
             "kargo_bitbucket_connections_dropped",
             "Webhook connections the front door refused or closed, by reason "
-            "(cap, too-large, header-timeout)",
+            "(idle-evicted, cap, too-large, header-timeout)",
             ["reason"],
             (((reason,), count) for reason, count in self.dropped_connections()),
         )

@@ -63,9 +63,10 @@ def read_answer(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def delivery(server: Server) -> bytes:
+def delivery(server: Server, *, close: bool = False) -> bytes:
     """One signed push to the demo receiver, as raw HTTP/1.1."""
-    head = "".join(f"{k}: {v}\r\n" for k, v in cloud_headers(PUSH).items())
+    headers = cloud_headers(PUSH, **({"Connection": "close"} if close else {}))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     path = server.path  # type: ignore[attr-defined]
     return (
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(PUSH)}\r\n{head}\r\n".encode()
@@ -205,6 +206,21 @@ def capped(tmp_path: Path) -> Iterator[Server]:
     assert server.stop() == 0
 
 
+def test_at_the_cap_an_idle_keep_alive_connection_makes_room(capped: Server) -> None:
+    idle = [connect(capped) for _ in range(8)]
+    for sock in idle:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+    with connect(capped) as sock:
+        sock.sendall(delivery(capped, close=True))
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert dropped(capped, "idle-evicted") == 1
+    assert read_until_closed(idle[0]) == b""  # the longest idle one was closed
+    for sock in idle:
+        sock.close()
+
+
 def test_connection_cap_refuses_with_503_logs_once_counts_and_recovers(capped: Server) -> None:
     server = capped
     flood = [connect(server) for _ in range(8)]
@@ -220,9 +236,7 @@ def test_connection_cap_refuses_with_503_logs_once_counts_and_recovers(capped: S
     deadline = time.monotonic() + 10
     while True:
         with connect(server) as sock:
-            sock.sendall(
-                delivery(server).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1)
-            )
+            sock.sendall(delivery(server, close=True))
             answer = read_until_closed(sock)
         if not answer.startswith(b"HTTP/1.1 503 ") or time.monotonic() > deadline:
             break
