@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from kargo_bitbucket.app import Lifecycle
@@ -29,15 +30,21 @@ HEADER_COUNT_LIMIT = 100
 KEEP_ALIVE = 5.0
 CAP_LOG_INTERVAL = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-    b"content-length: 43\r\nconnection: close\r\n\r\n"
-    b'{"error":"request header fields too large"}'
+TOO_LARGE_BODY = b'{"error":"request header fields too large"}'
+TOO_LARGE_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(TOO_LARGE_BODY)).encode()),
+    (b"connection", b"close"),
+]
+TOO_LARGE = b"".join(
+    [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+    + [name + b": " + value + b"\r\n" for name, value in TOO_LARGE_HEADERS]
+    + [b"\r\n", TOO_LARGE_BODY]
 )
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"content-length: 33\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
-    b'{"error":"too many connections"}\n'
+    b"content-length: 32\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    b'{"error":"too many connections"}'
 )
 
 
@@ -88,6 +95,12 @@ class Connections:
             self._unlogged.clear()
 
 
+async def answer_too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    """The 431 for a head with too many headers, closing the connection after it."""
+    await send({"type": "http.response.start", "status": 431, "headers": TOO_LARGE_HEADERS})
+    await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
+
+
 def front_door_protocol(
     connections: Connections, header_timeout: float, keep_alive: float = KEEP_ALIVE
 ) -> type[HttpToolsProtocol]:
@@ -112,8 +125,8 @@ def front_door_protocol(
 
         uvicorn internals this relies on (tests/e2e/test_front_door.py fails if they go):
         the methods connection_made, connection_lost, data_received, eof_received,
-        on_message_begin, on_headers_complete, on_body, on_message_complete and
-        on_response_complete; the attributes loop, transport, headers and cycle; and
+        on_message_begin, on_headers_complete and on_response_complete; the attributes
+        loop, transport, headers, cycle and app (the ASGI app its requests go to); and
         RequestResponseCycle's response_complete, disconnected and message_event.
         """
 
@@ -121,7 +134,6 @@ def front_door_protocol(
         _head: int | None = None  # bytes of the current head fed so far; None between heads
         _counted = False
         _refused_at_cap = False
-        _refused = False
         _eof = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -165,8 +177,6 @@ def front_door_protocol(
                 piece, data = data[:room], data[room:]
                 self._head += len(piece)
                 super().data_received(piece)
-                if self._refused:
-                    return
             if data:
                 super().data_received(data)
 
@@ -177,22 +187,13 @@ def front_door_protocol(
             self._arm(header_timeout, "header-timeout")
 
         def on_headers_complete(self) -> None:
-            if self._refused:
-                return
             self._head = None
             self._disarm()
             if len(self.headers) > HEADER_COUNT_LIMIT:
-                return self._refuse()
+                connections.dropped["too-large"] += 1
+                self.app = answer_too_large  # the request and the connection end there
             super().on_headers_complete()
             self._cycles.append(self.cycle)
-
-        def on_body(self, body: bytes) -> None:
-            if not self._refused:
-                super().on_body(body)
-
-        def on_message_complete(self) -> None:
-            if not self._refused:
-                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -207,8 +208,7 @@ def front_door_protocol(
                 connections.idle[self] = self._evict
 
         def _refuse(self) -> None:
-            """431 (unless an answer is under way) and close: the head is over its limits."""
-            self._refused = True
+            """431 (unless an answer is under way) and close: the head is over its byte limit."""
             self._head = None
             self._disarm()
             connections.dropped["too-large"] += 1

@@ -94,13 +94,11 @@ def test_the_uvicorn_internals_the_protocol_uses_are_still_there() -> None:
         "eof_received",
         "on_message_begin",
         "on_headers_complete",
-        "on_body",
-        "on_message_complete",
         "on_response_complete",
     ):
         assert callable(getattr(HttpToolsProtocol, method)), method
     protocol = inspect.getsource(HttpToolsProtocol.__init__)
-    for attribute in ("loop", "transport", "headers", "cycle"):
+    for attribute in ("loop", "transport", "headers", "cycle", "app"):
         assert f"self.{attribute}" in protocol, attribute
     cycle = inspect.getsource(RequestResponseCycle.__init__)
     for attribute in ("response_complete", "disconnected", "message_event"):
