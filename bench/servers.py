@@ -3,7 +3,8 @@
 Candidates: uvicorn with httptools (what ``serve`` ran), uvicorn with h11, hypercorn
 (h11) and granian (Rust, hyper; its embedded server, which runs inside our asyncio loop
 beside the admin listener); ``front-door`` is uvicorn with httptools and the protocol
-``serve`` now runs (src/kargo_bitbucket/server.py), to price its limits alone. Each serves bench/bare_app.py's app pinned to CPU 0 while
+``serve`` now runs (src/kargo_bitbucket/server.py), to price its limits alone. Each
+serves bench/bare_app.py's app pinned to CPU 0 while
 ``wrk -c16`` (bench/post.lua, the signed 10 KB push) drives them in turn from CPU 1, the
 order reversed every other round. Prints req/s, server CPU per request and p99, and each
 candidate's req/s over uvicorn-httptools' by round.
@@ -51,7 +52,7 @@ def run_server(kind: str, port: int) -> None:
         config = uvicorn.Config(
             app, host=HOST, port=port, loop="uvloop", lifespan="off", access_log=False,
             log_config=None, server_header=False, timeout_keep_alive=5, ws="none",
-            http=front_door_protocol(Connections(), 10.0),
+            http=front_door_protocol(Connections()),
         )  # fmt: skip
         uvicorn.Server(config).run()
     elif kind == "uvicorn-h11":

@@ -650,7 +650,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     )
 
     lifecycle = Lifecycle()
-    connections = Connections(settings.max_connections)
+    connections = Connections(settings.max_connections, settings.header_timeout)
     metrics = None
     admin = None
     if settings.admin is not None:
@@ -678,9 +678,8 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
         lifecycle,
         settings.host,
         settings.port,
-        header_timeout=settings.header_timeout,
-        shutdown_grace=settings.shutdown_grace,
         connections=connections,
+        shutdown_grace=settings.shutdown_grace,
     )
     try:
         main_socket = bind(settings.host, settings.port)

@@ -46,11 +46,11 @@ class Metrics(Collector):
         self,
         sizes: Callable[[], Mapping[str, int]] = dict,
         restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
-        dropped_connections: Callable[[], Iterable[tuple[str, int]]] = tuple,
+        closed_connections: Callable[[], Iterable[tuple[str, int]]] = tuple,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
-        self.dropped_connections = dropped_connections
+        self.closed_connections = closed_connections
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str]] = Counter()
@@ -119,11 +119,11 @@ class Metrics(Collector):
             self.restarts().items(),
         )
         yield _counter(
-            "kargo_bitbucket_connections_dropped",
+            "kargo_bitbucket_connections_closed",
             "Webhook connections the front door refused or closed, by reason "
-            "(idle-evicted, cap, too-large, header-timeout)",
+            "(cap, idle-evicted, too-large, header-timeout, keep-alive)",
             ["reason"],
-            (((reason,), count) for reason, count in self.dropped_connections()),
+            (((reason,), count) for reason, count in self.closed_connections()),
         )
 
     def exposition(self) -> bytes:

@@ -81,7 +81,7 @@ def recorded(server: Server) -> list[object]:
 def dropped(server: Server, reason: str) -> float:
     metrics = request(server.admin + "/metrics", method="GET").body.decode()
     match = re.search(
-        rf'^kargo_bitbucket_connections_dropped_total{{reason="{reason}"}} (\S+)$', metrics, re.M
+        rf'^kargo_bitbucket_connections_closed_total{{reason="{reason}"}} (\S+)$', metrics, re.M
     )
     return float(match.group(1)) if match else 0.0
 
