@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env("MAX_CONNECTIONS") or default_max_connections()),
         metavar="N",
-        help="open webhook connections at most; more get 503 "
+        help="open webhook connections at most; at the cap an idle one is closed, else 503 "
         f"(default {DEFAULT_MAX_CONNECTIONS}, fewer if the open-file limit is low)",
     )
     serve.add_argument(
