@@ -3,7 +3,7 @@
 Candidates: uvicorn with httptools (what ``serve`` ran), uvicorn with h11, hypercorn
 (h11) and granian (Rust, hyper; its embedded server, which runs inside our asyncio loop
 beside the admin listener); ``front-door`` is uvicorn with httptools and the protocol
-``serve`` now runs (src/kargo_bitbucket/server.py), to price its limits alone. Each
+``serve`` now runs (src/kargo_bitbucket/connections.py), to price its limits alone. Each
 serves bench/bare_app.py's app pinned to CPU 0 while
 ``wrk -c16`` (bench/post.lua, the signed 10 KB push) drives them in turn from CPU 1, the
 order reversed every other round. Prints req/s, server CPU per request and p99, and each
@@ -13,11 +13,16 @@ Run (hypercorn and granian are not project dependencies)::
 
     .venv/bin/pip install granian==2.8.7 hypercorn==0.18.0
     .venv/bin/python bench/servers.py --rounds 5 --duration 5
+
+``--in-process`` prices ``serve``'s protocol alone, without sockets or wrk: the bare app
+behind uvicorn's httptools protocol and behind ours, fed the same request over a fake
+transport in alternating rounds, CPU time per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import json
@@ -47,7 +52,7 @@ def run_server(kind: str, port: int) -> None:
     elif kind == "front-door":
         import uvicorn
 
-        from kargo_bitbucket.server import Connections, front_door_protocol
+        from kargo_bitbucket.connections import Connections, front_door_protocol
 
         config = uvicorn.Config(
             app, host=HOST, port=port, loop="uvloop", lifespan="off", access_log=False,
@@ -88,6 +93,83 @@ def run_server(kind: str, port: int) -> None:
         uvloop.run(server.serve())
 
 
+class Transport(asyncio.Transport):
+    """Swallows what a protocol writes; completes ``answered`` when an answer has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: asyncio.Future[None] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if bytes(data).endswith(b"}") and self.answered is not None:
+            self.answered.set_result(None)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": (HOST, 8080), "peername": (HOST, 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def protocol_cpu_us(protocol: Any, request: bytes, count: int) -> float:
+    """CPU µs per request of ``count`` requests through one connection of ``protocol``."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(make_app(SECRET.encode()), lifespan="off", log_config=None, ws="none")
+    config.load()
+    connection = protocol(config, ServerState(), {}, loop)
+    transport = Transport()
+    connection.connection_made(transport)
+    started = time.process_time()
+    for _ in range(count):
+        transport.answered = loop.create_future()
+        connection.data_received(request)
+        await transport.answered
+    return (time.process_time() - started) / count * 1e6
+
+
+def in_process(rounds: int, signature: str) -> None:
+    """uvicorn's httptools protocol against serve's, in alternating rounds."""
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from kargo_bitbucket.connections import Connections, front_door_protocol
+
+    body = PAYLOAD.read_bytes()
+    head = (
+        f"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Event-Key: repo:push\r\nX-Hub-Signature: {signature}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    protocols = {
+        "uvicorn-httptools": HttpToolsProtocol,
+        "front-door": front_door_protocol(Connections()),
+    }
+    figures: dict[str, list[float]] = {name: [] for name in protocols}
+
+    async def measure() -> None:
+        for number in range(rounds):
+            order = list(protocols) if number % 2 == 0 else list(protocols)[::-1]
+            for name in order:
+                figures[name].append(
+                    await protocol_cpu_us(protocols[name], head.encode() + body, 8000)
+                )
+
+    uvloop.run(measure())
+    base = figures["uvicorn-httptools"]
+    for name, values in figures.items():
+        ratio = statistics.median(b / a for a, b in zip(base, values, strict=True))
+        print(f"{name:18} {statistics.median(values):5.1f} us/req, ratio by round {ratio:.3f}")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -111,12 +193,16 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--in-process", action="store_true", help="price serve's protocol alone")
     args = parser.parse_args()
     if args.serve:
         run_server(args.serve, args.port)
         return 0
     body = PAYLOAD.read_bytes()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    if args.in_process:
+        in_process(args.rounds, signature)
+        return 0
     env = clean_env(BENCH_BODY_FILE=str(PAYLOAD), BENCH_SIGNATURE=signature)
     kinds = args.kinds.split(",")
     servers = {}

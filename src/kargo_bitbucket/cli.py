@@ -639,9 +639,9 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     """Serve (and the admin listener) until SIGTERM; exit 0 after a graceful stop."""
     from kargo_bitbucket.admin import create_admin_app
     from kargo_bitbucket.app import Lifecycle, create_app
+    from kargo_bitbucket.connections import Connections
     from kargo_bitbucket.metrics import Metrics
     from kargo_bitbucket.server import (
-        Connections,
         ListenError,
         bind,
         build_admin_server,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from kargo_bitbucket.server import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
+from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
 from tests.conftest import Server, cli, request
 from tests.e2e.test_http import DEMO, PUSH, SECRET, cloud_headers
 
