@@ -107,6 +107,9 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": (HOST, 8080), "peername": (HOST, 50000)}.get(name, default)
 
