@@ -81,7 +81,7 @@ def serve(app: Any, port: int) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_keep_alive=15,
+        timeout_keep_alive=5,
     )
     uvicorn.Server(config).run()
 

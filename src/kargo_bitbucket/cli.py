@@ -24,6 +24,7 @@ from kargo_bitbucket import __version__, logs
 from kargo_bitbucket.config import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SYSTEM_NAMESPACE,
     ConfigError,
     FromEnv,
@@ -31,6 +32,7 @@ from kargo_bitbucket.config import (
     admin_address,
     boolean,
     choice,
+    default_max_connections,
     default_state,
     env,
     listen_address,
@@ -180,6 +182,16 @@ def _parser() -> argparse.ArgumentParser:
         default=FromEnv("HEADER_TIMEOUT", 10.0, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
         help="time allowed to send the request headers (default 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=FromEnv(
+            "MAX_CONNECTIONS", default_max_connections(), positive_int, "a whole number above 0"
+        ),
+        metavar="N",
+        help="open webhook connections at most; at the cap an idle one is closed, else 503 "
+        f"(default {DEFAULT_MAX_CONNECTIONS}, fewer if the open-file limit is low)",
     )
     serve.add_argument(
         "--shutdown-grace",
@@ -671,6 +683,7 @@ def _serve(args: argparse.Namespace) -> int:
         body_limit=args.body_limit,
         body_timeout=args.body_timeout,
         header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         shutdown_grace=args.shutdown_grace,
         admin_listen=args.admin_listen,
         history_size=args.history_size,
@@ -736,6 +749,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     """Serve (and the admin listener) until SIGTERM; exit 0 after a graceful stop."""
     from kargo_bitbucket.admin import create_admin_app
     from kargo_bitbucket.app import Lifecycle, create_app
+    from kargo_bitbucket.connections import Connections
     from kargo_bitbucket.metrics import Metrics
     from kargo_bitbucket.server import (
         ListenError,
@@ -746,11 +760,15 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     )
 
     lifecycle = Lifecycle()
+    connections = Connections(settings.max_connections, settings.header_timeout)
     metrics = None
     admin = None
     if settings.admin is not None:
         metrics = Metrics(
-            store.indexes.counts, lambda: store.watch_restarts, lambda: store.api_failures
+            store.indexes.counts,
+            lambda: store.watch_restarts,
+            lambda: store.api_failures,
+            connections.dropped.items,
         )
         admin = build_admin_server(create_admin_app(store, metrics), *settings.admin)
 
@@ -773,7 +791,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
         lifecycle,
         settings.host,
         settings.port,
-        header_timeout=settings.header_timeout,
+        connections=connections,
         shutdown_grace=settings.shutdown_grace,
     )
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE = Path(".kargo-bitbucket") / "state.db"
 DEFAULT_SYSTEM_NAMESPACE = "kargo-system-resources"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
+DEFAULT_MAX_CONNECTIONS = 1000
+RESERVED_FDS = 64  # state file, admin listener, Kubernetes client, logs
 
 
 class ConfigError(ValueError):
@@ -117,6 +120,14 @@ def default_state() -> Path:
     return Path(env("STATE") or DEFAULT_STATE)
 
 
+def default_max_connections() -> int:
+    """1000, or fewer when the open-file limit leaves less beside the fds the process needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft - RESERVED_FDS))
+
+
 def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a host and a port number."""
     host, sep, port = text.rpartition(":")
@@ -137,6 +148,7 @@ class ServeSettings:
     body_limit: int
     body_timeout: float
     header_timeout: float
+    max_connections: int
     shutdown_grace: float
     admin: tuple[str, int] | None
     history_size: int
@@ -153,6 +165,7 @@ class ServeSettings:
         body_timeout: float,
         header_timeout: float,
         shutdown_grace: float,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         admin_listen: str = DEFAULT_ADMIN_LISTEN,
         history_size: int = DEFAULT_HISTORY_SIZE,
     ) -> ServeSettings:
@@ -178,6 +191,8 @@ class ServeSettings:
             raise ConfigError("--body-limit must be a positive number of bytes")
         if min(body_timeout, header_timeout) <= 0:
             raise ConfigError("--body-timeout and --header-timeout must be positive")
+        if max_connections < 1:
+            raise ConfigError("--max-connections must be 1 or more")
         return cls(
             host=host,
             port=port,
@@ -187,6 +202,7 @@ class ServeSettings:
             body_limit=body_limit,
             body_timeout=body_timeout,
             header_timeout=header_timeout,
+            max_connections=max_connections,
             shutdown_grace=shutdown_grace,
             admin=admin,
             history_size=history_size,

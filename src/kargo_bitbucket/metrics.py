@@ -47,10 +47,12 @@ class Metrics(Collector):
         sizes: Callable[[], Mapping[str, int]] = dict,
         restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
         api_failures: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        closed_connections: Callable[[], Iterable[tuple[str, int]]] = tuple,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
         self.api_failures = api_failures
+        self.closed_connections = closed_connections
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str, str]] = Counter()
@@ -127,6 +129,13 @@ class Metrics(Collector):
             "Lease, status), by kind and reason (forbidden, throttled, server_error, ...)",
             ["kind", "reason"],
             self.api_failures().items(),
+        )
+        yield _counter(
+            "kargo_bitbucket_connections_closed",
+            "Webhook connections the front door refused or closed, by reason "
+            "(cap, idle-evicted, too-large, header-timeout, keep-alive)",
+            ["reason"],
+            (((reason,), count) for reason, count in self.closed_connections()),
         )
 
     def exposition(self) -> bytes:

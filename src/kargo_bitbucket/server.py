@@ -1,77 +1,50 @@
-"""Running the app on uvicorn: header-read deadline, draining readiness, graceful SIGTERM."""
+"""Running the app on uvicorn: the front door's protocol, draining readiness, graceful SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kargo_bitbucket.app import Lifecycle
+from kargo_bitbucket.connections import KEEP_ALIVE, Connections, front_door_protocol
 
-DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE = 8.0
-
-
-def protocol_with_header_deadline(timeout: float) -> type[HttpToolsProtocol]:
-    """An httptools protocol that closes connections whose headers take longer than ``timeout``."""
-
-    class HeaderDeadlineProtocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(timeout, self._expire)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return HeaderDeadlineProtocol
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Server(uvicorn.Server):
     """uvicorn's server, draining on a stop signal and then exiting 0 (SPEC §9).
 
-    uvicorn re-raises the captured signal after shutdown, which would make the
-    process die of SIGTERM; a completed graceful shutdown is a success.
+    uvicorn's own signal capture re-raises the signal after shutdown, which would make
+    the process die of SIGTERM; a completed graceful shutdown is a success.
     """
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, connections: Connections
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.connections = connections
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.draining = True
         super().handle_exit(sig, frame)
-        self._captured_signals.clear()
 
 
 class CompanionServer(uvicorn.Server):
@@ -142,21 +115,22 @@ def build_server(
     host: str,
     port: int,
     *,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    connections: Connections,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> Server:
-    """A uvicorn server for ``app`` on ``host:port`` with our protocol and no access log."""
+    """A uvicorn server for ``app`` on ``host:port`` behind the front door's limits."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",  # the caller runs the event loop (uvloop.run)
-        http=protocol_with_header_deadline(header_timeout),
+        http=front_door_protocol(connections),
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=int(shutdown_grace),
-        timeout_keep_alive=15,
+        timeout_keep_alive=int(KEEP_ALIVE),
     )
-    return Server(config, lifecycle)
+    return Server(config, lifecycle, connections)

@@ -230,6 +230,7 @@ def test_everything_reaches_the_objects(helm: Helm) -> None:
     assert {"name": "TZ", "value": "UTC"} in main["env"]
     assert main["args"][-1] == "--lease-duration=20"  # extraArgs last: they win
     assert "--body-limit=1048576" in main["args"] and "--header-timeout=4.5" in main["args"]
+    assert "--max-connections=500" in main["args"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["example.com/tier"] == "edge" and labels["example.com/team"] == "platform"
     for doc in docs:

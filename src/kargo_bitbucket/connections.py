@@ -1,0 +1,254 @@
+"""The webhook port's connection limits (SPEC §4): head size, deadlines, the connection cap.
+
+uvicorn with httptools enforces none of them, and alternatives that do cost more per
+request than ``serve`` can spare (BENCHMARKS.md, "Front door"), so one protocol subclass
+adds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from kargo_bitbucket.config import DEFAULT_MAX_CONNECTIONS
+
+log = logging.getLogger("kargo_bitbucket.connections")
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+HEAD_LIMIT = 64 * 1024
+HEADER_COUNT_LIMIT = 100
+KEEP_ALIVE = 5.0
+CAP_LOG_INTERVAL = 10.0
+SWEEP_INTERVAL = 0.5
+TOO_LARGE_BODY = b'{"error":"request header fields too large"}'
+TOO_LARGE_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(TOO_LARGE_BODY)).encode()),
+    (b"connection", b"close"),
+]
+TOO_LARGE = b"".join(
+    [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+    + [name + b": " + value + b"\r\n" for name, value in TOO_LARGE_HEADERS]
+    + [b"\r\n", TOO_LARGE_BODY]
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: 32\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    b'{"error":"too many connections"}'
+)
+
+
+class Watched(Protocol):
+    """A connection under one of the front door's deadlines."""
+
+    def close_now(self, reason: str) -> None:
+        """Close it and stop counting it; ``reason`` goes to the dropped counter."""
+
+
+@dataclass(slots=True)
+class Connections:
+    """Open webhook connections: their cap, their deadlines, and those dropped.
+
+    Deadlines are swept twice a second from two insertion-ordered tables (heads being
+    read, idle keep-alive connections) instead of a timer per request: arming and
+    cancelling uvloop timers twice per request cost about 3 µs, the tables 0.3 µs.
+    At the cap a new connection takes the place of the longest-idle keep-alive one (as
+    nginx does) and is refused with a 503 only when none is idle: 1,100 connections
+    held after early answers then lock no delivery out. ``dropped`` counts by reason:
+    ``idle-evicted``, ``cap`` (refused), ``too-large`` (request line and headers over
+    their limit, answered 431), ``header-timeout`` and ``keep-alive`` (idle timeout).
+    """
+
+    limit: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keep_alive: float = KEEP_ALIVE
+    open: int = 0
+    heads: dict[Watched, float] = field(default_factory=dict)
+    """Connections reading a head, oldest first, with when it began."""
+    idle: dict[Watched, float] = field(default_factory=dict)
+    """Keep-alive connections waiting for a next request, oldest first, with since when."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    _sweeping: bool = False
+    _logged: float = float("-inf")
+    _unlogged: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a new connection may open; at the cap, close an idle one to make room."""
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
+        if self.open < self.limit:
+            return True
+        if self.idle:
+            next(iter(self.idle)).close_now("idle-evicted")
+            self._reached("idle-evicted")
+            return True
+        self.dropped["cap"] += 1
+        self._reached("cap")
+        return False
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close every connection past its deadline; again in ``SWEEP_INTERVAL``."""
+        now = time.monotonic()
+        for table, timeout, reason in (
+            (self.heads, self.header_timeout, "header-timeout"),
+            (self.idle, self.keep_alive, "keep-alive"),
+        ):
+            while table:
+                connection, since = next(iter(table.items()))
+                if now - since < timeout:
+                    break
+                connection.close_now(reason)
+        loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
+
+    def _reached(self, reason: str) -> None:
+        """Note a connection dropped at the cap; one log line per 10 s at most."""
+        self._unlogged[reason] += 1
+        now = time.monotonic()
+        if now - self._logged >= CAP_LOG_INTERVAL:
+            log.warning(
+                "connection cap reached: closed %d idle connection(s), refused %d with 503",
+                self._unlogged["idle-evicted"],
+                self._unlogged["cap"],
+                extra={"max_connections": self.limit},
+            )
+            self._logged = now
+            self._unlogged.clear()
+
+
+async def answer_too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    """The 431 for a head with too many headers, closing the connection after it."""
+    await send({"type": "http.response.start", "status": 431, "headers": TOO_LARGE_HEADERS})
+    await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
+
+
+def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
+    heads, idle = connections.heads, connections.idle
+
+    class FrontDoorProtocol(HttpToolsProtocol):
+        """One webhook connection, bounded in number, head size and idle time.
+
+        - At ``connections.limit`` open connections a new one replaces the longest-idle
+          keep-alive connection, or gets a 503 and is closed when none is idle.
+        - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
+          ``HEADER_COUNT_LIMIT`` headers, else 431 and closed. httptools buffers each
+          header whole, so bytes are counted as they are fed (8 parallel 64 MB request
+          lines took 500 MB and stalled deliveries 6.6 s before).
+        - Deadlines: ``header_timeout`` to send each head, and ``keep_alive`` after the
+          last answer, which further bytes (the unread body of an early 404/405) do not
+          extend: uvicorn's own keep-alive timer restarts on any byte, so one byte after
+          an early answer held the connection for ever.
+        - A client that half-closes after pipelining still gets its answers, and a lost
+          connection stops every cycle on it: uvicorn marks only the newest, so the
+          running one wrote to a closed transport ("Exception in ASGI application").
+
+        uvicorn internals this relies on (tests/e2e/test_front_door.py fails if they go):
+        the methods connection_made, connection_lost, data_received, eof_received,
+        on_message_begin, on_headers_complete and on_response_complete; the attributes
+        loop, transport, headers, cycle and app (the ASGI app its requests go to); and
+        RequestResponseCycle's response_complete, disconnected and message_event.
+        """
+
+        _head: int | None = None  # bytes of the current head fed so far; None between heads
+        _counted = False
+        _refused_at_cap = False
+        _eof = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if not connections.admit(self.loop):
+                self._refused_at_cap = True
+                transport.write(BUSY)
+                transport.close()
+                return
+            connections.open += 1
+            self._counted = True
+            self._cycles: deque[RequestResponseCycle] = deque()
+            super().connection_made(transport)
+            self._head = 0
+            heads[self] = time.monotonic()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._refused_at_cap:
+                return
+            self._uncount()
+            for cycle in self._cycles:
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+            super().connection_lost(exc)
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            """Keep the write side open for the answers still owed; close if none are."""
+            self._eof = True
+            if not self._cycles:
+                self.transport.close()
+            return True
+
+        def data_received(self, data: bytes) -> None:
+            while self._head is not None and data:
+                room = HEAD_LIMIT - self._head
+                if room <= 0:
+                    return self._refuse()
+                piece, data = data[:room], data[room:]
+                self._head += len(piece)
+                super().data_received(piece)
+            if data:
+                super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._head is None:
+                self._head = 0
+                idle.pop(self, None)
+                heads[self] = time.monotonic()
+
+        def on_headers_complete(self) -> None:
+            self._head = None
+            heads.pop(self, None)
+            if len(self.headers) > HEADER_COUNT_LIMIT:
+                connections.dropped["too-large"] += 1
+                self.app = answer_too_large  # the request and the connection end there
+            super().on_headers_complete()
+            self._cycles.append(self.cycle)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            while self._cycles and self._cycles[0].response_complete:
+                self._cycles.popleft()
+            if self._cycles or self._head is not None or self.transport.is_closing():
+                return  # a pipelined request runs, or the next head is under its deadline
+            if self._eof:
+                self.transport.close()
+            else:
+                idle[self] = time.monotonic()
+
+        def close_now(self, reason: str) -> None:
+            if self._counted:
+                connections.dropped[reason] += 1
+            self._uncount()
+            self.transport.close()
+
+        def _uncount(self) -> None:
+            heads.pop(self, None)
+            idle.pop(self, None)
+            if self._counted:
+                self._counted = False
+                connections.open -= 1
+
+        def _refuse(self) -> None:
+            """431 (unless an answer is under way) and close: the head is over its byte limit."""
+            self._head = None
+            connections.dropped["too-large"] += 1
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(TOO_LARGE)
+            self.transport.close()
+
+    return FrontDoorProtocol

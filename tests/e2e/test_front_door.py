@@ -1,0 +1,243 @@
+"""The connection limits of SPEC §4 against a real server: sizes, deadlines, the cap."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
+from tests.conftest import Server, cli, request
+from tests.e2e.test_http import DEMO, PUSH, SECRET, cloud_headers
+
+
+def demo_server(directory: Path, *flags: str) -> Server:
+    """``serve`` on the demo manifests of test_http.py; ``.path`` is its receiver's path."""
+    state = directory / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    server = Server(state, flags)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    server.path = line.split("\t")[2].removeprefix(server.base)  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = demo_server(
+        tmp_path_factory.mktemp("door"), "--body-timeout", "1", "--header-timeout", "1"
+    )
+    yield server
+    assert server.stop() == 0
+
+
+def connect(server: Server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(KEEP_ALIVE + 5)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One whole answer (head and ``Content-Length`` body), however the reads split it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def delivery(server: Server, *, close: bool = False) -> bytes:
+    """One signed push to the demo receiver, as raw HTTP/1.1."""
+    headers = cloud_headers(PUSH, **({"Connection": "close"} if close else {}))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    path = server.path  # type: ignore[attr-defined]
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(PUSH)}\r\n{head}\r\n".encode()
+        + PUSH
+    )
+
+
+def recorded(server: Server) -> list[object]:
+    return list(json.loads(request(server.admin + "/deliveries.json", method="GET").body))
+
+
+def dropped(server: Server, reason: str) -> float:
+    metrics = request(server.admin + "/metrics", method="GET").body.decode()
+    match = re.search(
+        rf'^kargo_bitbucket_connections_closed_total{{reason="{reason}"}} (\S+)$', metrics, re.M
+    )
+    return float(match.group(1)) if match else 0.0
+
+
+def test_the_uvicorn_internals_the_protocol_uses_are_still_there() -> None:
+    for method in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "eof_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_response_complete",
+    ):
+        assert callable(getattr(HttpToolsProtocol, method)), method
+    protocol = inspect.getsource(HttpToolsProtocol.__init__)
+    for attribute in ("loop", "transport", "headers", "cycle", "app"):
+        assert f"self.{attribute}" in protocol, attribute
+    cycle = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in ("response_complete", "disconnected", "message_event"):
+        assert f"self.{attribute}" in cycle, attribute
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET /" + b"a" * HEAD_LIMIT + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="line"),
+        pytest.param(b"X-Big: " + b"b" * HEAD_LIMIT + b"\r\n\r\n", id="header"),
+        pytest.param(b"".join(b"X-%d: 1\r\n" % i for i in range(HEADER_COUNT_LIMIT)) + b"\r\n",
+                     id="count"),
+    ],
+)  # fmt: skip
+def test_oversized_heads_are_431_closed_and_not_recorded(door: Server, head: bytes) -> None:
+    before = recorded(door)
+    if not head.startswith(b"GET"):
+        path = door.path.encode()  # type: ignore[attr-defined]
+        head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + head
+    with connect(door) as sock:
+        sock.sendall(head)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert answer.endswith(b'{"error":"request header fields too large"}')
+    assert recorded(door) == before
+    assert dropped(door, "too-large") >= 1
+
+
+def test_heads_within_the_limits_are_served(door: Server) -> None:
+    filler = b"y" * (HEAD_LIMIT - 2048)
+    headers = (
+        b"X-Fill: "
+        + filler
+        + b"\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(HEADER_COUNT_LIMIT - 3))
+    )
+    with connect(door) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n"
+        )
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("POST", "/nowhere", 404), ("GET", None, 405)]
+)
+def test_early_answer_then_one_byte_then_silence_is_closed(
+    door: Server, method: str, path: str | None, status: int
+) -> None:
+    path = path or door.path  # type: ignore[attr-defined]
+    with connect(door) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+        assert read_answer(sock).startswith(f"HTTP/1.1 {status} ".encode())
+        sock.sendall(b"x")
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert time.monotonic() - started < KEEP_ALIVE + 2
+
+
+def test_headers_trickled_byte_by_byte_are_cut_at_the_header_deadline(door: Server) -> None:
+    with connect(door) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # broken pipe or reset once the server has closed
+            for byte in b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+        assert time.monotonic() - started < 4
+
+
+def test_body_trickled_gets_408_at_the_body_deadline(door: Server) -> None:
+    path = door.path  # type: ignore[attr-defined]
+    with connect(door) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode())
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        answer = b""
+        while not answer and time.monotonic() - started < 5:
+            sock.sendall(b" ")
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert time.monotonic() - started < 3
+
+
+def test_half_closed_pipelined_connection_gets_every_answer_and_no_traceback(
+    door: Server,
+) -> None:
+    with connect(door) as sock:
+        sock.sendall(delivery(door) * 5)
+        sock.shutdown(socket.SHUT_WR)
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200 ") == 5, answers
+    assert "Traceback" not in door.logs()
+
+
+@pytest.fixture
+def capped(tmp_path: Path) -> Iterator[Server]:
+    server = demo_server(tmp_path, "--max-connections", "8")
+    yield server
+    assert server.stop() == 0
+
+
+def test_at_the_cap_an_idle_keep_alive_connection_makes_room(capped: Server) -> None:
+    idle = [connect(capped) for _ in range(8)]
+    for sock in idle:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+    with connect(capped) as sock:
+        sock.sendall(delivery(capped, close=True))
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert dropped(capped, "idle-evicted") == 1
+    assert read_until_closed(idle[0]) == b""  # the longest idle one was closed
+    for sock in idle:
+        sock.close()
+
+
+def test_connection_cap_refuses_with_503_logs_once_counts_and_recovers(capped: Server) -> None:
+    server = capped
+    flood = [connect(server) for _ in range(8)]
+    refused = []
+    for _ in range(20):
+        with connect(server) as sock:
+            refused.append(read_until_closed(sock))
+    assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused), refused[0]
+    assert server.logs().count("connection cap reached") == 1
+    assert dropped(server, "cap") == 20
+    for sock in flood:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        with connect(server) as sock:
+            sock.sendall(delivery(server, close=True))
+            answer = read_until_closed(sock)
+        if not answer.startswith(b"HTTP/1.1 503 ") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert b"refreshed 1 warehouse(s)" in answer
