@@ -165,6 +165,7 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     webhooks = get(kubectl, cluster_admin, "service", name, own)["spec"]
     metrics = get(kubectl, cluster_admin, "service", f"{name}-metrics", own)["spec"]
     assert [p["name"] for p in webhooks["ports"]] == ["http"]  # never /metrics, /deliveries
+    assert f"port-forward service/{name}-metrics 9090:9090" in notes
     assert (metrics["type"], [p["targetPort"] for p in metrics["ports"]]) == (
         "ClusterIP",
         ["metrics"],
