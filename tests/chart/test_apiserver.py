@@ -162,6 +162,14 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--log-level=debug" in args and "--history-size=10" in args  # the upgrade's values
     config = get(kubectl, cluster_admin, "configmap", f"{name}-config", own)
+    webhooks = get(kubectl, cluster_admin, "service", name, own)["spec"]
+    metrics = get(kubectl, cluster_admin, "service", f"{name}-metrics", own)["spec"]
+    assert [p["name"] for p in webhooks["ports"]] == ["http"]  # never /metrics, /deliveries
+    assert f"port-forward service/{name}-metrics 9090:9090" in notes
+    assert (metrics["type"], [p["targetPort"] for p in metrics["ports"]]) == (
+        "ClusterIP",
+        ["metrics"],
+    )
     created = kubectl_run(
         kubectl, cluster_admin, ["create", "token", name, "-n", own, "--duration=1h"]
     )

@@ -23,6 +23,29 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(found)
 
 
+def services(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Services by name, each as its type, labels, annotations and port name -> (port,
+    target)."""
+    return {
+        s["metadata"]["name"]: {
+            "type": s["spec"]["type"],
+            "labels": s["metadata"]["labels"],
+            "annotations": s["metadata"].get("annotations") or {},
+            "ports": {p["name"]: (p["port"], p["targetPort"]) for p in s["spec"]["ports"]},
+        }
+        for s in of_kind(docs, "Service")
+    }
+
+
+def selected(selector: dict[str, str], docs: list[dict[str, Any]]) -> list[str]:
+    """The Services whose labels a ServiceMonitor's matchLabels select."""
+    return [
+        s["metadata"]["name"]
+        for s in of_kind(docs, "Service")
+        if selector.items() <= s["metadata"]["labels"].items()
+    ]
+
+
 def rules(role: dict[str, Any]) -> list[tuple[str, ...]]:
     """A role's grants as (resource, verb, names) triples, flattened."""
     return sorted(
@@ -62,6 +85,8 @@ def test_missing_base_url_fails_with_what_to_set(helm: Helm) -> None:
         ('ingress.enabled="true"', "ingress.enabled"),
         ('extraArgs="--no-publish"', "extraArgs"),
         ('tolerations={"key":"a"}', "tolerations"),
+        ('metrics.service.port="9090"', "metrics.service.port"),
+        ('metrics.service.labels={"team":1}', "metrics.service.labels"),
         ('baseURL="https://kargo.example.com/?x=1"', "baseURL"),
         ('baseURL="CHANGE-ME-to-the-public-URL-Bitbucket-reaches"', "baseURL"),
         ('baseURl="https://kargo.example.com"', "baseURl"),
@@ -84,6 +109,10 @@ def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, 
         ),
         (["server.shutdownGrace=30"], "terminationGracePeriodSeconds (30) must exceed"),
         (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "needs metrics.enabled"),
+        (
+            ["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"],
+            "needs metrics.service.enabled",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_a_reason(
@@ -179,6 +208,34 @@ def test_defaults_keep_the_hardening_and_two_replicas(helm: Helm) -> None:
     assert "to" not in egress and [p["port"] for p in egress["ports"]] == [443, 6443]
 
 
+def test_metrics_have_a_cluster_only_service_of_their_own(helm: Helm) -> None:
+    """The webhook Service may face the internet (LoadBalancer, Ingress): it must not carry
+    /metrics and /deliveries; a ClusterIP Service of their own does, and the NetworkPolicy
+    admits the pods' side of both."""
+    docs = objects(helm.template(VALUES / "defaults.yaml"))
+    found = services(docs)
+    assert {name: (s["type"], s["ports"]) for name, s in found.items()} == {
+        "kargo-bitbucket": ("ClusterIP", {"http": (80, "http")}),
+        "kargo-bitbucket-metrics": ("ClusterIP", {"metrics": (9090, "metrics")}),
+    }
+    assert found["kargo-bitbucket-metrics"]["labels"]["app.kubernetes.io/component"] == "metrics"
+    assert "app.kubernetes.io/component" not in found["kargo-bitbucket"]["labels"]
+    ports = {p["name"] for p in container(docs)["ports"]}
+    admitted = {
+        p["port"] for r in one(docs, "NetworkPolicy")["spec"]["ingress"] for p in r["ports"]
+    }
+    targets = {t for s in found.values() for _, t in s["ports"].values()}
+    assert targets <= ports and targets <= admitted
+
+
+def test_metrics_service_can_be_left_out(helm: Helm) -> None:
+    docs = objects(
+        helm.template(VALUES / "defaults.yaml", "--set", "metrics.service.enabled=false")
+    )
+    assert list(services(docs)) == ["kargo-bitbucket"]
+    assert "--admin-listen" in container(docs)["args"]  # the listener stays, for port-forward
+
+
 def chart_version() -> str:
     match = re.search(r"^appVersion: \"?([^\"\s]+)", (CHART / "Chart.yaml").read_text(), re.M)
     assert match
@@ -242,9 +299,13 @@ def test_everything_reaches_the_objects(helm: Helm) -> None:
     (rule,) = ingress["rules"]
     assert rule["host"] == "hooks.example.com"
     assert [p["path"] for p in rule["http"]["paths"]] == ["/webhooks/bitbucket/"]
-    service = one(docs, "Service")
-    assert service["spec"]["type"] == "LoadBalancer"
-    assert service["metadata"]["annotations"]["example.com/service"] == "webhooks"
+    webhooks, metrics = services(docs)["webhooks"], services(docs)["webhooks-metrics"]
+    assert (webhooks["type"], webhooks["ports"]) == ("LoadBalancer", {"http": (8080, "http")})
+    assert webhooks["annotations"]["example.com/service"] == "webhooks"
+    assert (metrics["type"], metrics["ports"]) == ("ClusterIP", {"metrics": (9200, "metrics")})
+    assert metrics["labels"]["example.com/exposure"] == "cluster"
+    assert metrics["annotations"]["example.com/scrape"] == "internal"
+    assert "example.com/service" not in metrics["annotations"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert (
         annotations["example.com/pod"] == "webhooks" and "prometheus.io/scrape" not in annotations
@@ -254,11 +315,10 @@ def test_everything_reaches_the_objects(helm: Helm) -> None:
         "kargo-webhooks",
         "platform",
     )
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "http": 8080,
-        "metrics": 9100,
-    }
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": 8080, "metrics": 9100}
     monitor = one(docs, "ServiceMonitor")
+    assert selected(monitor["spec"]["selector"]["matchLabels"], docs) == ["webhooks-metrics"]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["platform"]}
     policy = one(docs, "NetworkPolicy")["spec"]
