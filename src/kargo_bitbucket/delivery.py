@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kargo_bitbucket import logs
 from kargo_bitbucket.bounds import (
     FIELD_LIMIT,
     ID_LIMIT,
@@ -149,7 +150,7 @@ class Deliveries:
         }
         if record.detail:
             extra["detail"] = record.detail
-        log.info(message, *args, extra=extra)
+        logs.info(log, message, args, extra)
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes
