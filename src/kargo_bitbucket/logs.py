@@ -175,12 +175,6 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Route every logger (ours and uvicorn's) to ``stream`` in the chosen format."""
     stream = stream or sys.stderr
-    # No line shows the caller's file, thread or process: skip gathering them (the
-    # logging HOWTO's "Optimization" section; it was a third of each delivery's log cost).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     use_json = not stream.isatty() if json is None else json
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
