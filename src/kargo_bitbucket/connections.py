@@ -150,8 +150,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
 
-        uvicorn internals this relies on (compat.py; tests/edges/test_compat.py and
-        tests/e2e/test_front_door.py fail if they go):
+        uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
+        they go):
         the methods connection_made, connection_lost, data_received, eof_received,
         on_message_begin, on_headers_complete and on_response_complete; the attributes
         loop, transport, headers, cycle and app (the ASGI app its requests go to); and
