@@ -5,7 +5,7 @@ checks every one and fails naming the library and its version when an upgrade re
 or changes it.
 
 - uvicorn's ``HttpToolsProtocol``/``RequestResponseCycle``: connections.py subclasses the
-  protocol for SPEC §4's connection limits, which uvicorn lacks (BENCHMARKS.md "Front door").
+  protocol for SPEC §4's connection limits, which uvicorn lacks.
 - uvicorn's ``Server.capture_signals``/``handle_exit``: server.py drains on SIGTERM and
   exits 0 where uvicorn re-raises the signal.
 - lightkube's ``AsyncClient._client``: reflector.py builds watches with bookmarks, which
