@@ -28,11 +28,7 @@ _FIRST_EXTRA = len(vars(logging.makeLogRecord({})))
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra`` fields a call attached to a record, long text cut (``LOG_FIELD_LIMIT``)."""
     attributes = itertools.islice(vars(record).items(), _FIRST_EXTRA, None)
-    return {
-        k: clip(v, LOG_FIELD_LIMIT) if isinstance(v, str) and len(v) > LOG_FIELD_LIMIT else v
-        for k, v in attributes
-        if k not in _STANDARD and not k.startswith("_")
-    }
+    return _cut({k: v for k, v in attributes if k not in _STANDARD and not k.startswith("_")})
 
 
 def _message(record: logging.LogRecord) -> str:
