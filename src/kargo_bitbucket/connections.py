@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from kargo_bitbucket.compat import HttpToolsProtocol, RequestResponseCycle
 from kargo_bitbucket.config import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("kargo_bitbucket.connections")
@@ -151,7 +151,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
 
-        uvicorn internals this relies on (tests/e2e/test_front_door.py fails if they go):
+        uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
+        they go):
         the methods connection_made, connection_lost, data_received, eof_received,
         on_message_begin, on_headers_complete and on_response_complete; the attributes
         loop, transport, headers, cycle and app (the ASGI app its requests go to); and

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kargo_bitbucket import logs
 from kargo_bitbucket.bounds import (
     FIELD_LIMIT,
     ID_LIMIT,
@@ -88,13 +89,14 @@ class Deliveries:
     async def handle(self, route: Route, headers: Mapping[str, str], body: bytes) -> Answer:
         """Answer one delivery whose body has been read within limits; record and log it."""
         started = time.perf_counter()
+        received = now_rfc3339(micro=True)  # the record's time and the refresh value
         event_key = headers.get("x-event-key", "").strip()
         signed = False
         if not self.store.available:
             answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
         else:
             try:
-                answer = await self._handle(route, event_key, headers, body)
+                answer = await self._handle(route, event_key, headers, body, received)
             except StoreUnavailable:
                 answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
             except Exception:
@@ -105,7 +107,8 @@ class Deliveries:
                 answer = Answer(500, {"error": "internal error"}, "error")
             signed = answer.result not in UNSIGNED_RESULTS
         duration = time.perf_counter() - started
-        self._finish(route, answer, _record(route, event_key, headers, answer, duration, signed))
+        record = _record(route, event_key, headers, answer, duration, signed, received)
+        self._finish(route, answer, record)
         return answer
 
     def refused(
@@ -117,7 +120,10 @@ class Deliveries:
     ) -> None:
         """Record, count and log a request to a receiver refused before its body was read."""
         event_key = headers.get("x-event-key", "").strip()
-        self._finish(route, answer, _record(route, event_key, headers, answer, duration, False))
+        record = _record(
+            route, event_key, headers, answer, duration, False, now_rfc3339(micro=True)
+        )
+        self._finish(route, answer, record)
 
     def _finish(self, route: Route, answer: Answer, record: DeliveryRecord) -> None:
         """What every answered request to a receiver leaves: history, metrics, one log line.
@@ -149,10 +155,10 @@ class Deliveries:
         }
         if record.detail:
             extra["detail"] = record.detail
-        log.info(message, *args, extra=extra)
+        logs.info(log, message, args, extra)
 
     async def _handle(
-        self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes
+        self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes, now: str
     ) -> Answer:
         if events.is_ping(event_key):
             return Answer(200, {"msg": "pong"}, "ping")
@@ -187,18 +193,18 @@ class Deliveries:
         for verdict in verdicts:
             for warning in verdict.warnings:
                 log.warning(warning, extra={"delivery": delivery_id(headers)})
-        answer = await self._refresh(verdicts, noun, headers, _note(event_key, event))
+        answer = await self._refresh(verdicts, noun, headers, _note(event_key, event), now)
         answer.event = event
         return answer
 
     async def _refresh(
-        self, verdicts: list[Verdict], noun: str, headers: Mapping[str, str], note: str
+        self, verdicts: list[Verdict], noun: str, headers: Mapping[str, str], note: str, now: str
     ) -> Answer:
         """Refresh what the verdicts name; count only what still failed."""
         targets = [Target(v.kind, v.namespace, v.name) for v in verdicts if v.refresh]
         result = RefreshResult()
         if targets:
-            result = await self.store.refresh(targets, now_rfc3339(micro=True), note)
+            result = await self.store.refresh(targets, now, note)
         candidates, unlisted, outcomes = _candidates(verdicts, result)
         names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
         extra = {"deliveryId": delivery_id(headers), "refreshed": names}
@@ -295,12 +301,13 @@ def _record(
     answer: Answer,
     duration: float,
     signed: bool,
+    received: str,
 ) -> DeliveryRecord:
     """The history entry for one delivery, every field bounded (``bounds``)."""
     event = answer.event
     candidates = answer.candidates
     record = DeliveryRecord(
-        time=now_rfc3339(micro=True),
+        time=received,
         receiver=route.label,
         namespace=route.owner.label,
         event=clip(event_key, ID_LIMIT),

@@ -13,13 +13,14 @@ from typing import Any
 import uvicorn
 
 from kargo_bitbucket.app import Lifecycle
+from kargo_bitbucket.compat import UvicornServer
 from kargo_bitbucket.connections import KEEP_ALIVE, Connections, front_door_protocol
 
 DEFAULT_SHUTDOWN_GRACE = 8.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Server(uvicorn.Server):
+class Server(UvicornServer):
     """uvicorn's server, draining on a stop signal and then exiting 0 (SPEC §9).
 
     uvicorn's own signal capture re-raises the signal after shutdown, which would make
@@ -47,7 +48,7 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-class CompanionServer(uvicorn.Server):
+class CompanionServer(UvicornServer):
     """A second server in the process (the admin listener): the main server owns the signals."""
 
     @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import socket
@@ -11,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
 from tests.conftest import Server, cli, request
@@ -84,25 +82,6 @@ def dropped(server: Server, reason: str) -> float:
         rf'^kargo_bitbucket_connections_closed_total{{reason="{reason}"}} (\S+)$', metrics, re.M
     )
     return float(match.group(1)) if match else 0.0
-
-
-def test_the_uvicorn_internals_the_protocol_uses_are_still_there() -> None:
-    for method in (
-        "connection_made",
-        "connection_lost",
-        "data_received",
-        "eof_received",
-        "on_message_begin",
-        "on_headers_complete",
-        "on_response_complete",
-    ):
-        assert callable(getattr(HttpToolsProtocol, method)), method
-    protocol = inspect.getsource(HttpToolsProtocol.__init__)
-    for attribute in ("loop", "transport", "headers", "cycle", "app"):
-        assert f"self.{attribute}" in protocol, attribute
-    cycle = inspect.getsource(RequestResponseCycle.__init__)
-    for attribute in ("response_complete", "disconnected", "message_event"):
-        assert f"self.{attribute}" in cycle, attribute
 
 
 @pytest.mark.parametrize(

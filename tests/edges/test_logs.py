@@ -14,9 +14,10 @@ from kargo_bitbucket import logs
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
+def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(logs, "_info", list(logs._info))  # what configure() installs
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -69,3 +70,32 @@ def test_text_lines_for_people_and_level_filter() -> None:
     assert "hidden" not in text
     assert "warning receiver demo/r: newline  delivery=abc" in text
     assert "empty=" not in text
+
+
+@pytest.mark.parametrize("on_bytes", [True, False])
+def test_delivery_line_is_written_straight_in_the_json_format(on_bytes: bool) -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8") if on_bytes else io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    logs.info(log, "delivery %s (%d more)", ("bad-signature", 3), {"delivery": "d" * 20_000})
+    log.warning("through logging", extra={"status": 401})
+    text = raw.getvalue().decode() if on_bytes else stream.getvalue()
+    first, second = (orjson.loads(line) for line in text.splitlines())
+    assert list(first) == ["time", "level", "logger", "msg", "delivery"]
+    assert first["msg"] == "delivery bad-signature (3 more)"
+    assert first["logger"] == "kargo_bitbucket.delivery" and first["level"] == "info"
+    assert first["delivery"].endswith("…[truncated, 20000 chars]")
+    assert datetime.fromisoformat(first["time"]) <= datetime.fromisoformat(second["time"])
+    assert second["msg"] == "through logging"
+
+
+def test_delivery_line_for_people_and_below_the_level() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=False)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r", "detail": ""})
+    assert stream.getvalue().endswith(" info    delivery refreshed  receiver=ns/r\n")
+    logs.configure("warning", stream=stream, json=False)
+    logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r"})
+    assert stream.getvalue().count("delivery refreshed") == 1

@@ -21,7 +21,8 @@ _second: list[tuple[int, str]] = [(-1, "")]
 def now_rfc3339(micro: bool = False) -> str:
     """Current UTC time in RFC 3339; with microseconds for refresh values (SPEC §1).
 
-    Every delivery takes it twice, so the seconds part is formatted once per second.
+    Every delivery takes it once (its record's time and its refresh value); the seconds
+    part is formatted once per second, 1.3 instead of 4.4 µs a call.
     """
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
     cached, stamp = _second[0]

@@ -40,7 +40,8 @@ class UserAgentTransport(httpx.AsyncBaseTransport):
 def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
     """A client from ``--kubeconfig``/``--context``, else in-cluster, else ``$KUBECONFIG``."""
     from lightkube import ConfigError, KubeConfig
-    from lightkube.config.client_adapter import verify_cluster
+
+    from kargo_bitbucket.compat import verify_cluster
 
     try:
         config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()

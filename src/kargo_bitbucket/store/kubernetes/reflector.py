@@ -12,6 +12,7 @@ import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.types import on_error_raise
 
+from kargo_bitbucket.compat import generic_client
 from kargo_bitbucket.store.backoff import Backoff, Outage, retry_after, status_code
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Reflector:
         lightkube's public ``watch`` cannot ask for bookmarks, so the request is built
         with its generic client; that client resumes by itself after a clean close.
         """
-        inner = self.client._client
+        inner = generic_client(self.client)
         request = inner.prepare_request(
             "list",
             res=self.resource,
