@@ -14,14 +14,18 @@ from typing import Any, NoReturn
 import yaml
 
 __all__ = [
+    "ACCEPTED_KINDS",
     "API_VERSIONS",
     "KARGO_API_VERSION",
     "KINDS",
     "NAMESPACED",
     "ManifestError",
     "Resource",
+    "UnknownFieldError",
     "UnknownKindError",
     "canonical_kind",
+    "name_problem",
+    "namespace_problem",
     "parse_manifests",
     "validate_object",
 ]
@@ -90,6 +94,10 @@ class ManifestError(ValueError):
         super().__init__(_one_line(message))
 
 
+class UnknownFieldError(ManifestError):
+    """An unknown field where strict validation refuses it (inside ``spec.subscriptions``)."""
+
+
 class UnknownKindError(ValueError):
     """A kind name that is none of the accepted spellings."""
 
@@ -105,12 +113,16 @@ class Resource:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+ACCEPTED_KINDS = "secrets, projectconfigs, clusterconfigs, warehouses (wh), promotions (promo)"
+
+
 def canonical_kind(text: str) -> str:
     """The canonical kind for any accepted spelling, case-insensitively."""
     kind = KINDS.get(text.strip().lower()) if isinstance(text, str) else None
     if kind is None:
-        accepted = "secrets, projectconfigs, clusterconfigs, warehouses (wh), promotions (promo)"
-        raise UnknownKindError(_one_line(f"unknown kind {_quote(str(text))}; accepted: {accepted}"))
+        raise UnknownKindError(
+            _one_line(f"unknown kind {_quote(str(text))}; accepted: {ACCEPTED_KINDS}")
+        )
     return kind
 
 
@@ -174,10 +186,13 @@ def _is_int(value: Any) -> bool:
 class _Ctx:
     """Where we are, the YAML source positions, and the warnings gathered."""
 
-    def __init__(self, where: str, tokens: _Tokens | None, prefix: _Path) -> None:
+    def __init__(
+        self, where: str, tokens: _Tokens | None, prefix: _Path, strict: bool = False
+    ) -> None:
         self.where = where
         self.tokens = tokens
         self.prefix = prefix
+        self.strict = strict
         self.ident = ""
         self.warnings: list[str] = []
 
@@ -192,11 +207,13 @@ class _Ctx:
                 return hit[1]
         return None
 
-    def fail(self, path: _Path, problem: str) -> NoReturn:
+    def fail(
+        self, path: _Path, problem: str, error: type[ManifestError] = ManifestError
+    ) -> NoReturn:
         line = self.line(path)
         text = _fmt_path(path)
         message = f"{self.where}{self.ident}: " + (f"{text}: " if text else "") + problem
-        raise ManifestError(message + (f" (line {line})" if line else ""), path=text, line=line)
+        raise error(message + (f" (line {line})" if line else ""), path=text, line=line)
 
     def warn(self, path: _Path, problem: str) -> None:
         self.warnings.append(_one_line(f"{self.where}{self.ident}: {_fmt_path(path)}: {problem}"))
@@ -296,7 +313,8 @@ _Hook = Callable[[Any, _Path, _Ctx], None]
 
 
 class _Obj(_Spec):
-    """An object with known fields; ``unknown`` is ``warn`` (keep, note) or ``keep``."""
+    """An object with known fields; ``unknown`` is ``warn`` (keep, note), ``keep``, or
+    ``strict`` (refused when the context is strict, else as ``warn``)."""
 
     def __init__(
         self,
@@ -315,7 +333,13 @@ class _Obj(_Spec):
         for key, item in value.items():
             spec = self.fields.get(key)
             if spec is None:
-                if self.unknown == "warn":
+                if self.unknown == "strict" and ctx.strict:
+                    ctx.fail(
+                        (*path, key),
+                        "unknown field (a misspelled filter would widen the subscription)",
+                        UnknownFieldError,
+                    )
+                if self.unknown in ("warn", "strict"):
                     ctx.warn((*path, key), "unknown field, kept as is and not checked")
                 out[key] = item
             elif item is not None or key in self.required:
@@ -406,6 +430,16 @@ def _dns_label(value: str) -> str | None:
         "must be a lowercase RFC 1123 label (at most 63 characters: a-z, 0-9 and '-', "
         f"starting and ending with a letter or digit), got {_quote(value)}"
     )
+
+
+def namespace_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a namespace (an RFC 1123 label), or None."""
+    return _dns_label(value)
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an object name (an RFC 1123 subdomain), or None."""
+    return _dns_subdomain(value)
 
 
 def _dns_subdomain(value: str) -> str | None:
@@ -624,6 +658,7 @@ _GIT = _Obj(
         "name": _Str(),
     },
     required=("repoURL",),
+    unknown="strict",
     after=_old_regex_spelling,
 )
 _IMAGE = _Obj(
@@ -647,6 +682,7 @@ _IMAGE = _Obj(
         "name": _Str(),
     },
     required=("repoURL",),
+    unknown="strict",
 )
 _CHART = _Obj(
     {
@@ -656,6 +692,7 @@ _CHART = _Obj(
         "discoveryLimit": _Int(1, 100),
     },
     required=("repoURL",),
+    unknown="strict",
 )
 _SUBSCRIPTION_TYPES: dict[str, _Spec] = {"git": _GIT, "image": _IMAGE, "chart": _CHART}
 
@@ -1080,8 +1117,14 @@ def _is_list_kind(data: Any) -> bool:
     return kind == "List" or (kind.endswith("List") and kind[:-4] in _KIND_TABLE)
 
 
-def parse_manifests(text: str, source: str, default_namespace: str | None = None) -> list[Resource]:
-    """Every object of a multi-document YAML text, checked; all-or-nothing."""
+def parse_manifests(
+    text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
+) -> list[Resource]:
+    """Every object of a multi-document YAML text, checked; all-or-nothing.
+
+    ``strict`` refuses unknown fields inside ``spec.subscriptions`` (kubectl's
+    ``--validate=strict``); otherwise they are kept with a warning.
+    """
     _check_flow_depth(text, source)
     resources: list[Resource] = []
     document = 1
@@ -1096,7 +1139,7 @@ def parse_manifests(text: str, source: str, default_namespace: str | None = None
                 node = loader.get_node()
             except Exception as error:
                 raise _yaml_error(source, document, error, text) from None
-            resources.extend(_document(loader, node, source, document, default_namespace))
+            resources.extend(_document(loader, node, source, document, default_namespace, strict))
             document += 1
     finally:
         if loader is not None:
@@ -1143,6 +1186,7 @@ def _document(
     source: str,
     document: int,
     default_namespace: str | None,
+    strict: bool,
 ) -> list[Resource]:
     """The objects of one document (none if empty, several for a List)."""
     where = f"{source}: document {document}"
@@ -1162,7 +1206,7 @@ def _document(
         return []
     tokens, soft = converter.tokens, converter.soft
     if not _is_list_kind(data):
-        return [_validate(data, _Ctx(where, tokens, ()), default_namespace, soft)]
+        return [_validate(data, _Ctx(where, tokens, (), strict), default_namespace, soft)]
     list_ctx = _Ctx(where, tokens, ())
     if soft is not None:
         list_ctx.fail(*soft)
@@ -1173,7 +1217,7 @@ def _document(
         list_ctx.fail(("items",), f"must be a list, got {list_ctx.got(('items',), items)}")
     out = []
     for i, item in enumerate(items):
-        ctx = _Ctx(f"{where}, items[{i}]", tokens, ("items", i))
+        ctx = _Ctx(f"{where}, items[{i}]", tokens, ("items", i), strict)
         if _is_list_kind(item):
             ctx.fail((), "a List cannot contain another List")
         out.append(_validate(item, ctx, default_namespace, None))
