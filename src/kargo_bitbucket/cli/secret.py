@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from kargo_bitbucket.cli.common import UsageError
-from kargo_bitbucket.core.manifests import name_problem, namespace_problem
+from kargo_bitbucket.core.manifests.names import dns_label, dns_subdomain
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the secret as a comment, then a manifest ``apply`` accepts."""
     for flag, problem in (
-        ("--name", name_problem(args.name)),
-        ("-n", namespace_problem(args.namespace)),
+        ("--name", dns_subdomain(args.name)),
+        ("-n", dns_label(args.namespace)),
     ):
         if problem:
             raise UsageError(f"{flag}: {problem}")

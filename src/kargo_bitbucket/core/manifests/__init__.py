@@ -14,7 +14,6 @@ from kargo_bitbucket.core.manifests.kinds import (
     canonical_kind,
     validate_object,
 )
-from kargo_bitbucket.core.manifests.names import name_problem, namespace_problem
 from kargo_bitbucket.core.manifests.reader import parse_manifests
 from kargo_bitbucket.core.manifests.schema import (
     ManifestError,
@@ -33,8 +32,6 @@ __all__ = [
     "UnknownFieldError",
     "UnknownKindError",
     "canonical_kind",
-    "name_problem",
-    "namespace_problem",
     "parse_manifests",
     "validate_object",
 ]

@@ -28,6 +28,7 @@ _GIT_SCP = re.compile(r"[\w-]+@[\w+]+(?:\.[\w-]+)*:", re.ASCII)
 
 
 def dns_label(value: str) -> str | None:
+    """Why ``value`` is not an RFC 1123 label (a namespace), or None."""
     if len(value) <= 63 and _DNS_LABEL.fullmatch(value):
         return None
     return (
@@ -36,17 +37,8 @@ def dns_label(value: str) -> str | None:
     )
 
 
-def namespace_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a namespace (an RFC 1123 label), or None."""
-    return dns_label(value)
-
-
-def name_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an object name (an RFC 1123 subdomain), or None."""
-    return dns_subdomain(value)
-
-
 def dns_subdomain(value: str) -> str | None:
+    """Why ``value`` is not an RFC 1123 subdomain (an object name), or None."""
     if len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value):
         return None
     return (
