@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kargo_bitbucket.cli.common import Failure, UsageError, http_url, state_flag
+from kargo_bitbucket.cli.common import FAILURE, Failure, UsageError, http_url, state_flag
 from kargo_bitbucket.config import env
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise Failure(str(error)) from error
     print(reply.status)
     print(reply.text)
-    return 0 if reply.ok else 1
+    return 0 if reply.ok else FAILURE
 
 
 def _body(args: argparse.Namespace) -> bytes:
