@@ -16,13 +16,20 @@ from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
 PAGE_LIMIT = 200
+# Fixed column widths: at 1280 px the reasons column keeps about 40% of the width
+# instead of being pushed off-screen by long repository URLs and delivery ids.
+COLUMNS = "".join(
+    f'<col style="width:{width}">'
+    for width in ("7.5em", "10em", "9.5em", "7.5em", "15%", "9%", "8em", "auto")
+)
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%;table-layout:fixed}
+th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top;
+overflow-wrap:break-word}
 th{background:#f4f4f4;position:sticky;top:0}
 .ok{color:#176f2c}.bad{color:#b00020}.dim{color:#777}
-td.reasons{font-size:13px;min-width:30em} ul{margin:0;padding-left:1.1em}
+td.reasons{font-size:13px} ul{margin:0;padding-left:1.1em}
 code{font-size:12px}
 """
 
@@ -55,7 +62,8 @@ def render(records: list[DeliveryRecord], namespace: str | None, receiver: str |
         f"<h1>Recent deliveries</h1><p class=dim>{len(records)} shown, newest first"
         f"{' — ' + shown if shown else ''}. Filter with <code>?namespace=</code>, "
         "<code>?receiver=</code>, <code>?limit=</code>.</p>"
-        "<table><thead><tr><th>Time (UTC)</th><th>Receiver</th><th>Event</th>"
+        f"<table><colgroup>{COLUMNS}</colgroup>"
+        "<thead><tr><th>Time (UTC)</th><th>Receiver</th><th>Event</th>"
         "<th>Delivery id</th><th>Repository / PR</th><th>Refs</th><th>Answer</th>"
         "<th>Candidates</th></tr></thead><tbody>"
         f"{rows}</tbody></table></body></html>"

@@ -21,6 +21,7 @@ from kargo_bitbucket.core.receivers import Route as ReceiverRoute
 from kargo_bitbucket.delivery import Answer, Deliveries
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
+from kargo_bitbucket.unknown_paths import UnknownPaths
 
 log = logging.getLogger("kargo_bitbucket.app")
 
@@ -53,6 +54,7 @@ class ReceiverEndpoint:
         self.body_limit = body_limit
         self.body_timeout = body_timeout
         self.too_large = {"error": f"content exceeds limit of {body_limit} bytes"}
+        self.unknown = UnknownPaths(deliveries.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path")
@@ -65,6 +67,7 @@ class ReceiverEndpoint:
             )
         route = self.store.indexes.route(path)
         if route is None:
+            self.unknown.seen(path)
             return await _answer(send, 404, {"error": "not found"})
         try:
             await self._deliver(scope, receive, send, route)

@@ -1,25 +1,22 @@
 """``hooks check`` and ``hooks sync``: read the store, ask Bitbucket, print, change our hooks.
 
 The receivers (URL and secret), the Warehouses' repositories and the Running
-Promotions' PRs come from the state file or, with ``--kubernetes``, from the cluster;
-``core.webhooks`` decides what each repository needs; this module only fetches, prints
-and, with ``sync --apply``, creates, updates or deletes the hooks marked as ours.
+Promotions' PRs come from an ``Inventory`` (the state file's or the cluster's, read by
+the command line); ``core.webhooks`` decides what each repository needs; this module only
+fetches, prints and, when asked, creates, updates or deletes the hooks marked as ours.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from kargo_bitbucket.bitbucket_api import BitbucketClient, BitbucketError
-from kargo_bitbucket.config import ConfigError
-from kargo_bitbucket.core.receivers import BaseURL, BaseURLError
 from kargo_bitbucket.core.webhooks import (
     CLOUD,
     CREATE,
@@ -36,11 +33,8 @@ from kargo_bitbucket.core.webhooks import (
     plan,
     prune_places,
 )
-from kargo_bitbucket.credentials import Credentials, parse, read_file
-from kargo_bitbucket.inventory import Inventory, inventory, load_cluster, load_state
-
-if TYPE_CHECKING:
-    from lightkube import AsyncClient
+from kargo_bitbucket.credentials import Credentials
+from kargo_bitbucket.inventory import Inventory
 
 T = TypeVar("T")
 
@@ -253,79 +247,33 @@ def sync(found: Inventory, result: Survey, output: str, outcomes: list[str] | No
     return 1 if failed or left or found.problems or not found.receivers else 0
 
 
-# Entry point from the command line
-def run(args: argparse.Namespace) -> int:
-    """``hooks check`` / ``hooks sync``: everything after argument parsing."""
-    base = _base_url(args.base_url)
-    api_urls = _api_urls(args.api_url)
-    document = None
-    if args.kubernetes:
-        import httpx2
-        from lightkube import ApiError
-
-        from kargo_bitbucket.store.kubernetes import KubernetesConfigError, connect
-
-        def client() -> AsyncClient:
-            try:
-                return connect(args.kubeconfig, args.context)
-            except KubernetesConfigError as error:
-                raise ConfigError(str(error)) from error
-
-        secret_ref = None if args.credentials else _secret_ref(args.credentials_secret)
-        try:
-            indexes, document = asyncio.run(load_cluster(client, args.system_namespace, secret_ref))
-        except (ApiError, httpx2.HTTPError) as error:
-            print(f"kargo-bitbucket: cannot read from the Kubernetes API: {error}", file=sys.stderr)
-            return 1
-    else:
-        indexes = load_state(args.state, args.system_namespace)
-    if args.credentials:
-        credentials = read_file(args.credentials)
-    elif document is not None:
-        credentials = parse(document, f"Secret {args.credentials_secret}")
-    else:
-        credentials = Credentials()
-    found = inventory(indexes, base)
-    prune = args.hooks_command == "sync" and args.prune
+def run(
+    found: Inventory,
+    credentials: Credentials,
+    api_urls: Mapping[str, str],
+    *,
+    command: str,
+    output: str,
+    scope: str = "repository",
+    mirrors: bool = False,
+    apply_changes: bool = False,
+    prune: bool = False,
+) -> int:
+    """``hooks check`` (``command`` "check") or ``hooks sync``: survey, maybe apply, report."""
+    sync_run = command == "sync"
 
     async def go() -> tuple[Survey, list[str] | None]:
         result = await survey(
-            found, credentials, api_urls, scope=args.scope, mirrors=args.mirrors, prune=prune
+            found, credentials, api_urls, scope=scope, mirrors=mirrors, prune=sync_run and prune
         )
         try:
-            done = await apply(result) if args.hooks_command == "sync" and args.apply else None
+            done = await apply(result) if sync_run and apply_changes else None
         finally:
             for client in result.clients.values():
                 await client.close()
         return result, done
 
     result, outcomes = asyncio.run(go())
-    if args.hooks_command == "check":
-        return check(found, result, args.output)
-    return sync(found, result, args.output, outcomes)
-
-
-def _base_url(text: str | None) -> BaseURL | None:
-    if not text:
-        return None
-    try:
-        return BaseURL.parse(text)
-    except BaseURLError as error:
-        raise ConfigError(f"--base-url: {error}") from error
-
-
-def _api_urls(pairs: Sequence[str]) -> dict[str, str]:
-    found = {}
-    for pair in pairs:
-        host, sep, url = pair.partition("=")
-        if not sep or not host or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--api-url {pair!r}: expected HOST=http(s)://URL")
-        found[host] = url
-    return found
-
-
-def _secret_ref(text: str) -> tuple[str, str]:
-    namespace, _, name = text.partition("/")
-    if not namespace or not name:
-        raise ConfigError(f"--credentials-secret {text!r}: expected NAMESPACE/NAME")
-    return namespace, name
+    if not sync_run:
+        return check(found, result, output)
+    return sync(found, result, output, outcomes)

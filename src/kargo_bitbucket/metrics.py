@@ -56,6 +56,7 @@ class Metrics(Collector):
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str, str]] = Counter()
+        self.unknown_paths = 0
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._duration_sum = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
@@ -77,6 +78,10 @@ class Metrics(Collector):
         ``receiver`` is a configured receiver's ``namespace/name``, never the request path.
         """
         self.signature_failures[reason, receiver] += 1
+
+    def count_unknown_path(self) -> None:
+        """One request to a path no receiver has (answered 404)."""
+        self.unknown_paths += 1
 
     def collect(self) -> Iterable[Family]:
         """Every family, read at scrape time."""
@@ -108,6 +113,12 @@ class Metrics(Collector):
             "Deliveries refused for their signature (missing or invalid), by receiver",
             ["reason", "receiver"],
             self.signature_failures.items(),
+        )
+        yield _counter(
+            "kargo_bitbucket_unknown_path_requests",
+            "Requests to a path no receiver has, answered 404 (no path label: scanners)",
+            [],
+            [((), self.unknown_paths)],
         )
         cache = GaugeMetricFamily(
             "kargo_bitbucket_cache_objects",

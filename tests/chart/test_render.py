@@ -246,6 +246,7 @@ def chart_version() -> str:
 FIXED_SERVE_OPTIONS = {
     "--help", "--filename", "--state", "--listen", "--admin-listen", "--kubernetes",
     "--kubeconfig", "--context", "--lease-namespace", "--base-url", "--no-publish", "--log-level",
+    "--validate",  # only with --filename, which the chart does not use
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from kargo_bitbucket.core.manifests import (
     KINDS,
     ManifestError,
     Resource,
+    UnknownFieldError,
     UnknownKindError,
     canonical_kind,
     parse_manifests,
@@ -268,6 +269,28 @@ def test_unknown_fields_are_kept_with_a_warning() -> None:
     assert all(len(w.splitlines()) == 1 for w in resource.warnings)
     assert "spec.subscriptions[0].git.futureField: unknown field" in resource.warnings[0]
     assert resource.warnings[1].startswith(f"{SRC}: document 1 (Warehouse demo/app): spec.newThing")
+
+
+@pytest.mark.parametrize(
+    ("subscription", "field"),
+    [
+        ("git: {repoURL: https://h/a/b, brnach: main}", "git.brnach"),
+        ("image: {repoURL: ghcr.io/a/b, constrant: ^1}", "image.constrant"),
+        ("chart: {repoURL: https://charts.h/, nmae: c}", "chart.nmae"),
+    ],
+)
+def test_strict_refuses_unknown_fields_inside_subscriptions(subscription: str, field: str) -> None:
+    text = WAREHOUSE.split("  subscriptions:")[0] + f"  subscriptions:\n    - {subscription}\n"
+    with pytest.raises(UnknownFieldError, match=rf"spec\.subscriptions\[0\]\.{field}: unknown"):
+        parse(text, strict=True)
+    (resource,) = parse(text)
+    assert f"spec.subscriptions[0].{field}: unknown field" in resource.warnings[0]
+
+
+def test_strict_keeps_unknown_fields_elsewhere_with_a_warning() -> None:
+    (resource,) = parse(WAREHOUSE + "  newThing: {a: b}\n", strict=True)
+    assert resource.body["spec"]["newThing"] == {"a": "b"}
+    assert "spec.newThing: unknown field" in resource.warnings[0]
 
 
 def test_status_is_open_for_server_written_fields() -> None:

@@ -26,9 +26,9 @@ def test_pr_url_round_trip(event: str) -> None:
 
 
 def test_missing_arguments_are_named() -> None:
-    with pytest.raises(PayloadArgumentError, match="--repo"):
+    with pytest.raises(PayloadArgumentError, match="repository URL"):
         build_payload("repo:push")
-    with pytest.raises(PayloadArgumentError, match="--pr"):
+    with pytest.raises(PayloadArgumentError, match="pull request URL"):
         build_payload("pr:merged")
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from kargo_bitbucket.core.payloads import build_payload
 from tests.conftest import REPO, cli, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
@@ -356,3 +359,157 @@ def test_log_level_after_the_command(state: Path, server_factory: Any) -> None:
     assert request(loud.base + "/healthz", method="GET").status == 200
     loud.stop()
     assert '"level":"info"' in loud.log.read_text()
+
+
+# ---------------------------------------------------------------------------- rough edges
+
+
+def usage_error(state: Path, *args: str, stdin: str | None = None) -> str:
+    """Run a command that must be refused as a usage error; its stderr."""
+    result = cli(*args, state=state, stdin=stdin, check=False)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_unknown_option_prints_the_commands_usage(state: Path) -> None:
+    stderr = usage_error(state, "get", "wh", "--bogus")
+    assert stderr.startswith("usage: kargo-bitbucket get ")
+    assert "unrecognized arguments: --bogus" in stderr
+    assert "usage: kargo-bitbucket hooks check " in usage_error(state, "hooks", "check", "--bogus")
+
+
+def test_every_option_has_help_and_get_lists_the_kinds(state: Path) -> None:
+    from kargo_bitbucket.cli import parser
+
+    def walk(command: argparse.ArgumentParser, name: str) -> list[str]:
+        missing = []
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    missing += walk(subparser, f"{name} {sub}")
+            elif not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.metavar}")
+        return missing
+
+    assert walk(parser(), "kargo-bitbucket") == []
+    shown = cli("get", "--help", state=state).stdout
+    assert "warehouses (wh)" in shown and "promotions (promo)" in shown
+
+
+def test_delete_dash_f_deletes_what_the_file_names(state: Path, tmp_path: Path) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    before = len(items(state, "warehouses"))
+    manifest = tmp_path / "one.yaml"
+    manifest.write_text(
+        yaml.safe_dump(next(w for w in items(state, "warehouses")), sort_keys=False)
+    )
+    out = cli("delete", "-f", str(manifest), state=state).stdout
+    assert out.endswith(" deleted\n") and out.startswith("warehouse/kargo-demo/")
+    assert len(items(state, "warehouses")) == before - 1
+    assert "not found" in usage_error(state, "delete", "-f", str(manifest))
+    assert "not both" in usage_error(state, "delete", "wh", "x", "-f", str(manifest))
+
+
+def test_explain_with_repo_and_pr_says_not_both(state: Path) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    stderr = usage_error(state, "explain", "--repo", "https://h/a/b", "--pr", "https://h/p/1")
+    assert "not both" in stderr
+
+
+def test_send_refuses_a_non_http_url_before_connecting(state: Path) -> None:
+    stderr = usage_error(
+        state,
+        "send",
+        "--url",
+        "ftp://127.0.0.1:9/x",
+        "--secret",
+        "s",
+        "--event",
+        "diagnostics:ping",
+    )
+    assert "http:// or https://" in stderr and "cannot reach" not in stderr
+
+
+def test_send_help_says_what_it_pushes_without_ref(state: Path) -> None:
+    assert "refs/heads/main" in " ".join(cli("send", "--help", state=state).stdout.split())
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "many"])
+def test_deliveries_limit_must_be_above_zero(state: Path, limit: str) -> None:
+    assert "--limit" in usage_error(state, "deliveries", "--limit", limit)
+
+
+def test_unreachable_admin_url_is_a_runtime_failure(state: Path) -> None:
+    result = cli("deliveries", "--admin-url", "http://127.0.0.1:9", state=state, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("kargo-bitbucket: cannot read http://127.0.0.1:9/")
+
+
+def test_secret_refuses_a_namespace_kubernetes_would(state: Path) -> None:
+    stderr = usage_error(state, "secret", "-n", "Bad NS")
+    assert "-n: must be a lowercase RFC 1123 label" in stderr
+    assert "--name" in usage_error(state, "secret", "--name", "Bad_Name")
+
+
+MISSPELT = WAREHOUSE.replace("branch:", "brnach:") % {"name": "typo", "branch": "main"}
+
+
+def test_misspelt_subscription_field_is_rejected_unless_validate_warn(state: Path) -> None:
+    stderr = usage_error(state, "apply", "-f", "-", stdin=MISSPELT)
+    assert "spec.subscriptions[0].git.brnach: unknown field" in stderr
+    assert "--validate=warn" in stderr
+    assert not state.exists()
+    relaxed = cli("apply", "--validate=warn", "-f", "-", state=state, stdin=MISSPELT)
+    assert "warehouse/demo/typo created" in relaxed.stdout
+    assert "brnach: unknown field, kept" in relaxed.stderr
+    elsewhere = MISSPELT.replace("brnach:", "branch:").replace("spec:", "colour: red\nspec:")
+    loose = cli("apply", "-f", "-", state=state, stdin=elsewhere)
+    assert "colour: unknown field, kept" in loose.stderr
+
+
+def wait_for(check: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_deliveries_escape_control_characters_and_speak_yaml(
+    state: Path, server_factory: Any, tmp_path: Path
+) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    server = server_factory(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    url = line.split("\t")[2]
+    body = build_payload(
+        "repo:push", repo="https://bitbucket.org/acme/guestbook", refs=["x\x1b[2J\x07y"]
+    )
+    payload = tmp_path / "push.json"
+    payload.write_bytes(body)
+    sent = ["--secret-from", "kargo-demo/bitbucket-webhook", "--event", "repo:push"]
+    cli("send", "--url", url, *sent, "--payload", str(payload), state=state)
+    shown = wait_for(lambda: cli("deliveries", state=state).stdout)
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "refs/heads/x\\x1b[2J\\x07y" in shown
+    (record,) = yaml.safe_load(cli("deliveries", "-o", "yaml", state=state).stdout)
+    assert record["refs"] == ["refs/heads/x\x1b[2J\x07y"]
+    assert server.process.poll() is None
+
+
+def test_unknown_paths_are_counted_and_logged(state: Path, server_factory: Any) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    server = server_factory(state)
+    for _ in range(3):
+        assert request(server.base + "/wp-login.php\x7f".replace("\x7f", "%7F")).status == 404
+
+    def counted() -> bool:
+        metrics = request(server.admin + "/metrics", method="GET").body.decode()
+        return "kargo_bitbucket_unknown_path_requests_total 3.0" in metrics
+
+    wait_for(counted)
+    lines = [x for x in server.logs().splitlines() if "unknown path" in x]
+    assert len(lines) == 1 and "/wp-login.php" in lines[0]

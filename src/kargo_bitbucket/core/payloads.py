@@ -15,7 +15,12 @@ ZERO_HASH = "0" * 40
 
 
 class PayloadArgumentError(ValueError):
-    """The event needs an argument that was not given."""
+    """The event needs a fact that was not given: ``needs`` is ``repo`` or ``pr``."""
+
+    def __init__(self, event: str, needs: str) -> None:
+        self.event, self.needs = event, needs
+        what = "a repository URL" if needs == "repo" else "a pull request URL"
+        super().__init__(f"event {event} needs {what}")
 
 
 def split_ref(ref: str) -> tuple[str, bool, str]:
@@ -39,9 +44,9 @@ def build_payload(
     if key == "diagnostics:ping":
         return b'{"test": true}'
     if key == "repo:push":
-        return _dumps(_cloud_push(_need(repo, "--repo", event), refs or ["main"]))
+        return _dumps(_cloud_push(_need(repo, "repo", event), refs or ["main"]))
     if key in ("repo:refs_changed", "mirror:repo_synchronized"):
-        body = _server_push(_need(repo, "--repo", event), refs or ["main"])
+        body = _server_push(_need(repo, "repo", event), refs or ["main"])
         if key == "mirror:repo_synchronized":
             body |= {
                 "mirrorServer": {"id": "mirror-1", "name": "mirror"},
@@ -50,15 +55,15 @@ def build_payload(
             }
         return _dumps({"eventKey": key, **body})
     if key in ("pullrequest:fulfilled", "pullrequest:rejected"):
-        return _dumps(_cloud_pr(_need(pr, "--pr", event), key.endswith("fulfilled")))
+        return _dumps(_cloud_pr(_need(pr, "pr", event), key.endswith("fulfilled")))
     if key in ("pr:merged", "pr:declined"):
-        return _dumps({"eventKey": key, **_server_pr(_need(pr, "--pr", event), key)})
+        return _dumps({"eventKey": key, **_server_pr(_need(pr, "pr", event), key)})
     return _dumps({"eventKey": event})
 
 
-def _need(value: str | None, flag: str, event: str) -> str:
+def _need(value: str | None, needs: str, event: str) -> str:
     if not value:
-        raise PayloadArgumentError(f"event {event} needs {flag}")
+        raise PayloadArgumentError(event, needs)
     return value
 
 

@@ -1,0 +1,214 @@
+"""What the commands share: error kinds and exit codes, common flags, reading and printing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+import orjson
+import yaml
+
+from kargo_bitbucket.config import default_state
+from kargo_bitbucket.core.manifests import (
+    ACCEPTED_KINDS,
+    Resource,
+    UnknownFieldError,
+    UnknownKindError,
+    canonical_kind,
+    parse_manifests,
+)
+
+if TYPE_CHECKING:
+    from lightkube import AsyncClient
+
+T = TypeVar("T")
+
+FAILURE = 1
+USAGE_ERROR = 2
+SECONDS_FORM = "a number of seconds above 0, e.g. 10 or 2.5"
+OUTPUT_HELP = "output format (default table)"
+KIND_HELP = f"object kind: {ACCEPTED_KINDS}"
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit 2."""
+
+
+class Failure(Exception):
+    """A runtime failure (unreachable server, refusing API): one line on stderr, exit 1."""
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one ``kargo-bitbucket: ...`` line on stderr and exit with ``code``."""
+    print(f"kargo-bitbucket: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: unknown arguments are its own usage error, not the top level's."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def state_flag(parser: argparse.ArgumentParser) -> None:
+    """``--state FILE``: the embedded store's SQLite file."""
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=default_state(),
+        metavar="FILE",
+        help="state file (env KARGO_BITBUCKET_STATE; default .kargo-bitbucket/state.db)",
+    )
+
+
+def kubernetes_flags(parser: argparse.ArgumentParser) -> None:
+    """``--kubernetes``, ``--kubeconfig``, ``--context``."""
+    parser.add_argument(
+        "--kubernetes", action="store_true", help="use the Kubernetes API instead of the state file"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        metavar="FILE",
+        help="kubeconfig file (default $KUBECONFIG; without one, the in-cluster service account)",
+    )
+    parser.add_argument(
+        "--context", metavar="NAME", help="kubeconfig context to use (default: its current one)"
+    )
+
+
+def files_flag(parser: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+    """``-f/--filename PATH`` (repeatable): a file, a directory of *.yaml/*.yml, or - for stdin."""
+    parser.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        required=required,
+        default=None if required else [],
+        metavar="PATH",
+        help=f"{what} (file, directory of *.yaml/*.yml, or - for stdin; repeatable)",
+    )
+
+
+def validate_flag(parser: argparse.ArgumentParser) -> None:
+    """``--validate strict|warn``: how unknown fields inside ``spec.subscriptions`` are met."""
+    parser.add_argument(
+        "--validate",
+        choices=["strict", "warn"],
+        default="strict",
+        help="unknown fields inside spec.subscriptions (a misspelled branch: widens what a "
+        "Warehouse matches): strict rejects the manifest (default), warn keeps them with a "
+        "warning; unknown fields elsewhere are always kept with a warning",
+    )
+
+
+def connect(args: argparse.Namespace) -> AsyncClient:
+    """A client for ``--kubeconfig``/``--context``; a bad configuration is a usage error."""
+    from kargo_bitbucket.store.kubernetes import KubernetesConfigError
+    from kargo_bitbucket.store.kubernetes import connect as kube_connect
+
+    try:
+        return kube_connect(args.kubeconfig, args.context)
+    except KubernetesConfigError as error:
+        raise UsageError(str(error)) from error
+
+
+def from_cluster(load: Coroutine[Any, Any, T]) -> T:
+    """Run a one-shot read of the cluster; an unreachable or refusing API is a Failure."""
+    import httpx2
+    from lightkube import ApiError
+
+    try:
+        return asyncio.run(load)
+    except (ApiError, httpx2.HTTPError) as error:
+        raise Failure(f"cannot read from the Kubernetes API: {error}") from error
+
+
+def http_url(flag: str, url: str) -> str:
+    """``url`` if it is an http(s) URL with a host, else a usage error naming ``flag``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as error:
+        raise UsageError(f"{flag} {url!r}: {error}") from error
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"{flag} {url!r}: must be an http:// or https:// URL")
+    if not host:
+        raise UsageError(f"{flag} {url!r}: has no host")
+    return url
+
+
+def kind(text: str) -> str:
+    """The canonical kind of a KIND argument, or a usage error listing the accepted ones."""
+    try:
+        return canonical_kind(text)
+    except UnknownKindError as error:
+        raise UsageError(str(error)) from error
+
+
+def qualified(namespace: str, name: str) -> str:
+    """``namespace/name``, or ``name`` for cluster-scoped objects."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def print_document(document: Any, output: str) -> None:
+    """Print ``document`` as indented JSON or as YAML."""
+    if output == "json":
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+
+
+def load_manifests(paths: Sequence[str], validate: str = "warn") -> list[Resource]:
+    """Read and check every document of every path; nothing is returned unless all are valid."""
+    resources: list[Resource] = []
+    for path in paths:
+        for source, text in _read_sources(path):
+            try:
+                resources.extend(parse_manifests(text, source, strict=validate == "strict"))
+            except UnknownFieldError as error:
+                raise UsageError(f"{error}; --validate=warn keeps it") from error
+    return resources
+
+
+def _read_sources(path: str) -> list[tuple[str, str]]:
+    if path == "-":
+        return [("<stdin>", sys.stdin.read())]
+    target = Path(path)
+    if target.is_dir():
+        files = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise UsageError(
+                f"{path}: no *.yaml or *.yml files in this directory: no objects to apply"
+            )
+    elif target.exists():
+        files = [target]
+    else:
+        raise UsageError(f"{path}: no such file or directory")
+    sources = []
+    for file in files:
+        try:
+            sources.append((str(file), file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"{file}: cannot read: {error}") from error
+    return sources

@@ -1,0 +1,127 @@
+"""``kargo-bitbucket deliveries``: recent deliveries and why each candidate was (not) refreshed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import orjson
+
+from kargo_bitbucket.cli.common import (
+    OUTPUT_HELP,
+    Failure,
+    http_url,
+    print_document,
+    printable,
+    qualified,
+    state_flag,
+)
+from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.store.sqlite import StateFile
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add deliveries' arguments."""
+    parser.add_argument(
+        "-n", "--namespace", help="project namespace (cluster for the ClusterConfig's receivers)"
+    )
+    parser.add_argument("--receiver", metavar="NAME", help="receiver name")
+    parser.add_argument(
+        "--limit",
+        type=_limit,
+        default=20,
+        metavar="N",
+        help="how many, newest first (a whole number above 0; default 20)",
+    )
+    parser.add_argument(
+        "-o", "--output", choices=["table", "json", "yaml"], default="table", help=OUTPUT_HELP
+    )
+    state_flag(parser)
+    parser.add_argument(
+        "--admin-url",
+        metavar="URL",
+        help="read a running server's history from its admin listener, "
+        "e.g. http://127.0.0.1:9090 (Kubernetes mode keeps it per replica)",
+    )
+    parser.set_defaults(run=run)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the newest deliveries (from the state file or a running server)."""
+    if args.admin_url:
+        records = _fetch(args)
+    else:
+        state = StateFile(args.state, create=False)
+        try:
+            records = state.deliveries(args.namespace, args.receiver, args.limit)
+        finally:
+            state.close()
+    if args.output != "table":
+        print_document(orjson.loads(orjson.dumps(records)), args.output)
+        return 0
+    if not records:
+        print("No deliveries recorded.", file=sys.stderr)
+    for record in records:
+        print(describe(record))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> list[DeliveryRecord]:
+    query = urllib.parse.urlencode(
+        {
+            k: v
+            for k, v in (
+                ("namespace", args.namespace),
+                ("receiver", args.receiver),
+                ("limit", args.limit),
+            )
+            if v
+        }
+    )
+    url = f"{http_url('--admin-url', args.admin_url).rstrip('/')}/deliveries.json?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            data = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise Failure(f"cannot read {url}: {getattr(error, 'reason', error)}") from error
+    return [DeliveryRecord.from_json(item) for item in data]
+
+
+def describe(record: DeliveryRecord) -> str:
+    """One delivery as a few indented lines, every payload-borne text escaped."""
+    attempt = f" attempt {record.attempt}" if record.attempt and record.attempt != "1" else ""
+    lines = [
+        f"{record.time}  {record.receiver}  {record.event}  {record.delivery_id or '-'}{attempt}"
+        f"  -> {record.status} {record.message} ({record.duration_ms:.1f} ms)"
+        f"{'' if record.signed else '  unsigned'}"
+    ]
+    if record.detail:
+        lines.append(f"  detail: {record.detail}")
+    if record.pr_url:
+        lines.append(f"  pull request: {record.pr_url}")
+    elif record.repository:
+        refs = ", ".join(record.refs) if record.refs is not None else "unknown (refresh all)"
+        if record.omitted_refs:
+            refs += f" and {record.omitted_refs} more"
+        lines.append(f"  repository: {', '.join(record.repository)}")
+        lines.append(f"  refs: {refs}")
+    for c in record.candidates:
+        lines.append(f"  {c.outcome:<13} {c.kind} {qualified(c.namespace, c.name)}: {c.reason}")
+    if record.omitted_candidates:
+        lines.append(f"  and {record.omitted_candidates} more candidates")
+    if record.status == 200 and record.repository and not record.candidates:
+        lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
+    return "\n".join(printable(line) for line in lines)

@@ -1,0 +1,103 @@
+"""``kargo-bitbucket send``: build (or read) a delivery, sign it, POST it, print the answer."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kargo_bitbucket.cli.common import FAILURE, Failure, UsageError, http_url, state_flag
+from kargo_bitbucket.config import env
+from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
+from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
+from kargo_bitbucket.store.index import decode_secret_data
+from kargo_bitbucket.store.sqlite import StateFile
+
+_FLAGS = {"repo": "--repo", "pr": "--pr"}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add send's arguments."""
+    parser.add_argument("--url", required=True, help="receiver URL (http:// or https://)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument(
+        "--secret", help="the webhook secret (env KARGO_BITBUCKET_SECRET)", default=env("SECRET")
+    )
+    who.add_argument(
+        "--secret-from",
+        metavar="NAMESPACE/NAME",
+        help="read the secret from a Secret in the state file",
+    )
+    parser.add_argument(
+        "--event",
+        required=True,
+        metavar="KEY",
+        help="X-Event-Key, e.g. repo:push, repo:refs_changed, pr:merged",
+    )
+    parser.add_argument("--repo", metavar="URL", help="repository URL (push events)")
+    parser.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="branch name, or a full refs/heads/… or refs/tags/… ref (a tag needs refs/tags/; "
+        "repeatable; default main, i.e. refs/heads/main)",
+    )
+    parser.add_argument("--pr", metavar="URL", help="pull request URL (PR events)")
+    parser.add_argument("--payload", metavar="FILE", help="send this body instead of building one")
+    parser.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds to wait for an answer (default 15)"
+    )
+    state_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 on a 2xx answer, 1 on any other answer or none."""
+    http_url("--url", args.url)
+    secret = _secret(args)
+    body = _body(args)
+    cloud = is_cloud_event(args.event, args.repo or args.pr)
+    try:
+        reply = send(args.url, args.event, body, secret, cloud=cloud, timeout=args.timeout)
+    except UnreachableError as error:
+        raise Failure(str(error)) from error
+    print(reply.status)
+    print(reply.text)
+    return 0 if reply.ok else FAILURE
+
+
+def _body(args: argparse.Namespace) -> bytes:
+    if args.payload:
+        try:
+            return Path(args.payload).read_bytes()
+        except OSError as error:
+            raise UsageError(f"--payload {args.payload}: {error.strerror}") from error
+    if any(not ref.strip() for ref in args.ref):
+        raise UsageError("--ref must not be empty")
+    try:
+        return build_payload(args.event, repo=args.repo, refs=args.ref or None, pr=args.pr)
+    except PayloadArgumentError as error:
+        raise UsageError(f"event {error.event} needs {_FLAGS[error.needs]}") from error
+    except ValueError as error:
+        raise UsageError(f"--repo/--pr: {error}") from error
+
+
+def _secret(args: argparse.Namespace) -> bytes:
+    if args.secret is not None:
+        return str(args.secret).encode()
+    if args.secret_from is None:
+        raise UsageError("send needs --secret, --secret-from or KARGO_BITBUCKET_SECRET")
+    namespace, _, name = str(args.secret_from).partition("/")
+    if not name:
+        raise UsageError("--secret-from takes NAMESPACE/NAME")
+    state = StateFile(args.state, create=False)
+    try:
+        found = state.get("Secret", namespace, name)
+    finally:
+        state.close()
+    if not found:
+        raise UsageError(f"Secret {namespace}/{name} not found in {args.state}")
+    value = decode_secret_data(found[0]).get("secret")
+    if value is None:
+        raise UsageError(f"Secret {namespace}/{name} has no key 'secret'")
+    return value
