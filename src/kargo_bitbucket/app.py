@@ -28,6 +28,9 @@ DEFAULT_BODY_LIMIT = 2 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 10.0
 JSON = b"application/json"
 FIXED_PATHS = frozenset({"/healthz", "/readyz"})
+CLIENT_CLOSED = 499
+"""Status recorded (never sent) for a client gone mid-body: nginx's "client closed request",
+so history and metrics tell it from a 408 the client was sent and a slow proxy caused."""
 
 
 @dataclass(slots=True)
@@ -40,6 +43,10 @@ class Lifecycle:
 
 class BodyTooLarge(Exception):
     """The streamed body went past the limit."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body was complete: nobody is left to answer."""
 
 
 class ReceiverEndpoint:
@@ -102,6 +109,10 @@ class ReceiverEndpoint:
         except TimeoutError:
             answer = Answer(408, {"error": "request body not received in time"}, "body-timeout")
             return await self._refuse(send, route, headers, answer, started)
+        except ClientDisconnected:
+            answer = Answer(CLIENT_CLOSED, {}, "client-disconnected")
+            self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
+            return
         answer = await self.deliveries.handle(route, headers, body)
         await _answer(send, answer.status, answer.body)
 
@@ -125,7 +136,7 @@ class ReceiverEndpoint:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise TimeoutError
+                raise ClientDisconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.body_limit:

@@ -10,7 +10,7 @@ from typing import Any
 
 DEFAULT_HISTORY_SIZE = 1000
 UNSIGNED_HISTORY_SIZE = 100
-"""Requests answered before a signature was verified (ping, 401, 405, 408, 413) kept apart,
+"""Requests answered before a signature was verified (ping, 401, 405, 408, 413, 499) kept apart,
 in a ring of their own: anyone can send them, and they must not push signed deliveries
 out of the history."""
 
