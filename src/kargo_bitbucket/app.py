@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from kargo_bitbucket.core.receivers import Route as ReceiverRoute
 from kargo_bitbucket.delivery import Answer, Deliveries
 from kargo_bitbucket.metrics import Metrics
+from kargo_bitbucket.outcomes import Result
 from kargo_bitbucket.store.base import Store
 
 log = logging.getLogger("kargo_bitbucket.app")
@@ -59,7 +60,7 @@ class ReceiverEndpoint:
         self.deliveries = deliveries
         self.body_limit = body_limit
         self.body_timeout = body_timeout
-        self.too_large = {"error": f"content exceeds limit of {body_limit} bytes"}
+        self.too_large = f"content exceeds limit of {body_limit} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path")
@@ -94,23 +95,23 @@ class ReceiverEndpoint:
             for name, value in scope["headers"]
         }
         if scope["method"] != "POST":
-            answer = Answer(405, {"error": "method not allowed"}, "method-not-allowed")
+            answer = Answer.error(405, Result.METHOD_NOT_ALLOWED, "method not allowed")
             return await self._refuse(send, route, headers, answer, started, [(b"allow", b"POST")])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.body_limit:
-            answer = Answer(413, self.too_large, "body-too-large")
+            answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         try:
             async with asyncio.timeout(self.body_timeout):
                 body = await self._read_body(receive)
         except BodyTooLarge:
-            answer = Answer(413, self.too_large, "body-too-large")
+            answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         except TimeoutError:
-            answer = Answer(408, {"error": "request body not received in time"}, "body-timeout")
+            answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
         except ClientDisconnected:
-            answer = Answer(CLIENT_CLOSED, {}, "client-disconnected")
+            answer = Answer(status=CLIENT_CLOSED, body={}, result=Result.CLIENT_DISCONNECTED)
             self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
             return
         answer = await self.deliveries.handle(route, headers, body)

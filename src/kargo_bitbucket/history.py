@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kargo_bitbucket.outcomes import Outcome, Result
+
 DEFAULT_HISTORY_SIZE = 1000
 UNSIGNED_HISTORY_SIZE = 100
 """Requests answered before a signature was verified (ping, 401, 405, 408, 413, 499) kept apart,
@@ -15,14 +17,14 @@ in a ring of their own: anyone can send them, and they must not push signed deli
 out of the history."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Candidate:
     """One object a delivery considered, and the sentence saying what happened to it."""
 
     kind: str
     namespace: str
     name: str
-    outcome: str
+    outcome: Outcome
     reason: str
 
 
@@ -41,7 +43,7 @@ class DeliveryRecord:
     delivery_id: str
     attempt: str
     status: int
-    result: str
+    result: Result
     message: str
     duration_ms: float
     repository: list[str] = field(default_factory=list)
@@ -59,7 +61,11 @@ class DeliveryRecord:
     def from_json(cls, data: Mapping[str, Any]) -> DeliveryRecord:
         """Rebuild a record from its JSON form (``orjson.dumps`` of a record)."""
         fields = dict(data)
-        fields["candidates"] = [Candidate(**c) for c in fields.get("candidates") or []]
+        fields["result"] = Result(fields["result"])
+        fields["candidates"] = [
+            Candidate(**{**c, "outcome": Outcome(c["outcome"])})
+            for c in fields.get("candidates") or []
+        ]
         return cls(**fields)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.outcomes import Outcome, RefreshOutcome
 from kargo_bitbucket.store.index import Indexes
 
 REFRESH_ANNOTATION = "kargo.akuity.io/refresh"
@@ -54,6 +55,22 @@ class RefreshResult:
     refreshed: list[Target] = field(default_factory=list)
     gone: list[Target] = field(default_factory=list)
     failed: list[Target] = field(default_factory=list)
+
+    def add(self, outcome: RefreshOutcome, target: Target) -> None:
+        """File ``target`` under what its refresh came to."""
+        if outcome is Outcome.REFRESHED:
+            self.refreshed.append(target)
+        elif outcome is Outcome.GONE:
+            self.gone.append(target)
+        else:
+            self.failed.append(target)
+
+    def outcomes(self) -> dict[Target, RefreshOutcome]:
+        """Each target with what its refresh came to."""
+        found: dict[Target, RefreshOutcome] = dict.fromkeys(self.gone, Outcome.GONE)
+        found.update(dict.fromkeys(self.failed, Outcome.FAILED))
+        found.update(dict.fromkeys(self.refreshed, Outcome.REFRESHED))
+        return found
 
 
 class Store(Protocol):
