@@ -8,6 +8,7 @@ from typing import Any
 
 from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.objects import ObjectMeta
 from kargo_bitbucket.core.subscriptions import (
     GitSubscription,
     PushedRefs,
@@ -30,10 +31,10 @@ class WarehouseEntry:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WarehouseEntry:
         """Compile a Warehouse body once, when it enters the index."""
-        meta = body.get("metadata") or {}
+        meta = ObjectMeta.of(body)
         return cls(
-            namespace=str(meta.get("namespace") or ""),
-            name=str(meta.get("name") or ""),
+            namespace=meta.namespace,
+            name=meta.name,
             subscriptions=git_subscriptions(body),
         )
 
