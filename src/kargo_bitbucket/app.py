@@ -111,7 +111,11 @@ class ReceiverEndpoint:
             answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
         except ClientDisconnected:
-            answer = Answer(status=CLIENT_CLOSED, body={}, result=Result.CLIENT_DISCONNECTED)
+            answer = Answer.error(
+                CLIENT_CLOSED,
+                Result.CLIENT_DISCONNECTED,
+                "client disconnected before the body was complete",
+            )
             self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
             return
         answer = await self.deliveries.handle(route, headers, body)

@@ -217,15 +217,19 @@ class Deliveries:
         refreshed = len(result.refreshed)
         if result.failed:
             error = f"failed to refresh {len(result.failed)} of {len(targets)} {noun}s"
-            answer = Answer.error(500, Result.REFRESH_FAILED, error)
+            status, what, body = 500, Result.REFRESH_FAILED, {"error": error, **extra}
         else:
-            answer = Answer.message(Result.REFRESHED, f"refreshed {refreshed} {noun}(s)")
-        answer.body.update(extra)
-        answer.candidates = candidates
-        answer.refreshed = refreshed
-        answer.unlisted = unlisted
-        answer.outcomes = outcomes
-        return answer
+            msg = f"refreshed {refreshed} {noun}(s)"
+            status, what, body = 200, Result.REFRESHED, {"msg": msg, **extra}
+        return Answer(
+            status=status,
+            body=body,
+            result=what,
+            candidates=candidates,
+            refreshed=refreshed,
+            unlisted=unlisted,
+            outcomes=outcomes,
+        )
 
     def _warn_trailing_newline(self, route: Route, headers: Mapping[str, str]) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""

@@ -46,6 +46,7 @@ def test_disconnect_mid_body_is_recorded_as_client_disconnected() -> None:
     assert sent == []
     (record,) = asyncio.run(store.deliveries())
     assert (record.status, record.result, record.signed) == (499, "client-disconnected", False)
+    assert record.message == "client disconnected before the body was complete"
     exposition = metrics.exposition().decode()
     assert 'result="client-disconnected"' in exposition
     assert 'result="body-timeout"' not in exposition
