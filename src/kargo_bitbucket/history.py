@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kargo_bitbucket.outcomes import Outcome, Result
-
 DEFAULT_HISTORY_SIZE = 1000
 UNSIGNED_HISTORY_SIZE = 100
 """Requests answered before a signature was verified (ping, 401, 405, 408, 413, 499) kept apart,
@@ -24,7 +22,8 @@ class Candidate:
     kind: str
     namespace: str
     name: str
-    outcome: Outcome
+    outcome: str
+    """An ``Outcome`` when this version made it; any text when read back (see ``from_json``)."""
     reason: str
 
 
@@ -43,7 +42,8 @@ class DeliveryRecord:
     delivery_id: str
     attempt: str
     status: int
-    result: Result
+    result: str
+    """A ``Result`` when this version made it; any text when read back (see ``from_json``)."""
     message: str
     duration_ms: float
     repository: list[str] = field(default_factory=list)
@@ -59,13 +59,13 @@ class DeliveryRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeliveryRecord:
-        """Rebuild a record from its JSON form (``orjson.dumps`` of a record)."""
+        """Rebuild a record from its JSON form (``orjson.dumps`` of a record).
+
+        Result and outcomes stay text: a state file or /deliveries.json may hold ones
+        another version wrote.
+        """
         fields = dict(data)
-        fields["result"] = Result(fields["result"])
-        fields["candidates"] = [
-            Candidate(**{**c, "outcome": Outcome(c["outcome"])})
-            for c in fields.get("candidates") or []
-        ]
+        fields["candidates"] = [Candidate(**c) for c in fields.get("candidates") or []]
         return cls(**fields)
 
 
