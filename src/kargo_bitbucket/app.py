@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from kargo_bitbucket.core.receivers import Route as ReceiverRoute
 from kargo_bitbucket.delivery import Answer, Deliveries
 from kargo_bitbucket.metrics import Metrics
+from kargo_bitbucket.outcomes import Result
 from kargo_bitbucket.store.base import Store
 from kargo_bitbucket.unknown_paths import UnknownPaths
 
@@ -29,6 +30,9 @@ DEFAULT_BODY_LIMIT = 2 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 10.0
 JSON = b"application/json"
 FIXED_PATHS = frozenset({"/healthz", "/readyz"})
+CLIENT_CLOSED = 499
+"""Status recorded (never sent) for a client gone mid-body: nginx's "client closed request",
+so history and metrics tell it from a 408 the client was sent and a slow proxy caused."""
 
 
 @dataclass(slots=True)
@@ -43,6 +47,10 @@ class BodyTooLarge(Exception):
     """The streamed body went past the limit."""
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its body was complete: nobody is left to answer."""
+
+
 class ReceiverEndpoint:
     """Every path that is not a fixed route: a receiver lookup, then the delivery checks."""
 
@@ -53,7 +61,7 @@ class ReceiverEndpoint:
         self.deliveries = deliveries
         self.body_limit = body_limit
         self.body_timeout = body_timeout
-        self.too_large = {"error": f"content exceeds limit of {body_limit} bytes"}
+        self.too_large = f"content exceeds limit of {body_limit} bytes"
         self.unknown = UnknownPaths(deliveries.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,21 +98,29 @@ class ReceiverEndpoint:
             for name, value in scope["headers"]
         }
         if scope["method"] != "POST":
-            answer = Answer(405, {"error": "method not allowed"}, "method-not-allowed")
+            answer = Answer.error(405, Result.METHOD_NOT_ALLOWED, "method not allowed")
             return await self._refuse(send, route, headers, answer, started, [(b"allow", b"POST")])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.body_limit:
-            answer = Answer(413, self.too_large, "body-too-large")
+            answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         try:
             async with asyncio.timeout(self.body_timeout):
                 body = await self._read_body(receive)
         except BodyTooLarge:
-            answer = Answer(413, self.too_large, "body-too-large")
+            answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         except TimeoutError:
-            answer = Answer(408, {"error": "request body not received in time"}, "body-timeout")
+            answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
+        except ClientDisconnected:
+            answer = Answer.error(
+                CLIENT_CLOSED,
+                Result.CLIENT_DISCONNECTED,
+                "client disconnected before the body was complete",
+            )
+            self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
+            return
         answer = await self.deliveries.handle(route, headers, body)
         await _answer(send, answer.status, answer.body)
 
@@ -128,7 +144,7 @@ class ReceiverEndpoint:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise TimeoutError
+                raise ClientDisconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.body_limit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,7 @@ from kargo_bitbucket.core.signature import SignatureCheck, check_signature
 from kargo_bitbucket.history import Candidate, DeliveryRecord
 from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.metrics import Metrics, event_label
+from kargo_bitbucket.outcomes import Outcome, Result
 from kargo_bitbucket.store.base import (
     RefreshResult,
     Store,
@@ -42,9 +44,9 @@ from kargo_bitbucket.store.base import (
 
 log = logging.getLogger("kargo_bitbucket.delivery")
 
-UNSIGNED_RESULTS = frozenset({"ping", "missing-signature", "bad-signature"})
+UNSIGNED_RESULTS = frozenset({Result.PING, Result.MISSING_SIGNATURE, Result.BAD_SIGNATURE})
 """Results of ``handle`` reached before a signature was verified (``refused`` ones all are)."""
-STORE_UNAVAILABLE = {"error": "store unavailable"}
+STORE_UNAVAILABLE = "store unavailable"
 UNSIGNED_LOG_RATE = 5
 """Log lines a second per receiver about unsigned requests; the rest are counted."""
 JUDGING_SLICE = 0.002
@@ -56,13 +58,13 @@ step is 2.5 ms and /healthz answers within 42-56 ms meanwhile on 2 busy shared c
 """
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Answer:
     """The HTTP answer to a delivery, and what history, logs and metrics say about it."""
 
     status: int
     body: dict[str, Any]
-    result: str
+    result: Result
     event: events.Push | events.PullRequestClosed | None = None
     candidates: list[Candidate] = field(default_factory=list)
     refreshed: int = 0
@@ -70,6 +72,16 @@ class Answer:
     """Candidates considered but left out of ``candidates`` (past MAX_CANDIDATES)."""
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     """(kind, outcome) of every candidate, listed or not: what metrics count."""
+
+    @classmethod
+    def message(cls, result: Result, msg: str) -> Answer:
+        """A 200 saying ``msg``."""
+        return cls(status=200, body={"msg": msg}, result=result)
+
+    @classmethod
+    def error(cls, status: int, result: Result, error: str) -> Answer:
+        """A refusal with ``{"error": error}``."""
+        return cls(status=status, body={"error": error}, result=result)
 
 
 def delivery_id(headers: Mapping[str, str]) -> str:
@@ -93,18 +105,18 @@ class Deliveries:
         event_key = headers.get("x-event-key", "").strip()
         signed = False
         if not self.store.available:
-            answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+            answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
         else:
             try:
                 answer = await self._handle(route, event_key, headers, body, received)
             except StoreUnavailable:
-                answer = Answer(503, STORE_UNAVAILABLE, "store-unavailable")
+                answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
             except Exception:
                 log.exception(
                     "delivery failed unexpectedly",
                     extra={"delivery": delivery_id(headers), "receiver": route.label},
                 )
-                answer = Answer(500, {"error": "internal error"}, "error")
+                answer = Answer.error(500, Result.ERROR, "internal error")
             signed = answer.result not in UNSIGNED_RESULTS
         duration = time.perf_counter() - started
         record = _record(route, event_key, headers, answer, duration, signed, received)
@@ -161,25 +173,25 @@ class Deliveries:
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes, now: str
     ) -> Answer:
         if events.is_ping(event_key):
-            return Answer(200, {"msg": "pong"}, "ping")
+            return Answer.message(Result.PING, "pong")
         signature = headers.get("x-hub-signature")
         if not signature:
-            return Answer(401, {"error": "missing signature"}, "missing-signature")
+            return Answer.error(401, Result.MISSING_SIGNATURE, "missing signature")
         check = check_signature(signature, body, route.secret)
         if check is SignatureCheck.VALID_WITHOUT_TRAILING_NEWLINE:
             self._warn_trailing_newline(route, headers)
         elif check is not SignatureCheck.VALID:
-            return Answer(401, {"error": "unauthorized"}, "bad-signature")
+            return Answer.error(401, Result.BAD_SIGNATURE, "unauthorized")
         if not events.is_handled(event_key):
-            return Answer(200, {"msg": f"event {event_key} ignored"}, "ignored")
+            return Answer.message(Result.IGNORED, f"event {event_key} ignored")
         try:
             event = events.parse_event(event_key, body)
         except events.NoRepositoryURL:
-            return Answer(400, {"error": "payload has no repository URL"}, "invalid-payload")
+            return Answer.error(400, Result.INVALID_PAYLOAD, "payload has no repository URL")
         except events.InvalidPayload as error:
-            return Answer(
-                400, {"error": "invalid request body", "detail": error.detail}, "invalid-payload"
-            )
+            answer = Answer.error(400, Result.INVALID_PAYLOAD, "invalid request body")
+            answer.body["detail"] = error.detail
+            return answer
         scope = route.owner.scope
         if isinstance(event, events.Push):
             pushed = pushed_identities(event)
@@ -211,12 +223,19 @@ class Deliveries:
         refreshed = len(result.refreshed)
         if result.failed:
             error = f"failed to refresh {len(result.failed)} of {len(targets)} {noun}s"
-            body = {"error": error, **extra}
-            return Answer(
-                500, body, "refresh-failed", None, candidates, refreshed, unlisted, outcomes
-            )
-        body = {"msg": f"refreshed {refreshed} {noun}(s)", **extra}
-        return Answer(200, body, "refreshed", None, candidates, refreshed, unlisted, outcomes)
+            status, what, body = 500, Result.REFRESH_FAILED, {"error": error, **extra}
+        else:
+            msg = f"refreshed {refreshed} {noun}(s)"
+            status, what, body = 200, Result.REFRESHED, {"msg": msg, **extra}
+        return Answer(
+            status=status,
+            body=body,
+            result=what,
+            candidates=candidates,
+            refreshed=refreshed,
+            unlisted=unlisted,
+            outcomes=outcomes,
+        )
 
     def _warn_trailing_newline(self, route: Route, headers: Mapping[str, str]) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""
@@ -264,17 +283,19 @@ def _candidates(
     Lists at most MAX_CANDIDATES, in verdict order, those due a refresh before the
     others; returns how many were left out and how many had each (kind, outcome).
     """
-    outcome_of = {
-        **{(t.kind, t.namespace, t.name): "gone" for t in result.gone},
-        **{(t.kind, t.namespace, t.name): "failed" for t in result.failed},
-        **{(t.kind, t.namespace, t.name): "refreshed" for t in result.refreshed},
-    }
+    outcome_of = result.outcomes()
     tally: dict[tuple[str, str], int] = {}
     candidates = []
     for v in verdicts:
-        outcome = outcome_of.get((v.kind, v.namespace, v.name), "not refreshed")
+        outcome: Outcome = outcome_of.get(
+            Target(v.kind, v.namespace, v.name), Outcome.NOT_REFRESHED
+        )
         tally[v.kind, outcome] = tally.get((v.kind, outcome), 0) + 1
-        candidates.append(Candidate(v.kind, v.namespace, v.name, outcome, v.reason))
+        candidates.append(
+            Candidate(
+                kind=v.kind, namespace=v.namespace, name=v.name, outcome=outcome, reason=v.reason
+            )
+        )
     if len(candidates) <= MAX_CANDIDATES:
         return candidates, 0, tally
     due_first = sorted(range(len(verdicts)), key=lambda i: not verdicts[i].refresh)
@@ -337,10 +358,4 @@ def _record(
 
 def _clip_reason(candidate: Candidate) -> Candidate:
     """The candidate with its reason cut to ``FIELD_LIMIT``."""
-    return Candidate(
-        candidate.kind,
-        candidate.namespace,
-        candidate.name,
-        candidate.outcome,
-        clip(candidate.reason, FIELD_LIMIT),
-    )
+    return dataclasses.replace(candidate, reason=clip(candidate.reason, FIELD_LIMIT))

@@ -10,12 +10,12 @@ from typing import Any
 
 DEFAULT_HISTORY_SIZE = 1000
 UNSIGNED_HISTORY_SIZE = 100
-"""Requests answered before a signature was verified (ping, 401, 405, 408, 413) kept apart,
+"""Requests answered before a signature was verified (ping, 401, 405, 408, 413, 499) kept apart,
 in a ring of their own: anyone can send them, and they must not push signed deliveries
 out of the history."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Candidate:
     """One object a delivery considered, and the sentence saying what happened to it."""
 
@@ -23,6 +23,7 @@ class Candidate:
     namespace: str
     name: str
     outcome: str
+    """An ``Outcome`` when this version made it; any text when read back (see ``from_json``)."""
     reason: str
 
 
@@ -42,6 +43,7 @@ class DeliveryRecord:
     attempt: str
     status: int
     result: str
+    """A ``Result`` when this version made it; any text when read back (see ``from_json``)."""
     message: str
     duration_ms: float
     repository: list[str] = field(default_factory=list)
@@ -57,7 +59,11 @@ class DeliveryRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeliveryRecord:
-        """Rebuild a record from its JSON form (``orjson.dumps`` of a record)."""
+        """Rebuild a record from its JSON form (``orjson.dumps`` of a record).
+
+        Result and outcomes stay text: a state file or /deliveries.json may hold ones
+        another version wrote.
+        """
         fields = dict(data)
         fields["candidates"] = [Candidate(**c) for c in fields.get("candidates") or []]
         return cls(**fields)

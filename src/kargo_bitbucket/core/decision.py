@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.objects import ObjectMeta
 from kargo_bitbucket.core.subscriptions import (
     GitSubscription,
     PushedRefs,
@@ -30,10 +31,10 @@ class WarehouseEntry:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WarehouseEntry:
         """Compile a Warehouse body once, when it enters the index."""
-        meta = body.get("metadata") or {}
+        meta = ObjectMeta.of(body)
         return cls(
-            namespace=str(meta.get("namespace") or ""),
-            name=str(meta.get("name") or ""),
+            namespace=meta.namespace,
+            name=meta.name,
             subscriptions=git_subscriptions(body),
         )
 
@@ -43,11 +44,15 @@ class WarehouseEntry:
         return frozenset(s.identity for s in self.subscriptions)
 
 
-@dataclass(frozen=True, slots=True)
+Kind = Literal["Warehouse", "Promotion"]
+"""The kinds a delivery refreshes: Warehouses on a push, Promotions on a closed PR."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     """Whether one object is refreshed, and one sentence a person can read saying why."""
 
-    kind: str
+    kind: Kind
     namespace: str
     name: str
     refresh: bool
@@ -98,22 +103,29 @@ def _judge(
     pushed: Mapping[str, str],
 ) -> Steps[Verdict]:
     """The verdict for one Warehouse: the first certain match wins, else the first uncertain one."""
-    kind, namespace, name = "Warehouse", warehouse.namespace, warehouse.name
-    if not subscriptions:
-        return Verdict(kind, namespace, name, False, "no subscription to the pushed repository")
-    if refs is None:
+    namespace, name = warehouse.namespace, warehouse.name
+
+    def verdict(refresh: bool, reason: str, warnings: tuple[str, ...] = ()) -> Verdict:
         return Verdict(
-            kind, namespace, name, True, "the push names no refs, so every subscriber is refreshed"
+            kind="Warehouse",
+            namespace=namespace,
+            name=name,
+            refresh=refresh,
+            reason=reason,
+            warnings=warnings,
         )
+
+    if not subscriptions:
+        return verdict(False, "no subscription to the pushed repository")
+    if refs is None:
+        return verdict(True, "the push names no refs, so every subscriber is refreshed")
     uncertain: Verdict | None = None
     for subscription in subscriptions:
         found = first_matches(subscription, refs)
         if found is None:
             found = yield from first_tag_matches(subscription, refs)
         if found.certain is not None:
-            return Verdict(
-                kind, namespace, name, True, found.certain.reason + _via(subscription, pushed)
-            )
+            return verdict(True, found.certain.reason + _via(subscription, pushed))
         if found.uncertain is not None and uncertain is None:
             warnings = tuple(
                 f"Warehouse {namespace}/{name} spec.subscriptions[{subscription.index}].git."
@@ -121,10 +133,10 @@ def _judge(
                 for problem in subscription.problems
             )
             reason = found.uncertain.reason + _via(subscription, pushed)
-            uncertain = Verdict(kind, namespace, name, True, reason, warnings)
+            uncertain = verdict(True, reason, warnings)
     if uncertain is not None:
         return uncertain
-    return Verdict(kind, namespace, name, False, _misses(subscriptions, refs.refs))
+    return verdict(False, _misses(subscriptions, refs.refs))
 
 
 def _misses(subscriptions: list[GitSubscription], refs: tuple[str, ...]) -> str:
@@ -155,6 +167,12 @@ def _via(subscription: GitSubscription, pushed: Mapping[str, str]) -> str:
 def decide_pull_request(pr_url: str, waiting: Iterable[tuple[str, str]]) -> list[Verdict]:
     """Every Promotion found waiting on the PR is refreshed (the step asks what happened)."""
     return [
-        Verdict("Promotion", namespace, name, True, f"waits on {pr_url} in a git-wait-for-pr step")
+        Verdict(
+            kind="Promotion",
+            namespace=namespace,
+            name=name,
+            refresh=True,
+            reason=f"waits on {pr_url} in a git-wait-for-pr step",
+        )
         for namespace, name in waiting
     ]

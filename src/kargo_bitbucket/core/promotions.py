@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+
+from kargo_bitbucket.core.objects import Body, PromotionView
 
 WAIT_FOR_PR_STEP = "git-wait-for-pr"
 RUNNING = "Running"
@@ -31,25 +32,15 @@ def pr_url_key(url: str) -> str:
     return text[: scheme.end()].lower() + rest[:end].lower() + rest[end:]
 
 
-def awaited_pr_urls(promotion: Mapping[str, Any]) -> frozenset[str]:
+def awaited_pr_urls(body: Body) -> frozenset[str]:
     """The PR URL keys a Running Promotion waits on, in steps up to its current step."""
-    spec = promotion.get("spec")
-    status = promotion.get("status")
-    if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+    promotion = PromotionView(body)
+    current = promotion.current_step
+    if promotion.phase != RUNNING or current is None:
         return frozenset()
-    if status.get("phase") != RUNNING:
-        return frozenset()
-    steps = spec.get("steps")
-    state = status.get("state")
-    current = status.get("currentStep") or 0
-    if (
-        not isinstance(steps, list)
-        or not isinstance(state, Mapping)
-        or not isinstance(current, int)
-    ):
-        return frozenset()
+    state = promotion.state
     urls = set()
-    for step in steps[: current + 1]:
+    for step in promotion.steps[: current + 1]:
         if not isinstance(step, Mapping) or step.get("uses") != WAIT_FOR_PR_STEP:
             continue
         alias = step.get("as")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kargo_bitbucket.core.objects import ConfigView, sequence
+
 CLUSTER_CONFIG_NAME = "cluster"
 OUR_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
 SECRET_KEY = "secret"
@@ -131,7 +133,7 @@ class OwnerStatus:
         """The status fields to publish; unchanged conditions keep their transition time."""
         kept = {
             entry["name"]: entry
-            for entry in previous.get("webhookReceivers") or []
+            for entry in sequence(previous.get("webhookReceivers"))
             if isinstance(entry, Mapping)
             and entry.get("name") in self.others
             and not OUR_PATH.search(str(entry.get("path") or ""))  # was Bitbucket until now
@@ -146,7 +148,7 @@ class OwnerStatus:
             elif name in kept:
                 receivers.append(kept.pop(name))
         before = {
-            c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
+            c.get("type"): c for c in sequence(previous.get("conditions")) if isinstance(c, Mapping)
         }
         conditions = []
         for condition in self.conditions():
@@ -210,10 +212,11 @@ SecretLookup = Callable[[str, str], Mapping[str, bytes] | None]
 
 def owner_of(config: Mapping[str, Any]) -> Owner:
     """The owner identity of a ProjectConfig or ClusterConfig body."""
-    meta = config.get("metadata") or {}
-    kind = str(config.get("kind"))
-    namespace = str(meta.get("namespace") or "") if kind == "ProjectConfig" else ""
-    return Owner(kind=kind, namespace=namespace, name=str(meta.get("name") or ""))
+    view = ConfigView(config)
+    kind = view.kind
+    meta = view.meta
+    namespace = meta.namespace if kind == "ProjectConfig" else ""
+    return Owner(kind=kind, namespace=namespace, name=meta.name)
 
 
 def secret_namespace(owner: Owner, system_namespace: str) -> str:
@@ -232,12 +235,9 @@ def referenced_secrets(
         if not owner.honoured:
             continue
         namespace = secret_namespace(owner, system_namespace)
-        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
-            bitbucket = receiver.get("bitbucket") if isinstance(receiver, Mapping) else None
-            if isinstance(bitbucket, Mapping):
-                name = (bitbucket.get("secretRef") or {}).get("name")
-                if isinstance(name, str) and name:
-                    wanted.add((namespace, name))
+        for receiver in ConfigView(config).receivers:
+            if receiver.is_bitbucket and receiver.secret_name:
+                wanted.add((namespace, receiver.secret_name))
     return wanted
 
 
@@ -249,15 +249,12 @@ def published(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     owner = owner_of(config)
     if not owner.honoured:
         return []
-    bitbucket = {
-        receiver.get("name")
-        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []
-        if isinstance(receiver, Mapping) and isinstance(receiver.get("bitbucket"), Mapping)
-    }
+    view = ConfigView(config)
+    bitbucket = {receiver.name for receiver in view.receivers if receiver.is_bitbucket}
     return [
         (owner.label, str(entry.get("name")), str(entry.get("url")))
-        for entry in (config.get("status") or {}).get("webhookReceivers") or []
-        if isinstance(entry, Mapping) and entry.get("name") in bitbucket
+        for entry in view.published
+        if str(entry.get("name")) in bitbucket
     ]
 
 
@@ -284,16 +281,13 @@ def resolve(
         status = statuses.setdefault(owner, OwnerStatus())
         secrets_in = secret_namespace(owner, system_namespace)
         project = owner.namespace if owner.kind == "ProjectConfig" else ""
-        for receiver in (config.get("spec") or {}).get("webhookReceivers") or []:
-            if not isinstance(receiver, Mapping):
-                continue
-            name = str(receiver.get("name"))
+        for receiver in ConfigView(config).receivers:
+            name = receiver.name
             status.spec_order.append(name)
-            bitbucket = receiver.get("bitbucket")
-            if not isinstance(bitbucket, Mapping):
+            if not receiver.is_bitbucket:
                 status.others.add(name)
                 continue
-            secret_name = str((bitbucket.get("secretRef") or {}).get("name") or "")
+            secret_name = receiver.secret_name
             data = secrets(secrets_in, secret_name)
             where = f"receiver {name!r}: Secret {secrets_in}/{secret_name}"
             if data is None:

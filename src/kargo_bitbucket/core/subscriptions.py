@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, TypeVar
 import re2
 
 from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.objects import Body, WarehouseView
 from kargo_bitbucket.core.semver import Constraint, SemverError, Version, parse_version
 
 BRANCH_STRATEGY = "NewestFromBranch"
@@ -78,18 +79,9 @@ class RefVerdict:
     uncertain: str | None = None
 
 
-def git_subscriptions(warehouse: Mapping[str, Any]) -> tuple[GitSubscription, ...]:
+def git_subscriptions(warehouse: Body) -> tuple[GitSubscription, ...]:
     """The Git subscriptions of a Warehouse body, compiled once for every later push."""
-    spec = warehouse.get("spec")
-    subscriptions = spec.get("subscriptions") if isinstance(spec, Mapping) else None
-    if not isinstance(subscriptions, list):
-        return ()
-    compiled = []
-    for index, subscription in enumerate(subscriptions):
-        git = subscription.get("git") if isinstance(subscription, Mapping) else None
-        if isinstance(git, Mapping) and isinstance(git.get("repoURL"), str):
-            compiled.append(_compile(index, git))
-    return tuple(compiled)
+    return tuple(_compile(i, git) for i, git in WarehouseView(warehouse).git_subscriptions)
 
 
 def _compile(index: int, git: Mapping[str, Any]) -> GitSubscription:

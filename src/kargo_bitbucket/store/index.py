@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kargo_bitbucket.core.decision import WarehouseEntry
+from kargo_bitbucket.core.objects import key as object_key
+from kargo_bitbucket.core.objects import secret_data
 from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
 from kargo_bitbucket.core.receivers import BaseURL, Resolution, Route, resolve
 
@@ -17,15 +19,13 @@ Key = tuple[str, str]
 
 def decode_secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
     """The decoded ``data`` of a Secret body; undecodable values are left out."""
-    data = body.get("data")
     decoded: dict[str, bytes] = {}
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            if isinstance(value, str):
-                try:
-                    decoded[str(key)] = base64.b64decode(value, validate=True)
-                except (binascii.Error, ValueError):
-                    continue
+    for key, value in secret_data(body).items():
+        if isinstance(value, str):
+            try:
+                decoded[str(key)] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                continue
     return decoded
 
 
@@ -110,8 +110,7 @@ class Indexes:
     # Promotions
     def put_promotion(self, body: Mapping[str, Any]) -> None:
         """Index a Promotion by the PR URLs it is waiting on (none unless Running)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = object_key(body)
         self.drop_promotion(*key)
         urls = awaited_pr_urls(body)
         if urls:
@@ -141,9 +140,8 @@ class Indexes:
     # Receivers
     def put_config(self, body: Mapping[str, Any]) -> None:
         """Remember a ProjectConfig or ClusterConfig (call ``reroute`` after a batch)."""
-        meta = body.get("metadata") or {}
-        key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))
-        self._configs[key] = body
+        namespace, name = object_key(body)
+        self._configs[str(body.get("kind")), namespace, name] = body
 
     def configs(self) -> list[Mapping[str, Any]]:
         """Every ProjectConfig and ClusterConfig, in a stable order."""
@@ -155,8 +153,7 @@ class Indexes:
 
     def put_secret(self, body: Mapping[str, Any]) -> None:
         """Remember a Secret's decoded data (call ``reroute`` after a batch)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        key = object_key(body)
         self._secrets[key] = decode_secret_data(body)
         self._unreadable.pop(key, None)
 

@@ -27,6 +27,7 @@ from kargo_bitbucket.history import (
     newest_first,
     select,
 )
+from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
     RefreshResult,
@@ -760,9 +761,9 @@ class SqliteStore:
                 continue
             except sqlite3.Error as error:
                 log.error("refresh of %s %s/%s failed: %s", *_who(target), error)
-                result.failed.append(target)
+                result.add(Outcome.FAILED, target)
                 continue
-            (result.refreshed if exists else result.gone).append(target)
+            result.add(Outcome.REFRESHED if exists else Outcome.GONE, target)
         if unavailable is not None:
             raise unavailable
         return result

@@ -6,6 +6,7 @@ import httpx2 as httpx
 from lightkube import AsyncClient
 
 from kargo_bitbucket import __version__
+from kargo_bitbucket.core.objects import key
 from kargo_bitbucket.core.receivers import published
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.reflector import plain
@@ -73,8 +74,8 @@ async def load_indexes(client: AsyncClient, indexes: Indexes) -> Indexes:
         namespace = None if kind == "ClusterConfig" else "*"
         async for obj in client.list(resource, namespace=namespace):
             body = plain(obj)
-            meta = body.get("metadata") or {}
-            indexes.apply(kind, str(meta.get("namespace") or ""), str(meta.get("name")), body)
+            namespace, name = key(body)
+            indexes.apply(kind, namespace, name, body)
     await client.close()
     return indexes
 

@@ -12,6 +12,7 @@ import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
+from kargo_bitbucket.core.objects import ConfigView
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
 from kargo_bitbucket.store.backoff import Backoff, Outage
 from kargo_bitbucket.store.base import now_rfc3339
@@ -88,17 +89,18 @@ class StatusPublisher:
 
     async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
         config = self._configs.get(owner, {})
-        meta = config.get("metadata") or {}
-        current = config.get("status") or {}
-        rendered = status.render(current, int(meta.get("generation") or 1), now_rfc3339())
+        view = ConfigView(config)
+        meta = view.meta
+        current = view.status
+        rendered = status.render(current, meta.generation, now_rfc3339())
         if all(current.get(key) == value for key, value in rendered.items()):
             return
         resource = RESOURCES[owner.kind]
         patch: dict[str, Any] = {"status": rendered}
-        if meta.get("resourceVersion"):
+        if meta.resource_version:
             # Only over the status we read: a write by another controller since (Kargo's
             # own, for its receivers) makes this a 409, and we retry once we have seen it.
-            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+            patch["metadata"] = {"resourceVersion": meta.resource_version}
         # A write must not land after another replica may have taken the Lease over.
         async with asyncio.timeout(self.elector.remaining()):
             patched = await self.client.patch(

@@ -13,6 +13,8 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import on_error_raise
 
 from kargo_bitbucket.compat import generic_client
+from kargo_bitbucket.core.objects import ObjectMeta
+from kargo_bitbucket.core.objects import key as object_key
 from kargo_bitbucket.store.backoff import Backoff, Outage, retry_after, status_code
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,8 @@ class Reflector:
             self._version = ""
         else:
             body = plain(obj)
-            self._known = {_key(body)}
-            self.handler(self.kind, *_key(body), body)
+            self._known = {object_key(body)}
+            self.handler(self.kind, *object_key(body), body)
             # Not the object's own resourceVersion: for a Secret unchanged for long it is
             # older than the API server's watch history, and the watch would be a 410 again.
             # Watching from now replays the object as ADDED, so nothing is missed.
@@ -148,7 +150,7 @@ class Reflector:
         seen: set[tuple[str, str]] = set()
         async for obj in listing:
             body = plain(obj)
-            key = _key(body)
+            key = object_key(body)
             seen.add(key)
             self.handler(self.kind, key[0], key[1], body)
         for namespace, name in self._known - seen:
@@ -192,19 +194,13 @@ class Reflector:
     def _on_event(self, event: str, obj: Any) -> None:
         """Apply one watch event; bookmarks only move the resume point."""
         body = plain(obj)
-        version = (body.get("metadata") or {}).get("resourceVersion")
-        self._version = version or self._version
+        self._version = ObjectMeta.of(body).resource_version or self._version
         if event == "BOOKMARK":
             return
-        key = _key(body)
+        key = object_key(body)
         if event == "DELETED":
             self._known.discard(key)
             self.handler(self.kind, key[0], key[1], None)
         else:
             self._known.add(key)
             self.handler(self.kind, key[0], key[1], body)
-
-
-def _key(body: Mapping[str, Any]) -> tuple[str, str]:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
