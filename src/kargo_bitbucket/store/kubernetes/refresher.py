@@ -18,6 +18,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
+from kargo_bitbucket.outcomes import Outcome, RefreshOutcome
 from kargo_bitbucket.store.backoff import Backoff, retry_after, status_code
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, REFRESH_BUDGET, RefreshResult, Target
 from kargo_bitbucket.store.kubernetes.reflector import plain
@@ -66,8 +67,8 @@ class Refresher:
         result = RefreshResult()
         refreshed = []
         for target, (outcome, uid) in zip(targets, outcomes, strict=True):
-            getattr(result, outcome).append(target)
-            if outcome == "refreshed":
+            result.add(outcome, target)
+            if outcome is Outcome.REFRESHED:
                 refreshed.append((target, uid))
         if self.emit_events and note and refreshed:
             # After the patches, not among them: Events must not slow the answer down.
@@ -82,15 +83,15 @@ class Refresher:
         body: dict[str, Any],
         limit: asyncio.Semaphore,
         deadline: float,
-    ) -> tuple[str, str]:
-        """One object's refresh: ``refreshed`` (with its uid), ``gone`` (404) or ``failed``."""
+    ) -> tuple[RefreshOutcome, str]:
+        """One object's refresh: refreshed (with its uid), gone (404) or failed."""
         resource = RESOURCES[target.kind]
         backoff = Backoff(FIRST_RETRY, LONGEST_RETRY)
         while True:
             wait_at_least = 0.0
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return "failed", ""
+                return Outcome.FAILED, ""
             try:
                 # At least half of what is left: a slow API (3.3 s a PATCH) still gets its
                 # patch in, and a hung one leaves time for one more attempt.
@@ -103,14 +104,15 @@ class Refresher:
                         namespace=target.namespace,
                         patch_type=PatchType.MERGE,
                     )
-                return "refreshed", str((plain(patched).get("metadata") or {}).get("uid") or "")
+                uid = (plain(patched).get("metadata") or {}).get("uid")
+                return Outcome.REFRESHED, str(uid or "")
             except httpx.HTTPStatusError as error:
                 code = status_code(error)
                 if code == 404:
-                    return "gone", ""
+                    return Outcome.GONE, ""
                 if code not in RETRYABLE:
                     log.error("refresh of %s refused: %s", _name(target), error)
-                    return "failed", ""
+                    return Outcome.FAILED, ""
                 wait_at_least = retry_after(error)
                 reason = f"HTTP {code}"
             except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
@@ -123,7 +125,7 @@ class Refresher:
                     backoff.failures,
                     reason,
                 )
-                return "failed", ""
+                return Outcome.FAILED, ""
             await backoff.sleep(pause)
 
     async def _emit_all(self, refreshed: list[tuple[Target, str]], note: str) -> None:
