@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Server, cli, request
+from tests.support import Server, cli, request
 
 SIGNED_SECRET = "Gkvl$k$wyNpQAF42"
 SIGNED = {

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, cli, request
+from tests.support import Server, cli, request
 
 SECRET = "topsecret"
 DEMO = """

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, cli, request
 from tests.e2e.test_http import cloud_headers
+from tests.support import Server, cli, request
 
 SECRET = "topsecret"
 REPO = "https://bitbucket.org/acme/app"

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import cli, request
 from tests.e2e.test_http import PUSH, cloud_headers
+from tests.support import cli, request
 
 MANIFESTS = """
 apiVersion: v1

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Response, Server, cli, request
 from tests.e2e.test_http import cloud_headers
 from tests.e2e.test_observability import MANIFESTS, REPO, push
+from tests.support import Response, Server, cli, request
 
 WAREHOUSE = """
 ---

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, cli
 from tests.hooks.fake_bitbucket import FakeBitbucket, running
+from tests.support import REPO, cli
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 DEMO_SECRET = "demo-secret-change-me"

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, free_port, request
-from tests.kube.conftest import Replicas, eventually, published_url
 from tests.kube.fakeapi import FakeKubernetes
 from tests.kube.manifests import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.kube.support import Replicas, published_url
+from tests.support import Server, eventually, free_port, request
 
 
 def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:

@@ -25,10 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Server, cli, request
 from tests.e2e import test_corpus
 from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
-from tests.kube.conftest import Replicas, eventually, new_namespace, published_url
 from tests.kube.manifests import (
     KARGO,
     PUSH,
@@ -43,6 +41,8 @@ from tests.kube.manifests import (
     warehouse,
 )
 from tests.kube.proxy import CuttableProxy
+from tests.kube.support import Replicas, new_namespace, published_url
+from tests.support import REPO, Server, cli, eventually, request
 
 LEASE = "coordination.k8s.io/v1"
 REFUSED = (401, 403, 422)

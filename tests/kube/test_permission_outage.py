@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.conftest import request
-from tests.kube.apiserver import AuditEvent, KubeApiServer
-from tests.kube.conftest import Receiver, Replicas, eventually, published_url
+from tests.kube.apiserver import AuditEvent, KubeApiServer, Receiver
 from tests.kube.manifests import (
     KARGO,
     PUSH,
@@ -24,6 +22,8 @@ from tests.kube.manifests import (
     signed,
     warehouse,
 )
+from tests.kube.support import Replicas, published_url
+from tests.support import eventually, request
 
 RBAC = "rbac.authorization.k8s.io/v1"
 

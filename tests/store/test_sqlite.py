@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
 import threading
@@ -14,66 +13,15 @@ from typing import Any
 
 import pytest
 
-from kargo_bitbucket.core.manifests import Resource
-from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
-from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import POLL_INTERVAL, SqliteStore, StateFile
-
-REPO = "https://bitbucket.org/acme/app"
-
-
-def warehouse(namespace: str, name: str, repo: str = REPO, branch: str = "main") -> Resource:
-    body = {
-        "apiVersion": "kargo.akuity.io/v1alpha1",
-        "kind": "Warehouse",
-        "metadata": {"namespace": namespace, "name": name},
-        "spec": {"subscriptions": [{"git": {"repoURL": repo, "branch": branch}}]},
-    }
-    return Resource("Warehouse", namespace, name, body)
-
-
-def config(namespace: str, secret: str = "s") -> list[Resource]:
-    return [
-        Resource(
-            "Secret",
-            namespace,
-            secret,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"namespace": namespace, "name": secret},
-                "data": {"secret": base64.b64encode(b"key").decode()},
-            },
-        ),
-        Resource(
-            "ProjectConfig",
-            namespace,
-            namespace,
-            {
-                "apiVersion": "kargo.akuity.io/v1alpha1",
-                "kind": "ProjectConfig",
-                "metadata": {"namespace": namespace, "name": namespace},
-                "spec": {
-                    "webhookReceivers": [
-                        {"name": "r", "bitbucket": {"secretRef": {"name": secret}}}
-                    ]
-                },
-            },
-        ),
-    ]
+from kargo_bitbucket.store.sqlite import POLL_INTERVAL, StateFile
+from tests.store.support import config, started, warehouse
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
     return [(e.namespace, e.name) for e in entries]
-
-
-async def started(path: Path) -> SqliteStore:
-    store = SqliteStore(StateFile(path), Indexes(BaseURL.parse("https://k.example.com"), "sys"))
-    await store.start()
-    return store
 
 
 def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:

@@ -1,0 +1,35 @@
+"""Helpers for Kubernetes-mode tests (not fixtures): fresh namespaces, published URLs, and
+the type of the ``replicas`` fixture."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+
+from tests.kube.apiserver import Kube
+from tests.kube.manifests import Objects, published_receivers
+from tests.support import Server, eventually
+
+_namespaces = itertools.count(1)
+
+
+def new_namespace(kube: Kube, hint: str) -> str:
+    """Create a namespace with a unique name that says which test made it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:40].strip("-")
+    name = f"t{next(_namespaces)}-{slug}".rstrip("-")
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def published_url(objects: Objects, namespace: str, receiver: str = "bb") -> str:
+    """The URL published for ``receiver`` of ``namespace``, once there is one."""
+    return str(
+        eventually(
+            lambda: published_receivers(objects, namespace).get(receiver),
+            what=f"a published URL for receiver {receiver} of {namespace}",
+        )
+    )
+
+
+Replicas = Callable[..., Server]
