@@ -98,12 +98,11 @@ def project(namespace: str, *receivers: tuple[str, str]) -> dict[str, Any]:
 
 
 def warehouse(
-    namespace: str, name: str, branch: str = "main", repo: str = REPO, **git: Any
+    namespace: str, name: str, branch: str | None = "main", repo: str = REPO, **git: Any
 ) -> dict[str, Any]:
-    """A Warehouse with one git subscription; ``git`` adds fields (``branch=None`` drops it)."""
-    subscription = {"repoURL": repo, "branch": branch, **git}
-    if branch is None:
-        del subscription["branch"]
+    """A Warehouse with one git subscription; ``git`` adds or replaces its fields
+    (``branch=None``: no branch)."""
+    subscription = {"repoURL": repo, **({} if branch is None else {"branch": branch}), **git}
     return {
         "apiVersion": KARGO,
         "kind": "Warehouse",

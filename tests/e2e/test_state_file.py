@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.test_http import cloud_headers
-from tests.e2e.test_observability import MANIFESTS, REPO, push
+from tests.builders import REPO, push, receiver_manifests, signed
 from tests.support import Response, Server, cli, request
 
 WAREHOUSE = """
@@ -23,7 +22,7 @@ spec:
 
 
 def manifests(*warehouses: str) -> str:
-    return MANIFESTS + "".join(WAREHOUSE % (name, REPO) for name in warehouses)
+    return receiver_manifests() + "".join(WAREHOUSE % (name, REPO) for name in warehouses)
 
 
 def until(check: Callable[[], Response], want: int, seconds: float = 5) -> Response:
@@ -50,7 +49,7 @@ def served(state: Path, *warehouses: str) -> tuple[Server, Callable[[], Response
     body = push(("branch", "main"))
 
     def deliver() -> Response:
-        return request(url, body, cloud_headers(body))
+        return request(url, body, signed(body))
 
     return server, deliver
 
