@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.builders import KARGO
 from tests.kube.apiserver import KubeApiServer
-from tests.kube.manifests import KARGO
 from tests.kube.support import new_namespace
 from tests.support import REPO, Server, cli, corpus_dir, request
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.receivers import BaseURL
+from tests.builders import KARGO, PUSH, project, secret, signed, warehouse
 from tests.chart.support import (
     CHART,
     VALUES_FILES,
@@ -25,7 +26,7 @@ from tests.chart.support import (
     objects,
 )
 from tests.kube.apiserver import KubeApiServer, wait_for_rbac
-from tests.kube.manifests import KARGO, PUSH, REFRESH, project, secret, signed, warehouse
+from tests.kube.manifests import REFRESH
 from tests.kube.support import new_namespace, published_url
 from tests.support import Server, request
 

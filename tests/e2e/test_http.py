@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import http.client
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -53,15 +55,25 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo project applied once; each test serves its own copy."""
     state = tmp_path_factory.mktemp("http") / "state.db"
     cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    return state
+
+
+@pytest.fixture
+def demo(demo_state: Path, tmp_path: Path) -> Any:
+    """A server of its own on a copy of the demo state: what one test delivers (refreshes,
+    history, a state file locked or slowed down) cannot change what another sees."""
+    state = tmp_path / "state.db"
+    shutil.copyfile(demo_state, state)
     server = Server(
         state, ["--body-limit", "65536", "--body-timeout", "1", "--header-timeout", "1"]
     )
-    (line,) = cli("urls", state=state).stdout.splitlines()
-    server.url = line.split("\t")[2]  # type: ignore[attr-defined]
-    server.path = server.url.removeprefix(server.base)  # type: ignore[attr-defined]
+    # Kargo's path for receiver demo/bb (SPEC §3): sha256 of namespace, name and secret.
+    server.path = "/bitbucket/" + hashlib.sha256(f"demobb{SECRET}".encode()).hexdigest()  # type: ignore[attr-defined]
+    server.url = server.base + server.path  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0
 

@@ -1,11 +1,13 @@
-"""Helpers for Kubernetes-mode tests (not fixtures): fresh namespaces, published URLs, and
-the type of the ``replicas`` fixture."""
+"""Helpers for Kubernetes-mode tests (not fixtures): fresh namespaces, objects created as
+``kubectl apply`` would, published URLs, and the type of the ``replicas`` fixture."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from tests.kube.apiserver import Kube
 from tests.kube.manifests import Objects, published_receivers
@@ -33,3 +35,21 @@ def published_url(objects: Objects, namespace: str, receiver: str = "bb") -> str
 
 
 Replicas = Callable[..., Server]
+
+
+def seed(kube: Kube, docs: list[dict[str, Any]]) -> None:
+    """Create objects as ``kubectl apply`` would; a ``status`` goes through its subresource."""
+    for doc in docs:
+        doc = json.loads(json.dumps(doc))
+        status = doc.pop("status", None)
+        kube.create(doc)
+        if status is not None:
+            meta = doc["metadata"]
+            kube.patch(
+                doc["apiVersion"],
+                doc["kind"],
+                meta.get("namespace"),
+                meta["name"],
+                {"status": status},
+                subresource="status",
+            )

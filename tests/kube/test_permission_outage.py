@@ -11,17 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.builders import KARGO, PUSH, project, secret, signed, warehouse
 from tests.kube.apiserver import AuditEvent, KubeApiServer, Receiver
-from tests.kube.manifests import (
-    KARGO,
-    PUSH,
-    project,
-    published_receivers,
-    refreshed,
-    secret,
-    signed,
-    warehouse,
-)
+from tests.kube.manifests import published_receivers, refreshed
 from tests.kube.support import Replicas, published_url
 from tests.support import eventually, request
 
