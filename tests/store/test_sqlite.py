@@ -16,15 +16,15 @@ import pytest
 from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
-from kargo_bitbucket.store.sqlite import POLL_INTERVAL, StateFile
-from tests.store.support import config, started, warehouse
+from kargo_bitbucket.store.sqlite import StateFile
+from tests.store.support import config, started, until, warehouse
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
     return [(e.namespace, e.name) for e in entries]
 
 
-def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:
+def test_other_process_changes_are_seen_while_serving(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     writer = StateFile(path)
     writer.apply([warehouse("a", "w1")])
@@ -33,16 +33,22 @@ def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:
         store = await started(path)
         try:
             identity = {"bitbucket.org/acme/app"}
+
+            def matching() -> list[tuple[str, str]]:
+                return names(store.indexes.warehouses_for(identity, None))
+
             assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
             writer.apply([warehouse("b", "w2"), *config("a")])
             writer.delete("Warehouse", "a", "w1")
-            await asyncio.sleep(1.0)
-            assert names(store.indexes.warehouses_for(identity, None)) == [("b", "w2")]
+            await until(
+                lambda: names(store.indexes.warehouses_for(identity, None)) == [("b", "w2")]
+            )
             assert len(store.indexes.resolution.routes) == 1
             writer.apply([warehouse("a", "w1", branch="develop")])
             writer.apply([warehouse("b", "w2", repo="https://bitbucket.org/acme/other")])
-            await asyncio.sleep(1.0)
-            assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            await until(
+                lambda: names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            )
             assert names(store.indexes.warehouses_for(identity, "b")) == []
         finally:
             await store.close()
@@ -63,8 +69,7 @@ def test_receivers_published_into_status_and_rerouted_on_secret_change(tmp_path:
             assert published["url"].startswith("https://k.example.com/bitbucket/")
             assert store.indexes.route(published["path"]) is not None
             writer.delete("Secret", "demo", "s")
-            await asyncio.sleep(POLL_INTERVAL * 4)
-            assert store.indexes.route(published["path"]) is None
+            await until(lambda: store.indexes.route(published["path"]) is None)
             (pc,) = writer.get("ProjectConfig")
             assert pc["status"]["webhookReceivers"] == []
             ready = pc["status"]["conditions"][0]

@@ -5,21 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
 from kargo_bitbucket.store.sqlite import StateFile
-from tests.store.support import config, started, warehouse
-
-
-async def until(condition: Callable[[], bool], seconds: float = 3) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+from tests.store.support import config, started, until, warehouse
 
 
 def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
