@@ -637,7 +637,10 @@ class SqliteStore:
                 log.warning("state file poll failed: %s", error)
 
     def _lose(self) -> None:
-        """Stop taking refreshes: they would go to a file no one reads again."""
+        """Stop taking refreshes: they would go to a file no one reads again. Said once,
+        though the poller and a write batch can both notice it at the same time."""
+        if not self._available:
+            return
         self._available = False
         log.error(
             "state file %s was deleted or replaced while serving: deliveries are answered "
