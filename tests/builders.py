@@ -1,10 +1,23 @@
-"""What several test layers build alike: a receiver's manifests, signatures, corpus event keys."""
+"""What every test layer builds alike, built one way: Kargo manifests (as objects, YAML or
+store resources), Bitbucket push bodies, signatures and the headers of a signed delivery,
+and the corpus's event keys."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 from typing import Any
+
+import yaml
+
+from kargo_bitbucket.core.manifests import Resource
+
+KARGO = "kargo.akuity.io/v1alpha1"
+REPO = "https://bitbucket.org/acme/app"
+SECRET = "topsecret"
+DELIVERY_ID = "11111111-2222-3333-4444-555555555555"
 
 # Corpus file-name prefix -> X-Event-Key, as in the SOURCES.md tables.
 CORPUS_EVENTS = {
@@ -25,21 +38,112 @@ def corpus_event(name: str) -> str:
     return event
 
 
-def sign(body: bytes, secret: str, alg: str = "sha256") -> str:
+def sign(body: bytes, secret: str | bytes = SECRET, alg: str = "sha256") -> str:
     """An ``X-Hub-Signature`` value for ``body``."""
-    return f"{alg}=" + hmac.new(secret.encode(), body, getattr(hashlib, alg)).hexdigest()
+    key = secret.encode() if isinstance(secret, str) else secret
+    return f"{alg}=" + hmac.new(key, body, getattr(hashlib, alg)).hexdigest()
 
 
-def receiver_manifests(secret: str, namespace: str = "demo", name: str = "bb") -> str:
+def signed(
+    body: bytes, secret: str | bytes = SECRET, event: str = "repo:push", **headers: str
+) -> dict[str, str]:
+    """The headers of a Bitbucket Cloud delivery of ``body`` signed with ``secret``;
+    ``headers`` add or replace (``**{"X-Request-UUID": ...}``)."""
+    return {
+        "Content-Type": "application/json",
+        "X-Event-Key": event,
+        "X-Request-UUID": DELIVERY_ID,
+        "X-Hub-Signature": sign(body, secret),
+        **headers,
+    }
+
+
+def push(*refs: str | tuple[str, str], repo: str | None = REPO) -> bytes:
+    """A Bitbucket Cloud ``repo:push`` body creating ``refs`` (a branch name, or a
+    ``(type, name)`` pair such as ``("tag", "v1.0.0")``) in ``repo`` (no repository: None)."""
+    pairs = [("branch", ref) if isinstance(ref, str) else ref for ref in refs]
+    body: dict[str, Any] = {
+        "push": {"changes": [{"new": {"type": t, "name": n}, "old": None} for t, n in pairs]}
+    }
+    if repo is not None:
+        body["repository"] = {"links": {"html": {"href": repo}}}
+    return json.dumps(body).encode()
+
+
+PUSH = push("main")
+
+
+def secret(namespace: str, name: str = "bb", value: str = SECRET) -> dict[str, Any]:
+    """A Secret holding a receiver's shared secret under the key ``secret``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"secret": value},
+    }
+
+
+def project(namespace: str, *receivers: tuple[str, str]) -> dict[str, Any]:
+    """The ProjectConfig of ``namespace`` with Bitbucket receivers (name, Secret name)."""
+    return {
+        "apiVersion": KARGO,
+        "kind": "ProjectConfig",
+        "metadata": {"name": namespace, "namespace": namespace},
+        "spec": {
+            "webhookReceivers": [
+                {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
+            ]
+        },
+    }
+
+
+def warehouse(
+    namespace: str, name: str, branch: str | None = "main", repo: str = REPO, **git: Any
+) -> dict[str, Any]:
+    """A Warehouse with one git subscription; ``git`` adds or replaces its fields
+    (``branch=None``: no branch)."""
+    subscription = {"repoURL": repo, **({} if branch is None else {"branch": branch}), **git}
+    return {
+        "apiVersion": KARGO,
+        "kind": "Warehouse",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"subscriptions": [{"git": subscription}]},
+    }
+
+
+def one_receiver(
+    namespace: str, *warehouses: str, value: str = SECRET, name: str = "bb"
+) -> list[dict[str, Any]]:
+    """Secret ``name`` holding ``value``, the ProjectConfig with receiver ``name`` on it,
+    and Warehouses on ``main`` of :data:`REPO`: the usual start of a test."""
+    return [
+        secret(namespace, name, value),
+        project(namespace, (name, name)),
+        *(warehouse(namespace, w) for w in warehouses),
+    ]
+
+
+def to_yaml(*docs: dict[str, Any]) -> str:
+    """The documents as one multi-document YAML stream, for ``apply -f -``."""
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def receiver_manifests(value: str = SECRET, namespace: str = "demo", name: str = "bb") -> str:
     """YAML of a Secret and the ProjectConfig publishing one Bitbucket receiver on it."""
-    return (
-        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
-        f"stringData: {{secret: {secret}}}\n---\n"
-        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: ProjectConfig\n"
-        f"metadata: {{name: {namespace}, namespace: {namespace}}}\n"
-        f"spec:\n  webhookReceivers:\n    - name: {name}\n"
-        f"      bitbucket: {{secretRef: {{name: {name}}}}}\n"
-    )
+    return to_yaml(*one_receiver(namespace, value=value, name=name))
+
+
+def resources(*docs: dict[str, Any]) -> list[Resource]:
+    """The documents as the store's resources, as ``apply`` hands them over (a Secret's
+    ``stringData`` folded into base64 ``data``)."""
+    out = []
+    for doc in docs:
+        if "stringData" in doc:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in doc["stringData"].items()}
+            doc = {**{k: v for k, v in doc.items() if k != "stringData"}, "data": data}
+        meta = doc["metadata"]
+        out.append(Resource(doc["kind"], meta.get("namespace", ""), meta["name"], doc))
+    return out
 
 
 def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

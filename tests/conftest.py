@@ -1,29 +1,23 @@
-"""Shared test helpers: the payload corpus, the CLI, and a real server on a free loopback port."""
+"""Session-wide fixtures: the payload corpus, a state file, servers, and the one real
+kube-apiserver that tests/kube and tests/chart share (defined here so both see the same
+session-scoped fixture; helpers live in tests/support.py and tests/kube/support.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.builders import KARGO
+from tests.kube.apiserver import KubeApiServer
+from tests.kube.support import new_namespace
+from tests.support import REPO, Server, cli, corpus_dir, request
 
-
-def corpus_dir() -> Path:
-    """The shared Bitbucket deliveries: ``$KARGO_BITBUCKET_PAYLOADS``, else ``../shared``."""
-    configured = os.environ.get("KARGO_BITBUCKET_PAYLOADS")
-    return Path(configured) if configured else REPO.parent / "shared" / "bitbucket-payloads"
+# tests/e2e/test_cli.py (the cli helper's file) still imports these three from here.
+__all__ = ["REPO", "cli", "request"]
 
 
 @pytest.fixture(scope="session")
@@ -33,130 +27,6 @@ def corpus() -> Path:
     if not (folder / "SOURCES.md").is_file():
         pytest.skip(f"shared Bitbucket payload corpus not found at {folder}")
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli(
-    *args: str,
-    state: Path,
-    stdin: str | None = None,
-    check: bool = True,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``kargo-bitbucket`` as a user would, against ``state``."""
-    result = subprocess.run(
-        [sys.executable, "-m", "kargo_bitbucket", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "KARGO_BITBUCKET_STATE": str(state), **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"kargo-bitbucket {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
-        )
-    return result
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def request(
-    url: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-    timeout: float = 15,
-) -> Response:
-    """One HTTP request; error statuses are returned, not raised."""
-    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Response(resp.status, dict(resp.headers), resp.read())
-    except urllib.error.HTTPError as error:
-        return Response(error.code, dict(error.headers), error.read())
-
-
-class Server:
-    """``kargo-bitbucket serve`` in a subprocess, stopped with SIGTERM."""
-
-    def __init__(
-        self, state: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
-    ) -> None:
-        self.state = state
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
-        self.log = state.parent / f"serve-{self.port}.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kargo_bitbucket",
-                "--log-level",
-                "debug",
-                "serve",
-                "--state",
-                str(state),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admin-listen",
-                f"127.0.0.1:{self.admin_port}",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log_file,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited {self.process.returncode}:\n{self.logs()}")
-            try:
-                if request(self.base + "/readyz", method="GET", timeout=1).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready in {timeout}s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        self._log_file.flush()
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
 
 
 @pytest.fixture
@@ -176,3 +46,35 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api() -> Iterator[KubeApiServer]:
+    """The session's real kube-apiserver, with Kargo's CRDs; ``.admin`` is a system:masters
+    client, ``.audit(since)`` the requests it logged."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if not assets:
+        pytest.skip(
+            "KUBEBUILDER_ASSETS is not set: no real kube-apiserver to test against "
+            "(.ci/run sets it to ../shared/kube/bin)"
+        )
+    server = KubeApiServer(Path(assets).resolve())
+    try:
+        server.start()
+    except Exception as error:
+        pytest.fail(f"KUBEBUILDER_ASSETS={assets} but the API server did not start: {error}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def kube_namespace(kube_api: KubeApiServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test. Namespaces cannot be deleted without a
+    controller-manager, so its Kargo objects are deleted afterwards instead: a later test's
+    receiver (which watches every namespace) then does not see them."""
+    name = new_namespace(kube_api.admin, request.node.name.removeprefix("test_"))
+    yield name
+    for kind in ("ProjectConfig", "Warehouse", "Promotion"):
+        kube_api.admin.delete_all(KARGO, kind, name)

@@ -1,83 +1,17 @@
-"""Fixtures for the Helm chart's tests: helm, kubectl, and the real API server of tests/kube.
+"""Fixtures for the Helm chart's tests: helm, kubectl, and an admin kubeconfig for the
+session's real API server (``kube_api`` in tests/conftest.py, shared with tests/kube).
 
-helm and kubectl come from ``.tools/bin`` (``.ci/get-helm`` installs the pinned pair there),
-else from ``PATH``; tests that need one skip, with the reason, when it is missing.
+Tests that need helm or kubectl skip, with the reason, when it is missing.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.chart.support import Helm, kubectl_run, tool
 from tests.kube.apiserver import KubeApiServer
-from tests.kube.conftest import kube_api, kube_namespace  # noqa: F401  (fixtures used here)
-
-CHART = REPO / "charts" / "kargo-bitbucket"
-VALUES = Path(__file__).parent / "values"
-VALUES_FILES = sorted(VALUES.glob("*.yaml"))
-TOOLS = REPO / ".tools" / "bin"
-
-
-def tool(name: str) -> str | None:
-    local = TOOLS / name
-    return str(local) if os.access(local, os.X_OK) else shutil.which(name)
-
-
-class Helm:
-    """The helm binary, with a kubeconfig for the commands that talk to a cluster."""
-
-    def __init__(self, binary: str, kubeconfig: Path | None = None) -> None:
-        self.binary = binary
-        self.kubeconfig = kubeconfig
-
-    def with_kubeconfig(self, kubeconfig: Path) -> Helm:
-        return Helm(self.binary, kubeconfig)
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        extra = ["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []
-        result = subprocess.run(
-            [self.binary, *args, *extra], capture_output=True, text=True, timeout=120
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
-            )
-        return result
-
-    def template(
-        self,
-        values: Path | None = None,
-        *settings: str,
-        release: str = "kargo-bitbucket",
-        namespace: str = "kargo",
-    ) -> str:
-        """``helm template`` of the chart; ``settings`` are ``--set``/``--set-json`` pairs."""
-        args = ["template", release, str(CHART), "--namespace", namespace]
-        if values is not None:
-            args += ["--values", str(values)]
-        return self.run(*args, *settings).stdout
-
-
-def objects(rendered: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    """The one object of ``kind``; none or several is a failure."""
-    (found,) = of_kind(docs, kind)
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +31,7 @@ def kubectl() -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster_admin(kube_api: KubeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def cluster_admin(kube_api: KubeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An admin kubeconfig for helm and kubectl."""
     return kube_api.admin.kubeconfig(tmp_path_factory.mktemp("chart") / "admin-kubeconfig")
 
@@ -105,18 +39,6 @@ def cluster_admin(kube_api: KubeApiServer, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def helm_admin(helm: Helm, cluster_admin: Path) -> Helm:
     return helm.with_kubeconfig(cluster_admin)
-
-
-def kubectl_run(
-    kubectl: str, kubeconfig: Path, args: Sequence[str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [kubectl, "--kubeconfig", str(kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -17,17 +17,18 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.receivers import BaseURL
-from tests.chart.conftest import (
+from tests.builders import KARGO, PUSH, project, secret, signed, warehouse
+from tests.chart.support import (
     CHART,
     VALUES_FILES,
     Helm,
     kubectl_run,
     objects,
 )
-from tests.conftest import Server, request
 from tests.kube.apiserver import KubeApiServer, wait_for_rbac
-from tests.kube.conftest import new_namespace, published_url
-from tests.kube.manifests import KARGO, PUSH, REFRESH, project, secret, signed, warehouse
+from tests.kube.manifests import REFRESH
+from tests.kube.support import new_namespace, published_url
+from tests.support import Server, request
 
 BASE_URL = "https://kargo-webhooks.example.com"
 

@@ -24,7 +24,7 @@ from kargo_bitbucket.core.events import (
     parse_event,
 )
 from tests.builders import corpus_event, json_paths
-from tests.conftest import corpus_dir
+from tests.support import corpus_dir
 
 # --------------------------------------------------------------------------- corpus
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kargo_bitbucket.core.signature import SignatureCheck, check_signature, sign
-from tests.conftest import corpus_dir
+from tests.support import corpus_dir
 
 CORPUS = corpus_dir()
 CORPUS_ABSENT = f"Bitbucket payload corpus absent at {CORPUS} (set KARGO_BITBUCKET_PAYLOADS)"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import hmac
 import http.client
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, cli, request
+from tests.builders import PUSH, SECRET, sign, signed
+from tests.support import Server, cli, request
 
-SECRET = "topsecret"
 DEMO = """
 apiVersion: v1
 kind: Secret
@@ -53,38 +53,27 @@ spec:
         allowTagsRegexes: ["(unclosed"]
 """
 
-PUSH = json.dumps(
-    {
-        "push": {"changes": [{"new": {"type": "branch", "name": "main"}, "old": None}]},
-        "repository": {"links": {"html": {"href": "https://bitbucket.org/acme/app"}}},
-    }
-).encode()
-
-
-def sign(body: bytes, secret: str = SECRET, alg: str = "sha256") -> str:
-    return f"{alg}=" + hmac.new(secret.encode(), body, getattr(hashlib, alg)).hexdigest()
-
-
-def cloud_headers(body: bytes, event: str = "repo:push", **extra: str) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "X-Event-Key": event,
-        "X-Request-UUID": "11111111-2222-3333-4444-555555555555",
-        "X-Hub-Signature": sign(body),
-        **extra,
-    }
-
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo project applied once; each test serves its own copy."""
     state = tmp_path_factory.mktemp("http") / "state.db"
     cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    return state
+
+
+@pytest.fixture
+def demo(demo_state: Path, tmp_path: Path) -> Any:
+    """A server of its own on a copy of the demo state: what one test delivers (refreshes,
+    history, a state file locked or slowed down) cannot change what another sees."""
+    state = tmp_path / "state.db"
+    shutil.copyfile(demo_state, state)
     server = Server(
         state, ["--body-limit", "65536", "--body-timeout", "1", "--header-timeout", "1"]
     )
-    (line,) = cli("urls", state=state).stdout.splitlines()
-    server.url = line.split("\t")[2]  # type: ignore[attr-defined]
-    server.path = server.url.removeprefix(server.base)  # type: ignore[attr-defined]
+    # Kargo's path for receiver demo/bb (SPEC §3): sha256 of namespace, name and secret.
+    server.path = "/bitbucket/" + hashlib.sha256(f"demobb{SECRET}".encode()).hexdigest()  # type: ignore[attr-defined]
+    server.url = server.base + server.path  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0
 
@@ -101,18 +90,18 @@ def test_health_and_readiness(demo: Server) -> None:
 
 @pytest.mark.parametrize("path", ["/", "/bitbucket/" + "0" * 64, "/nope", "/readyz/x"])
 def test_unknown_paths_get_the_same_404(demo: Server, path: str) -> None:
-    answer = request(demo.base + path, PUSH, cloud_headers(PUSH))
+    answer = request(demo.base + path, PUSH, signed(PUSH))
     assert answer.status == 404
     assert answer.json() == {"error": "not found"}
 
 
 def test_path_is_exact(demo: Server) -> None:
     for path in (demo.path + "/", demo.path.upper(), demo.path[:-1]):
-        assert request(demo.base + path, PUSH, cloud_headers(PUSH)).status == 404
+        assert request(demo.base + path, PUSH, signed(PUSH)).status == 404
 
 
 def test_query_string_is_ignored(demo: Server) -> None:
-    answer = request(demo.url + "?x=1", PUSH, cloud_headers(PUSH))
+    answer = request(demo.url + "?x=1", PUSH, signed(PUSH))
     assert answer.status == 200, answer.body
 
 
@@ -124,7 +113,7 @@ def test_non_post_is_405_with_allow(demo: Server, method: str) -> None:
 
 
 def test_push_refreshes_and_answers_like_kargo(demo: Server) -> None:
-    answer = request(demo.url, PUSH, cloud_headers(PUSH))
+    answer = request(demo.url, PUSH, signed(PUSH))
     assert answer.status == 200
     body = answer.json()
     # app matches the branch; broken-regex is a tag subscription and main is a branch.
@@ -136,9 +125,9 @@ def test_push_refreshes_and_answers_like_kargo(demo: Server) -> None:
 
 
 def test_each_delivery_writes_a_new_value(demo: Server) -> None:
-    request(demo.url, PUSH, cloud_headers(PUSH))
+    request(demo.url, PUSH, signed(PUSH))
     first = refresh_of(demo.state, "app")
-    request(demo.url, PUSH, cloud_headers(PUSH))
+    request(demo.url, PUSH, signed(PUSH))
     assert refresh_of(demo.state, "app") != first
 
 
@@ -163,7 +152,7 @@ def test_ping_is_pong_without_signature(demo: Server) -> None:
     ],
 )
 def test_bad_signatures_are_401(demo: Server, signature: str | None, error: str) -> None:
-    headers = cloud_headers(PUSH)
+    headers = signed(PUSH)
     del headers["X-Hub-Signature"]
     if signature is not None:
         headers["X-Hub-Signature"] = signature
@@ -172,19 +161,19 @@ def test_bad_signatures_are_401(demo: Server, signature: str | None, error: str)
 
 
 def test_truncated_body_fails_signature(demo: Server) -> None:
-    answer = request(demo.url, PUSH[:-5], cloud_headers(PUSH))
+    answer = request(demo.url, PUSH[:-5], signed(PUSH))
     assert answer.status == 401
 
 
 @pytest.mark.parametrize("alg", ["sha1", "sha512"])
 def test_other_algorithms_verify(demo: Server, alg: str) -> None:
-    headers = cloud_headers(PUSH, **{"X-Hub-Signature": sign(PUSH, alg=alg)})
+    headers = signed(PUSH, **{"X-Hub-Signature": sign(PUSH, alg=alg)})
     assert request(demo.url, PUSH, headers).status == 200
 
 
 def test_unknown_event_is_ignored_after_the_signature(demo: Server) -> None:
     body = b'{"anything": 1}'
-    answer = request(demo.url, body, cloud_headers(body, event="repo:fork"))
+    answer = request(demo.url, body, signed(body, event="repo:fork"))
     assert (answer.status, answer.json()) == (200, {"msg": "event repo:fork ignored"})
     unsigned = request(demo.url, body, {"X-Event-Key": "repo:fork", "X-Hub-Signature": "x=1"})
     assert unsigned.status == 401
@@ -205,14 +194,14 @@ def test_unknown_event_is_ignored_after_the_signature(demo: Server) -> None:
     ids=["text", "array", "null", "null push", "wrong types", "int name", "deep nesting"],
 )
 def test_invalid_bodies_are_400(demo: Server, body: bytes) -> None:
-    answer = request(demo.url, body, cloud_headers(body))
+    answer = request(demo.url, body, signed(body))
     assert answer.status == 400
     assert answer.json()["error"] == "invalid request body"
 
 
 def test_push_without_repository_url_is_400(demo: Server) -> None:
     body = b'{"eventKey": "repo:refs_changed", "repository": {"slug": "x"}, "changes": []}'
-    answer = request(demo.url, body, cloud_headers(body, event="repo:refs_changed"))
+    answer = request(demo.url, body, signed(body, event="repo:refs_changed"))
     assert (answer.status, answer.json()) == (400, {"error": "payload has no repository URL"})
 
 
@@ -248,7 +237,7 @@ def test_chunked_body_over_limit_is_413(demo: Server) -> None:
 
 def test_body_just_under_limit_is_read(demo: Server) -> None:
     body = b" " * (65536 - len(PUSH)) + PUSH
-    assert request(demo.url, body, cloud_headers(body)).status == 200
+    assert request(demo.url, body, signed(body)).status == 200
 
 
 def test_slow_body_gets_408_and_server_stays_responsive(demo: Server) -> None:
@@ -285,7 +274,7 @@ def test_trailing_newline_secret_is_accepted_with_a_warning(
     (line,) = cli("urls", state=state).stdout.splitlines()
     url = line.split("\t")[2]
     for _ in range(2):
-        answer = request(url, PUSH, cloud_headers(PUSH))
+        answer = request(url, PUSH, signed(PUSH))
         assert answer.status == 200, answer.body
     assert server.logs().count("trailing newline") == 1
 
@@ -297,7 +286,7 @@ def test_unevaluable_subscription_is_refreshed_with_a_warning(demo: Server) -> N
             "repository": {"links": {"html": {"href": "https://bitbucket.org/acme/app"}}},
         }
     ).encode()
-    answer = request(demo.url, body, cloud_headers(body))
+    answer = request(demo.url, body, signed(body))
     assert answer.json()["refreshed"] == ["demo/broken-regex"]
     logs = demo.logs()
     assert "demo/broken-regex" in logs and "allowTagsRegexes[0]" in logs
@@ -330,7 +319,7 @@ def test_concurrent_deliveries_all_answered(demo: Server) -> None:
     results: list[int] = []
 
     def send() -> None:
-        results.append(request(demo.url, PUSH, cloud_headers(PUSH)).status)
+        results.append(request(demo.url, PUSH, signed(PUSH)).status)
 
     threads = [threading.Thread(target=send) for _ in range(30)]
     for thread in threads:
@@ -357,7 +346,7 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     ):
         other.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        delivery = pool.submit(request, line.split("\t")[2], PUSH, cloud_headers(PUSH))
+        delivery = pool.submit(request, line.split("\t")[2], PUSH, signed(PUSH))
         time.sleep(1)
         probe = time.monotonic()
         assert request(server.base + "/healthz", method="GET").status == 200
@@ -369,7 +358,7 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     assert answer.status == 500
     assert answer.json()["error"] == "failed to refresh 1 of 1 warehouses"
     assert 6 < waited < 9
-    assert request(line.split("\t")[2], PUSH, cloud_headers(PUSH)).status == 200
+    assert request(line.split("\t")[2], PUSH, signed(PUSH)).status == 200
 
 
 def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(

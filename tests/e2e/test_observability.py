@@ -14,25 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, cli, request
-from tests.e2e.test_http import cloud_headers
+from tests.builders import REPO, one_receiver, push, signed, to_yaml, warehouse
+from tests.support import Server, cli, request
 
-SECRET = "topsecret"
-REPO = "https://bitbucket.org/acme/app"
-MANIFESTS = f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: bb, namespace: demo}}
-stringData: {{secret: {SECRET}}}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: ProjectConfig
-metadata: {{name: demo, namespace: demo}}
-spec:
-  webhookReceivers:
-    - name: bb
-      bitbucket: {{secretRef: {{name: bb}}}}
-"""
 WAREHOUSES = {
     "on-develop": {"repoURL": REPO, "branch": "develop"},
     "on-main-ssh": {"repoURL": "git@bitbucket.org:acme/app.git", "branch": "main"},
@@ -71,27 +55,11 @@ EXPECTED = {
 }
 
 
-def push(*refs: tuple[str, str]) -> bytes:
-    changes = [{"new": {"type": kind, "name": name}, "old": None} for kind, name in refs]
-    return json.dumps(
-        {"push": {"changes": changes}, "repository": {"links": {"html": {"href": REPO}}}}
-    ).encode()
-
-
 def manifests() -> str:
-    docs = [MANIFESTS]
-    for name, git in WAREHOUSES.items():
-        docs.append(
-            json.dumps(
-                {
-                    "apiVersion": "kargo.akuity.io/v1alpha1",
-                    "kind": "Warehouse",
-                    "metadata": {"name": name, "namespace": "demo"},
-                    "spec": {"subscriptions": [{"git": git}]},
-                }
-            )
-        )
-    return "\n---\n".join(docs)
+    warehouses = (
+        warehouse("demo", name, **{"branch": None, **git}) for name, git in WAREHOUSES.items()
+    )
+    return to_yaml(*one_receiver("demo"), *warehouses)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (line,) = cli("urls", state=state).stdout.splitlines()
     server.url = line.split("\t")[2]  # type: ignore[attr-defined]
     body = push(("branch", "main"), ("tag", "v2.0.0"))
-    headers = cloud_headers(
-        body, **{"X-Request-UUID": "delivery-under-test", "X-Attempt-Number": "2"}
-    )
+    headers = signed(body, **{"X-Request-UUID": "delivery-under-test", "X-Attempt-Number": "2"})
     server.answer = request(server.url, body, headers)  # type: ignore[attr-defined]
     yield server
     server.stop()
@@ -178,7 +144,7 @@ def test_history_is_bounded(tmp_path: Path, server_factory: Any) -> None:
     (line,) = cli("urls", state=state).stdout.splitlines()
     body = push(("branch", "develop"))
     for i in range(8):
-        headers = cloud_headers(body, **{"X-Request-UUID": f"d{i}"})
+        headers = signed(body, **{"X-Request-UUID": f"d{i}"})
         assert request(line.split("\t")[2], body, headers).status == 200
     records = json.loads(cli("deliveries", "--limit", "100", "-o", "json", state=state).stdout)
     assert [r["delivery_id"] for r in records] == ["d7", "d6", "d5"]
@@ -195,9 +161,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_parse_and_count(served: Server) -> None:
     before = request(served.admin + "/metrics", method="GET").body.decode()
     body = push(("branch", "main"))
-    request(served.url, body, cloud_headers(body))  # type: ignore[attr-defined]
+    request(served.url, body, signed(body))  # type: ignore[attr-defined]
     request(served.url, body, {"X-Event-Key": "repo:push"})  # type: ignore[attr-defined]
-    request(served.url, body, cloud_headers(body, event="issue:created"))  # type: ignore[attr-defined]
+    request(served.url, body, signed(body, event="issue:created"))  # type: ignore[attr-defined]
     after = request(served.admin + "/metrics", method="GET").body.decode()
 
     def delta(name: str, **labels: str) -> float:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import cli, request
-from tests.e2e.test_http import PUSH, cloud_headers
+from tests.builders import PUSH, signed
+from tests.support import cli, request
 
 MANIFESTS = """
 apiVersion: v1
@@ -60,9 +60,9 @@ def test_scopes(state: Path, server_factory: Any) -> None:
     }
     assert set(urls) == {("cluster", "everyone"), ("team-a", "mine")}
 
-    project = request(urls[("team-a", "mine")], PUSH, cloud_headers(PUSH)).json()
+    project = request(urls[("team-a", "mine")], PUSH, signed(PUSH)).json()
     assert project["refreshed"] == ["team-a/app"]
-    cluster = request(urls[("cluster", "everyone")], PUSH, cloud_headers(PUSH)).json()
+    cluster = request(urls[("cluster", "everyone")], PUSH, signed(PUSH)).json()
     assert cluster["refreshed"] == ["team-a/app", "team-b/app"]
     assert cluster["msg"] == "refreshed 2 warehouse(s)"
 

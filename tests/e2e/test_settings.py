@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.support import cli
 
 
 @pytest.mark.parametrize(

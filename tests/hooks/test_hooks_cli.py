@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -11,14 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, cli
 from tests.hooks.fake_bitbucket import FakeBitbucket, running
+from tests.hooks.support import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
+from tests.support import REPO, cli
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 DEMO_SECRET = "demo-secret-change-me"
 CLOUD_EVENTS = {"repo:push", "pullrequest:fulfilled", "pullrequest:rejected"}
-SERVER_EVENTS = {"repo:refs_changed", "pr:merged", "pr:declined"}
-BASE = "https://kargo.example.com/hooks"
 
 DC_MANIFESTS = """
 apiVersion: kargo.akuity.io/v1alpha1
@@ -34,13 +32,6 @@ kind: Secret
 metadata: {name: bb-secret, namespace: demo}
 stringData: {secret: first-secret}
 """
-WAREHOUSES = {
-    "deploy": "https://bb.example.com/scm/plat/deploy.git",
-    "tools": "ssh://git@bb.example.com:7999/plat/tools.git",
-    "locked": "https://bb.example.com/scm/plat/locked.git",
-    "gone": "https://bb.example.com/scm/plat/gone.git",
-    "github": "https://github.com/acme/elsewhere.git",
-}
 
 
 def warehouse(name: str, url: str) -> str:
@@ -49,11 +40,6 @@ def warehouse(name: str, url: str) -> str:
         f"metadata: {{name: {name}, namespace: demo}}\n"
         f"spec: {{subscriptions: [{{git: {{repoURL: '{url}', branch: main}}}}]}}\n"
     )
-
-
-def receiver_url(secret: str) -> str:
-    """The URL Kargo derives for receiver demo/bb (SPEC §3)."""
-    return f"{BASE}/bitbucket/" + hashlib.sha256(f"demobb{secret}".encode()).hexdigest()
 
 
 @pytest.fixture

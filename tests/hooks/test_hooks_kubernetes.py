@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.builders import project, secret, warehouse
 from tests.hooks.fake_bitbucket import FakeBitbucket, running
-from tests.hooks.test_hooks_cli import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
+from tests.hooks.support import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
 from tests.kube.fakeapi import FakeKubernetes
-from tests.kube.test_kubernetes_mode import project, secret, seed, warehouse
+from tests.kube.support import seed
+from tests.support import cli
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from typing import Any
 import httpx2
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.support import REPO, free_port
 
 CRDS = REPO.parent / "shared" / "kube" / "kargo-crds"
 MERGE = "application/merge-patch+json"

@@ -19,9 +19,9 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType, on_error_retry
 
+from tests.builders import KARGO, warehouse
 from tests.kube.apiserver import KubeApiServer
 from tests.kube.fakeapi import FakeKubernetes
-from tests.kube.manifests import KARGO, warehouse
 
 DEMO_WAREHOUSES = f"/apis/{KARGO}/namespaces/demo/warehouses"
 MERGE = PatchType.MERGE

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, free_port, request
-from tests.kube.conftest import Replicas, eventually, published_url
+from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
 from tests.kube.fakeapi import FakeKubernetes
-from tests.kube.manifests import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.kube.support import Replicas, published_url
+from tests.support import Server, eventually, free_port, request
 
 
 def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:
@@ -225,11 +225,17 @@ def test_secret_watch_after_history_expired_does_not_spin(
 ) -> None:
     """Tested against a fake API server: a Secret unchanged for longer than the API server's
     watch history once made the watch 410 again after every re-read, hundreds a second."""
+    fake_kube.reset_requests()
     fake_kube.expire_history()
     fake_kube.drop_watches()
-    time.sleep(1.0)
+
+    def watching_again() -> bool:
+        verbs = [r.verb for r in fake_kube.filter_requests(path=r"/secrets")]
+        return "get" in verbs and "watch" in verbs[verbs.index("get") :]
+
+    eventually(watching_again, what="the Secret re-read and watched again")
     fake_kube.reset_requests()
-    time.sleep(2.0)
+    time.sleep(2.0)  # the window the request rate is measured over, not a synchronisation
     assert len(fake_kube.filter_requests(path=r"/secrets/")) <= 4
     assert request(demo.url, PUSH, signed(PUSH)).status == 200  # type: ignore[attr-defined]
 

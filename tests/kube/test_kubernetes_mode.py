@@ -25,46 +25,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Server, cli, request
-from tests.e2e import test_corpus
+from tests import builders
+from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.e2e import corpus_cases
 from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
-from tests.kube.conftest import Replicas, eventually, new_namespace, published_url
-from tests.kube.manifests import (
-    KARGO,
-    PUSH,
-    REFRESH,
-    REPO_URL,
-    one_receiver,
-    project,
-    published_receivers,
-    refreshed,
-    secret,
-    signed,
-    warehouse,
-)
+from tests.kube.manifests import REFRESH, published_receivers, refreshed
 from tests.kube.proxy import CuttableProxy
+from tests.kube.support import Replicas, new_namespace, published_url, seed
+from tests.support import REPO, Server, cli, eventually, request
 
 LEASE = "coordination.k8s.io/v1"
 REFUSED = (401, 403, 422)
 """Answers that mean the receiver asked for something it may not, or sent a bad object."""
-
-
-def seed(kube: Kube, docs: list[dict[str, Any]]) -> None:
-    """Create objects as ``kubectl apply`` would; a ``status`` goes through its subresource."""
-    for doc in docs:
-        doc = json.loads(json.dumps(doc))
-        status = doc.pop("status", None)
-        kube.create(doc)
-        if status is not None:
-            meta = doc["metadata"]
-            kube.patch(
-                doc["apiVersion"],
-                doc["kind"],
-                meta.get("namespace"),
-                meta["name"],
-                {"status": status},
-                subresource="status",
-            )
 
 
 def start(replicas: Replicas, receiver: Receiver, *extra: str, name: str = "replica-a") -> Server:
@@ -147,7 +119,7 @@ def test_a_refresh_leaves_an_event_on_the_object(
     (found,) = eventually(events, what="a WebhookRefresh Event")
     assert found["reason"] == "WebhookRefresh"
     assert found["involvedObject"]["uid"] == app["metadata"]["uid"]
-    assert "repo:push" in found["message"] and REPO_URL in found["message"]
+    assert "repo:push" in found["message"] and builders.REPO in found["message"]
     assert "refs/heads/main" in found["message"]
 
 
@@ -161,7 +133,7 @@ def test_new_changed_and_deleted_warehouses_are_seen_through_the_watch(
 ) -> None:
     ns = kube_namespace
     kube_api.admin.create(warehouse(ns, "late"))
-    subscription = {"git": {"repoURL": REPO_URL, "branch": "main"}}
+    subscription = {"git": {"repoURL": builders.REPO, "branch": "main"}}
     kube_api.admin.patch(KARGO, "Warehouse", ns, "dev", {"spec": {"subscriptions": [subscription]}})
     kube_api.admin.delete(KARGO, "Warehouse", ns, "app")
     eventually(lambda: names_refreshed(demo[1]) == {f"{ns}/late", f"{ns}/dev"}, what="watch events")
@@ -421,19 +393,19 @@ def test_corpus_deliveries_in_kubernetes_mode(
     corpus: Path,
 ) -> None:
     kube = kube_api.admin
-    cases = test_corpus.CASES
-    namespaces = sorted({test_corpus.namespace_of(case) for case in cases})
+    cases = corpus_cases.CASES
+    namespaces = sorted({corpus_cases.namespace_of(case) for case in cases})
     for ns in namespaces:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     try:
         for case in cases:
-            seed(kube, test_corpus.manifests(case))
+            seed(kube, corpus_cases.manifests(case))
         mark = kube_api.audit_mark()
         start(replicas, receiver_kubeconfig)
         for case in cases:
-            ns = test_corpus.namespace_of(case)
+            ns = corpus_cases.namespace_of(case)
             body = (corpus / case.file).read_bytes()
-            answer = request(published_url(kube, ns), body, test_corpus.headers_for(case, body))
+            answer = request(published_url(kube, ns), body, corpus_cases.headers_for(case, body))
             assert answer.status == case.status, (case.file, answer.body)
             if case.msg:
                 assert answer.json()["msg"] == case.msg, case.file

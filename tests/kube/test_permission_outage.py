@@ -11,19 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.conftest import request
-from tests.kube.apiserver import AuditEvent, KubeApiServer
-from tests.kube.conftest import Receiver, Replicas, eventually, published_url
-from tests.kube.manifests import (
-    KARGO,
-    PUSH,
-    project,
-    published_receivers,
-    refreshed,
-    secret,
-    signed,
-    warehouse,
-)
+from tests.builders import KARGO, PUSH, project, secret, signed, warehouse
+from tests.kube.apiserver import AuditEvent, KubeApiServer, Receiver
+from tests.kube.manifests import published_receivers, refreshed
+from tests.kube.support import Replicas, published_url
+from tests.support import eventually, request
 
 RBAC = "rbac.authorization.k8s.io/v1"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.builders import KARGO
 from tests.kube.apiserver import Kube, KubeApiServer, Receiver, path_of
-from tests.kube.manifests import KARGO
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from lightkube import AsyncClient, KubeConfig
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
+from tests.builders import project, secret
 from tests.kube.apiserver import fold_string_data
 from tests.kube.fakeapi import FakeKubernetes
-from tests.kube.manifests import project, secret
 
 
 def problems(indexes: Indexes) -> list[str]:

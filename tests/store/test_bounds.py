@@ -16,13 +16,13 @@ from kargo_bitbucket.admin import create_admin_app
 from kargo_bitbucket.app import create_app
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import BaseURL
-from kargo_bitbucket.core.signature import sign
 from kargo_bitbucket.history import UNSIGNED_HISTORY_SIZE, DeliveryRecord, MemoryHistory
 from kargo_bitbucket.logs import JsonFormatter
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
-from tests.store.test_sqlite import REPO, config, warehouse
+from tests.builders import push, signed
+from tests.store.support import KEY, config, warehouse
 
 ASGI = Callable[..., Awaitable[None]]
 JUST_UNDER_64_KIB = "u" * (64 * 1024 - 200)
@@ -75,9 +75,7 @@ class Served:
     async def signed(
         self, body: bytes, event: str = "repo:push", **headers: str
     ) -> tuple[int, Any]:
-        return await self.post(
-            body, **{"X-Event-Key": event, "X-Hub-Signature": sign(body, b"key"), **headers}
-        )
+        return await self.post(body, **signed(body, KEY, event, **headers))
 
 
 def serve(
@@ -103,13 +101,6 @@ def serve(
     asyncio.run(run())
     state.close()
     return path
-
-
-def push(*branches: str) -> bytes:
-    changes = [{"new": {"type": "branch", "name": name}, "old": None} for name in branches]
-    return json.dumps(
-        {"push": {"changes": changes}, "repository": {"links": {"html": {"href": REPO}}}}
-    ).encode()
 
 
 def test_unsigned_flood_keeps_signed_history_and_the_state_file_small(tmp_path: Path) -> None:

@@ -1,66 +1,33 @@
-"""Leader election: a replica stops writing status before any other may take the Lease."""
+"""Leader election: a replica stops writing status before any other may take the Lease.
+
+Time is the subject here, so the elector runs on a virtual clock (tests/store/lease.py): a
+stalled machine cannot make a renewal look late, and the bounds below are exact."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from lightkube import ApiError
-from lightkube.models.meta_v1 import Status
-from lightkube.resources.coordination_v1 import Lease
 
 from kargo_bitbucket.store.kubernetes.leader import LeaderElector
-
-DURATION = 0.6  # seconds; leadership lasts 0.4 s past the start of a renewal that held
-
-
-class LeaseAPI:
-    """The three Lease calls the elector makes, against one stored Lease; can hang."""
-
-    def __init__(self) -> None:
-        self.lease: Lease | None = None
-        self.hanging = False
-        self.failures = 0
-
-    async def _maybe_hang(self) -> None:
-        while self.hanging:
-            await asyncio.sleep(0.01)
-        if self.failures:
-            self.failures -= 1
-            raise ApiError(status=Status(code=500, message="etcd timeout"))
-
-    async def get(self, resource: Any, name: str, namespace: str) -> Lease:
-        await self._maybe_hang()
-        if self.lease is None:
-            raise ApiError(status=Status(code=404, message="not found"))
-        return copy.deepcopy(self.lease)
-
-    async def create(self, lease: Lease) -> None:
-        await self._maybe_hang()
-        self.lease = copy.deepcopy(lease)
-
-    async def replace(self, lease: Lease) -> None:
-        await self._maybe_hang()
-        self.lease = copy.deepcopy(lease)
+from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time, wait_for
 
 
 @contextlib.asynccontextmanager
 async def elected(api: LeaseAPI) -> AsyncIterator[tuple[LeaderElector, list[float]]]:
     """An elector running against ``api`` until the block ends, once it leads; and the
-    times it was elected."""
+    (virtual) times it was elected."""
     elections: list[float] = []
     leader = LeaderElector(
         api,  # type: ignore[arg-type]
         "kargo",
         "replica-a",
-        lambda: elections.append(time.monotonic()),
+        lambda: elections.append(clock()),
         duration=DURATION,
         renew_every=DURATION / 3,
+        clock=clock,
     )
     task = asyncio.create_task(leader.run())
     try:
@@ -72,19 +39,12 @@ async def elected(api: LeaseAPI) -> AsyncIterator[tuple[LeaderElector, list[floa
             await task
 
 
-async def wait_for(condition: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 def test_leadership_lapses_while_renewals_hang_before_the_lease_expires() -> None:
-    asyncio.run(renewals_hang())
+    run_in_virtual_time(renewals_hang)
 
 
 def test_one_failed_renewal_does_not_end_leadership() -> None:
-    asyncio.run(one_failed_renewal())
+    run_in_virtual_time(one_failed_renewal)
 
 
 async def renewals_hang() -> None:
@@ -92,10 +52,10 @@ async def renewals_hang() -> None:
     async with elected(api) as (leader, elections):
         assert len(elections) == 1
         api.hanging = True
-        hung_at = time.monotonic()
+        hung_at = clock()
         await wait_for(lambda: not leader.leader)
-        # Others may take the Lease DURATION after its renewTime; we stopped well before.
-        assert time.monotonic() - hung_at < DURATION
+        # Others may take the Lease DURATION after its renewTime; we stopped a third before.
+        assert clock() - hung_at <= DURATION * 2 / 3 + 0.01
         assert leader.remaining() == 0
         api.hanging = False
         await wait_for(lambda: leader.leader)
@@ -107,7 +67,8 @@ async def one_failed_renewal() -> None:
     async with elected(api) as (leader, elections):
         api.failures = 1
         await wait_for(lambda: api.failures == 0)
-        for _ in range(int(DURATION / 0.01)):
+        until = clock() + DURATION * 2
+        while clock() < until:
             assert leader.leader
             await asyncio.sleep(0.01)
         assert len(elections) == 1

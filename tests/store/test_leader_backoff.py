@@ -10,7 +10,7 @@ import pytest
 
 from kargo_bitbucket.store.backoff import Backoff
 from kargo_bitbucket.store.kubernetes.leader import LeaderElector
-from tests.store.test_leader import DURATION, LeaseAPI, wait_for
+from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time, wait_for
 
 LOGGER = "kargo_bitbucket.store.kubernetes.leader"
 
@@ -22,7 +22,7 @@ def elector(
 
     async def record(delay: float) -> None:
         pauses.append(delay)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)  # one virtual millisecond, so the loop's clock moves on
 
     return LeaderElector(
         api,  # type: ignore[arg-type]
@@ -33,6 +33,7 @@ def elector(
         renew_every=DURATION / 3,
         failures=failures,
         backoff=Backoff(DURATION / 6, 30.0, jitter=lambda: 1.0, sleep=record),
+        clock=clock,
     )
 
 
@@ -54,10 +55,9 @@ def test_a_failing_lease_backs_off_then_is_taken_with_one_warning(
             await asyncio.gather(task, return_exceptions=True)
 
     caplog.set_level(logging.INFO, logger=LOGGER)
-    asyncio.run(go())
-    # Each pause counts from the start of its attempt, so it is a little shorter.
-    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
-    assert pauses[:6] == pytest.approx(expected, abs=0.05)
+    run_in_virtual_time(go)
+    # On the virtual clock an attempt takes no time, so each pause is the whole backoff.
+    assert pauses[:6] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
     assert failures == {("Lease", "server_error"): 6}
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
     assert [level for level, _ in lines].count("WARNING") == 1
@@ -81,5 +81,5 @@ def test_a_leader_retries_a_failed_renewal_within_a_sixth_of_the_duration() -> N
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    assert asyncio.run(go())
+    assert run_in_virtual_time(go)
     assert max(pauses[:5]) <= DURATION / 6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
 import threading
@@ -14,69 +13,18 @@ from typing import Any
 
 import pytest
 
-from kargo_bitbucket.core.manifests import Resource
-from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
-from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import POLL_INTERVAL, SqliteStore, StateFile
-
-REPO = "https://bitbucket.org/acme/app"
-
-
-def warehouse(namespace: str, name: str, repo: str = REPO, branch: str = "main") -> Resource:
-    body = {
-        "apiVersion": "kargo.akuity.io/v1alpha1",
-        "kind": "Warehouse",
-        "metadata": {"namespace": namespace, "name": name},
-        "spec": {"subscriptions": [{"git": {"repoURL": repo, "branch": branch}}]},
-    }
-    return Resource("Warehouse", namespace, name, body)
-
-
-def config(namespace: str, secret: str = "s") -> list[Resource]:
-    return [
-        Resource(
-            "Secret",
-            namespace,
-            secret,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"namespace": namespace, "name": secret},
-                "data": {"secret": base64.b64encode(b"key").decode()},
-            },
-        ),
-        Resource(
-            "ProjectConfig",
-            namespace,
-            namespace,
-            {
-                "apiVersion": "kargo.akuity.io/v1alpha1",
-                "kind": "ProjectConfig",
-                "metadata": {"namespace": namespace, "name": namespace},
-                "spec": {
-                    "webhookReceivers": [
-                        {"name": "r", "bitbucket": {"secretRef": {"name": secret}}}
-                    ]
-                },
-            },
-        ),
-    ]
+from kargo_bitbucket.store.sqlite import StateFile
+from tests.store.support import config, started, until, warehouse
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
     return [(e.namespace, e.name) for e in entries]
 
 
-async def started(path: Path) -> SqliteStore:
-    store = SqliteStore(StateFile(path), Indexes(BaseURL.parse("https://k.example.com"), "sys"))
-    await store.start()
-    return store
-
-
-def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:
+def test_other_process_changes_are_seen_while_serving(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     writer = StateFile(path)
     writer.apply([warehouse("a", "w1")])
@@ -85,16 +33,22 @@ def test_other_process_changes_are_seen_within_a_second(tmp_path: Path) -> None:
         store = await started(path)
         try:
             identity = {"bitbucket.org/acme/app"}
+
+            def matching() -> list[tuple[str, str]]:
+                return names(store.indexes.warehouses_for(identity, None))
+
             assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
             writer.apply([warehouse("b", "w2"), *config("a")])
             writer.delete("Warehouse", "a", "w1")
-            await asyncio.sleep(1.0)
-            assert names(store.indexes.warehouses_for(identity, None)) == [("b", "w2")]
+            await until(
+                lambda: names(store.indexes.warehouses_for(identity, None)) == [("b", "w2")]
+            )
             assert len(store.indexes.resolution.routes) == 1
             writer.apply([warehouse("a", "w1", branch="develop")])
             writer.apply([warehouse("b", "w2", repo="https://bitbucket.org/acme/other")])
-            await asyncio.sleep(1.0)
-            assert names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            await until(
+                lambda: names(store.indexes.warehouses_for(identity, None)) == [("a", "w1")]
+            )
             assert names(store.indexes.warehouses_for(identity, "b")) == []
         finally:
             await store.close()
@@ -115,8 +69,7 @@ def test_receivers_published_into_status_and_rerouted_on_secret_change(tmp_path:
             assert published["url"].startswith("https://k.example.com/bitbucket/")
             assert store.indexes.route(published["path"]) is not None
             writer.delete("Secret", "demo", "s")
-            await asyncio.sleep(POLL_INTERVAL * 4)
-            assert store.indexes.route(published["path"]) is None
+            await until(lambda: store.indexes.route(published["path"]) is None)
             (pc,) = writer.get("ProjectConfig")
             assert pc["status"]["webhookReceivers"] == []
             ready = pc["status"]["conditions"][0]

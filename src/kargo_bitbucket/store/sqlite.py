@@ -638,7 +638,10 @@ class SqliteStore:
                 log.warning("state file poll failed: %s", error)
 
     def _lose(self) -> None:
-        """Stop taking refreshes: they would go to a file no one reads again."""
+        """Stop taking refreshes: they would go to a file no one reads again. Said once,
+        though the poller and a write batch can both notice it at the same time."""
+        if not self._available:
+            return
         self._available = False
         log.error(
             "state file %s was deleted or replaced while serving: deliveries are answered "
@@ -659,12 +662,17 @@ class SqliteStore:
         )
         try:
             self.state = await self._run(opened)
-        except StateFileError as error:
+            self._released = False
+            await self.sync(anew=True)
+        except (StateFileError, sqlite3.DatabaseError) as error:
+            # A journal left beside a foreign file can pass the open and fail the first read:
+            # refused once, like a file that fails the open, not retried at every poll.
+            if not self._released:
+                await self._release()
             self._rejected = found
-            log.error("%s; deliveries are still answered 503", error)
+            reason = error.__cause__ or error
+            log.error("state file %s refused: %s; deliveries are still answered 503", path, reason)
             return
-        self._released = False
-        await self.sync(anew=True)
         await self._serve_from_state()
         self._available = True
         log.warning(

@@ -44,6 +44,7 @@ class LeaderElector:
         renew_every: float = 5.0,
         failures: Counter[tuple[str, str]] | None = None,
         backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -53,6 +54,7 @@ class LeaderElector:
         self.renew_every = renew_every
         self.on_elected = on_elected
         self.backoff = backoff or Backoff(duration / 6, 30.0)
+        self.clock = clock  # monotonic seconds; tests pass a virtual event-loop clock
         self.outage = Outage(log, f"lease {namespace}/{name}", kind="Lease", counts=failures)
         self._held_since: float | None = None  # monotonic start of the last renewal that held
         self._announced = False  # what the last log line said
@@ -65,12 +67,12 @@ class LeaderElector:
     def remaining(self) -> float:
         """Seconds this replica may go on writing status (0 when it is not the leader)."""
         held = self._held_since
-        return 0.0 if held is None else max(0.0, held + self.duration * 2 / 3 - time.monotonic())
+        return 0.0 if held is None else max(0.0, held + self.duration * 2 / 3 - self.clock())
 
     async def run(self) -> None:
         """Try to hold the Lease forever; each attempt may take until leadership would lapse."""
         while True:
-            attempt = time.monotonic()
+            attempt = self.clock()
             error: Exception | None = None
             try:
                 async with asyncio.timeout(self.duration * 2 / 3):
@@ -100,7 +102,7 @@ class LeaderElector:
                 if leader:  # try again sooner, while leadership still lasts
                     pause = min(pause, self.duration / 6)
                 self.outage.failed(error, pause)
-            await self.backoff.sleep(max(0.0, attempt + pause - time.monotonic()))
+            await self.backoff.sleep(max(0.0, attempt + pause - self.clock()))
 
     async def _try_hold(self) -> bool:
         """One acquire-or-renew attempt, with optimistic concurrency on resourceVersion."""

@@ -1,0 +1,161 @@
+"""Test helpers (not fixtures): the payload corpus, the CLI, HTTP requests, a real server on a
+free loopback port, and waiting on a condition with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def corpus_dir() -> Path:
+    """The shared Bitbucket deliveries: ``$KARGO_BITBUCKET_PAYLOADS``, else ``../shared``."""
+    configured = os.environ.get("KARGO_BITBUCKET_PAYLOADS")
+    return Path(configured) if configured else REPO.parent / "shared" / "bitbucket-payloads"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(
+    *args: str,
+    state: Path,
+    stdin: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kargo-bitbucket`` as a user would, against ``state``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kargo_bitbucket", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KARGO_BITBUCKET_STATE": str(state), **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"kargo-bitbucket {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    timeout: float = 15,
+) -> Response:
+    """One HTTP request; error statuses are returned, not raised."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Response(resp.status, dict(resp.headers), resp.read())
+    except urllib.error.HTTPError as error:
+        return Response(error.code, dict(error.headers), error.read())
+
+
+class Server:
+    """``kargo-bitbucket serve`` in a subprocess, stopped with SIGTERM."""
+
+    def __init__(
+        self, state: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> None:
+        self.state = state
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.log = state.parent / f"serve-{self.port}.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kargo_bitbucket",
+                "--log-level",
+                "debug",
+                "serve",
+                "--state",
+                str(state),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--admin-listen",
+                f"127.0.0.1:{self.admin_port}",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited {self.process.returncode}:\n{self.logs()}")
+            try:
+                if request(self.base + "/readyz", method="GET", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    """The first truthy value of ``check()``, polled every 50 ms; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.05)
