@@ -14,10 +14,7 @@ import pytest
 from tests.builders import KARGO
 from tests.kube.apiserver import KubeApiServer
 from tests.kube.support import new_namespace
-from tests.support import REPO, Server, cli, corpus_dir, request
-
-# tests/e2e/test_cli.py (the cli helper's file) still imports these three from here.
-__all__ = ["REPO", "cli", "request"]
+from tests.support import Server, corpus_dir
 
 
 @pytest.fixture(scope="session")

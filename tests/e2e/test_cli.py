@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.conftest import REPO, cli, request
+from tests.support import REPO, cli, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 WAREHOUSE = """

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
-from tests.conftest import Server, cli, request
-from tests.e2e.test_http import DEMO, PUSH, SECRET, cloud_headers
+from tests.builders import PUSH, one_receiver, signed, to_yaml
+from tests.support import Server, cli, request
 
 
 def demo_server(directory: Path, *flags: str) -> Server:
-    """``serve`` on the demo manifests of test_http.py; ``.path`` is its receiver's path."""
+    """``serve`` with one receiver and one Warehouse on ``main``; ``.path`` is the receiver's."""
     state = directory / "state.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(*one_receiver("demo", "app")))
     server = Server(state, flags)
     (line,) = cli("urls", state=state).stdout.splitlines()
     server.path = line.split("\t")[2].removeprefix(server.base)  # type: ignore[attr-defined]
@@ -63,7 +63,7 @@ def read_answer(sock: socket.socket) -> bytes:
 
 def delivery(server: Server, *, close: bool = False) -> bytes:
     """One signed push to the demo receiver, as raw HTTP/1.1."""
-    headers = cloud_headers(PUSH, **({"Connection": "close"} if close else {}))
+    headers = signed(PUSH, **({"Connection": "close"} if close else {}))
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     path = server.path  # type: ignore[attr-defined]
     return (
