@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 HOST = "127.0.0.1"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bitbucket-payloads"
+"""The shared Bitbucket deliveries beside the repository (``../shared``), read in place."""
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 

@@ -45,9 +45,8 @@ from typing import Any
 
 import run
 import yaml
-from common import HOST, BenchError, clean_env, machine
+from common import CORPUS, HOST, BenchError, clean_env, machine
 
-CORPUS = Path("/work/shared/bitbucket-payloads")
 EVENTS = {
     "cloud_repo_push_": "repo:push",
     "cloud_pullrequest_fulfilled": "pullrequest:fulfilled",

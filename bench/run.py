@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import HOST, BenchError, clean_env, free_port, machine, terminate
+from common import CORPUS, HOST, BenchError, clean_env, free_port, machine, terminate
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -60,7 +60,7 @@ LUA = HERE / "post.lua"
 BARE_APP = HERE / "bare_app.py"
 FLOOR_APP = HERE / "floor_app.py"
 BASELINES = ("bare", "floor")
-DEFAULT_PAYLOAD = Path("/work/shared/bitbucket-payloads/cloud_repo_push_branch_update.json")
+DEFAULT_PAYLOAD = CORPUS / "cloud_repo_push_branch_update.json"
 NAMESPACE = "bench"
 RECEIVER = "bitbucket"
 SUBSCRIBED = "foo-master"

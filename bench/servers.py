@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from bare_app import make_app, serve
-from common import HOST, clean_env, free_port, terminate
+from common import CORPUS, HOST, clean_env, free_port, terminate
 
 HERE = Path(__file__).resolve().parent
-PAYLOAD = Path("/work/shared/bitbucket-payloads/cloud_repo_push_branch_update.json")
+PAYLOAD = CORPUS / "cloud_repo_push_branch_update.json"
 KINDS = ("uvicorn-httptools", "uvicorn-h11", "hypercorn", "granian", "front-door")
 SECRET = "servers-bench"
 
