@@ -761,8 +761,6 @@ def report_throughput(
         f"{ours_rps:.0f}",
         f"{bare_rps:.0f} (bare)",
         f"{ratio:.2f}",
-        ">= 0.70",
-        "yes" if ratio >= 0.7 else "NO",
     )
     report.add(
         "[1] throughput of the floor app (req/s)",
@@ -770,11 +768,14 @@ def report_throughput(
         f"{bare_rps:.0f} (bare)",
         f"{floor_rps / bare_rps:.2f}",
     )
+    to_floor = ours_rps / floor_rps
     report.add(
         f"[1] throughput, {n} Warehouses, vs the floor (req/s)",
         f"{ours_rps:.0f}",
         f"{floor_rps:.0f} (floor)",
-        f"{ours_rps / floor_rps:.2f}",
+        f"{to_floor:.2f}",
+        ">= 0.80",  # issue 12 (0.6 to close it); issue 2's 0.7 of bare was restated so
+        "yes" if to_floor >= 0.8 else "NO",
     )
     for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
         ours_ms = median([getattr(r, attribute) for r in runs[ours.label]])
