@@ -943,7 +943,10 @@ def test_deep_flow_nesting_is_refused_before_libyaml_composes_it(levels: int) ->
     nested = "[" * levels + "]" * levels
     text = WAREHOUSE + "---\nkind: Warehouse\nspec: {x: " + nested + "}\n"
     message = error_of(text)
-    assert "document 2" in message and "nested more than 200 levels deep" in message
+    # PyYAML 6.0.4 refuses such depth itself; before it, our pre-pass does: either way one
+    # clear line naming the document, and the process survives.
+    assert "document 2" in message
+    assert "nested more than 200 levels deep" in message or "maximum nesting depth" in message
 
 
 def test_messages_escape_line_breaks() -> None:
