@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -22,18 +22,6 @@ DC_REPO = Place("https://bitbucket.example.com", "PLAT", "deploy")
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
-
-
-@pytest.fixture
-def cloud() -> Iterator[FakeBitbucket]:
-    with running(FakeBitbucket(cloud=True)) as fake:
-        yield fake
-
-
-@pytest.fixture
-def server() -> Iterator[FakeBitbucket]:
-    with running(FakeBitbucket(cloud=False)) as fake:
-        yield fake
 
 
 def client(fake: FakeBitbucket, token: str = "t0ken", **kwargs: Any) -> BitbucketClient:

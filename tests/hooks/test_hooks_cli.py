@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hooks.fake_bitbucket import FakeBitbucket, running
+from tests.hooks.fake_bitbucket import FakeBitbucket
 from tests.hooks.support import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
 from tests.support import REPO, cli
 
@@ -40,18 +39,6 @@ def warehouse(name: str, url: str) -> str:
         f"metadata: {{name: {name}, namespace: demo}}\n"
         f"spec: {{subscriptions: [{{git: {{repoURL: '{url}', branch: main}}}}]}}\n"
     )
-
-
-@pytest.fixture
-def cloud() -> Iterator[FakeBitbucket]:
-    with running(FakeBitbucket(cloud=True)) as fake:
-        yield fake
-
-
-@pytest.fixture
-def server() -> Iterator[FakeBitbucket]:
-    with running(FakeBitbucket(cloud=False)) as fake:
-        yield fake
 
 
 def credentials(tmp_path: Path, host: str, fake: FakeBitbucket, token: str = "t0ken") -> str:
