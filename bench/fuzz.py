@@ -47,15 +47,13 @@ import run
 import yaml
 from common import CORPUS, HOST, BenchError, clean_env, machine
 
-EVENTS = {
-    "cloud_repo_push_": "repo:push",
-    "cloud_pullrequest_fulfilled": "pullrequest:fulfilled",
-    "cloud_pullrequest_rejected": "pullrequest:rejected",
-    "server_repo_refs_changed": "repo:refs_changed",
-    "server_mirror_repo_synchronized": "mirror:repo_synchronized",
-    "server_pr_merged": "pr:merged",
-    "server_pr_declined": "pr:declined",
-}
+PROJECT = Path(__file__).resolve().parent.parent
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+
+from tests.builders import CORPUS_EVENTS  # noqa: E402
+
+EVENTS = {p: e for p, e in CORPUS_EVENTS.items() if e != "diagnostics:ping"}
 OTHER_EVENTS = [*sorted(set(EVENTS.values())), "repo:fork", "diagnostics:ping", "PR:MERGED"]
 ODD_VALUES: list[bytes] = [
     b'"\x80"', b'"ok\xc3"', b'"\xed\xa0\x80"', b'"\\ud800"', b'"\\udc00x"', b'"\\u0000"',
