@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -93,10 +93,7 @@ class ReceiverEndpoint:
     ) -> None:
         """Checks 2 and 3 of SPEC §4, then the delivery itself."""
         started = time.perf_counter()
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope["headers"]
-        }
+        headers = _read_headers(scope["headers"])
         if scope["method"] != "POST":
             answer = Answer.error(405, Result.METHOD_NOT_ALLOWED, "method not allowed")
             return await self._refuse(send, route, headers, answer, started, [(b"allow", b"POST")])
@@ -152,6 +149,33 @@ class ReceiverEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+DELIVERY_HEADERS = {
+    name.encode(): name
+    for name in (
+        "content-length",
+        "x-event-key",
+        "x-hub-signature",
+        "x-request-uuid",
+        "x-request-id",
+        "x-attempt-number",
+    )
+}
+"""The request headers a delivery reads (ASGI gives names in lower case)."""
+
+
+def _read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The delivery headers of a request, decoded; the last one wins where one repeats.
+
+    Decoding only these, not every header, saves 2-3 µs per delivery (bench/in_process.py).
+    """
+    headers = {}
+    for name, value in raw:
+        key = DELIVERY_HEADERS.get(name)
+        if key is not None:
+            headers[key] = value.decode("latin-1")
+    return headers
 
 
 async def _answer(

@@ -131,6 +131,9 @@ def build_server(
         access_log=False,
         log_config=None,
         server_header=False,
+        # Nothing reads the client address that X-Forwarded-For would rewrite; the
+        # middleware cost 2-3 µs per delivery (bench/in_process.py).
+        proxy_headers=False,
         timeout_graceful_shutdown=int(shutdown_grace),
         timeout_keep_alive=int(KEEP_ALIVE),
     )
