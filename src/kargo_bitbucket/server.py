@@ -17,6 +17,8 @@ from kargo_bitbucket.compat import UvicornServer
 from kargo_bitbucket.connections import KEEP_ALIVE, Connections, front_door_protocol
 
 DEFAULT_SHUTDOWN_GRACE = 8.0
+ADMIN_MAX_CONNECTIONS = 32
+"""Open connections the admin listener takes: scrapers and a few people browsing."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -95,17 +97,24 @@ async def serve_together(
 
 
 def build_admin_server(app: Any, host: str, port: int) -> CompanionServer:
-    """The admin listener on its own port, sharing the process's event loop."""
+    """The admin listener on its own port, sharing the process's event loop.
+
+    Behind the same front door as the webhook port (head size, deadlines), with a cap of
+    its own: whoever reaches the port cannot hold connections or buffer big heads there.
+    """
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=front_door_protocol(Connections(ADMIN_MAX_CONNECTIONS)),
+        ws="none",
         lifespan="off",
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=int(KEEP_ALIVE),
     )
     return CompanionServer(config)
 
