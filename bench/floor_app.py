@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import orjson
-from bare_app import READY, Work, make_app, read_body, serve
+from bare_app import READY, UNAUTHORIZED, Work, make_app, read_body, serve
 
 WAREHOUSES = 10_000
 HISTORY, HISTORY_BATCH = 1000, 64
@@ -168,12 +168,15 @@ def observed_app(
         body = await read_body(receive)
         if body is None:
             return
+        status, payload = 200, READY
+        expected = b"sha256=" + hmac.new(secret, body, "sha256").hexdigest().encode()
         if scope["method"] == "GET":
-            payload = READY
+            pass
+        elif not hmac.compare_digest(signature, expected):
+            status, payload = 401, UNAUTHORIZED
+        elif event != b"repo:push":
+            payload = b'{"msg":"event ignored"}'
         else:
-            expected = b"sha256=" + hmac.new(secret, body, "sha256").hexdigest().encode()
-            if not hmac.compare_digest(signature, expected) or event != b"repo:push":
-                raise ValueError("the bench sends signed pushes only")
             push = DECODER.decode(body)
             repository = push.repository.links.html.href
             namespace, name = warehouses[repository.lower()]
@@ -210,7 +213,7 @@ def observed_app(
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     return app

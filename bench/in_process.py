@@ -52,6 +52,7 @@ ABLATIONS = {
     "record": "building, keeping and counting the history record, and the log line",
     "metrics": "counting the delivery in metrics",
     "timeout": "the body-read deadline (asyncio.timeout)",
+    "gc": "the cyclic garbage collector (off while measuring)",
 }
 
 
@@ -138,6 +139,8 @@ def ablate(parts: list[str]) -> None:
             delivery._count = lambda *args: None  # type: ignore[assignment]
         elif part == "timeout":
             app.asyncio.timeout = lambda delay: contextlib.nullcontext()  # type: ignore[assignment]
+        elif part == "gc":
+            app.gc.enable = lambda: None  # type: ignore[assignment]
         else:
             raise SystemExit(f"unknown ablation {part!r}: one of {', '.join(ABLATIONS)}")
 

@@ -59,7 +59,7 @@ PROJECT = HERE.parent
 LUA = HERE / "post.lua"
 BARE_APP = HERE / "bare_app.py"
 FLOOR_APP = HERE / "floor_app.py"
-BASELINES = ("bare", "floor")
+BASELINES = ("bare", "floor", "floor-observed")
 DEFAULT_PAYLOAD = CORPUS / "cloud_repo_push_branch_update.json"
 NAMESPACE = "bench"
 RECEIVER = "bitbucket"
@@ -272,15 +272,20 @@ def start_bare(secret: str, cpu: int | None, workdir: Path) -> Server:
     return start_baseline("bare", [str(BARE_APP), "--port", str(port)], port, secret, cpu, workdir)
 
 
-def start_floor(secret: str, cpu: int | None, workdir: Path, body: bytes) -> Server:
-    """The floor baseline, its one Warehouse subscribed to the pushed repository."""
+def start_floor(
+    secret: str, cpu: int | None, workdir: Path, body: bytes, observed: bool = False
+) -> Server:
+    """The floor baseline, its one Warehouse subscribed to the pushed repository; with
+    ``observed``, the floor plus a hand-written log line, history record and counter."""
     port = free_port()
     repository = json.loads(body)["repository"]["links"]["html"]["href"]
+    label = "floor-observed" if observed else "floor"
     command = [
         str(FLOOR_APP), "--port", str(port),
-        "--state", str(workdir / "floor.db"), "--repo", repository,
+        "--state", str(workdir / f"{label}.db"), "--repo", repository,
+        *(["--observed"] if observed else []),
     ]  # fmt: skip
-    return start_baseline("floor", command, port, secret, cpu, workdir)
+    return start_baseline(label, command, port, secret, cpu, workdir)
 
 
 def start_baseline(
@@ -637,9 +642,9 @@ class Setup:
         self.servers.append(server)
         return server
 
-    def start_floor(self) -> Server:
-        """Start the floor baseline and remember to stop it."""
-        server = start_floor(self.secret, self.server_cpu, self.workdir, self.body)
+    def start_floor(self, observed: bool = False) -> Server:
+        """Start the floor baseline (``observed`` or not) and remember to stop it."""
+        server = start_floor(self.secret, self.server_cpu, self.workdir, self.body, observed)
         self.servers.append(server)
         return server
 
@@ -704,11 +709,12 @@ def part_throughput(setup: Setup, state: State, report: Report, figures: set[int
         f"{args.connections} connections, {args.duration} s x {args.rounds}"
     )
     servers = []
-    bare = floor = off = None
+    bare = floor = observed = off = None
     if 1 in figures:
         bare = setup.start_bare()
         floor = setup.start_floor()
-        servers += [bare, floor]
+        observed = setup.start_floor(observed=True)
+        servers += [bare, floor, observed]
     ours = setup.start_ours(state)
     servers.append(ours)
     if 5 in figures:
@@ -735,8 +741,8 @@ def part_throughput(setup: Setup, state: State, report: Report, figures: set[int
         report.raw["observability_checks"] = check_observability(setup, ours, off, logged)
     setup.stop_all()
     report.raw["throughput"] = {k: [run_json(r) for r in v] for k, v in runs.items()}
-    if bare is not None and floor is not None:
-        report_throughput(args, state, ours, bare, floor, runs, report)
+    if bare is not None and floor is not None and observed is not None:
+        report_throughput(args, state, ours, bare, floor, observed, runs, report)
     if off is not None:
         report_observability(args, ours, off, runs, report)
 
@@ -747,6 +753,7 @@ def report_throughput(
     ours: Server,
     bare: Server,
     floor: Server,
+    observed: Server,
     runs: dict[str, list[Run]],
     report: Report,
 ) -> None:
@@ -777,6 +784,19 @@ def report_throughput(
         ">= 0.80",  # issue 12 (0.6 to close it); issue 2's 0.7 of bare was restated so
         "yes" if to_floor >= 0.8 else "NO",
     )
+    observed_rps = median([r.rps for r in runs[observed.label]])
+    report.add(
+        "[1] throughput of the floor with log, history, metrics (req/s)",
+        f"{observed_rps:.0f} (floor-observed)",
+        f"{floor_rps:.0f} (floor)",
+        f"{observed_rps / floor_rps:.2f}",
+    )
+    report.add(
+        f"[1] throughput, {n} Warehouses, vs the observed floor (req/s)",
+        f"{ours_rps:.0f}",
+        f"{observed_rps:.0f} (floor-observed)",
+        f"{ours_rps / observed_rps:.2f}",
+    )
     for name, attribute in (("p50", "p50_ms"), ("p99", "p99_ms")):
         ours_ms = median([getattr(r, attribute) for r in runs[ours.label]])
         bare_ms = median([getattr(r, attribute) for r in runs[bare.label]])
@@ -787,7 +807,7 @@ def report_throughput(
             f"{ours_ms / bare_ms:.2f}",
         )
     ours_cpu = median([r.cpu_us for r in runs[ours.label]])
-    for baseline in (bare, floor):
+    for baseline in (bare, floor, observed):
         base_cpu = median([r.cpu_us for r in runs[baseline.label]])
         report.add(
             "[1] server CPU per delivery (us)",
