@@ -234,7 +234,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"retry-after":
+        if len(name) == 11 and name.lower() == b"retry-after":
             self.retry_after = seconds(value)
 
     def on_body(self, body: bytes) -> None:
