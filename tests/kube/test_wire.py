@@ -273,6 +273,24 @@ def test_a_401_rereads_the_token_file_once_and_retries(run: Any, tmp_path: Path)
     assert 1 <= seen[1:].count("Bearer old") <= 3
 
 
+def test_a_token_file_that_cannot_be_read_fails_the_attempt_not_the_receiver(
+    run: Any, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+
+    async def scenario() -> int:
+        async with peer(lambda seen: asyncio.sleep(0, patched())) as server:
+            wire = wire_to(server, User(token_file=str(token_file)))
+            with pytest.raises(WireError, match="cannot get credentials"):
+                await wire.request("PATCH", PATCH, b"{}", "application/json")
+            token_file.write_text("fresh\n")  # mounted again: the next attempt works
+            assert (await wire.request("PATCH", PATCH, b"{}", "application/json")).status == 200
+            await wire.close()
+            return len(server.seen)
+
+    assert run(scenario()) == 1
+
+
 def test_a_401_with_a_fixed_token_is_answered_as_it_is(run: Any) -> None:
     async def scenario() -> tuple[Answer, int]:
         async with peer(lambda seen: asyncio.sleep(0, answer(401))) as server:
