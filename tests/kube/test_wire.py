@@ -231,6 +231,27 @@ def test_a_connection_lost_before_the_answer_is_complete_is_a_retryable_failure(
     run(scenario())
 
 
+def test_a_kept_alive_connection_the_server_closed_is_replaced_once_without_failing(
+    run: Any,
+) -> None:
+    async def act(seen: Seen) -> bytes:
+        # The second request on the first connection meets its idle timeout.
+        return Cut(b"") if seen.connection == 0 and len(server_seen) == 2 else patched()
+
+    server_seen: list[Seen] = []
+
+    async def scenario() -> list[int]:
+        async with peer(act) as server:
+            server.seen = server_seen
+            wire = wire_to(server)
+            for _ in range(3):
+                assert (await wire.request("PATCH", PATCH, b"{}", "application/json")).status == 200
+            await wire.close()
+            return [s.connection for s in server.seen]
+
+    assert run(scenario()) == [0, 0, 1, 1]
+
+
 def test_connection_close_answers_are_honoured(run: Any) -> None:
     async def scenario() -> list[int]:
         closing = answer(200, b"{}", "Connection: close")

@@ -40,6 +40,11 @@ class WireError(ConnectionError):
     answer); the connection is dropped and the request may be retried."""
 
 
+class _Stale(WireError):
+    """A kept-alive connection closed before any byte of the answer: the request is sent
+    again once, on a new connection."""
+
+
 class Answer(NamedTuple):
     """An API server's answer: status, body and ``Retry-After`` in seconds (0 if none)."""
 
@@ -113,7 +118,14 @@ class Wire:
             f"{method} {self.prefix}{path} HTTP/1.1\r\n{self._head}{credentials}"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode("latin-1") + body
-        connection = await self._take()
+        try:
+            return await self._send(message, await self._take())
+        except _Stale:
+            # The server closed an idle kept-alive connection as we wrote on it (its idle
+            # timeout): once more on a new one, as browsers and httpx do.
+            return await self._send(message, await self._open())
+
+    async def _send(self, message: bytes, connection: _Connection) -> Answer:
         self._busy.add(connection)
         try:
             answer = await connection.exchange(message)
@@ -135,6 +147,9 @@ class Wire:
             if connection.reusable:
                 return connection
             connection.close()
+        return await self._open()
+
+    async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
@@ -201,6 +216,8 @@ class _Connection(asyncio.Protocol):
         self.retry_after = 0.0
         self.open = True
         self.keep_alive = True
+        self.answers = 0
+        self.answering = False
 
     @property
     def reusable(self) -> bool:
@@ -213,7 +230,7 @@ class _Connection(asyncio.Protocol):
         if not self.open:
             raise WireError("connection closed")
         self.waiter = asyncio.get_running_loop().create_future()
-        self.body, self.size, self.retry_after = [], 0, 0.0
+        self.body, self.size, self.retry_after, self.answering = [], 0, 0.0, False
         self.transport.write(message)
         try:
             return await self.waiter
@@ -230,13 +247,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        self._fail("connection closed before the answer was complete")
+        if self.answers and not self.answering:
+            self._fail(_Stale("kept-alive connection closed by the server"))
+        self._fail(WireError("connection closed before the answer was complete"))
 
     def data_received(self, data: bytes) -> None:
+        self.answering = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
-            self._fail(f"bad answer: {error}")
+            self._fail(WireError(f"bad answer: {error}"))
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -246,22 +266,23 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size > self.answer_limit:
-            self._fail(f"answer larger than {self.answer_limit} bytes")
+            self._fail(WireError(f"answer larger than {self.answer_limit} bytes"))
             self.close()
             return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
+        self.answers += 1
         if self.waiter is not None and not self.waiter.done():
             status = self.parser.get_status_code()
             self.waiter.set_result(Answer(status, b"".join(self.body), self.retry_after))
         else:
             self.close()  # an answer nobody asked for: the stream cannot be trusted
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, error: WireError) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(WireError(reason))
+            self.waiter.set_exception(error)
 
 
 class ClientWire:
