@@ -2,9 +2,10 @@
 then a ``WebhookRefresh`` Event on each refreshed object.
 
 The requests are orjson-rendered bodies sent through a :class:`~.wire.Sender`: on the
-lean path 0.26 ms of receiver CPU per PATCH and 0.13 ms per Event, where lightkube's
-client took 1.0 and 0.85 ms (BENCHMARKS.md, issue 10). This module knows the Kubernetes
-semantics (paths, bodies, which codes mean gone or retry); wire.py knows HTTP.
+lean path 0.26-0.28 ms of receiver CPU per PATCH and 0.13-0.16 ms per Event, where
+lightkube's client took 1.0-1.2 and 0.85-1.1 ms (BENCHMARKS.md, issue 10). This module
+knows the Kubernetes semantics (paths, bodies, which codes mean gone or retry); wire.py
+knows HTTP.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 over a pool of keep-alive TLS connections, answers parsed by httptools.
 
 Through httpx (under lightkube) one PATCH cost the receiver 1.0-1.5 ms of CPU, most of it in
-httpx's connection pool, URL merging and h11; through this module 0.26 ms, against 0.12 ms
-for bare bytes with nothing around them (BENCHMARKS.md, issue 10). Watches, lists, status
-writes and the Lease stay on lightkube.
+httpx's connection pool, URL merging and h11; through this module 0.26-0.28 ms, against
+0.12-0.15 ms for bare bytes with nothing around them (BENCHMARKS.md, issue 10). Watches,
+lists, status writes and the Lease stay on lightkube.
 """
 
 from __future__ import annotations
