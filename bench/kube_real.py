@@ -19,6 +19,11 @@ server created, managedFields and all): through the API, Kargo's CRD validation 
 log let this 2-core machine create ~75 a second, 22 minutes for 100,000. The API server serves
 those objects as it would any other (they reach its watch cache through its etcd watch).
 
+With ``--baseline DIR`` (the ``src`` of another checkout, e.g. a ``git worktree`` of main),
+a second ``serve`` runs that code beside this one on each server (``--no-publish``, pushes
+sent to its own port), and the fan-out and latency figures alternate between the two:
+before/after in the same rounds.
+
 Everything listens on and is sent to 127.0.0.1. Run with the project's virtualenv python:
 ``KUBEBUILDER_ASSETS=../shared/kube/bin .venv/bin/python bench/kube_real.py``.
 """
@@ -76,6 +81,12 @@ PUSH = json.dumps(
     }
 ).encode()
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+COLUMNS = {
+    "real": "real kube-apiserver",
+    "fake": "fake API server",
+    "real-baseline": "real, baseline",
+    "fake-baseline": "fake, baseline",
+}
 STOPPING = threading.Event()
 """Set before the API servers stop: the annotation watches then end instead of resuming."""
 
@@ -410,6 +421,8 @@ class Receiver:
     rss_mib: float = 0.0
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    source: Path | None = None
+    """Another checkout's ``src`` to run (a baseline: it does not publish)."""
 
     def __enter__(self) -> Receiver:
         admin = free_port()
@@ -419,10 +432,12 @@ class Receiver:
             "--kubeconfig", str(self.backend.kubeconfig), "--listen", f"{HOST}:{self.port}",
             "--admin-listen", f"{HOST}:{admin}", "--lease-namespace", self.backend.lease_namespace,
         ]  # fmt: skip
+        env = clean_env(POD_NAME="bench")
+        if self.source is not None:
+            command.append("--no-publish")
+            env.update(POD_NAME="bench-baseline", PYTHONPATH=str(self.source))
         self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=log, env=clean_env(POD_NAME="bench")
-        )
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
         log.close()
         while True:
             if self.process.poll() is not None:
@@ -531,13 +546,20 @@ def latency_rounds(
     figures.deliveries += count
 
 
+def at(url: str, receiver: Receiver) -> str:
+    """``url`` (published by the receiver that holds the Lease) sent to ``receiver``."""
+    path = url.split("/", 3)[3]
+    return f"http://{HOST}:{receiver.port}/{path}"
+
+
 def report(figures: dict[str, Figures], args: argparse.Namespace) -> str:
     lines = [f"machine: {machine()}", ""]
-    lines.append("| figure | real kube-apiserver | fake API server |")
-    lines.append("|---|---|---|")
+    lines.append("| figure | " + " | ".join(COLUMNS[name] for name in figures) + " |")
+    lines.append("|---" * (len(figures) + 1) + "|")
 
     def both(label: str, value: Callable[[Figures], str]) -> None:
-        lines.append(f"| {label} | {value(figures['real'])} | {value(figures['fake'])} |")
+        cells = [value(f) if f.answer or f.startup else "-" for f in figures.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     def med_ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:.0f} ms" if values else "-"
@@ -574,6 +596,8 @@ def report(figures: dict[str, Figures], args: argparse.Namespace) -> str:
     )
 
     def startup(f: Figures, size: int) -> str:
+        if size not in f.startup:
+            return "-"
         ready = statistics.median(r for r, _ in f.startup[size])
         rss = statistics.median(m for _, m in f.startup[size])
         return f"{ready:.2f} s / {rss:.0f} MiB"
@@ -593,11 +617,16 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=200, help="one-Warehouse pushes")
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--starts", type=int, default=3, help="start-ups per size and server")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout's src: its serve alternates with ours"
+    )
     args = parser.parse_args()
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if not assets:
         raise SystemExit("KUBEBUILDER_ASSETS is not set (../shared/kube/bin)")
     figures = {"real": Figures(), "fake": Figures()}
+    if args.baseline:
+        figures.update({"real-baseline": Figures(), "fake-baseline": Figures()})
     with tempfile.TemporaryDirectory(prefix="kube-real-bench-") as tmp:
         workdir = Path(tmp)
         started = time.monotonic()
@@ -617,6 +646,11 @@ def main() -> None:
                     file=sys.stderr,
                 )
             receivers = {b.name: Receiver(b, workdir).__enter__() for b in backends}
+            if args.baseline:
+                for b in backends:
+                    baseline = Receiver(b, workdir, source=args.baseline.resolve())
+                    receivers[f"{b.name}-baseline"] = baseline.__enter__()
+            runs = [name for name in figures if name in receivers]
             try:
                 watches = {
                     b.name: (
@@ -628,24 +662,27 @@ def main() -> None:
                 urls = {
                     b.name: (published(b, "bench-fan"), published(b, "bench-one")) for b in backends
                 }
+                by_name = {b.name: b for b in backends}
                 for round_ in range(args.rounds):
-                    for backend in backends if round_ % 2 == 0 else backends[::-1]:
+                    for run in runs if round_ % 2 == 0 else runs[::-1]:
+                        backend = by_name[run.removesuffix("-baseline")]
                         fan_out_round(
                             backend,
-                            receivers[backend.name],
+                            receivers[run],
                             watches[backend.name][0],
-                            urls[backend.name][0],
+                            at(urls[backend.name][0], receivers[run]),
                             args.fan,
-                            figures[backend.name],
+                            figures[run],
                         )
                 for half in range(2):
-                    for backend in backends if half == 0 else backends[::-1]:
+                    for run in runs if half == 0 else runs[::-1]:
+                        backend = by_name[run.removesuffix("-baseline")]
                         latency_rounds(
                             backend,
                             watches[backend.name][1],
-                            urls[backend.name][1],
+                            at(urls[backend.name][1], receivers[run]),
                             args.deliveries // 2,
-                            figures[backend.name],
+                            figures[run],
                         )
             finally:
                 for receiver in receivers.values():

@@ -1,11 +1,14 @@
-"""Receiver CPU per refresh PATCH against a real kube-apiserver: the Refresher against a floor.
+"""Receiver CPU per refresh PATCH and Event against a real kube-apiserver, against a floor.
 
 Starts etcd + kube-apiserver from ``$KUBEBUILDER_ASSETS`` (tests/kube/apiserver.py), creates
-``--fan`` Warehouses, then alternates rounds of: ``refresher`` (``Refresher.refresh`` through
-the client ``connect`` builds, Events excluded and measured apart) and ``floor`` (the same merge
-PATCHes as pre-built bytes over 64 raw keep-alive TLS connections, httptools parsing: what any
-Python client must cost at least). CPU is this process's ``time.process_time``; the API server
-runs in its own processes. Everything is on 127.0.0.1.
+``--fan`` Warehouses, then alternates rounds of: ``wire`` (``Refresher.refresh`` over the lean
+path ``open_wire`` gives, as ``serve`` runs it), ``lightkube`` (the same Refresher through
+lightkube's httpx client: the fallback path, and what every PATCH went through before wire.py)
+and ``floor`` (the same merge PATCHes as pre-built bytes over 64 raw keep-alive TLS
+connections, httptools parsing, nothing else: what any Python client must cost at least, and
+the wall time the API server itself needs for them). The Refresher rounds write one Event per
+Warehouse after the answer; their CPU and time are measured apart. CPU is this process's
+``time.process_time``; the API server runs in its own processes. Everything is on 127.0.0.1.
 
 ``KUBEBUILDER_ASSETS=../shared/kube/bin .venv/bin/python bench/kube_refresher.py``
 """
@@ -33,6 +36,7 @@ from tests.kube.apiserver import KubeApiServer  # noqa: E402
 from kargo_bitbucket.store.base import Target  # noqa: E402
 from kargo_bitbucket.store.kubernetes.client import USER_AGENT, connect  # noqa: E402
 from kargo_bitbucket.store.kubernetes.refresher import PATCH_CONCURRENCY, Refresher  # noqa: E402
+from kargo_bitbucket.store.kubernetes.wire import open_wire  # noqa: E402
 
 KARGO = "kargo.akuity.io/v1alpha1"
 NAMESPACE = "fan"
@@ -95,23 +99,34 @@ async def floor_round(server: KubeApiServer, names: list[str]) -> tuple[float, f
     return cpu, wall
 
 
-async def refresher_round(kubeconfig: Path, names: list[str]) -> tuple[float, float]:
+Round = tuple[float, float, float, float]
+"""CPU and wall seconds of the PATCHes, then of the Events (0, 0 for the floor)."""
+
+
+async def refresher_round(kubeconfig: Path, names: list[str], *, lean: bool) -> Round:
     client = connect(str(kubeconfig), None)
-    refresher = Refresher(client, "bench", emit_events=False)
+    wire = open_wire(client.config, USER_AGENT) if lean else None
+    assert (wire is not None) is lean
+    refresher = Refresher(client, "bench", wire=wire)
     await refresher.refresh([Target("Warehouse", NAMESPACE, names[0])], "warm-up")
     targets = [Target("Warehouse", NAMESPACE, name) for name in names]
     cpu, wall = time.process_time(), time.monotonic()
-    result = await refresher.refresh(targets, str(time.time_ns()))
+    result = await refresher.refresh(targets, str(time.time_ns()), "bench push")
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     assert len(result.refreshed) == len(names), result
+    events_cpu, events_wall = time.process_time(), time.monotonic()
+    while refresher._event_tasks:
+        await asyncio.gather(*refresher._event_tasks)
+    events_cpu, events_wall = time.process_time() - events_cpu, time.monotonic() - events_wall
+    await refresher.close()
     await client.close()
-    return cpu, wall
+    return cpu, wall, events_cpu, events_wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fan", type=int, default=1000, help="Warehouses per round")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per variant")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of each variant")
     args = parser.parse_args()
     server = KubeApiServer(Path(os.environ["KUBEBUILDER_ASSETS"]).resolve()).start()
     try:
@@ -134,23 +149,29 @@ def main() -> None:
                 )
             )
         kubeconfig = kube.kubeconfig(server.workdir / "kubeconfig", namespace=NAMESPACE)
-        figures: dict[str, list[tuple[float, float]]] = {"refresher": [], "floor": []}
+        figures: dict[str, list[Round]] = {"wire": [], "lightkube": [], "floor": []}
+        order = list(figures)
         for round_ in range(args.rounds):
-            for variant in ("refresher", "floor") if round_ % 2 == 0 else ("floor", "refresher"):
+            for variant in order[round_ % 3 :] + order[: round_ % 3]:
                 if variant == "floor":
-                    cpu, wall = asyncio.run(floor_round(server, names))
+                    figure: Round = (*asyncio.run(floor_round(server, names)), 0.0, 0.0)
                 else:
-                    cpu, wall = asyncio.run(refresher_round(kubeconfig, names))
-                figures[variant].append((cpu, wall))
+                    lean = variant == "wire"
+                    figure = asyncio.run(refresher_round(kubeconfig, names, lean=lean))
+                figures[variant].append(figure)
                 print(
-                    f"round {round_} {variant}: {1000 * cpu / args.fan:.3f} ms CPU per PATCH, "
-                    f"{wall:.2f} s, load {os.getloadavg()[0]:.1f}",
+                    f"round {round_} {variant}: {1000 * figure[0] / args.fan:.3f} ms CPU per "
+                    f"PATCH, {figure[1]:.2f} s; {1000 * figure[2] / args.fan:.3f} ms per Event, "
+                    f"{figure[3]:.2f} s; load {os.getloadavg()[0]:.1f}",
                     file=sys.stderr,
                 )
         for variant, rounds in figures.items():
-            cpu = statistics.median(c for c, _ in rounds) * 1000 / args.fan
-            wall = statistics.median(w for _, w in rounds)
-            print(f"{variant}: median {cpu:.3f} ms receiver CPU per PATCH, {wall:.2f} s per round")
+            per = [statistics.median(r[i] for r in rounds) for i in range(4)]
+            print(
+                f"{variant}: median {per[0] * 1000 / args.fan:.3f} ms receiver CPU per PATCH, "
+                f"{per[1]:.2f} s for {args.fan}; Events {per[2] * 1000 / args.fan:.3f} ms CPU "
+                f"each, {per[3]:.2f} s"
+            )
     finally:
         server.stop()
 

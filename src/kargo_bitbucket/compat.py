@@ -10,8 +10,10 @@ or changes it.
   exits 0 where uvicorn re-raises the signal.
 - lightkube's ``AsyncClient._client``: reflector.py builds watches with bookmarks, which
   the public ``watch`` cannot ask for; ``verify_cluster``: client.py builds its own pooled
-  transport with the kubeconfig's TLS settings. Imported when used: embedded mode never
-  loads lightkube.
+  transport with the kubeconfig's TLS settings; ``user_auth``: wire.py takes the
+  ``Authorization`` header from lightkube's own httpx Auth for the user; ``GenericAsyncClient
+  ._client``: where that lean path cannot apply, refreshes go through lightkube's own httpx
+  client. Imported when used: embedded mode never loads lightkube.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from uvicorn import Server as UvicornServer
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 if TYPE_CHECKING:
+    import httpx2 as httpx
     from lightkube import AsyncClient
     from lightkube.core.generic_client import GenericAsyncClient
 
@@ -32,6 +35,8 @@ __all__ = [
     "RequestResponseCycle",
     "UvicornServer",
     "generic_client",
+    "http_client",
+    "user_auth",
     "verify_cluster",
 ]
 
@@ -53,10 +58,11 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("uvicorn", "uvicorn:Server", ("capture_signals", "handle_exit")),
     ("lightkube", "lightkube.core.generic_client:GenericAsyncClient", ("prepare_request", "watch")),
     ("lightkube", "lightkube.config.client_adapter:verify_cluster", ()),
+    ("lightkube", "lightkube.config.client_adapter:user_auth", ()),
 )
 """(library, module:object, methods). What instances carry (the protocol's loop, transport,
 headers, cycle and app; the cycle's response_complete, disconnected and message_event;
-AsyncClient's _client) is checked on live objects by tests/edges/test_compat.py."""
+AsyncClient's _client and its _client) is checked on live objects by tests/edges/test_compat.py."""
 
 
 def generic_client(client: AsyncClient) -> GenericAsyncClient:
@@ -71,3 +77,17 @@ def verify_cluster(cluster: Any, user: Any, abs_file: Any) -> ssl.SSLContext | b
 
     result: ssl.SSLContext | bool | str = verify(cluster, user, abs_file)
     return result
+
+
+def http_client(client: AsyncClient) -> httpx.AsyncClient:
+    """The httpx client lightkube sends through (base URL, credentials, TLS, pool)."""
+    inner: httpx.AsyncClient = generic_client(client)._client
+    return inner
+
+
+def user_auth(user: Any) -> httpx.Auth | None:
+    """lightkube's httpx Auth for a kubeconfig user: token, token file, exec plugin or basic."""
+    from lightkube.config.client_adapter import user_auth as auth_for
+
+    auth: httpx.Auth | None = auth_for(user)
+    return auth

@@ -101,3 +101,34 @@ def test_lightkube_client_holds_a_generic_client_that_builds_bookmark_watches() 
     )
     assert request.params.get("allowWatchBookmarks") == "true", gone("lightkube", "watch params")
     assert request.params.get("watch") == "true", gone("lightkube", "prepare_request(watch)")
+
+
+def test_lightkube_sends_through_an_httpx_client_and_gives_the_user_s_auth() -> None:
+    import httpx2 as httpx
+    from lightkube import AsyncClient, KubeConfig
+    from lightkube.config.models import User
+
+    config = KubeConfig.from_dict(
+        {
+            "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1/prefix"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    )
+    try:
+        inner = compat.http_client(AsyncClient(config))
+    except AttributeError:
+        pytest.fail(gone("lightkube", "GenericAsyncClient._client"))
+    assert isinstance(inner, httpx.AsyncClient), gone("lightkube", "its httpx client")
+    assert str(inner.base_url) == "http://127.0.0.1:1/prefix/", gone("lightkube", "base_url")
+
+    async def header() -> str | None:
+        auth = compat.user_auth(User(token="s3cret"))
+        assert auth is not None, gone("lightkube", "user_auth for a token")
+        flow = auth.async_auth_flow(httpx.Request("GET", "https://kube.test/"))
+        request = await anext(flow)
+        await flow.aclose()
+        return request.headers.get("Authorization")
+
+    assert asyncio.run(header()) == "Bearer s3cret", gone("lightkube", "user_auth's header")

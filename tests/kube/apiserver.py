@@ -514,7 +514,7 @@ class KubeApiServer:
             event = AuditEvent(
                 verb=raw["verb"],
                 uri=raw["requestURI"],
-                user=raw["user"]["username"],
+                user=raw["user"].get("username", ""),  # none on a 401
                 code=int((raw.get("responseStatus") or {}).get("code") or 0),
                 user_agent=raw.get("userAgent", ""),
                 resource=ref.get("resource", ""),

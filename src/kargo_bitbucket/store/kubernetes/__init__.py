@@ -2,7 +2,7 @@
 
 :class:`KubernetesStore` only wires the parts: a :class:`Reflector` per Kargo kind, the
 :class:`SecretFollower`, the :class:`StatusPublisher` under the :class:`LeaderElector`'s
-Lease, and the :class:`Refresher`.
+Lease, and the :class:`Refresher` (over its own lean connections, :mod:`.wire`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, Memory
 from kargo_bitbucket.store.base import REFRESH_BUDGET, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.client import (
+    USER_AGENT,
     KubernetesConfigError,
     connect,
     load_indexes,
@@ -32,6 +33,7 @@ from kargo_bitbucket.store.kubernetes.reflector import Reflector
 from kargo_bitbucket.store.kubernetes.refresher import PATCH_CONCURRENCY, Refresher
 from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
+from kargo_bitbucket.store.kubernetes.wire import open_wire
 
 __all__ = [
     "RESOURCES",
@@ -87,6 +89,7 @@ class KubernetesStore:
         self.refresher = Refresher(
             client,
             identity,
+            wire=open_wire(client.config, USER_AGENT),
             concurrency=patch_concurrency,
             budget=patch_budget,
             attempt_timeout=attempt_timeout,
