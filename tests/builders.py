@@ -111,6 +111,29 @@ def warehouse(
     }
 
 
+def promotion(namespace: str, name: str, pr: str) -> dict[str, Any]:
+    """A Running Promotion whose current step waits on pull request ``pr`` (the URL that
+    the step before it, ``git-open-pr``, opened)."""
+    return {
+        "apiVersion": KARGO,
+        "kind": "Promotion",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "stage": "prod",
+            "freight": "abc",
+            "steps": [
+                {"uses": "git-open-pr", "as": "open"},
+                {"uses": "git-wait-for-pr", "as": "wait"},
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "currentStep": 1,
+            "state": {"open": {"pr": {"url": pr}}, "wait": {"pr": {"url": pr}}},
+        },
+    }
+
+
 def one_receiver(
     namespace: str, *warehouses: str, value: str = SECRET, name: str = "bb"
 ) -> list[dict[str, Any]]:
@@ -121,6 +144,12 @@ def one_receiver(
         project(namespace, (name, name)),
         *(warehouse(namespace, w) for w in warehouses),
     ]
+
+
+def receiver_path(namespace: str, name: str = "bb", value: str = SECRET) -> str:
+    """The path Kargo gives receiver ``namespace/name`` with secret ``value`` (SPEC §3:
+    sha256 of the three concatenated), known before any server publishes it."""
+    return "/bitbucket/" + hashlib.sha256(f"{namespace}{name}{value}".encode()).hexdigest()
 
 
 def to_yaml(*docs: dict[str, Any]) -> str:
