@@ -7,7 +7,6 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.support import REPO, cli, request
+from tests.support import REPO, cli, eventually, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 WAREHOUSE = """
@@ -468,16 +467,6 @@ def test_misspelt_subscription_field_is_rejected_unless_validate_warn(state: Pat
     assert "colour: unknown field, kept" in loose.stderr
 
 
-def wait_for(check: Any, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_deliveries_escape_control_characters_and_speak_yaml(
     state: Path, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -492,7 +481,7 @@ def test_deliveries_escape_control_characters_and_speak_yaml(
     payload.write_bytes(body)
     sent = ["--secret-from", "kargo-demo/bitbucket-webhook", "--event", "repo:push"]
     cli("send", "--url", url, *sent, "--payload", str(payload), state=state)
-    shown = wait_for(lambda: cli("deliveries", state=state).stdout)
+    shown = eventually(lambda: cli("deliveries", state=state).stdout, what="a delivery shown")
     assert "\x1b" not in shown and "\x07" not in shown
     assert "refs/heads/x\\x1b[2J\\x07y" in shown
     (record,) = yaml.safe_load(cli("deliveries", "-o", "yaml", state=state).stdout)
@@ -510,6 +499,6 @@ def test_unknown_paths_are_counted_and_logged(state: Path, server_factory: Any) 
         metrics = request(server.admin + "/metrics", method="GET").body.decode()
         return "kargo_bitbucket_unknown_path_requests_total 3.0" in metrics
 
-    wait_for(counted)
+    eventually(counted, what="three unknown paths counted")
     lines = [x for x in server.logs().splitlines() if "unknown path" in x]
     assert len(lines) == 1 and "/wp-login.php" in lines[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 
 from tests.hooks.fake_bitbucket import FakeBitbucket
 from tests.hooks.support import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
-from tests.support import REPO, cli
+from tests.support import REPO, cli, eventually
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 DEMO_SECRET = "demo-secret-change-me"
@@ -58,18 +57,10 @@ def lines(output: str) -> list[list[str]]:
     ]
 
 
-def wait_for_refresh(state: Path, name: str, deadline: float = 15) -> str:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        listing = json.loads(
-            cli("get", "warehouses", "-n", "kargo-demo", "-o", "json", state=state).stdout
-        )
-        for item in listing["items"]:
-            annotations = item["metadata"].get("annotations") or {}
-            if item["metadata"]["name"] == name and "kargo.akuity.io/refresh" in annotations:
-                return str(annotations["kargo.akuity.io/refresh"])
-        time.sleep(0.1)
-    raise AssertionError(f"Warehouse {name} was not refreshed in {deadline}s")
+def refreshed(state: Path, name: str) -> str | None:
+    """The refresh annotation of Warehouse kargo-demo/``name``, if it has one."""
+    shown = cli("get", "warehouse", name, "-n", "kargo-demo", "-o", "json", state=state).stdout
+    return (json.loads(shown)["metadata"].get("annotations") or {}).get("kargo.akuity.io/refresh")
 
 
 def test_sync_creates_the_hooks_and_a_delivery_to_them_refreshes(
@@ -140,7 +131,7 @@ def test_sync_creates_the_hooks_and_a_delivery_to_them_refreshes(
         state=state,
     )
     assert sent.stdout.startswith("200")
-    assert wait_for_refresh(state, "infra")
+    eventually(lambda: refreshed(state, "infra"), what="Warehouse infra refreshed")
 
 
 def test_check_reports_each_repository_and_sync_fixes_only_ours(

@@ -17,7 +17,8 @@ from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.sqlite import StateFile
-from tests.store.support import config, started, until, warehouse
+from tests.store.support import config, started, warehouse
+from tests.support import until
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
