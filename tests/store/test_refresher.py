@@ -113,8 +113,8 @@ def test_a_retry_after_beyond_the_budget_fails_without_waiting() -> None:
         return status(429, {"Retry-After": "30"})
 
     started = time.monotonic()
-    assert refresh(handler, targets("a"), budget=2.0).failed == targets("a")
-    assert time.monotonic() - started < 1.5
+    assert refresh(handler, targets("a"), budget=20.0).failed == targets("a")
+    assert time.monotonic() - started < 10  # waiting out the 20 s budget would take twice this
     assert len(seen) == 1
 
 
@@ -156,7 +156,6 @@ def test_a_hung_patch_leaves_time_for_another_attempt_within_the_budget() -> Non
             await asyncio.sleep(60)
         return patched(request)
 
-    started = time.monotonic()
     result = refresh(handler, targets("a"), budget=2.0, attempt_timeout=0.3)
-    assert result.refreshed == targets("a")
-    assert time.monotonic() - started < 2.0
+    assert result.refreshed == targets("a")  # within the budget, or it would have failed
+    assert calls == 2  # the hung attempt was cut short, not waited out
