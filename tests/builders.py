@@ -17,6 +17,7 @@ from kargo_bitbucket.core.manifests import Resource
 KARGO = "kargo.akuity.io/v1alpha1"
 REPO = "https://bitbucket.org/acme/app"
 SECRET = "topsecret"
+CLUSTER_SECRETS = "kargo-system-resources"  # the namespace of the ClusterConfig's Secrets
 DELIVERY_ID = "11111111-2222-3333-4444-555555555555"
 
 # Corpus file-name prefix -> X-Event-Key, as in the SOURCES.md tables.
@@ -83,17 +84,32 @@ def secret(namespace: str, name: str = "bb", value: str = SECRET) -> dict[str, A
     }
 
 
+def _receivers(receivers: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {
+        "webhookReceivers": [
+            {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
+        ]
+    }
+
+
 def project(namespace: str, *receivers: tuple[str, str]) -> dict[str, Any]:
     """The ProjectConfig of ``namespace`` with Bitbucket receivers (name, Secret name)."""
     return {
         "apiVersion": KARGO,
         "kind": "ProjectConfig",
         "metadata": {"name": namespace, "namespace": namespace},
-        "spec": {
-            "webhookReceivers": [
-                {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
-            ]
-        },
+        "spec": _receivers(receivers),
+    }
+
+
+def cluster_config(*receivers: tuple[str, str]) -> dict[str, Any]:
+    """The ClusterConfig with Bitbucket receivers (name, Secret name in
+    :data:`CLUSTER_SECRETS`), whose deliveries refresh every namespace."""
+    return {
+        "apiVersion": KARGO,
+        "kind": "ClusterConfig",
+        "metadata": {"name": "cluster"},
+        "spec": _receivers(receivers),
     }
 
 

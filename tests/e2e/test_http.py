@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import http.client
 import json
-import shutil
 import signal
 import socket
 import sqlite3
@@ -19,47 +17,36 @@ from typing import Any
 import pytest
 
 from kargo_bitbucket.store.base import REFRESH_BUDGET
-from tests.builders import PUSH, SECRET, sign, signed
-from tests.support import Server, cli, eventually, request
+from tests.builders import (
+    PUSH,
+    REPO,
+    SECRET,
+    one_receiver,
+    receiver_path,
+    sign,
+    signed,
+    to_yaml,
+    warehouse,
+)
+from tests.support import Server, cli, eventually, request, serve_copy
 
-DEMO = """
-apiVersion: v1
-kind: Secret
-metadata: {name: bb, namespace: demo}
-stringData: {secret: "%(secret)s"}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: ProjectConfig
-metadata: {name: demo, namespace: demo}
-spec:
-  webhookReceivers:
-    - name: bb
-      bitbucket: {secretRef: {name: bb}}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {name: app, namespace: demo}
-spec:
-  subscriptions:
-    - git: {repoURL: "https://bitbucket.org/acme/app.git", branch: main}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {name: broken-regex, namespace: demo}
-spec:
-  subscriptions:
-    - git:
-        repoURL: https://bitbucket.org/acme/app.git
-        commitSelectionStrategy: NewestTag
-        allowTagsRegexes: ["(unclosed"]
-"""
+
+def demo_manifests(value: str = SECRET) -> str:
+    """Receiver demo/bb on ``value``, Warehouse app on ``main`` of the ``.git`` URL and
+    broken-regex, a tag subscription whose regex cannot be evaluated."""
+    broken = {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": ["(unclosed"]}
+    return to_yaml(
+        *one_receiver("demo", value=value),
+        warehouse("demo", "app", repo=REPO + ".git"),
+        warehouse("demo", "broken-regex", branch=None, repo=REPO + ".git", **broken),
+    )
 
 
 @pytest.fixture(scope="module")
 def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo project applied once; each test serves its own copy."""
     state = tmp_path_factory.mktemp("http") / "state.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
     return state
 
 
@@ -67,13 +54,9 @@ def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo(demo_state: Path, tmp_path: Path) -> Any:
     """A server of its own on a copy of the demo state: what one test delivers (refreshes,
     history, a state file locked or slowed down) cannot change what another sees."""
-    state = tmp_path / "state.db"
-    shutil.copyfile(demo_state, state)
-    server = Server(
-        state, ["--body-limit", "65536", "--body-timeout", "1", "--header-timeout", "1"]
-    )
-    # Kargo's path for receiver demo/bb (SPEC §3): sha256 of namespace, name and secret.
-    server.path = "/bitbucket/" + hashlib.sha256(f"demobb{SECRET}".encode()).hexdigest()  # type: ignore[attr-defined]
+    flags = ("--body-limit", "65536", "--body-timeout", "1", "--header-timeout", "1")
+    server = serve_copy(demo_state, tmp_path, *flags)
+    server.path = receiver_path("demo")  # type: ignore[attr-defined]
     server.url = server.base + server.path  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0
@@ -277,7 +260,7 @@ def test_trailing_newline_secret_is_accepted_with_a_warning(
     tmp_path: Path, server_factory: Any
 ) -> None:
     state = tmp_path / "nl.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET + "\\n"})
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests(SECRET + "\n"))
     server = server_factory(state)
     (line,) = cli("urls", state=state).stdout.splitlines()
     url = line.split("\t")[2]
@@ -302,7 +285,7 @@ def test_unevaluable_subscription_is_refreshed_with_a_warning(demo: Server) -> N
 
 def test_sigterm_finishes_in_flight_delivery(tmp_path: Path, server_factory: Any) -> None:
     state = tmp_path / "term.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
     server = server_factory(state)
     (line,) = cli("urls", state=state).stdout.splitlines()
     url = line.split("\t")[2]
@@ -345,7 +328,7 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     Meanwhile the server goes on answering: the write waits off the event loop.
     """
     state = tmp_path / "locked.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
     server = server_factory(state)
     (line,) = cli("urls", state=state).stdout.splitlines()
     with (
@@ -376,7 +359,7 @@ def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(
     tmp_path: Path, server_factory: Any
 ) -> None:
     state = tmp_path / "grace.db"
-    cli("apply", "-f", "-", state=state, stdin=DEMO % {"secret": SECRET})
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
     server = server_factory(state, "--shutdown-grace", "1")
     (line,) = cli("urls", state=state).stdout.splitlines()
     path = line.split("\t")[2].removeprefix(server.base)

@@ -7,21 +7,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.builders import REPO, push, receiver_manifests, signed
+from tests.builders import one_receiver, push, signed, to_yaml
 from tests.support import Response, Server, cli, eventually, request
-
-WAREHOUSE = """
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {name: %s, namespace: demo}
-spec:
-  subscriptions: [{git: {repoURL: %s, branch: main}}]
-"""
 
 
 def manifests(*warehouses: str) -> str:
-    return receiver_manifests() + "".join(WAREHOUSE % (name, REPO) for name in warehouses)
+    return to_yaml(*one_receiver("demo", *warehouses))
 
 
 def refreshed(state: Path, name: str) -> str | None:
