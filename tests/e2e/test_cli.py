@@ -14,9 +14,12 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
+from tests.builders import to_yaml, warehouse
 from tests.support import REPO, cli, eventually, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
+# The user's YAML as typed: the values below are what YAML reads as a float, a syntax error
+# and a boolean, so these documents are text, not built.
 WAREHOUSE = """
 apiVersion: kargo.akuity.io/v1alpha1
 kind: Warehouse
@@ -187,11 +190,8 @@ def test_base_url_credentials_are_refused_without_echoing_them(state: Path) -> N
 
 
 def test_output_cut_short_by_the_reader_is_not_a_traceback(state: Path) -> None:
-    documents = "---\n".join(
-        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-        f"metadata: {{name: w{i}, namespace: demo}}\n"
-        f"spec: {{subscriptions: [{{git: {{repoURL: https://h/r{i}}}}}]}}\n"
-        for i in range(3000)
+    documents = to_yaml(
+        *(warehouse("demo", f"w{i}", branch=None, repo=f"https://h/r{i}") for i in range(3000))
     )
     cli("apply", "-f", "-", state=state, stdin=documents)
     command = [sys.executable, "-m", "kargo_bitbucket", "get", "wh", "-A", "--state", str(state)]
