@@ -19,6 +19,7 @@ from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
 from kargo_bitbucket.store.kubernetes.client import USER_AGENT
 from kargo_bitbucket.store.kubernetes.refresher import Refresher
 from tests.store.mock_kube import Handler, mock_client, status
+from tests.support import until
 
 WAREHOUSES = "/apis/kargo.akuity.io/v1alpha1/namespaces/demo/warehouses/"
 
@@ -39,8 +40,7 @@ def refresh(
     async def go() -> RefreshResult:
         refresher = Refresher(mock_client(handler), "replica-a", **options)
         result = await refresher.refresh(names, "abc", note)
-        while refresher._event_tasks:  # the Events are written after the answer
-            await asyncio.sleep(0.01)
+        await until(lambda: not refresher._event_tasks, what="the Events, written after")
         return result
 
     return asyncio.run(asyncio.wait_for(go(), 20))

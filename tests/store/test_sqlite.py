@@ -344,7 +344,8 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
                 other_delivery = asyncio.create_task(
                     store.refresh([Target("Warehouse", "a", "w2")], "v1")
                 )
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0)  # both deliveries queue their writes
+                await until(lambda: not store._pending, what="the writes taken into a batch")
                 waiting.cancel()
                 store.record(record("meanwhile"))
                 other.execute("COMMIT")
