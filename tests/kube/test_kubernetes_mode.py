@@ -10,7 +10,6 @@ server is read back from its audit log. Faults a real server does not produce on
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
 import os
@@ -26,7 +25,16 @@ import pytest
 import yaml
 
 from tests import builders
-from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.builders import (
+    KARGO,
+    PUSH,
+    one_receiver,
+    project,
+    receiver_path,
+    secret,
+    signed,
+    warehouse,
+)
 from tests.e2e import corpus_cases
 from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
 from tests.kube.manifests import REFRESH, published_receivers, refreshed
@@ -394,8 +402,7 @@ def test_no_publish_leaves_status_alone(
     )
     mark = kube_api.audit_mark()
     server = start(replicas, receiver_kubeconfig, "--no-publish")
-    digest = hashlib.sha256(f"{ns}bbtopsecret".encode()).hexdigest()
-    url = f"{server.base}/bitbucket/{digest}"
+    url = server.base + receiver_path(ns)
     assert request(url, PUSH, signed(PUSH)).json()["refreshed"] == [f"{ns}/app"]
     assert not published_receivers(kube_api.admin, ns)
     assert not [e for e in requests_of(kube_api, receiver_kubeconfig, mark) if e.subresource]
