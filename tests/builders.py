@@ -173,11 +173,6 @@ def to_yaml(*docs: dict[str, Any]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-def receiver_manifests(value: str = SECRET, namespace: str = "demo", name: str = "bb") -> str:
-    """YAML of a Secret and the ProjectConfig publishing one Bitbucket receiver on it."""
-    return to_yaml(*one_receiver(namespace, value=value, name=name))
-
-
 def resources(*docs: dict[str, Any]) -> list[Resource]:
     """The documents as the store's resources, as ``apply`` hands them over (a Secret's
     ``stringData`` folded into base64 ``data``)."""
