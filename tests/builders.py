@@ -17,6 +17,7 @@ from kargo_bitbucket.core.manifests import Resource
 KARGO = "kargo.akuity.io/v1alpha1"
 REPO = "https://bitbucket.org/acme/app"
 SECRET = "topsecret"
+CLUSTER_SECRETS = "kargo-system-resources"  # the namespace of the ClusterConfig's Secrets
 DELIVERY_ID = "11111111-2222-3333-4444-555555555555"
 
 # Corpus file-name prefix -> X-Event-Key, as in the SOURCES.md tables.
@@ -83,17 +84,32 @@ def secret(namespace: str, name: str = "bb", value: str = SECRET) -> dict[str, A
     }
 
 
+def _receivers(receivers: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {
+        "webhookReceivers": [
+            {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
+        ]
+    }
+
+
 def project(namespace: str, *receivers: tuple[str, str]) -> dict[str, Any]:
     """The ProjectConfig of ``namespace`` with Bitbucket receivers (name, Secret name)."""
     return {
         "apiVersion": KARGO,
         "kind": "ProjectConfig",
         "metadata": {"name": namespace, "namespace": namespace},
-        "spec": {
-            "webhookReceivers": [
-                {"name": n, "bitbucket": {"secretRef": {"name": s}}} for n, s in receivers
-            ]
-        },
+        "spec": _receivers(receivers),
+    }
+
+
+def cluster_config(*receivers: tuple[str, str]) -> dict[str, Any]:
+    """The ClusterConfig with Bitbucket receivers (name, Secret name in
+    :data:`CLUSTER_SECRETS`), whose deliveries refresh every namespace."""
+    return {
+        "apiVersion": KARGO,
+        "kind": "ClusterConfig",
+        "metadata": {"name": "cluster"},
+        "spec": _receivers(receivers),
     }
 
 
@@ -111,6 +127,29 @@ def warehouse(
     }
 
 
+def promotion(namespace: str, name: str, pr: str) -> dict[str, Any]:
+    """A Running Promotion whose current step waits on pull request ``pr`` (the URL that
+    the step before it, ``git-open-pr``, opened)."""
+    return {
+        "apiVersion": KARGO,
+        "kind": "Promotion",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "stage": "prod",
+            "freight": "abc",
+            "steps": [
+                {"uses": "git-open-pr", "as": "open"},
+                {"uses": "git-wait-for-pr", "as": "wait"},
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "currentStep": 1,
+            "state": {"open": {"pr": {"url": pr}}, "wait": {"pr": {"url": pr}}},
+        },
+    }
+
+
 def one_receiver(
     namespace: str, *warehouses: str, value: str = SECRET, name: str = "bb"
 ) -> list[dict[str, Any]]:
@@ -123,14 +162,15 @@ def one_receiver(
     ]
 
 
+def receiver_path(namespace: str, name: str = "bb", value: str = SECRET) -> str:
+    """The path Kargo gives receiver ``namespace/name`` with secret ``value`` (SPEC §3:
+    sha256 of the three concatenated), known before any server publishes it."""
+    return "/bitbucket/" + hashlib.sha256(f"{namespace}{name}{value}".encode()).hexdigest()
+
+
 def to_yaml(*docs: dict[str, Any]) -> str:
     """The documents as one multi-document YAML stream, for ``apply -f -``."""
     return yaml.safe_dump_all(docs, sort_keys=False)
-
-
-def receiver_manifests(value: str = SECRET, namespace: str = "demo", name: str = "bb") -> str:
-    """YAML of a Secret and the ProjectConfig publishing one Bitbucket receiver on it."""
-    return to_yaml(*one_receiver(namespace, value=value, name=name))
 
 
 def resources(*docs: dict[str, Any]) -> list[Resource]:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.builders import sign
+from tests.builders import project, promotion, secret, sign, warehouse
 
 SIGNED_SECRET = "Gkvl$k$wyNpQAF42"
 SIGNED = {
@@ -304,58 +304,17 @@ def secret_of(case: Case) -> str:
 
 
 def manifests(case: Case) -> list[dict[str, Any]]:
+    """The case's project: receiver ``bb`` on its secret, Warehouses and Promotions named
+    ``hit`` (must be refreshed) and ``miss`` (must not)."""
     ns = namespace_of(case)
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "bb", "namespace": ns},
-            "stringData": {"secret": secret_of(case)},
-        },
-        {
-            "apiVersion": "kargo.akuity.io/v1alpha1",
-            "kind": "ProjectConfig",
-            "metadata": {"name": ns, "namespace": ns},
-            "spec": {
-                "webhookReceivers": [{"name": "bb", "bitbucket": {"secretRef": {"name": "bb"}}}]
-            },
-        },
-    ]
+    docs = [secret(ns, "bb", secret_of(case)), project(ns, ("bb", "bb"))]
     for name, subscription in (("hit", case.hit), ("miss", case.miss)):
         if subscription is not None:
-            docs.append(
-                {
-                    "apiVersion": "kargo.akuity.io/v1alpha1",
-                    "kind": "Warehouse",
-                    "metadata": {"name": name, "namespace": ns},
-                    "spec": {"subscriptions": [{"git": subscription}]},
-                }
-            )
+            docs.append(warehouse(ns, name, **{"branch": None, **subscription}))
     if case.pr is not None:
         for name, url in (("hit", case.pr), ("miss", case.pr.rstrip("/") + "0")):
             docs.append(promotion(ns, name, url))
     return docs
-
-
-def promotion(ns: str, name: str, url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kargo.akuity.io/v1alpha1",
-        "kind": "Promotion",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "stage": "prod",
-            "freight": "abc",
-            "steps": [
-                {"uses": "git-open-pr", "as": "open"},
-                {"uses": "git-wait-for-pr", "as": "wait"},
-            ],
-        },
-        "status": {
-            "phase": "Running",
-            "currentStep": 1,
-            "state": {"open": {"pr": {"url": url}}, "wait": {"pr": {"url": url}}},
-        },
-    }
 
 
 def headers_for(case: Case, body: bytes) -> dict[str, str]:

@@ -7,7 +7,6 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,12 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.support import REPO, cli, request
+from tests.builders import to_yaml, warehouse
+from tests.support import REPO, cli, eventually, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
+# The user's YAML as typed: the values below are what YAML reads as a float, a syntax error
+# and a boolean, so these documents are text, not built.
 WAREHOUSE = """
 apiVersion: kargo.akuity.io/v1alpha1
 kind: Warehouse
@@ -188,11 +190,8 @@ def test_base_url_credentials_are_refused_without_echoing_them(state: Path) -> N
 
 
 def test_output_cut_short_by_the_reader_is_not_a_traceback(state: Path) -> None:
-    documents = "---\n".join(
-        f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-        f"metadata: {{name: w{i}, namespace: demo}}\n"
-        f"spec: {{subscriptions: [{{git: {{repoURL: https://h/r{i}}}}}]}}\n"
-        for i in range(3000)
+    documents = to_yaml(
+        *(warehouse("demo", f"w{i}", branch=None, repo=f"https://h/r{i}") for i in range(3000))
     )
     cli("apply", "-f", "-", state=state, stdin=documents)
     command = [sys.executable, "-m", "kargo_bitbucket", "get", "wh", "-A", "--state", str(state)]
@@ -468,16 +467,6 @@ def test_misspelt_subscription_field_is_rejected_unless_validate_warn(state: Pat
     assert "colour: unknown field, kept" in loose.stderr
 
 
-def wait_for(check: Any, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_deliveries_escape_control_characters_and_speak_yaml(
     state: Path, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -492,7 +481,7 @@ def test_deliveries_escape_control_characters_and_speak_yaml(
     payload.write_bytes(body)
     sent = ["--secret-from", "kargo-demo/bitbucket-webhook", "--event", "repo:push"]
     cli("send", "--url", url, *sent, "--payload", str(payload), state=state)
-    shown = wait_for(lambda: cli("deliveries", state=state).stdout)
+    shown = eventually(lambda: cli("deliveries", state=state).stdout, what="a delivery shown")
     assert "\x1b" not in shown and "\x07" not in shown
     assert "refs/heads/x\\x1b[2J\\x07y" in shown
     (record,) = yaml.safe_load(cli("deliveries", "-o", "yaml", state=state).stdout)
@@ -510,6 +499,6 @@ def test_unknown_paths_are_counted_and_logged(state: Path, server_factory: Any) 
         metrics = request(server.admin + "/metrics", method="GET").body.decode()
         return "kargo_bitbucket_unknown_path_requests_total 3.0" in metrics
 
-    wait_for(counted)
+    eventually(counted, what="three unknown paths counted")
     lines = [x for x in server.logs().splitlines() if "unknown path" in x]
     assert len(lines) == 1 and "/wp-login.php" in lines[0]

@@ -12,26 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests.builders import to_yaml
 from tests.e2e.corpus_cases import CASES, Case, headers_for, manifests, namespace_of
 from tests.support import Server, cli, eventually, request
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Any:
+    """One server for every case, shared safely by construction: each case has a namespace,
+    receiver and secret of its own, and its test asserts only on that namespace's objects."""
     state = tmp_path_factory.mktemp("corpus") / "state.db"
-    cli(
-        "apply",
-        "-f",
-        "-",
-        state=state,
-        stdin="---\n".join(yaml.safe_dump(doc) for doc in manifests(CASES[0])),
-    )
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(*manifests(CASES[0])))
     server = Server(state)
     documents = [doc for case in CASES[1:] for doc in manifests(case)]
     # Applied while the server runs: it must pick them up within a second.
-    cli("apply", "-f", "-", state=state, stdin="---\n".join(yaml.safe_dump(d) for d in documents))
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(*documents))
     yield server
     assert server.stop() == 0
 

@@ -8,14 +8,24 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.builders import REPO, one_receiver, push, signed, to_yaml, warehouse
-from tests.support import Server, cli, request
+from tests.builders import (
+    DELIVERY_ID,
+    REPO,
+    one_receiver,
+    push,
+    receiver_path,
+    signed,
+    to_yaml,
+    warehouse,
+)
+from tests.support import Server, cli, request, serve_copy
 
 WAREHOUSES = {
     "on-develop": {"repoURL": REPO, "branch": "develop"},
@@ -63,15 +73,36 @@ def manifests() -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo project, applied once."""
     state = tmp_path_factory.mktemp("observe") / "state.db"
     cli("apply", "-f", "-", state=state, stdin=manifests())
-    server = Server(state)
-    (line,) = cli("urls", state=state).stdout.splitlines()
-    server.url = line.split("\t")[2]  # type: ignore[attr-defined]
+    return state
+
+
+def serving(template: Path, directory: Path) -> Server:
+    """``serve`` on a copy of the demo project; ``.url`` is the receiver's."""
+    server = serve_copy(template, directory)
+    server.url = server.base + receiver_path("demo")  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.fixture(scope="module")
+def served(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One delivery under test, made once; the tests sharing this server only read what it
+    left (history, explain, pages), so none sees another's traffic."""
+    server = serving(template, tmp_path_factory.mktemp("served"))
     body = push(("branch", "main"), ("tag", "v2.0.0"))
     headers = signed(body, **{"X-Request-UUID": "delivery-under-test", "X-Attempt-Number": "2"})
     server.answer = request(server.url, body, headers)  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh(template: Path, tmp_path: Path) -> Iterator[Server]:
+    """A server of this test's own, for tests that deliver and count."""
+    server = serving(template, tmp_path)
     yield server
     server.stop()
 
@@ -158,13 +189,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_metrics_parse_and_count(served: Server) -> None:
-    before = request(served.admin + "/metrics", method="GET").body.decode()
+def test_metrics_parse_and_count(fresh: Server) -> None:
+    before = request(fresh.admin + "/metrics", method="GET").body.decode()
     body = push(("branch", "main"))
-    request(served.url, body, signed(body))  # type: ignore[attr-defined]
-    request(served.url, body, {"X-Event-Key": "repo:push"})  # type: ignore[attr-defined]
-    request(served.url, body, signed(body, event="issue:created"))  # type: ignore[attr-defined]
-    after = request(served.admin + "/metrics", method="GET").body.decode()
+    request(fresh.url, body, signed(body))  # type: ignore[attr-defined]
+    request(fresh.url, body, {"X-Event-Key": "repo:push"})  # type: ignore[attr-defined]
+    request(fresh.url, body, signed(body, event="issue:created"))  # type: ignore[attr-defined]
+    after = request(fresh.admin + "/metrics", method="GET").body.decode()
 
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
@@ -175,7 +206,7 @@ def test_metrics_parse_and_count(served: Server) -> None:
     assert delta("kargo_bitbucket_refreshes_total", kind="Warehouse", result="refreshed") == 1
     assert delta("kargo_bitbucket_delivery_duration_seconds_count") == 3
     assert metric(after, "kargo_bitbucket_cache_objects", kind="warehouses") == len(WAREHOUSES)
-    assert "acme" not in after and "delivery-under-test" not in after
+    assert "acme" not in after and DELIVERY_ID not in after
 
 
 def test_admin_is_not_on_the_webhook_port(served: Server) -> None:
@@ -276,12 +307,12 @@ def test_state_file_history_stays_bounded(tmp_path: Path) -> None:
     assert len(kept) == 1000 and kept[0].delivery_id == "9-999"
 
 
-def test_requests_refused_before_the_body_leave_a_trace(served: Server) -> None:
+def test_requests_refused_before_the_body_leave_a_trace(fresh: Server) -> None:
     """405 and 413 on a receiver's URL are logged, recorded and counted like deliveries."""
-    url = served.url  # type: ignore[attr-defined]
-    before = request(served.admin + "/metrics", method="GET").body.decode()
+    url = fresh.url  # type: ignore[attr-defined]
+    before = request(fresh.admin + "/metrics", method="GET").body.decode()
     assert request(url, method="GET").status == 405
-    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", fresh.port, timeout=10)
     connection.putrequest("POST", urllib.parse.urlsplit(url).path)
     connection.putheader("X-Event-Key", "repo:push")
     connection.putheader("X-Request-UUID", "too-large")
@@ -289,8 +320,8 @@ def test_requests_refused_before_the_body_leave_a_trace(served: Server) -> None:
     connection.endheaders()
     assert connection.getresponse().status == 413
     connection.close()
-    after = request(served.admin + "/metrics", method="GET").body.decode()
-    records = json.loads(cli("deliveries", "-o", "json", state=served.state).stdout)
+    after = request(fresh.admin + "/metrics", method="GET").body.decode()
+    records = json.loads(cli("deliveries", "-o", "json", state=fresh.state).stdout)
     by_result = {r["result"]: r for r in records}
     assert by_result["body-too-large"]["status"] == 413
     assert by_result["body-too-large"]["delivery_id"] == "too-large"
@@ -302,4 +333,4 @@ def test_requests_refused_before_the_body_leave_a_trace(served: Server) -> None:
             - metric(before, "kargo_bitbucket_deliveries_total", result=result, **labels)
             == 1
         )
-        assert f'"result":"{result}"' in served.logs()
+        assert f'"result":"{result}"' in fresh.logs()

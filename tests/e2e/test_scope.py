@@ -6,53 +6,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.builders import PUSH, signed
+from tests.builders import (
+    CLUSTER_SECRETS,
+    PUSH,
+    REPO,
+    cluster_config,
+    project,
+    secret,
+    signed,
+    to_yaml,
+    warehouse,
+)
 from tests.support import cli, request
 
-MANIFESTS = """
-apiVersion: v1
-kind: Secret
-metadata: {name: bb, namespace: kargo-system-resources}
-stringData: {secret: topsecret}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: ClusterConfig
-metadata: {name: cluster}
-spec:
-  webhookReceivers:
-    - name: everyone
-      bitbucket: {secretRef: {name: bb}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bb, namespace: team-a}
-stringData: {secret: topsecret}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: ProjectConfig
-metadata: {name: team-a, namespace: team-a}
-spec:
-  webhookReceivers:
-    - name: mine
-      bitbucket: {secretRef: {name: bb}}
-    - name: gh
-      github: {secretRef: {name: bb}}
-"""
 
-WAREHOUSE = """
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {name: app, namespace: %s}
-spec:
-  subscriptions:
-    - git: {repoURL: "https://bitbucket.org/acme/app.git", branch: main}
-"""
+def manifests() -> str:
+    """A cluster-wide receiver, team-a's own (and a GitHub one, not ours), and Warehouse app
+    on ``main`` in team-a and team-b."""
+    team_a = project("team-a", ("mine", "bb"))
+    team_a["spec"]["webhookReceivers"].append(
+        {"name": "gh", "github": {"secretRef": {"name": "bb"}}}
+    )
+    return to_yaml(
+        secret(CLUSTER_SECRETS),
+        cluster_config(("everyone", "bb")),
+        secret("team-a"),
+        team_a,
+        *(warehouse(ns, "app", repo=REPO + ".git") for ns in ("team-a", "team-b")),
+    )
 
 
 def test_scopes(state: Path, server_factory: Any) -> None:
-    manifests = MANIFESTS + WAREHOUSE % "team-a" + WAREHOUSE % "team-b"
-    cli("apply", "-f", "-", state=state, stdin=manifests)
+    cli("apply", "-f", "-", state=state, stdin=manifests())
     server_factory(state)
     urls = {
         tuple(line.split("\t")[:2]): line.split("\t")[2]

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.builders import REPO, push, receiver_manifests, signed
-from tests.support import Response, Server, cli, request
-
-WAREHOUSE = """
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {name: %s, namespace: demo}
-spec:
-  subscriptions: [{git: {repoURL: %s, branch: main}}]
-"""
+from tests.builders import one_receiver, push, signed, to_yaml
+from tests.support import Response, Server, cli, eventually, request
 
 
 def manifests(*warehouses: str) -> str:
-    return receiver_manifests() + "".join(WAREHOUSE % (name, REPO) for name in warehouses)
-
-
-def until(check: Callable[[], Response], want: int, seconds: float = 5) -> Response:
-    """Deliver until the answer has status ``want`` (a deadline, not a sleep)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        answer = check()
-        if answer.status == want or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.05)
+    return to_yaml(*one_receiver("demo", *warehouses))
 
 
 def refreshed(state: Path, name: str) -> str | None:
@@ -70,7 +50,7 @@ def test_deleted_state_file_answers_503_until_apply_creates_a_new_one(tmp_path: 
             assert (answer.status, answer.json()) == (503, {"error": "store unavailable"})
         assert server.logs().count("was deleted or replaced while serving") == 1
         cli("apply", "-f", "-", state=state, stdin=manifests("w2"))
-        answer = until(deliver, 200)
+        answer = eventually(lambda: (a := deliver()).status == 200 and a, what="a 200")
         assert answer.json()["refreshed"] == ["demo/w2"]  # w1 is not in the new file
         assert refreshed(state, "w2") is not None
         assert "is back: reloaded" in server.logs()
@@ -87,14 +67,14 @@ def test_state_file_replaced_by_another_is_loaded_while_serving(tmp_path: Path) 
         cli("apply", "-f", "-", state=other, stdin=manifests("w3"))
         for path in other.parent.iterdir():
             os.replace(path, state.parent / path.name)
-        deadline = time.monotonic() + 15  # polled every second; the rest is for load
-        while True:  # never a 200 that refreshed w1, which only the replaced file has
+
+        def reloaded() -> Response | None:  # never a 200 that refreshed w1, only in the old file
             answer = deliver()
             assert answer.status in (200, 503)
-            if answer.status == 200:
-                assert answer.json()["refreshed"] == ["demo/w3"]
-                break
-            assert time.monotonic() < deadline
+            return answer if answer.status == 200 else None
+
+        answer = eventually(reloaded, timeout=15, what="the replacement loaded")  # polled each 1 s
+        assert answer.json()["refreshed"] == ["demo/w3"]
         assert refreshed(state, "w3") is not None
     finally:
         server.stop()

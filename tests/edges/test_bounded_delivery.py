@@ -15,7 +15,7 @@ import httpx2 as httpx
 
 from kargo_bitbucket.app import create_app
 from kargo_bitbucket.store.base import Target
-from tests.builders import receiver_manifests, sign
+from tests.builders import one_receiver, sign, to_yaml, warehouse
 from tests.memory_store import BASE_URL, MemoryStore
 
 SECRET = "s3cret"
@@ -29,17 +29,16 @@ does not look like a stall (wall-clock gaps of 1.2 s were seen with two suites a
 
 
 def manifests() -> str:
-    documents = [receiver_manifests(SECRET)]
-    for i in range(WAREHOUSES):
-        git = f"{{repoURL: {REPO}, branch: release-{i}}}"
-        if i % 10 == 9:
-            git = f"{{repoURL: {REPO}, commitSelectionStrategy: SemVer, semverConstraint: '^{i}'}}"
-        documents.append(
-            "apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-            f"metadata: {{name: w{i:04d}, namespace: demo}}\n"
-            f"spec: {{subscriptions: [{{git: {git}}}]}}\n"
-        )
-    return "---\n".join(documents)
+    """Receiver demo/bb and Warehouses w0000.. on branch release-N of :data:`REPO`, every
+    tenth a SemVer subscription instead."""
+    semver = {"commitSelectionStrategy": "SemVer"}
+    warehouses = (
+        warehouse("demo", f"w{i:04d}", f"release-{i}", REPO)
+        if i % 10 != 9
+        else warehouse("demo", f"w{i:04d}", None, REPO, **semver, semverConstraint=f"^{i}")
+        for i in range(WAREHOUSES)
+    )
+    return to_yaml(*one_receiver("demo", value=SECRET), *warehouses)
 
 
 def huge_push(*extra: str) -> bytes:
@@ -71,7 +70,7 @@ async def deliver_while_probing(store: MemoryStore, body: bytes) -> tuple[httpx.
 
     prober = asyncio.create_task(probe())
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the probe takes its first reading
         answer = await client.post(store.receiver_path("demo", "bb"), content=body, headers=headers)
     done.set()
     await prober

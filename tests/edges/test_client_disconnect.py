@@ -7,7 +7,7 @@ from typing import Any
 
 from kargo_bitbucket.app import create_app
 from kargo_bitbucket.metrics import Metrics
-from tests.builders import receiver_manifests
+from tests.builders import one_receiver, to_yaml
 from tests.memory_store import MemoryStore
 
 
@@ -40,7 +40,7 @@ async def post_then_vanish(store: MemoryStore, metrics: Metrics) -> list[dict[st
 
 
 def test_disconnect_mid_body_is_recorded_as_client_disconnected() -> None:
-    store = MemoryStore(receiver_manifests("topsecret"))
+    store = MemoryStore(to_yaml(*one_receiver("demo")))
     metrics = Metrics()
     sent = asyncio.run(post_then_vanish(store, metrics))
     assert sent == []

@@ -8,20 +8,15 @@ import json
 import httpx2 as httpx
 
 from kargo_bitbucket.app import create_app
-from tests.builders import receiver_manifests, sign
+from tests.builders import one_receiver, sign, to_yaml
 from tests.memory_store import BASE_URL, MemoryStore
 
 SECRET = "s3cret"
 REPO = "https://bitbucket.org/acme/app"
-WAREHOUSE = (
-    "apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-    "metadata: {name: w, namespace: demo}\n"
-    f"spec: {{subscriptions: [{{git: {{repoURL: {REPO}, branch: main}}}}]}}\n"
-)
 
 
 def test_history_time_is_the_refresh_value_written() -> None:
-    store = MemoryStore("---\n".join([receiver_manifests(SECRET), WAREHOUSE]))
+    store = MemoryStore(to_yaml(*one_receiver("demo", "w", value=SECRET)))
     body = json.dumps(
         {
             "repository": {"links": {"html": {"href": REPO}}},

@@ -20,7 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kargo_bitbucket.app import create_app
-from tests.builders import CORPUS_EVENTS, json_paths, receiver_manifests, sign
+from tests.builders import (
+    CORPUS_EVENTS,
+    json_paths,
+    one_receiver,
+    promotion,
+    sign,
+    to_yaml,
+    warehouse,
+)
 from tests.memory_store import BASE_URL, MemoryStore
 
 SECRET = "fuzz-secret"
@@ -77,23 +85,13 @@ def manifests(documents: list[tuple[str, Any]]) -> str:
     """A receiver, Warehouses on every repository the corpus names, a Promotion per PR URL."""
     strings = {s for _, payload in documents for s in _strings(payload)}
     urls = sorted(s for s in strings if s.startswith(("https://", "ssh://", "http://")))
-    out = [receiver_manifests(SECRET)]
+    out = one_receiver("demo", value=SECRET)
     for i, url in enumerate(urls):
-        out.append(
-            f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-            f"metadata: {{name: w{i}, namespace: demo}}\nspec:\n  subscriptions:\n"
-            f"    - git: {{repoURL: {json.dumps(url)}}}\n"
-            f"    - git: {{repoURL: {json.dumps(url)}, commitSelectionStrategy: SemVer,"
-            f" semverConstraint: '>=0.1'}}\n"
-        )
-        out.append(
-            f"apiVersion: kargo.akuity.io/v1alpha1\nkind: Promotion\n"
-            f"metadata: {{name: p{i}, namespace: demo}}\n"
-            f"spec: {{stage: s, freight: f, steps: [{{uses: git-wait-for-pr, as: w}}]}}\n"
-            f"status: {{phase: Running, currentStep: 0, state: {{w: {{pr: {{url: "
-            f"{json.dumps(url)}}}}}}}}}\n"
-        )
-    return "---\n".join(out)
+        semver = {"repoURL": url, "commitSelectionStrategy": "SemVer", "semverConstraint": ">=0.1"}
+        either = warehouse("demo", f"w{i}", branch=None, repo=url)
+        either["spec"]["subscriptions"].append({"git": semver})
+        out += [either, promotion("demo", f"p{i}", url)]
+    return to_yaml(*out)
 
 
 def _strings(value: Any) -> list[str]:

@@ -18,46 +18,18 @@ import pytest
 
 from kargo_bitbucket.app import create_app
 from kargo_bitbucket.store.base import Target
-from tests.builders import receiver_manifests, sign
+from tests.builders import one_receiver, promotion, push, sign, to_yaml, warehouse
 from tests.memory_store import BASE_URL, MemoryStore
 
 SECRET = "topsecret"
 REPO = "https://bitbucket.org/acme/app"
 PR = "https://bitbucket.org/acme/app/pull-requests/7"
 BODY_LIMIT = 4096
-MANIFESTS = (
-    receiver_manifests(SECRET)
-    + f"""---
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Warehouse
-metadata: {{name: app, namespace: demo}}
-spec:
-  subscriptions:
-    - git: {{repoURL: "{REPO}.git", branch: main}}
----
-apiVersion: kargo.akuity.io/v1alpha1
-kind: Promotion
-metadata: {{name: release, namespace: demo}}
-spec:
-  stage: prod
-  freight: abc
-  steps: [{{uses: git-wait-for-pr, as: wait}}]
-status:
-  phase: Running
-  currentStep: 0
-  state: {{wait: {{pr: {{url: "{PR}"}}}}}}
-"""
+MANIFESTS = to_yaml(
+    *one_receiver("demo", value=SECRET),
+    warehouse("demo", "app", repo=REPO + ".git"),
+    promotion("demo", "release", PR),
 )
-
-
-def push(*branches: str, repo: str | None = REPO) -> bytes:
-    """A Cloud repo:push of ``branches`` to ``repo`` (no repository links when None)."""
-    body: dict[str, Any] = {
-        "push": {"changes": [{"new": {"type": "branch", "name": b}} for b in branches]}
-    }
-    if repo is not None:
-        body["repository"] = {"links": {"html": {"href": repo}}}
-    return json.dumps(body).encode()
 
 
 PUSH = push("main")

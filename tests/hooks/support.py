@@ -3,7 +3,7 @@ a hook subscribes to, the Warehouses of the Data Center scenario, and the URL Ka
 
 from __future__ import annotations
 
-import hashlib
+from tests.builders import receiver_path
 
 SERVER_EVENTS = {"repo:refs_changed", "pr:merged", "pr:declined"}
 BASE = "https://kargo.example.com/hooks"
@@ -18,4 +18,4 @@ WAREHOUSES = {
 
 def receiver_url(secret: str) -> str:
     """The URL Kargo derives for receiver demo/bb (SPEC §3)."""
-    return f"{BASE}/bitbucket/" + hashlib.sha256(f"demobb{secret}".encode()).hexdigest()
+    return BASE + receiver_path("demo", "bb", secret)

@@ -180,7 +180,7 @@ def test_rate_limit_longer_than_the_bound_is_reported_not_waited(server: FakeBit
     started = time.monotonic()
     with pytest.raises(BitbucketError, match="rate limited") as caught:
         run(using(api, api.hooks(DC_REPO)))
-    assert caught.value.status == 429 and time.monotonic() - started < 5
+    assert caught.value.status == 429 and time.monotonic() - started < 60  # an hour was asked
     assert len(server.calls) == 1
 
 

@@ -3,41 +3,28 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.builders import project, secret, to_yaml, warehouse
 from tests.hooks.fake_bitbucket import FakeBitbucket
 from tests.hooks.support import BASE, SERVER_EVENTS, WAREHOUSES, receiver_url
-from tests.support import REPO, cli
+from tests.support import REPO, cli, eventually
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 DEMO_SECRET = "demo-secret-change-me"
 CLOUD_EVENTS = {"repo:push", "pullrequest:fulfilled", "pullrequest:rejected"}
 
-DC_MANIFESTS = """
-apiVersion: kargo.akuity.io/v1alpha1
-kind: ProjectConfig
-metadata: {name: demo, namespace: demo}
-spec:
-  webhookReceivers:
-    - name: bb
-      bitbucket: {secretRef: {name: bb-secret}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bb-secret, namespace: demo}
-stringData: {secret: first-secret}
-"""
 
-
-def warehouse(name: str, url: str) -> str:
-    return (
-        "---\napiVersion: kargo.akuity.io/v1alpha1\nkind: Warehouse\n"
-        f"metadata: {{name: {name}, namespace: demo}}\n"
-        f"spec: {{subscriptions: [{{git: {{repoURL: '{url}', branch: main}}}}]}}\n"
+def dc_manifests(value: str = "first-secret", *warehouses: str) -> str:
+    """Receiver demo/bb on Secret bb-secret holding ``value``, and the named Data Center
+    :data:`WAREHOUSES` on ``main``."""
+    return to_yaml(
+        project("demo", ("bb", "bb-secret")),
+        secret("demo", "bb-secret", value),
+        *(warehouse("demo", name, repo=WAREHOUSES[name]) for name in warehouses),
     )
 
 
@@ -58,18 +45,10 @@ def lines(output: str) -> list[list[str]]:
     ]
 
 
-def wait_for_refresh(state: Path, name: str, deadline: float = 15) -> str:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        listing = json.loads(
-            cli("get", "warehouses", "-n", "kargo-demo", "-o", "json", state=state).stdout
-        )
-        for item in listing["items"]:
-            annotations = item["metadata"].get("annotations") or {}
-            if item["metadata"]["name"] == name and "kargo.akuity.io/refresh" in annotations:
-                return str(annotations["kargo.akuity.io/refresh"])
-        time.sleep(0.1)
-    raise AssertionError(f"Warehouse {name} was not refreshed in {deadline}s")
+def refreshed(state: Path, name: str) -> str | None:
+    """The refresh annotation of Warehouse kargo-demo/``name``, if it has one."""
+    shown = cli("get", "warehouse", name, "-n", "kargo-demo", "-o", "json", state=state).stdout
+    return (json.loads(shown)["metadata"].get("annotations") or {}).get("kargo.akuity.io/refresh")
 
 
 def test_sync_creates_the_hooks_and_a_delivery_to_them_refreshes(
@@ -140,14 +119,13 @@ def test_sync_creates_the_hooks_and_a_delivery_to_them_refreshes(
         state=state,
     )
     assert sent.stdout.startswith("200")
-    assert wait_for_refresh(state, "infra")
+    eventually(lambda: refreshed(state, "infra"), what="Warehouse infra refreshed")
 
 
 def test_check_reports_each_repository_and_sync_fixes_only_ours(
     state: Path, server: FakeBitbucket, tmp_path: Path
 ) -> None:
-    manifests = DC_MANIFESTS + "".join(warehouse(n, u) for n, u in WAREHOUSES.items())
-    cli("apply", "-f", "-", state=state, stdin=manifests)
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("first-secret", *WAREHOUSES))
     old = {
         "name": "kargo demo/bb",
         "url": receiver_url("older"),
@@ -213,9 +191,7 @@ def test_check_reports_each_repository_and_sync_fixes_only_ours(
     assert [h["name"] for h in server.hooks("PLAT", "unsubscribed")] == ["Deploy bot"]
 
     # Rotation: apply the new Secret, sync, done.
-    cli(
-        "apply", "-f", "-", state=state, stdin=DC_MANIFESTS.replace("first-secret", "second-secret")
-    )
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("second-secret"))
     rotated = hooks(state, "check", *common)
     assert lines(rotated.stdout)[0][:2] == ["wrong URL", "https://bb.example.com PLAT/deploy"]
     hooks(state, "sync", "--apply", *common)
@@ -230,7 +206,7 @@ def test_mirrors_and_project_scope(state: Path, server: FakeBitbucket, tmp_path:
         "-f",
         "-",
         state=state,
-        stdin=DC_MANIFESTS + warehouse("deploy", WAREHOUSES["deploy"]),
+        stdin=dc_manifests("first-secret", "deploy"),
     )
     creds = credentials(tmp_path, "bb.example.com", server)
     done = hooks(
@@ -276,7 +252,7 @@ def test_without_valid_credentials_every_repository_is_no_access(
         "-f",
         "-",
         state=state,
-        stdin=DC_MANIFESTS + warehouse("deploy", WAREHOUSES["deploy"]),
+        stdin=dc_manifests("first-secret", "deploy"),
     )
     server.add_repository("PLAT", "deploy")
     args = (
@@ -302,7 +278,7 @@ def test_without_valid_credentials_every_repository_is_no_access(
     ],
 )
 def test_usage_errors_exit_2_with_one_line(state: Path, args: list[str], message: str) -> None:
-    cli("apply", "-f", "-", state=state, stdin=DC_MANIFESTS)
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests())
     result = hooks(state, "check", *args)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
@@ -314,7 +290,7 @@ def test_a_receiver_without_a_published_url_needs_base_url(state: Path) -> None:
         "-f",
         "-",
         state=state,
-        stdin=DC_MANIFESTS + warehouse("deploy", WAREHOUSES["deploy"]),
+        stdin=dc_manifests("first-secret", "deploy"),
     )
     result = hooks(state, "check")
     assert result.returncode == 1
@@ -327,7 +303,7 @@ def test_explain_points_to_hooks_check_when_it_would_refresh(state: Path) -> Non
         "-f",
         "-",
         state=state,
-        stdin=DC_MANIFESTS + warehouse("deploy", WAREHOUSES["deploy"]),
+        stdin=dc_manifests("first-secret", "deploy"),
     )
     would = cli("explain", "--repo", WAREHOUSES["deploy"], "--ref", "main", state=state).stdout
     assert "would refresh     Warehouse demo/deploy" in would

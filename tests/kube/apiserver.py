@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,8 @@ class AuditEvent:
     subresource: str
     body: Any = None
     """The request body, for status writes only (the policy logs those at level Request)."""
+    received: float = 0.0
+    """When the API server received the request, in seconds since the epoch."""
 
     @property
     def path(self) -> str:
@@ -522,6 +525,7 @@ class KubeApiServer:
                 name=ref.get("name", ""),
                 subresource=ref.get("subresource", ""),
                 body=raw.get("requestObject"),
+                received=datetime.fromisoformat(raw["requestReceivedTimestamp"]).timestamp(),
             )
             if user is None or event.user == user:
                 events.append(event)

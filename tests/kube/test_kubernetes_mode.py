@@ -10,7 +10,6 @@ server is read back from its audit log. Faults a real server does not produce on
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
 import os
@@ -18,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,16 @@ import pytest
 import yaml
 
 from tests import builders
-from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.builders import (
+    KARGO,
+    PUSH,
+    one_receiver,
+    project,
+    receiver_path,
+    secret,
+    signed,
+    warehouse,
+)
 from tests.e2e import corpus_cases
 from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
 from tests.kube.manifests import REFRESH, published_receivers, refreshed
@@ -50,9 +58,18 @@ def requests_of(
     return [e for e in kube_api.audit(since, user=receiver.user) if watches or e.verb != "watch"]
 
 
-def holder(kube: Kube, receiver: Receiver) -> str | None:
+def lease_spec(kube: Kube, receiver: Receiver) -> dict[str, Any]:
     lease = kube.get(LEASE, "Lease", receiver.namespace, "kargo-bitbucket") or {}
-    return (lease.get("spec") or {}).get("holderIdentity")
+    return dict(lease.get("spec") or {})
+
+
+def holder(kube: Kube, receiver: Receiver) -> str | None:
+    return lease_spec(kube, receiver).get("holderIdentity")
+
+
+def moment(micro_time: str) -> float:
+    """A Lease's MicroTime (RFC 3339) as seconds since the epoch."""
+    return datetime.fromisoformat(micro_time).timestamp()
 
 
 @pytest.fixture
@@ -251,9 +268,15 @@ def test_kill_9_of_the_leader_hands_over_when_its_lease_runs_out(
     b = start(replicas, receiver_kubeconfig, name="replica-b")
     assert eventually(lambda: holder(kube, receiver_kubeconfig)) == "replica-a"
     os.kill(a.process.pid, signal.SIGKILL)
-    killed = time.monotonic()
+    a.process.wait()
+    last = lease_spec(kube, receiver_kubeconfig)  # replica-a's last renewal, as it wrote it
+    assert last["holderIdentity"] == "replica-a"
     eventually(lambda: holder(kube, receiver_kubeconfig) == "replica-b", timeout=15)
-    assert time.monotonic() - killed < 3 + 2 * 2, "took over later than the Lease plus renewals"
+    # Timed by the replicas' own writes to the Lease (3 s, renewed or tried each second), not
+    # by this test's polling: never before replica-a's Lease ran out, and soon after.
+    expired = moment(last["renewTime"]) + 3
+    acquired = moment(lease_spec(kube, receiver_kubeconfig)["acquireTime"])
+    assert expired <= acquired < expired + 2 * 2, (last, acquired)
     seed(kube, [secret(ns, "second", "x")])
     add_receiver(kube, ns, "second")
     assert published_url(kube, ns, "two")
@@ -379,8 +402,7 @@ def test_no_publish_leaves_status_alone(
     )
     mark = kube_api.audit_mark()
     server = start(replicas, receiver_kubeconfig, "--no-publish")
-    digest = hashlib.sha256(f"{ns}bbtopsecret".encode()).hexdigest()
-    url = f"{server.base}/bitbucket/{digest}"
+    url = server.base + receiver_path(ns)
     assert request(url, PUSH, signed(PUSH)).json()["refreshed"] == [f"{ns}/app"]
     assert not published_receivers(kube_api.admin, ns)
     assert not [e for e in requests_of(kube_api, receiver_kubeconfig, mark) if e.subresource]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,12 @@ from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
 from tests.builders import project, secret
 from tests.kube.apiserver import fold_string_data
 from tests.kube.fakeapi import FakeKubernetes
+from tests.support import until
 
 
 def problems(indexes: Indexes) -> list[str]:
     indexes.reroute()
     return [p for status in indexes.resolution.statuses.values() for p in status.problems]
-
-
-async def until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def test_named_secrets_are_got_and_watched_by_name_and_dropped_when_no_longer_named(
@@ -46,14 +39,14 @@ def test_named_secrets_are_got_and_watched_by_name_and_dropped_when_no_longer_na
             await follower.follow({("demo", "a"), ("demo", "b")}, wait=5)
             assert problems(indexes) == []
             assert len(indexes.resolution.routes) == 2
-            await until(lambda: len(fake_kube.store.open_watches()) == 2, "two watches")
+            await until(lambda: len(fake_kube.store.open_watches()) == 2, what="two watches")
             await follower.follow({("demo", "a")}, wait=5)
             assert problems(indexes) == ["receiver 'rb': Secret demo/b not found"]
-            await until(lambda: len(fake_kube.store.open_watches()) == 1, "b's watch to close")
+            await until(lambda: len(fake_kube.store.open_watches()) == 1, what="b's watch to close")
             fake_kube.patch("v1", "Secret", "demo", "a", {"data": {"secret": "bmV3"}})
             await until(
                 lambda: indexes.reroute().routes and _secret_of(indexes) == b"new",
-                "the rotated value",
+                what="the rotated value",
             )
         finally:
             await follower.close()

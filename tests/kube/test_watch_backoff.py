@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -21,6 +20,7 @@ from kargo_bitbucket.store.backoff import Backoff
 from kargo_bitbucket.store.kubernetes.reflector import FIRST_RETRY, MAX_BACKOFF, Reflector
 from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 from tests.kube.fakeapi import FakeKubernetes
+from tests.support import until
 
 T = TypeVar("T")
 KARGO = "kargo.akuity.io/v1alpha1"
@@ -62,13 +62,6 @@ class Harness:
             await self.client.close()
 
 
-async def until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def run(kubeconfig: Path, check: Callable[[Harness], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(asyncio.wait_for(Harness(kubeconfig).run(check), 30))
 
@@ -95,7 +88,7 @@ def test_a_refused_watch_backs_off_to_the_cap_with_one_log_line(
     fake_kube.fail("watch", "/warehouses", 403, times=10)
 
     async def check(harness: Harness) -> None:
-        await until(lambda: len(harness.delays) >= 10, "ten retries")
+        await until(lambda: len(harness.delays) >= 10, what="ten retries")
 
     harness = Harness(kubeconfig)
     asyncio.run(asyncio.wait_for(harness.run(check), 30))
@@ -115,15 +108,15 @@ def test_a_watch_that_works_again_says_so_once_and_resets_the_backoff(
     fake_kube.fail("watch", "/warehouses", 500, times=3)
 
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.store.open_watches(), "the watch, after three failures")
+        await until(lambda: fake_kube.store.open_watches(), what="the watch, after three failures")
         assert harness.delays == [0.4, 0.8, 1.6]
         assert harness.backoff.failures == 3  # open, but nothing delivered yet: not reset
         fake_kube.create(warehouse("late"))
-        await until(lambda: "late" in harness.seen, "the new Warehouse")
+        await until(lambda: "late" in harness.seen, what="the new Warehouse")
         assert harness.backoff.failures == 0
         fake_kube.fail("watch", "/warehouses", 503, times=1)
         fake_kube.drop_watches()
-        await until(lambda: len(harness.delays) == 5, "two more retries")
+        await until(lambda: len(harness.delays) == 5, what="two more retries")
         assert harness.delays[3:] == [0.4, 0.8]  # dropped, then 503: from the start again
 
     run(kubeconfig, check)
@@ -137,7 +130,7 @@ def test_429_retry_after_is_honoured(fake_kube: FakeKubernetes, kubeconfig: Path
     fake_kube.fail("list", "/warehouses", 429, times=1, retry_after=3)
 
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.store.open_watches(), "the watch to open")
+        await until(lambda: fake_kube.store.open_watches(), what="the watch to open")
         assert harness.delays == [3, 7]
         assert harness.failures == {("Warehouse", "throttled"): 2}
 
@@ -163,15 +156,15 @@ def test_410_right_after_listing_backs_off_but_after_events_lists_at_once(
     fake_kube: FakeKubernetes, kubeconfig: Path
 ) -> None:
     async def check(harness: Harness) -> None:
-        await until(lambda: fake_kube.store.open_watches(), "the watch to open")
+        await until(lambda: fake_kube.store.open_watches(), what="the watch to open")
         fake_kube.create(warehouse("one"))
-        await until(lambda: "one" in harness.seen, "the first Warehouse")
+        await until(lambda: "one" in harness.seen, what="the first Warehouse")
         lists = len(fake_kube.filter_requests(verb="list", path="/warehouses"))
         fake_kube.expire_history()
         fake_kube.drop_watches()  # resumes from a version now expired: 410 after events
         await until(
             lambda: len(fake_kube.filter_requests(verb="list", path="/warehouses")) > lists,
-            "a new list",
+            what="a new list",
         )
         assert harness.delays == [0.4]  # the dropped watch; the 410 relisted at once
 

@@ -79,11 +79,3 @@ def run_in_virtual_time(main: Callable[[], Awaitable[T]]) -> T:
 def clock() -> float:
     """The running loop's clock (virtual under :func:`run_in_virtual_time`)."""
     return asyncio.get_running_loop().time()
-
-
-async def wait_for(condition: Callable[[], object], timeout: float = 3.0) -> None:
-    """Poll ``condition`` every 10 ms of loop time until it holds; fail after ``timeout``."""
-    deadline = clock() + timeout
-    while not condition():
-        assert clock() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)

@@ -1,10 +1,8 @@
 """Helpers for the embedded store's tests (not fixtures): resources as ``apply`` stores them,
-a started store, and waiting on a condition with a deadline."""
+and a started store."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 from kargo_bitbucket.core.manifests import Resource
@@ -37,12 +35,3 @@ async def started(path: Path) -> SqliteStore:
     store = SqliteStore(StateFile(path), Indexes(BaseURL.parse("https://k.example.com"), "sys"))
     await store.start()
     return store
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Poll ``condition`` every 20 ms until it holds; fail after ``seconds`` (the store polls
-    its file every second: the rest is for a loaded machine)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)

@@ -23,6 +23,7 @@ from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
 from tests.builders import push, signed
 from tests.store.support import KEY, config, warehouse
+from tests.support import until
 
 ASGI = Callable[..., Awaitable[None]]
 JUST_UNDER_64_KIB = "u" * (64 * 1024 - 200)
@@ -281,11 +282,11 @@ def test_a_file_made_before_auto_vacuum_is_converted_and_reclaimed_while_serving
     assert grown > 15 * 1024 * 1024
 
     async def scenario(served: Served) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while file_size(path) > 2 * 1024 * 1024:  # the checkpointer hands the pages back
-            assert loop.time() < deadline, file_size(path)
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: file_size(path) <= 2 * 1024 * 1024,
+            timeout=30,
+            what="the checkpointer to hand the pages back",
+        )
         status, _ = await served.signed(push("main"))
         assert status == 200
 

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kargo_bitbucket.store.kubernetes.leader import LeaderElector
-from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time, wait_for
+from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time
+from tests.support import until
 
 
 @contextlib.asynccontextmanager
@@ -31,7 +32,7 @@ async def elected(api: LeaseAPI) -> AsyncIterator[tuple[LeaderElector, list[floa
     )
     task = asyncio.create_task(leader.run())
     try:
-        await wait_for(lambda: leader.leader)
+        await until(lambda: leader.leader)
         yield leader, elections
     finally:
         task.cancel()
@@ -53,12 +54,12 @@ async def renewals_hang() -> None:
         assert len(elections) == 1
         api.hanging = True
         hung_at = clock()
-        await wait_for(lambda: not leader.leader)
+        await until(lambda: not leader.leader)
         # Others may take the Lease DURATION after its renewTime; we stopped a third before.
         assert clock() - hung_at <= DURATION * 2 / 3 + 0.01
         assert leader.remaining() == 0
         api.hanging = False
-        await wait_for(lambda: leader.leader)
+        await until(lambda: leader.leader)
         assert len(elections) == 2  # regained: it publishes again
 
 
@@ -66,9 +67,9 @@ async def one_failed_renewal() -> None:
     api = LeaseAPI()
     async with elected(api) as (leader, elections):
         api.failures = 1
-        await wait_for(lambda: api.failures == 0)
-        until = clock() + DURATION * 2
-        while clock() < until:
+        await until(lambda: api.failures == 0)
+        ends = clock() + DURATION * 2
+        while clock() < ends:
             assert leader.leader
             await asyncio.sleep(0.01)
         assert len(elections) == 1

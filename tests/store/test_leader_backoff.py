@@ -10,7 +10,8 @@ import pytest
 
 from kargo_bitbucket.store.backoff import Backoff
 from kargo_bitbucket.store.kubernetes.leader import LeaderElector
-from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time, wait_for
+from tests.store.lease import DURATION, LeaseAPI, clock, run_in_virtual_time
+from tests.support import until
 
 LOGGER = "kargo_bitbucket.store.kubernetes.leader"
 
@@ -49,7 +50,7 @@ def test_a_failing_lease_backs_off_then_is_taken_with_one_warning(
         leader = elector(api, pauses, failures)
         task = asyncio.create_task(leader.run())
         try:
-            await wait_for(lambda: leader.leader)
+            await until(lambda: leader.leader)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -72,10 +73,10 @@ def test_a_leader_retries_a_failed_renewal_within_a_sixth_of_the_duration() -> N
         leader = elector(api, pauses)
         task = asyncio.create_task(leader.run())
         try:
-            await wait_for(lambda: leader.leader)
+            await until(lambda: leader.leader)
             pauses.clear()
             api.failures = 5
-            await wait_for(lambda: api.failures == 0 and len(pauses) >= 5)
+            await until(lambda: api.failures == 0 and len(pauses) >= 5)
             return leader.leader
         finally:
             task.cancel()

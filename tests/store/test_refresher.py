@@ -19,6 +19,7 @@ from kargo_bitbucket.store.base import REFRESH_ANNOTATION, RefreshResult, Target
 from kargo_bitbucket.store.kubernetes.client import USER_AGENT
 from kargo_bitbucket.store.kubernetes.refresher import Refresher
 from tests.store.mock_kube import Handler, mock_client, status
+from tests.support import until
 
 WAREHOUSES = "/apis/kargo.akuity.io/v1alpha1/namespaces/demo/warehouses/"
 
@@ -39,8 +40,7 @@ def refresh(
     async def go() -> RefreshResult:
         refresher = Refresher(mock_client(handler), "replica-a", **options)
         result = await refresher.refresh(names, "abc", note)
-        while refresher._event_tasks:  # the Events are written after the answer
-            await asyncio.sleep(0.01)
+        await until(lambda: not refresher._event_tasks, what="the Events, written after")
         return result
 
     return asyncio.run(asyncio.wait_for(go(), 20))
@@ -113,8 +113,8 @@ def test_a_retry_after_beyond_the_budget_fails_without_waiting() -> None:
         return status(429, {"Retry-After": "30"})
 
     started = time.monotonic()
-    assert refresh(handler, targets("a"), budget=2.0).failed == targets("a")
-    assert time.monotonic() - started < 1.5
+    assert refresh(handler, targets("a"), budget=20.0).failed == targets("a")
+    assert time.monotonic() - started < 10  # waiting out the 20 s budget would take twice this
     assert len(seen) == 1
 
 
@@ -156,7 +156,6 @@ def test_a_hung_patch_leaves_time_for_another_attempt_within_the_budget() -> Non
             await asyncio.sleep(60)
         return patched(request)
 
-    started = time.monotonic()
     result = refresh(handler, targets("a"), budget=2.0, attempt_timeout=0.3)
-    assert result.refreshed == targets("a")
-    assert time.monotonic() - started < 2.0
+    assert result.refreshed == targets("a")  # within the budget, or it would have failed
+    assert calls == 2  # the hung attempt was cut short, not waited out

@@ -17,7 +17,8 @@ from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.sqlite import StateFile
-from tests.store.support import config, started, until, warehouse
+from tests.store.support import config, started, warehouse
+from tests.support import until
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
@@ -133,21 +134,28 @@ def test_refreshes_reach_the_database_file_through_background_checkpoints(
             row = db.execute("SELECT refresh FROM objects WHERE name = 'w1'").fetchone()
             return str(row[0]) if row[0] is not None else None
 
-    async def scenario(interval: float, refreshes: int, wait: float) -> str | None:
+    async def scenario(interval: float, refreshes: int, expected: str | None) -> None:
         monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", interval)
         store = await started(path)
+        connections = [store.state, store._inline]
         try:
-            await asyncio.sleep(0.2)
+            await until(
+                lambda: all(
+                    c._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+                    for c in connections
+                    if c is not None
+                ),
+                what="the checkpointer to take checkpoints over from the commits",
+            )
             for i in range(refreshes):
                 await store.refresh([Target("Warehouse", "a", "w1")], f"v{i}")
-            await asyncio.sleep(wait)
-            return in_database_file()
+            await until(lambda: in_database_file() == expected, what=f"{expected} in the file")
         finally:
             await store.close()
 
     # 1500 commits are past SQLite's automatic checkpoint (1000 WAL pages): none happened.
-    assert asyncio.run(scenario(3600, 1500, 0)) is None
-    assert asyncio.run(scenario(0.2, 1, 1.0)) == "v0"
+    asyncio.run(scenario(3600, 1500, None))
+    asyncio.run(scenario(0.2, 1, "v0"))
 
 
 def test_apply_of_unchanged_object_does_not_bump_revision(tmp_path: Path) -> None:
@@ -193,7 +201,7 @@ def test_checkpoints_keep_the_wal_bounded_under_steady_writes(tmp_path: Path) ->
         while not stop.is_set() and commits < 5000:  # at least 20 MB through the WAL
             writer.write_batch([(target, f"v{commits}")])
             commits += 1
-            time.sleep(0.0002)
+            time.sleep(0.0002)  # steady writes, as deliveries come: the subject
 
     thread = threading.Thread(target=write)
     thread.start()
@@ -201,7 +209,7 @@ def test_checkpoints_keep_the_wal_bounded_under_steady_writes(tmp_path: Path) ->
     deadline = time.monotonic() + 30
     try:
         while thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.05)  # the checkpointer's own pace (each second in the product)
             checkpointer.checkpoint(wal_limit=200)
             largest = max(largest, wal.stat().st_size)
     finally:
@@ -236,7 +244,8 @@ def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_pat
                 began = time.monotonic()
                 for _ in range(30):  # the loop keeps turning while the refresh waits
                     await asyncio.sleep(0.01)
-                assert time.monotonic() - began < 2 and not refresh.done()
+                # Blocked on the lock, the loop would stall for the 10 s busy timeout.
+                assert time.monotonic() - began < 5 and not refresh.done()
                 other.execute("COMMIT")
             result = await asyncio.wait_for(refresh, 5)
             assert result.refreshed == [Target("Warehouse", "a", "w1")]
@@ -301,7 +310,7 @@ def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) 
         try:
             store.record(record("alone"))
             assert reader.deliveries() == []  # not yet: it waits for company
-            await asyncio.sleep(sqlite_store.RECORD_DELAY * 3)
+            await until(lambda: reader.deliveries(), what="the delayed write")
             assert [r.delivery_id for r in reader.deliveries()] == ["alone"]
             calls = 0
             for i in range(sqlite_store.RECORD_BATCH * 2):
@@ -335,7 +344,8 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
                 other_delivery = asyncio.create_task(
                     store.refresh([Target("Warehouse", "a", "w2")], "v1")
                 )
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0)  # both deliveries queue their writes
+                await until(lambda: not store._pending, what="the writes taken into a batch")
                 waiting.cancel()
                 store.record(record("meanwhile"))
                 other.execute("COMMIT")

@@ -11,7 +11,8 @@ import pytest
 
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
 from kargo_bitbucket.store.sqlite import StateFile
-from tests.store.support import config, started, until, warehouse
+from tests.store.support import config, started, warehouse
+from tests.support import until
 
 
 def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
