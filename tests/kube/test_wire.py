@@ -29,6 +29,7 @@ from kargo_bitbucket.store.kubernetes.refresher import Refresher
 from kargo_bitbucket.store.kubernetes.wire import Answer, Wire, WireError, open_wire
 from tests.kube.fakeapi import tls_files
 from tests.store.mock_kube import mock_client
+from tests.support import until
 
 T = TypeVar("T")
 USER_AGENT = "kargo-bitbucket/test"
@@ -144,13 +145,6 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]
     return go
 
 
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} in 5 s"
-        await asyncio.sleep(0.01)
-
-
 def test_requests_carry_every_header_and_share_one_keep_alive_connection(run: Any) -> None:
     async def scenario() -> tuple[list[Answer], list[Seen], str]:
         async with peer(always(patched()), "/k8s/c1") as server:
@@ -203,7 +197,7 @@ def test_an_answer_over_the_cap_fails_and_its_connection_is_closed(run: Any) -> 
             wire = wire_to(server, answer_limit=1000)
             with pytest.raises(WireError, match="larger than 1000"):
                 await wire.request("PATCH", PATCH, b"{}", "application/json")
-            await until(lambda: server.hung_up == [0], "hang-up of the oversized answer")
+            await until(lambda: server.hung_up == [0], what="hang-up of the oversized answer")
             again = await wire.request("PATCH", PATCH, b"{}", "application/json")
             assert again.status == 200 and [s.connection for s in server.seen] == [0, 1]
             await wire.close()
@@ -371,7 +365,7 @@ def test_the_refresher_honours_retry_after_and_writes_the_event_after_the_answer
         async with peer(act) as server:
             refresher = refresher_on(server)
             result = await refresher.refresh([Target("Warehouse", "demo", "app")], "v1", "push")
-            await until(lambda: any(s.head.startswith("POST") for s in server.seen), "Event")
+            await until(lambda: any(s.head.startswith("POST") for s in server.seen), what="Event")
             await refresher.close()
             return result, server.seen
 
