@@ -46,14 +46,19 @@ def make_app(secret: bytes, work: Work = answer_ok) -> Any:
                 payload = await work(body)
             else:
                 status, payload = 401, UNAUTHORIZED
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await answer(send, status, payload)
 
     return app
+
+
+async def answer(send: Any, status: int, payload: bytes) -> None:
+    """Send a complete JSON response."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def read_body(receive: Any) -> bytes | None:

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import orjson
-from bare_app import READY, UNAUTHORIZED, Work, make_app, read_body, serve
+from bare_app import READY, UNAUTHORIZED, Work, answer, make_app, read_body, serve
 
 WAREHOUSES = 10_000
 HISTORY, HISTORY_BATCH = 1000, 64
@@ -209,12 +209,7 @@ def observed_app(
             log.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
             log.flush()
             payload = orjson.dumps({"msg": "refreshed 1 warehouse(s)", "refreshed": [name]})
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await answer(send, status, payload)
 
     return app
 

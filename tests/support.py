@@ -160,6 +160,15 @@ def serve_copy(template: Path, directory: Path, *flags: str) -> Server:
     return Server(state, flags)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout
+    fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
     """The first truthy value of ``check()``, polled every 50 ms; fails after ``timeout``."""
     deadline = time.monotonic() + timeout

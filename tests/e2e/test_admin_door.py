@@ -12,7 +12,7 @@ import pytest
 from kargo_bitbucket.connections import HEAD_LIMIT
 from kargo_bitbucket.server import ADMIN_MAX_CONNECTIONS
 from tests.builders import one_receiver, to_yaml
-from tests.support import Server, cli, request
+from tests.support import Server, cli, read_until_closed, request
 
 
 @pytest.fixture
@@ -28,13 +28,6 @@ def admin_socket(server: Server) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.admin_port))
     sock.settimeout(15)
     return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def test_connections_past_the_cap_are_refused_and_the_port_recovers(server: Server) -> None:

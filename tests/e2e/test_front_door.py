@@ -13,7 +13,7 @@ import pytest
 
 from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
 from tests.builders import PUSH, one_receiver, receiver_path, signed, to_yaml
-from tests.support import Server, cli, eventually, request, serve_copy
+from tests.support import Server, cli, eventually, read_until_closed, request, serve_copy
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,6 @@ def connect(server: Server) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.settimeout(KEEP_ALIVE + 5)
     return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (a timeout fails the test)."""
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def read_answer(sock: socket.socket) -> bytes:
