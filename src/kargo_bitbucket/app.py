@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from kargo_bitbucket.connections import BODY_OVERDUE
 from kargo_bitbucket.core.receivers import Route as ReceiverRoute
 from kargo_bitbucket.delivery import Answer, Deliveries
 from kargo_bitbucket.metrics import Metrics
@@ -27,7 +28,6 @@ from kargo_bitbucket.unknown_paths import UnknownPaths
 log = logging.getLogger("kargo_bitbucket.app")
 
 DEFAULT_BODY_LIMIT = 2 * 1024 * 1024
-DEFAULT_BODY_TIMEOUT = 10.0
 JSON = b"application/json"
 FIXED_PATHS = frozenset({"/healthz", "/readyz"})
 CLIENT_CLOSED = 499
@@ -47,20 +47,25 @@ class BodyTooLarge(Exception):
     """The streamed body went past the limit."""
 
 
+class BodyOverdue(Exception):
+    """The front door says the body is past its deadline (connections.py)."""
+
+
 class ClientDisconnected(Exception):
     """The client went away before its body was complete: nobody is left to answer."""
 
 
 class ReceiverEndpoint:
-    """Every path that is not a fixed route: a receiver lookup, then the delivery checks."""
+    """Every path that is not a fixed route: a receiver lookup, then the delivery checks.
 
-    def __init__(
-        self, store: Store, deliveries: Deliveries, body_limit: int, body_timeout: float
-    ) -> None:
+    The body's deadline is the front door's (connections.py): behind another server, or
+    in tests over ASGI, a body is read for as long as it takes.
+    """
+
+    def __init__(self, store: Store, deliveries: Deliveries, body_limit: int) -> None:
         self.store = store
         self.deliveries = deliveries
         self.body_limit = body_limit
-        self.body_timeout = body_timeout
         self.too_large = f"content exceeds limit of {body_limit} bytes"
         self.unknown = UnknownPaths(deliveries.metrics)
 
@@ -102,12 +107,11 @@ class ReceiverEndpoint:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         try:
-            async with asyncio.timeout(self.body_timeout):
-                body = await self._read_body(receive)
+            body = await self._read_body(scope, receive)
         except BodyTooLarge:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
-        except TimeoutError:
+        except BodyOverdue:
             answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
         except ClientDisconnected:
@@ -134,8 +138,8 @@ class ReceiverEndpoint:
         self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
         await _answer(send, answer.status, answer.body, extra, close=answer.status != 405)
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        """Read the whole body, stopping as soon as it passes the limit."""
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """Read the whole body, stopping as soon as it passes the limit or its deadline."""
         chunks = []
         size = 0
         while True:
@@ -149,6 +153,8 @@ class ReceiverEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+            if BODY_OVERDUE in scope:
+                raise BodyOverdue
 
 
 DELIVERY_HEADERS = {
@@ -217,7 +223,6 @@ def create_app(
     *,
     lifecycle: Lifecycle | None = None,
     body_limit: int = DEFAULT_BODY_LIMIT,
-    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     on_ready: Callable[[], Awaitable[None]] | None = None,
     metrics: Metrics | None = None,
 ) -> App:
@@ -264,7 +269,7 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    return App(health, ReceiverEndpoint(store, deliveries, body_limit, body_timeout))
+    return App(health, ReceiverEndpoint(store, deliveries, body_limit))
 
 
 class App:

@@ -51,6 +51,7 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "eof_received",
             "on_message_begin",
             "on_headers_complete",
+            "on_message_complete",
             "on_response_complete",
         ),
     ),
@@ -61,8 +62,9 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lightkube", "lightkube.config.client_adapter:user_auth", ()),
 )
 """(library, module:object, methods). What instances carry (the protocol's loop, transport,
-headers, cycle and app; the cycle's response_complete, disconnected and message_event;
-AsyncClient's _client and its _client) is checked on live objects by tests/edges/test_compat.py."""
+headers, cycle, pipeline and app; the cycle's scope, more_body, response_complete,
+disconnected and message_event; AsyncClient's _client and its _client) is checked on live
+objects by tests/edges/test_compat.py."""
 
 
 def generic_client(client: AsyncClient) -> GenericAsyncClient:

@@ -22,6 +22,9 @@ from kargo_bitbucket.config import DEFAULT_MAX_CONNECTIONS
 log = logging.getLogger("kargo_bitbucket.connections")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
+BODY_OVERDUE = "kargo_bitbucket.body_overdue"
+"""Scope key the front door sets when a request's body is past its deadline (app.py answers 408)."""
 HEAD_LIMIT = 64 * 1024
 HEADER_COUNT_LIMIT = 100
 KEEP_ALIVE = 5.0
@@ -51,28 +54,36 @@ class Watched(Protocol):
     def close_now(self, reason: str) -> None:
         """Close it and stop counting it; ``reason`` goes to the ``dropped`` counter."""
 
+    def body_overdue(self) -> None:
+        """Its request's body is past the deadline: tell the app, or close if told before."""
+
 
 @dataclass(slots=True)
 class Connections:
     """Open webhook connections: their cap, their deadlines, and those dropped.
 
-    Deadlines are swept twice a second from two insertion-ordered tables (heads being
-    read, idle keep-alive connections) instead of a timer per request, which cost about
-    3 µs more per request; the whole protocol now costs 1.8 µs over uvicorn's own
-    (``bench/servers.py --in-process``).
+    Deadlines are swept twice a second from three insertion-ordered tables (heads being
+    read, bodies being read, idle keep-alive connections) instead of a timer per request:
+    a timer cost about 3 µs more per request, and the body deadline as ``asyncio.timeout``
+    in the app about 5 µs (BENCHMARKS.md, "Fast paths"); the whole protocol costs 1.8 µs
+    over uvicorn's own (``bench/servers.py --in-process``).
     At the cap a new connection takes the place of the longest-idle keep-alive one (as
     nginx does) and is refused with a 503 only when none is idle: 1,100 connections
     held after early answers then lock no delivery out. ``dropped`` counts by reason:
     ``idle-evicted``, ``cap`` (refused), ``too-large`` (request line and headers over
-    their limit, answered 431), ``header-timeout`` and ``keep-alive`` (idle timeout).
+    their limit, answered 431), ``header-timeout``, ``body-timeout`` (a body still not in
+    a further ``body_timeout`` after its app was told) and ``keep-alive`` (idle timeout).
     """
 
     limit: int = DEFAULT_MAX_CONNECTIONS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     keep_alive: float = KEEP_ALIVE
     open: int = 0
     heads: dict[Watched, float] = field(default_factory=dict)
     """Connections reading a head, oldest first, with when it began."""
+    bodies: dict[Watched, float] = field(default_factory=dict)
+    """Connections whose running request's body is not all in, oldest first, with since when."""
     idle: dict[Watched, float] = field(default_factory=dict)
     """Keep-alive connections waiting for a next request, oldest first, with since when."""
     dropped: Counter[str] = field(default_factory=Counter)
@@ -96,17 +107,21 @@ class Connections:
         return False
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close every connection past its deadline; again in ``SWEEP_INTERVAL``."""
+        """Act on every connection past its deadline; again in ``SWEEP_INTERVAL``."""
         now = time.monotonic()
         for table, timeout, reason in (
             (self.heads, self.header_timeout, "header-timeout"),
+            (self.bodies, self.body_timeout, ""),
             (self.idle, self.keep_alive, "keep-alive"),
         ):
             while table:
                 connection, since = next(iter(table.items()))
                 if now - since < timeout:
                     break
-                connection.close_now(reason)
+                if reason:
+                    connection.close_now(reason)
+                else:
+                    connection.body_overdue()
         loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
 
     def _reached(self, reason: str) -> None:
@@ -132,7 +147,7 @@ async def answer_too_large(scope: Scope, receive: Receive, send: Send) -> None:
 
 def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
-    heads, idle = connections.heads, connections.idle
+    heads, bodies, idle = connections.heads, connections.bodies, connections.idle
 
     class FrontDoorProtocol(HttpToolsProtocol):
         """One webhook connection, bounded in number, head size and idle time.
@@ -143,10 +158,13 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           ``HEADER_COUNT_LIMIT`` headers, else 431 and closed. httptools buffers each
           header whole, so bytes are counted as they are fed (8 parallel 64 MB request
           lines took 500 MB and stalled deliveries 6.6 s before).
-        - Deadlines: ``header_timeout`` to send each head, and ``keep_alive`` after the
-          last answer, which further bytes (the unread body of an early 404/405) do not
-          extend: uvicorn's own keep-alive timer restarts on any byte, so one byte after
-          an early answer held the connection for ever.
+        - Deadlines: ``header_timeout`` to send each head; ``body_timeout`` for the body
+          of the running request, after which its scope gets ``BODY_OVERDUE`` and its app
+          is woken to answer 408 (the connection is closed if the body is still not in a
+          further ``body_timeout`` later: an app that ignores the flag); and ``keep_alive``
+          after the last answer, which further bytes (the unread body of an early
+          404/405) do not extend: uvicorn's own keep-alive timer restarts on any byte, so
+          one byte after an early answer held the connection for ever.
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
@@ -154,15 +172,17 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
         they go):
         the methods connection_made, connection_lost, data_received, eof_received,
-        on_message_begin, on_headers_complete and on_response_complete; the attributes
-        loop, transport, headers, cycle and app (the ASGI app its requests go to); and
-        RequestResponseCycle's response_complete, disconnected and message_event.
+        on_message_begin, on_headers_complete, on_message_complete and
+        on_response_complete; the attributes loop, transport, headers, cycle, pipeline and
+        app (the ASGI app its requests go to); and RequestResponseCycle's scope,
+        more_body, response_complete, disconnected and message_event.
         """
 
         _head: int | None = None  # bytes of the current head fed so far; None between heads
         _counted = False
         _refused_at_cap = False
         _eof = False
+        _overdue: RequestResponseCycle | None = None  # told its body is late, once
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if not connections.admit(self.loop):
@@ -220,11 +240,20 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                 self.app = answer_too_large  # the request and the connection end there
             super().on_headers_complete()
             self._cycles.append(self.cycle)
+            if not self.pipeline:  # it runs now (a queued one's body waits with it)
+                bodies[self] = time.monotonic()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            bodies.pop(self, None)
 
         def on_response_complete(self) -> None:
+            bodies.pop(self, None)
             super().on_response_complete()
             while self._cycles and self._cycles[0].response_complete:
                 self._cycles.popleft()
+            if self._cycles and self._cycles[0].more_body:  # a queued request now runs
+                bodies[self] = time.monotonic()
             if self._cycles or self._head is not None or self.transport.is_closing():
                 return  # a pipelined request runs, or the next head is under its deadline
             if self._eof:
@@ -238,8 +267,21 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             self._uncount()
             self.transport.close()
 
+        def body_overdue(self) -> None:
+            bodies.pop(self, None)
+            cycle = self._cycles[0] if self._cycles else None
+            if cycle is None or cycle.response_complete:
+                return
+            if cycle is self._overdue:
+                return self.close_now("body-timeout")
+            self._overdue = cycle
+            cycle.scope[BODY_OVERDUE] = True  # type: ignore[literal-required]
+            cycle.message_event.set()
+            bodies[self] = time.monotonic()
+
         def _uncount(self) -> None:
             heads.pop(self, None)
+            bodies.pop(self, None)
             idle.pop(self, None)
             if self._counted:
                 self._counted = False

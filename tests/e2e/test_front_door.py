@@ -161,6 +161,26 @@ def test_body_trickled_gets_408_at_the_body_deadline(door: Server) -> None:
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         # Cut at the 1 s body deadline; the bound is a quarter of the trickle, for load.
         assert time.monotonic() - started < trickle / 4
+        answer += read_until_closed(sock)
+    assert answer.endswith(b'{"error":"request body not received in time"}'), answer
+    [entry] = recorded(door)
+    assert (entry["status"], entry["result"]) == (408, "body-timeout")  # type: ignore[index]
+
+
+def test_pipelined_request_gets_its_body_deadline_once_it_runs(door: Server) -> None:
+    """A body behind a running request is timed from when its request starts, not before."""
+    path = door.path  # type: ignore[attr-defined]
+    with connect(door) as sock:
+        sock.sendall(
+            delivery(door)
+            + f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode()
+        )
+        assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert time.monotonic() - started < 5  # the 1 s body deadline, with room for load
+    assert [e["result"] for e in recorded(door)] == ["body-timeout", "refreshed"]  # type: ignore[index]
 
 
 def test_half_closed_pipelined_connection_gets_every_answer_and_no_traceback(

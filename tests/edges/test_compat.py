@@ -16,6 +16,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from kargo_bitbucket import compat
+from tests.support import MemoryTransport
 
 
 def gone(library: str, what: str) -> str:
@@ -33,25 +34,6 @@ def test_every_object_and_method_compat_uses_exists(
         assert callable(getattr(found, method, None)), gone(library, f"{target}.{method}")
 
 
-class Transport:
-    """Just enough of an asyncio transport for uvicorn's protocol to answer on."""
-
-    def __init__(self) -> None:
-        self.written = b""
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 8080) if name in ("sockname", "peername") else default
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 def test_uvicorn_protocol_and_cycle_carry_the_attributes_the_front_door_reads() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
@@ -61,14 +43,20 @@ def test_uvicorn_protocol_and_cycle_carry_the_attributes_the_front_door_reads() 
         config = uvicorn.Config(app, http="httptools", lifespan="off", log_config=None)
         config.load()
         protocol = compat.HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
-        transport = Transport()
+        transport = MemoryTransport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        for attribute in ("loop", "transport", "headers", "cycle", "app"):
+        for attribute in ("loop", "transport", "headers", "cycle", "pipeline", "app"):
             assert hasattr(protocol, attribute), gone("uvicorn", f"HttpToolsProtocol.{attribute}")
         cycle = protocol.cycle
         assert isinstance(cycle, compat.RequestResponseCycle), gone("uvicorn", "cycle's type")
-        for attribute in ("response_complete", "disconnected", "message_event"):
+        for attribute in (
+            "scope",
+            "more_body",
+            "response_complete",
+            "disconnected",
+            "message_event",
+        ):
             assert hasattr(cycle, attribute), gone("uvicorn", f"RequestResponseCycle.{attribute}")
         for _ in range(100):
             if cycle.response_complete:

@@ -216,7 +216,9 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     )
 
     lifecycle = Lifecycle()
-    connections = Connections(settings.max_connections, settings.header_timeout)
+    connections = Connections(
+        settings.max_connections, settings.header_timeout, settings.body_timeout
+    )
     metrics = None
     admin = None
     if settings.admin is not None:
@@ -238,7 +240,6 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
         store,
         lifecycle=lifecycle,
         body_limit=settings.body_limit,
-        body_timeout=settings.body_timeout,
         on_ready=on_ready,
         metrics=metrics,
     )
