@@ -1,8 +1,10 @@
-"""The baseline of bench/run.py: a bare ASGI app on the same uvicorn settings as ``serve``.
+"""The baseline of bench/run.py: a bare ASGI app on the same HTTP server as ``serve``.
 
 It reads the body, checks the HMAC-SHA256 ``X-Hub-Signature`` against the secret
 in ``$BENCH_SECRET`` and answers 200 JSON (401 on a bad signature). ``GET``
-answers 200 so the driver can wait for it. Run: ``python bare_app.py --port N``.
+answers 200 so the driver can wait for it. ``serve`` puts the product's front door
+(connections.py) on uvicorn's httptools protocol, so the baselines do too. Run:
+``python bare_app.py --port N``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+
+from kargo_bitbucket.connections import KEEP_ALIVE, Connections, front_door_protocol
 
 OK = b'{"msg":"ok"}'
 UNAUTHORIZED = b'{"error":"unauthorized"}'
@@ -75,18 +79,20 @@ async def read_body(receive: Any) -> bytes | None:
 
 
 def serve(app: Any, port: int) -> None:
-    """Serve ``app`` on 127.0.0.1 with uvloop, httptools, one worker, no access log."""
+    """Serve ``app`` on 127.0.0.1 as ``serve`` serves: uvloop, the front door on httptools,
+    one worker, no access log, no proxy headers."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=front_door_protocol(Connections()),
         lifespan="off",
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_keep_alive=5,
+        proxy_headers=False,
+        timeout_keep_alive=int(KEEP_ALIVE),
     )
     uvicorn.Server(config).run()
 

@@ -5,8 +5,8 @@ its rounds vary by more than most single changes. This bench feeds the signed 10
 to 16 connections of the real protocol at once (``serve``'s front door protocol, the real
 ``App``, a ``SqliteStore`` over 10,000 Warehouses, metrics and the JSON log line written
 to a file) through a fake transport, and measures the process's CPU per delivery. The
-floor app (bench/floor_app.py on uvicorn's plain httptools protocol) runs the same way,
-bare and ``--observed`` (with the log line, history record and counter hand-written).
+floor app (bench/floor_app.py on the same front door protocol) runs the same way, bare
+and ``--observed`` (with the log line, history record and counter hand-written).
 
 Variants run in separate processes, in alternating order each round; it prints each one's
 median and its ratio to the floor and to the first variant, round by round:
@@ -181,6 +181,7 @@ async def ours(
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,
     )
     config.load()
     await _load_without_gc(store)
@@ -198,12 +199,13 @@ async def ours(
 
 
 async def floor(workdir: Path, rounds: int, body: bytes, observed: bool) -> list[float]:
-    """bench/floor_app.py's work (``--observed`` or not) on uvicorn's plain httptools protocol."""
+    """bench/floor_app.py's work (``--observed`` or not) on ``serve``'s front door protocol."""
     import bare_app
     import floor_app
     import uvicorn
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
+
+    from kargo_bitbucket.connections import Connections, front_door_protocol
 
     writer = floor_app.Writer(str(workdir / "floor.db"))
     repository = json.loads(body)["repository"]["links"]["html"]["href"].lower()
@@ -216,16 +218,17 @@ async def floor(workdir: Path, rounds: int, body: bytes, observed: bool) -> list
         app = floor_app.observed_app(SECRET.encode(), warehouses, writer, log)
     else:
         app = bare_app.make_app(SECRET.encode(), floor_app.refresh_work(warehouses, writer))
-    config = uvicorn.Config(app, ws="none", lifespan="off", log_config=None)
+    protocol = front_door_protocol(Connections(1000, 10.0))
+    config = uvicorn.Config(
+        app, http=protocol, ws="none", lifespan="off", log_config=None, proxy_headers=False
+    )
     config.load()
     loop = asyncio.get_running_loop()
     server_state = ServerState()
     request = request_bytes("/x", body)
-    await cpu_per_delivery(lambda: HttpToolsProtocol(config, server_state, {}, loop), request, 50)
+    await cpu_per_delivery(lambda: protocol(config, server_state, {}, loop), request, 50)
     return [
-        await cpu_per_delivery(
-            lambda: HttpToolsProtocol(config, server_state, {}, loop), request, rounds
-        )
+        await cpu_per_delivery(lambda: protocol(config, server_state, {}, loop), request, rounds)
         for _ in range(3)
     ]
 
