@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from html import escape
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.history import DeliveryRecord, to_json
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
@@ -121,7 +120,7 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
     async def deliveries_json(request: Request) -> Response:
         namespace, receiver, limit = _filters(request)
         records = await store.deliveries(namespace, receiver, limit)
-        return Response(orjson.dumps(records), media_type="application/json")
+        return Response(to_json(records), media_type="application/json")
 
     return Starlette(
         routes=[

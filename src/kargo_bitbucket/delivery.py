@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from kargo_bitbucket import logs
 from kargo_bitbucket.bounds import (
@@ -358,4 +359,4 @@ def _record(
 
 def _clip_reason(candidate: Candidate) -> Candidate:
     """The candidate with its reason cut to ``FIELD_LIMIT``."""
-    return dataclasses.replace(candidate, reason=clip(candidate.reason, FIELD_LIMIT))
+    return msgspec.structs.replace(candidate, reason=clip(candidate.reason, FIELD_LIMIT))

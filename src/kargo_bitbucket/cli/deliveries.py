@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import msgspec
 import orjson
 
 from kargo_bitbucket.cli.common import (
@@ -19,7 +20,7 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
-from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.history import DeliveryRecord, to_json
 from kargo_bitbucket.store.sqlite import StateFile
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             state.close()
     if args.output != "table":
-        print_document(orjson.loads(orjson.dumps(records)), args.output)
+        print_document(orjson.loads(to_json(records)), args.output)
         return 0
     if not records:
         print("No deliveries recorded.", file=sys.stderr)
@@ -95,9 +96,11 @@ def _fetch(args: argparse.Namespace) -> list[DeliveryRecord]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             data = orjson.loads(response.read())
+        return [DeliveryRecord.from_dict(item) for item in data]
+    except (msgspec.ValidationError, TypeError) as error:
+        raise Failure(f"{url} is not a list of deliveries: {error}") from error
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise Failure(f"cannot read {url}: {getattr(error, 'reason', error)}") from error
-    return [DeliveryRecord.from_json(item) for item in data]
 
 
 def describe(record: DeliveryRecord) -> str:

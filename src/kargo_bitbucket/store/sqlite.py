@@ -26,6 +26,7 @@ from kargo_bitbucket.history import (
     DeliveryRecord,
     newest_first,
     select,
+    to_json,
 )
 from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import (
@@ -431,7 +432,7 @@ class StateFile:
             query += " LIMIT ?"
             args.append(limit)
         return [
-            DeliveryRecord.from_json(orjson.loads(row[0])) for row in self._db.execute(query, args)
+            DeliveryRecord.from_json(row[0]) for row in self._db.execute(query, args)
         ]
 
     def write_status(self, owner: Owner, status: OwnerStatus) -> bool:
@@ -464,7 +465,7 @@ def _insert(
         return
     db.executemany(
         f"INSERT INTO {table} (namespace, receiver, record) VALUES (?, ?, ?)",
-        [(r.namespace, r.receiver.rpartition("/")[2], orjson.dumps(r)) for r in records],
+        [(r.namespace, r.receiver.rpartition("/")[2], to_json(r)) for r in records],
     )
     # Ids are consecutive (rows go from the old end only): the newest is the last.
     newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
