@@ -431,9 +431,7 @@ class StateFile:
         if limit is not None:
             query += " LIMIT ?"
             args.append(limit)
-        return [
-            DeliveryRecord.from_json(row[0]) for row in self._db.execute(query, args)
-        ]
+        return [DeliveryRecord.from_json(row[0]) for row in self._db.execute(query, args)]
 
     def write_status(self, owner: Owner, status: OwnerStatus) -> bool:
         """Publish an owner's receivers and conditions; False when nothing changed."""
