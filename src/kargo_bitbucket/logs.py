@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import sys
@@ -145,8 +146,17 @@ def info(
 
 
 def _direct(stream: TextIO, use_json: bool) -> Write:
-    """``info`` writing to ``stream``, the bytes under it when it has them."""
+    """``info`` writing to ``stream``, the bytes under it when it has them.
+
+    On an event loop the lines of one turn of the loop are flushed together at its end,
+    one write for all the deliveries answered in that turn; elsewhere each at once.
+    """
     raw = getattr(stream, "buffer", None)
+    due: list[bool] = [False]
+
+    def flush() -> None:
+        due[0] = False
+        stream.flush()
 
     def write(
         logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
@@ -158,12 +168,18 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
             line = _json(time.time(), "info", logger.name, text, _cut(fields))
             if raw is not None:
                 raw.write(line)
-                raw.flush()
-                return
-            stream.write(line.decode())
+            else:
+                stream.write(line.decode())
         else:
             stream.write(_text(time.time(), "info", text, _cut(fields)) + "\n")
-        stream.flush()
+        if due[0]:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(flush)
+        except RuntimeError:  # no loop running: now
+            stream.flush()
+        else:
+            due[0] = True
 
     return write
 
