@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote
 
@@ -9,7 +10,18 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 _SCP = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>(?!//).*)$")
 
 
+CACHED_URLS = 1024
+CACHED_URL_LENGTH = 256
+"""Identities of up to ``CACHED_URLS`` URLs of at most this length are remembered (0.5 MB
+at most): every push names its repository, and the same ones push again and again."""
+
+
 def repository_identity(url: str) -> str:
+    """Return ``host/path`` for a Git URL in URL or SCP syntax (see ``_identity``)."""
+    return _remembered(url) if len(url) <= CACHED_URL_LENGTH else _identity(url)
+
+
+def _identity(url: str) -> str:
     """Return ``host/path`` for a Git URL in URL or SCP syntax.
 
     Whitespace and non-printable characters are dropped, the result is lower-cased,
@@ -37,6 +49,9 @@ def repository_identity(url: str) -> str:
         text = unquote(text)
     text = text.removesuffix("/")
     return text.removesuffix(".git")
+
+
+_remembered = functools.lru_cache(maxsize=CACHED_URLS)(_identity)
 
 
 def _strip_port(host: str) -> str:
