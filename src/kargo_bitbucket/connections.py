@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,19 +110,17 @@ class Connections:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Act on every connection past its deadline; again in ``SWEEP_INTERVAL``."""
         now = time.monotonic()
-        for table, timeout, reason in (
-            (self.heads, self.header_timeout, "header-timeout"),
-            (self.bodies, self.body_timeout, ""),
-            (self.idle, self.keep_alive, "keep-alive"),
-        ):
-            while table:
+        deadlines: tuple[tuple[dict[Watched, float], float, Callable[[Watched], None]], ...] = (
+            (self.heads, self.header_timeout, lambda c: c.close_now("header-timeout")),
+            (self.bodies, self.body_timeout, lambda c: c.body_overdue()),
+            (self.idle, self.keep_alive, lambda c: c.close_now("keep-alive")),
+        )
+        for table, timeout, act in deadlines:
+            while table:  # each act takes the connection out of the table or renews it
                 connection, since = next(iter(table.items()))
                 if now - since < timeout:
                     break
-                if reason:
-                    connection.close_now(reason)
-                else:
-                    connection.body_overdue()
+                act(connection)
         loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
 
     def _reached(self, reason: str) -> None:
