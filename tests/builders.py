@@ -1,6 +1,6 @@
 """What every test layer builds alike, built one way: Kargo manifests (as objects, YAML or
 store resources), Bitbucket push bodies, signatures and the headers of a signed delivery,
-and the corpus's event keys."""
+history records, and the corpus's event keys."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from kargo_bitbucket.core.manifests import Resource
+from kargo_bitbucket.history import DeliveryRecord
 
 KARGO = "kargo.akuity.io/v1alpha1"
 REPO = "https://bitbucket.org/acme/app"
@@ -196,3 +197,23 @@ def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
         for index, child in enumerate(value):
             found += json_paths(child, (*prefix, index))
     return found
+
+
+def delivery_record(delivery_id: str = "d", namespace: str = "a", **fields: Any) -> DeliveryRecord:
+    """The history record of a push to receiver ``namespace/r`` that refreshed one Warehouse;
+    ``fields`` set any other field."""
+    return DeliveryRecord(
+        **{
+            "time": "2026-12-06T00:00:00.000000Z",
+            "receiver": f"{namespace}/r",
+            "namespace": namespace,
+            "event": "repo:push",
+            "delivery_id": delivery_id,
+            "attempt": "1",
+            "status": 200,
+            "result": "refreshed",
+            "message": "refreshed 1 warehouse(s)",
+            "duration_ms": 1.0,
+            **fields,
+        }
+    )

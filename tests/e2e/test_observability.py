@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.builders import (
     DELIVERY_ID,
     REPO,
+    delivery_record,
     one_receiver,
     push,
     receiver_path,
@@ -258,50 +259,22 @@ def test_deliveries_page_in_a_headless_browser(served: Server) -> None:
 def test_memory_history_stays_bounded() -> None:
     import asyncio
 
-    from kargo_bitbucket.history import DeliveryRecord, MemoryHistory
+    from kargo_bitbucket.history import MemoryHistory
 
     history = MemoryHistory(1000)
     for i in range(10_000):
-        history.record(
-            DeliveryRecord(
-                time=str(i),
-                receiver="p/r",
-                namespace="p",
-                event="e",
-                delivery_id=str(i),
-                attempt="",
-                status=200,
-                result="ok",
-                message="",
-                duration_ms=0.1,
-            )
-        )
+        history.record(delivery_record(str(i), "p", time=str(i)))
     assert len(history) == 1000
     newest = asyncio.run(history.deliveries(limit=1))
     assert newest[0].delivery_id == "9999"
 
 
 def test_state_file_history_stays_bounded(tmp_path: Path) -> None:
-    from kargo_bitbucket.history import DeliveryRecord
     from kargo_bitbucket.store.sqlite import StateFile
 
     state = StateFile(tmp_path / "h.db")
     for chunk in range(10):
-        records = [
-            DeliveryRecord(
-                time="t",
-                receiver="p/r",
-                namespace="p",
-                event="e",
-                delivery_id=f"{chunk}-{i}",
-                attempt="",
-                status=200,
-                result="ok",
-                message="",
-                duration_ms=0.1,
-            )
-            for i in range(1000)
-        ]
+        records = [delivery_record(f"{chunk}-{i}", "p") for i in range(1000)]
         state.write_batch([], records, keep=1000)
     kept = state.deliveries()
     assert len(kept) == 1000 and kept[0].delivery_id == "9-999"

@@ -21,7 +21,7 @@ from kargo_bitbucket.logs import JsonFormatter
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
-from tests.builders import push, signed
+from tests.builders import delivery_record, push, signed
 from tests.store.support import KEY, config, warehouse
 from tests.support import until
 
@@ -146,10 +146,12 @@ def test_memory_history_keeps_unsigned_requests_apart() -> None:
     history = MemoryHistory(3)
 
     def record(i: int, signed: bool) -> DeliveryRecord:
-        return DeliveryRecord(
-            f"2026-12-06T00:00:{i:02d}.000000Z", "a/r", "a", "repo:push", f"d{i}", "", 200,
-            "refreshed" if signed else "bad-signature", "", 1.0, signed=signed,
-        )  # fmt: skip
+        return delivery_record(
+            f"d{i}",
+            time=f"2026-12-06T00:00:{i:02d}.000000Z",
+            result="refreshed" if signed else "bad-signature",
+            signed=signed,
+        )
 
     history.record(record(0, True))
     for i in range(1, 40):
@@ -235,11 +237,7 @@ def test_every_log_field_is_cut(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def big_records(count: int, size: int, prefix: str) -> list[DeliveryRecord]:
-    fields = ("2026-12-06T00:00:00.000000Z", "a/r", "a", "repo:push")
-    return [
-        DeliveryRecord(*fields, f"{prefix}{i}", "1", 200, "refreshed", "m" * size, 1.0)
-        for i in range(count)
-    ]
+    return [delivery_record(f"{prefix}{i}", message="m" * size) for i in range(count)]
 
 
 def file_size(path: Path) -> int:

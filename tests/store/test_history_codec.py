@@ -9,26 +9,19 @@ import pytest
 
 from kargo_bitbucket.history import Candidate, DeliveryRecord, to_json
 from kargo_bitbucket.outcomes import Outcome, Result
+from tests.builders import delivery_record
 
 
 def refreshed() -> DeliveryRecord:
-    return DeliveryRecord(
-        time="2026-12-06T19:20:00.123456Z",
-        receiver="team/bitbucket",
-        namespace="team",
-        event="repo:push",
-        delivery_id="9f2c1d3e",
-        attempt="1",
-        status=200,
+    return delivery_record(
+        "9f2c1d3e",
         result=Result.REFRESHED,
-        message="refreshed 1 warehouse(s)",
-        duration_ms=0.5,
         repository=["https://bitbucket.org/org/app"],
         refs=["refs/heads/main"],
         candidates=[
             Candidate(
                 kind="Warehouse",
-                namespace="team",
+                namespace="a",
                 name="app",
                 outcome=Outcome.REFRESHED,
                 reason="refs/heads/main matches branch main",

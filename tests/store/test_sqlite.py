@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.sqlite import StateFile
+from tests.builders import delivery_record
 from tests.store.support import config, started, warehouse
 from tests.support import until
 
@@ -257,26 +257,11 @@ def test_a_refresh_waits_off_the_event_loop_while_another_process_writes(tmp_pat
     assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v1"
 
 
-def record(delivery_id: str, namespace: str = "a") -> DeliveryRecord:
-    return DeliveryRecord(
-        time="2026-11-27T00:00:00Z",
-        receiver=f"{namespace}/r",
-        namespace=namespace,
-        event="repo:push",
-        delivery_id=delivery_id,
-        attempt="1",
-        status=200,
-        result="refreshed",
-        message="refreshed 1 warehouse(s)",
-        duration_ms=1.0,
-    )
-
-
 def test_history_is_trimmed_in_bulk_but_readers_see_exactly_the_last_n(tmp_path: Path) -> None:
     state = StateFile(tmp_path / "state.db")
     state.keep_history(10)
     for i in range(300):
-        state.write_batch([], [record(f"d{i}", "a" if i % 2 else "b")], keep=10)
+        state.write_batch([], [delivery_record(f"d{i}", "a" if i % 2 else "b")], keep=10)
         shown = state.deliveries()
         assert [r.delivery_id for r in shown] == [f"d{j}" for j in range(i, max(i - 10, -1), -1)]
         (rows,) = state._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
@@ -308,21 +293,21 @@ def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) 
 
         store._inline.write_batch = counting  # type: ignore[method-assign,union-attr]
         try:
-            store.record(record("alone"))
+            store.record(delivery_record("alone"))
             assert reader.deliveries() == []  # not yet: it waits for company
             await until(lambda: reader.deliveries(), what="the delayed write")
             assert [r.delivery_id for r in reader.deliveries()] == ["alone"]
             calls = 0
             for i in range(sqlite_store.RECORD_BATCH * 2):
-                store.record(record(f"d{i}"))
+                store.record(delivery_record(f"d{i}"))
             await asyncio.sleep(0)
             await asyncio.sleep(0)  # a full batch is written at once, without the delay
             assert calls == 1
             assert len(reader.deliveries()) == sqlite_store.RECORD_BATCH * 2 + 1
-            store.record(record("just now"))
+            store.record(delivery_record("just now"))
             shown = await store.deliveries(limit=1)  # what the admin page reads
             assert [r.delivery_id for r in shown] == ["just now"]
-            store.record(record("at shutdown"))
+            store.record(delivery_record("at shutdown"))
         finally:
             await store.close()
 
@@ -347,7 +332,7 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
                 await asyncio.sleep(0)  # both deliveries queue their writes
                 await until(lambda: not store._pending, what="the writes taken into a batch")
                 waiting.cancel()
-                store.record(record("meanwhile"))
+                store.record(delivery_record("meanwhile"))
                 other.execute("COMMIT")
             # The batch went through; the delivery still waiting for it gets its answer.
             done = await asyncio.wait_for(other_delivery, 5)
