@@ -74,10 +74,8 @@ class DeliveryRecord(msgspec.Struct):
         return msgspec.convert(data, cls)
 
 
-def to_json(records: DeliveryRecord | Iterable[DeliveryRecord]) -> bytes:
+def to_json(records: DeliveryRecord | list[DeliveryRecord]) -> bytes:
     """The JSON form of one record, or of a list of them."""
-    if not isinstance(records, DeliveryRecord):
-        records = list(records)
     return _ENCODE(records)
 
 

@@ -152,15 +152,17 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
     one write for all the deliveries answered in that turn; elsewhere each at once.
     """
     raw = getattr(stream, "buffer", None)
-    due: list[bool] = [False]
+    due = False  # a flush is scheduled at the end of this turn of the loop
 
     def flush() -> None:
-        due[0] = False
+        nonlocal due
+        due = False
         stream.flush()
 
     def write(
         logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
     ) -> None:
+        nonlocal due
         if not logger.isEnabledFor(logging.INFO):
             return
         text = clip(message % args, LOG_FIELD_LIMIT)
@@ -172,14 +174,14 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
                 stream.write(line.decode())
         else:
             stream.write(_text(time.time(), "info", text, _cut(fields)) + "\n")
-        if due[0]:
+        if due:
             return
         try:
             asyncio.get_running_loop().call_soon(flush)
         except RuntimeError:  # no loop running: now
             stream.flush()
         else:
-            due[0] = True
+            due = True
 
     return write
 
