@@ -119,6 +119,54 @@ def test_concurrent_refreshes_share_transactions_and_deleted_objects_are_gone(
     assert stored["w7"] == "v7"
 
 
+def test_an_object_refreshed_twice_in_one_burst_is_written_once_with_the_later_value(
+    tmp_path: Path,
+) -> None:
+    state = StateFile(tmp_path / "state.db")
+    state.apply([warehouse("a", "w1")])
+    statements: list[str] = []
+    state._db.set_trace_callback(statements.append)
+    target = Target("Warehouse", "a", "w1")
+    gone = Target("Warehouse", "a", "missing")
+
+    found = state.write_batch([(target, "v1"), (gone, "v2"), (target, "v3")])
+
+    assert found == {target}
+    assert sum(s.startswith("UPDATE objects") for s in statements) == 2
+    (stored,) = state.get("Warehouse")
+    assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v3"
+
+
+def test_a_failed_commit_fails_every_refresh_of_its_burst_in_one_log_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    StateFile(path).apply([warehouse("a", "w1"), warehouse("a", "w2")])
+
+    def broken(*args: Any) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    async def scenario() -> None:
+        store = await started(path)
+        monkeypatch.setattr(StateFile, "write_batch", broken)
+        try:
+            both = [Target("Warehouse", "a", "w1"), Target("Warehouse", "a", "w2")]
+            first, second = await asyncio.gather(
+                store.refresh(both, "v1"), store.refresh(both[:1], "v2")
+            )
+            assert (first.failed, first.refreshed) == (both, [])
+            assert second.failed == both[:1]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    failures = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == [
+        "refresh of 2 object(s) failed: database disk image is malformed",
+        "refresh of 1 object(s) failed: database disk image is malformed",
+    ]
+
+
 def test_refreshes_reach_the_database_file_through_background_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
