@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -51,7 +50,9 @@ ABLATIONS = {
     "history": "keeping the history record (queue and SQLite batches)",
     "record": "building, keeping and counting the history record, and the log line",
     "metrics": "counting the delivery in metrics",
-    "timeout": "the body-read deadline (asyncio.timeout)",
+    "history-rows": "writing history records into the state file (they are still queued)",
+    "writes": "every state-file write: refreshes and history rows (the refresh path stays)",
+    "handle": "the whole delivery: every request is answered a fixed 200 after its body",
     "gc": "the cyclic garbage collector (off while measuring)",
 }
 
@@ -137,8 +138,18 @@ def ablate(parts: list[str]) -> None:
             delivery._record = lambda *args: None  # type: ignore[assignment,return-value]
         elif part == "metrics":
             delivery._count = lambda *args: None  # type: ignore[assignment]
-        elif part == "timeout":
-            app.asyncio.timeout = lambda delay: contextlib.nullcontext()  # type: ignore[assignment]
+        elif part == "history-rows":
+            sqlite._insert = lambda db, table, records, keep: None  # type: ignore[assignment]
+        elif part == "writes":
+            sqlite.StateFile.write_batch = (  # type: ignore[method-assign]
+                lambda self, batch, records=(), keep=0: {target for target, _ in batch}
+            )
+        elif part == "handle":
+
+            async def answer_fixed(self: Any, route: Any, headers: Any, body: bytes) -> Any:
+                return delivery.Answer.message(delivery.Result.REFRESHED, "refreshed")
+
+            delivery.Deliveries.handle = answer_fixed  # type: ignore[method-assign]
         elif part == "gc":
             app.gc.enable = lambda: None  # type: ignore[assignment]
         else:
@@ -250,7 +261,7 @@ def worker(args: argparse.Namespace) -> None:
             ours(state.path, log_file, parts, args.deliveries // CONNECTIONS, body)
         )
         lines = log_file.read_text(encoding="utf-8").splitlines()
-        if "log" not in parts and "record" not in parts:
+        if not {"log", "record", "handle"} & set(parts):
             bad = [line for line in lines if '"result":"refreshed"' not in line]
             if bad or not lines:
                 raise SystemExit(f"{args.label}: a delivery did not refresh: {bad[:1] or 'no log'}")
