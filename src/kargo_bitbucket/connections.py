@@ -18,12 +18,14 @@ from typing import Protocol
 from starlette.types import Receive, Scope, Send
 
 from kargo_bitbucket.compat import HttpToolsProtocol, RequestResponseCycle
-from kargo_bitbucket.config import DEFAULT_MAX_CONNECTIONS
+from kargo_bitbucket.config import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 
 log = logging.getLogger("kargo_bitbucket.connections")
 
-DEFAULT_HEADER_TIMEOUT = 10.0
-DEFAULT_BODY_TIMEOUT = 10.0
 BODY_OVERDUE = "kargo_bitbucket.body_overdue"
 """Scope key the front door sets when a request's body is past its deadline (app.py answers 408)."""
 HEAD_LIMIT = 64 * 1024

@@ -24,6 +24,8 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.config import (
     DEFAULT_ADMIN_LISTEN,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SYSTEM_NAMESPACE,
@@ -81,16 +83,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--body-timeout",
         type=float,
-        default=FromEnv("BODY_TIMEOUT", 10.0, positive_seconds, SECONDS_FORM),
+        default=FromEnv("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
-        help="time allowed to send the body (default 10)",
+        help=f"time allowed to send the body (default {DEFAULT_BODY_TIMEOUT:g})",
     )
     parser.add_argument(
         "--header-timeout",
         type=float,
-        default=FromEnv("HEADER_TIMEOUT", 10.0, positive_seconds, SECONDS_FORM),
+        default=FromEnv("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
-        help="time allowed to send the request headers (default 10)",
+        help=f"time allowed to send the request headers (default {DEFAULT_HEADER_TIMEOUT:g})",
     )
     parser.add_argument(
         "--max-connections",
