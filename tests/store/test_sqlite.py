@@ -162,8 +162,8 @@ def test_a_failed_commit_fails_every_refresh_of_its_burst_in_one_log_line(
     asyncio.run(scenario())
     failures = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert [r.getMessage() for r in failures] == [
-        "refresh of 2 object(s) failed: database disk image is malformed",
-        "refresh of 1 object(s) failed: database disk image is malformed",
+        "refresh of Warehouse a/w1 and 1 more failed: database disk image is malformed",
+        "refresh of Warehouse a/w1 failed: database disk image is malformed",
     ]
 
 

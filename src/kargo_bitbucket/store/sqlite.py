@@ -757,6 +757,8 @@ class SqliteStore:
         """Queue the writes; concurrent deliveries share one transaction per burst."""
         if not self._available:
             raise StoreUnavailable(f"state file {self.state.path} is gone")
+        if not targets:
+            return RefreshResult()
         future: asyncio.Future[set[Target]] = asyncio.get_running_loop().create_future()
         self._pending.append((targets, value, future, self.state))
         self._kick()
@@ -764,7 +766,7 @@ class SqliteStore:
         try:
             found = await future
         except sqlite3.Error as error:
-            log.error("refresh of %d object(s) failed: %s", len(targets), error)
+            log.error("refresh of %s failed: %s", _named(targets), error)
             result.failed.extend(targets)
             return result
         for target in targets:
@@ -860,3 +862,10 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
             self._checkpointer = None
+
+
+def _named(targets: Sequence[Target]) -> str:
+    """The first target by kind and name, and how many more: one bounded log line."""
+    first = targets[0]
+    more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+    return f"{first.kind} {first.namespace}/{first.name}{more}"
