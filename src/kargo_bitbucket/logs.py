@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import logging
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
@@ -148,42 +149,67 @@ def info(
 def _direct(stream: TextIO, use_json: bool) -> Write:
     """``info`` writing to ``stream``, the bytes under it when it has them.
 
-    On an event loop the lines of one turn of the loop are flushed together at its end,
-    one write for all the deliveries answered in that turn; elsewhere each at once.
+    On an event loop the JSON lines of one turn of the loop are written together at its
+    end, in one write for all the deliveries answered in that turn: stderr's bytes are
+    unbuffered, and a write per line was a system call per delivery. Elsewhere, and in
+    the text format people read, each line is written at once.
     """
-    raw = getattr(stream, "buffer", None)
-    due = False  # a flush is scheduled at the end of this turn of the loop
+    raw: BinaryIO | None = getattr(stream, "buffer", None)
+    pending: list[bytes] = []  # JSON lines waiting for the end of this turn of the loop
+    flushing_on: asyncio.AbstractEventLoop | None = None  # the loop that will write them
 
     def flush() -> None:
-        nonlocal due
-        due = False
+        nonlocal flushing_on
+        flushing_on = None
+        lines = b"".join(pending)
+        pending.clear()
+        if raw is not None:
+            _write_all(raw, lines)
+        else:
+            stream.write(lines.decode())
         stream.flush()
+
+    def flush_at_exit() -> None:
+        if pending:
+            flush()
+
+    atexit.register(flush_at_exit)
 
     def write(
         logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
     ) -> None:
-        nonlocal due
+        nonlocal flushing_on
         if not logger.isEnabledFor(logging.INFO):
             return
         text = clip(message % args, LOG_FIELD_LIMIT)
-        if use_json:
-            line = _json(time.time(), "info", logger.name, text, _cut(fields))
-            if raw is not None:
-                raw.write(line)
-            else:
-                stream.write(line.decode())
-        else:
+        if not use_json:
             stream.write(_text(time.time(), "info", text, _cut(fields)) + "\n")
-        if due:
-            return
-        try:
-            asyncio.get_running_loop().call_soon(flush)
-        except RuntimeError:  # no loop running: now
             stream.flush()
-        else:
-            due = True
+            return
+        pending.append(_json(time.time(), "info", logger.name, text, _cut(fields)))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: now
+            flush()
+            return
+        if flushing_on is not loop:  # none due yet, or due on a loop that has stopped
+            loop.call_soon(flush)
+            flushing_on = loop
 
     return write
+
+
+def _write_all(raw: BinaryIO, data: bytes) -> None:
+    """Write all of ``data``: an unbuffered stream may take part of it at a time.
+
+    What a non-blocking stream will not take now is dropped, not waited for.
+    """
+    view = memoryview(data)
+    while view:
+        written = raw.write(view)
+        if not written:
+            return
+        view = view[written:]
 
 
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:

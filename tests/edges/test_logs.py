@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -99,3 +101,36 @@ def test_delivery_line_for_people_and_below_the_level() -> None:
     logs.configure("warning", stream=stream, json=False)
     logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r"})
     assert stream.getvalue().count("delivery refreshed") == 1
+
+
+class Unbuffered(io.RawIOBase):
+    """Bytes under a stream as under stderr: every write reaches the file at once."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_delivery_lines_of_one_loop_turn_reach_unbuffered_bytes_in_one_write() -> None:
+    raw = Unbuffered()
+    logs.configure("info", stream=io.TextIOWrapper(raw, "utf-8", write_through=True), json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+
+    async def one_turn() -> None:
+        for number in range(3):
+            logs.info(log, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
+        assert raw.writes == []
+        await asyncio.sleep(0)
+        assert len(raw.writes) == 1
+
+    asyncio.run(one_turn())
+    lines = [orjson.loads(line) for line in raw.writes[0].splitlines()]
+    assert [line["delivery"] for line in lines] == ["d0", "d1", "d2"]
+    logs.info(log, "delivery %s", ("refreshed",), {"delivery": "off-loop"})
+    assert orjson.loads(raw.writes[-1])["delivery"] == "off-loop"
