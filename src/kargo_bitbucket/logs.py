@@ -187,14 +187,14 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
             stream.flush()
             return
         pending.append(_json(time.time(), "info", logger.name, text, _cut(fields)))
+        if flushing_on is not None and flushing_on.is_running():
+            return  # due at the end of this turn
         try:
-            loop = asyncio.get_running_loop()
+            flushing_on = asyncio.get_running_loop()
         except RuntimeError:  # no loop running: now
             flush()
             return
-        if flushing_on is not loop:  # none due yet, or due on a loop that has stopped
-            loop.call_soon(flush)
-            flushing_on = loop
+        flushing_on.call_soon(flush)
 
     return write
 
