@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import os
 import statistics
@@ -112,6 +113,14 @@ async def cpu_per_delivery(connect: Callable[[], Any], request: bytes, rounds: i
     return (time.process_time() - started) / (rounds * CONNECTIONS) * 1e6
 
 
+def stderr_like(path: Path) -> io.TextIOWrapper:
+    """A log file opened as Python opens stderr when it is not a terminal, where serve
+    logs by default: every write of its bytes reaches the file at once. (floor-observed
+    writes such bytes directly.)"""
+    raw = open(path, "ab", buffering=0)  # noqa: SIM115
+    return io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+
+
 def request_bytes(path: str, body: bytes) -> bytes:
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     head = (
@@ -173,7 +182,7 @@ async def ours(
     from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
 
     ablate(parts)
-    logs.configure("info", open(log_file, "a", encoding="utf-8"), json=True)  # noqa: SIM115
+    logs.configure("info", stderr_like(log_file), json=True)
     indexes = Indexes(BaseURL.parse("http://127.0.0.1:8080"), "kargo")
     store = SqliteStore(StateFile(state, busy_timeout=REFRESH_BUDGET), indexes, 1000)
     connections = Connections(1000, 10.0)
@@ -225,7 +234,7 @@ async def floor(workdir: Path, rounds: int, body: bytes, observed: bool) -> list
     }
     warehouses[repository] = ("ns0", "wh0")
     if observed:
-        log = open(workdir / "floor-observed.log", "ab")  # noqa: SIM115
+        log = open(workdir / "floor-observed.log", "ab", buffering=0)  # noqa: SIM115
         app = floor_app.observed_app(SECRET.encode(), warehouses, writer, log)
     else:
         app = bare_app.make_app(SECRET.encode(), floor_app.refresh_work(warehouses, writer))
