@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import logging
 import sys
@@ -170,8 +171,10 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
         stream.flush()
 
     def flush_at_exit() -> None:
+        """Lines of a turn the loop did not finish; the stream may be gone by now."""
         if pending:
-            flush()
+            with contextlib.suppress(ValueError, OSError):
+                flush()
 
     atexit.register(flush_at_exit)
 

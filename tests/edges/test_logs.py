@@ -134,3 +134,26 @@ def test_delivery_lines_of_one_loop_turn_reach_unbuffered_bytes_in_one_write() -
     assert [line["delivery"] for line in lines] == ["d0", "d1", "d2"]
     logs.info(log, "delivery %s", ("refreshed",), {"delivery": "off-loop"})
     assert orjson.loads(raw.writes[-1])["delivery"] == "off-loop"
+
+
+def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next_loops_lines() -> None:
+    raw = Unbuffered()
+    logs.configure("info", stream=io.TextIOWrapper(raw, "utf-8", write_through=True), json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    stopped = asyncio.new_event_loop()
+
+    def last_turn() -> None:
+        logs.info(log, "delivery %s", ("refreshed",), {"delivery": "first"})
+        stopped.stop()  # before the turn that would write it
+
+    stopped.call_soon(last_turn)
+    stopped.run_forever()
+    assert raw.writes == []
+
+    async def next_loop() -> None:
+        logs.info(log, "delivery %s", ("refreshed",), {"delivery": "second"})
+
+    asyncio.run(next_loop())
+    stopped.close()
+    lines = [orjson.loads(line) for line in b"".join(raw.writes).splitlines()]
+    assert [line["delivery"] for line in lines] == ["first", "second"]
