@@ -4,9 +4,10 @@ Figure 1 (bench/run.py) measures through real sockets on a pinned CPU; on a shar
 its rounds vary by more than most single changes. This bench feeds the signed 10 KB push
 to 16 connections of the real protocol at once (``serve``'s front door protocol, the real
 ``App``, a ``SqliteStore`` over 10,000 Warehouses, metrics and the JSON log line written
-to a file) through a fake transport, and measures the process's CPU per delivery. The
-floor app (bench/floor_app.py on the same front door protocol) runs the same way, bare
-and ``--observed`` (with the log line, history record and counter hand-written).
+to an unbuffered file, as to stderr) through a fake transport, and measures the process's
+CPU per delivery. The floor app (bench/floor_app.py on the same front door protocol) runs
+the same way, bare and ``--observed`` (with the log line, history record and counter
+hand-written).
 
 Variants run in separate processes, in alternating order each round; it prints each one's
 median and its ratio to the floor and to the first variant, round by round:
@@ -114,9 +115,8 @@ async def cpu_per_delivery(connect: Callable[[], Any], request: bytes, rounds: i
 
 
 def stderr_like(path: Path) -> io.TextIOWrapper:
-    """A log file opened as Python opens stderr when it is not a terminal, where serve
-    logs by default: every write of its bytes reaches the file at once. (floor-observed
-    writes such bytes directly.)"""
+    """A log file as Python opens stderr when it is not a terminal (where serve logs by
+    default): each write of its bytes reaches the file at once."""
     raw = open(path, "ab", buffering=0)  # noqa: SIM115
     return io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
 
