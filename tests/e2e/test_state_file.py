@@ -48,7 +48,7 @@ def test_deleted_state_file_answers_503_until_apply_creates_a_new_one(tmp_path: 
         for _ in range(5):  # at once: the write is checked against the file at the path
             answer = deliver()
             assert (answer.status, answer.json()) == (503, {"error": "store unavailable"})
-        assert server.logs().count("was deleted or replaced while serving") == 1
+        assert server.logs().count("was deleted, replaced or made unreadable while serving") == 1
         cli("apply", "-f", "-", state=state, stdin=manifests("w2"))
         answer = eventually(lambda: (a := deliver()).status == 200 and a, what="a 200")
         assert answer.json()["refreshed"] == ["demo/w2"]  # w1 is not in the new file

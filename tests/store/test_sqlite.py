@@ -167,6 +167,28 @@ def test_a_failed_commit_fails_every_refresh_of_its_burst_in_one_log_line(
     ]
 
 
+def test_an_unexpected_writer_error_reaches_the_waiting_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    StateFile(path).apply([warehouse("a", "w1")])
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug in the writer")
+
+    async def scenario() -> None:
+        store = await started(path)
+        monkeypatch.setattr(StateFile, "write_batch", broken)
+        try:
+            with pytest.raises(RuntimeError, match="bug in the writer"):
+                await asyncio.wait_for(store.refresh([Target("Warehouse", "a", "w1")], "v"), 5)
+        finally:
+            monkeypatch.undo()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_refreshes_reach_the_database_file_through_background_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

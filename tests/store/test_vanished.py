@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,42 @@ def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
 
     with caplog.at_level(logging.INFO, "kargo_bitbucket"):
         asyncio.run(scenario())
-    assert caplog.text.count("was deleted or replaced while serving") == 1
+    assert caplog.text.count("was deleted, replaced or made unreadable while serving") == 1
     assert caplog.text.count("refused") == 1  # once, not at every poll
     reader = StateFile(path, create=False)
     (stored,) = reader.get("Warehouse", "a", "w2")
     assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v3"
     reader.close()
+
+
+def test_a_state_file_that_cannot_be_looked_at_answers_unavailable_then_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stat that fails with anything but "not found" once left the delivery waiting
+    forever for its commit; now the file counts as gone until it can be seen again."""
+    path = tmp_path / "state.db"
+    StateFile(path).apply([*config("a"), warehouse("a", "w1")])
+    w1 = Target("Warehouse", "a", "w1")
+    real_stat = os.stat
+    denied = True
+
+    def stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if denied and os.fspath(target) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(target))
+        return real_stat(target, *args, **kwargs)
+
+    async def scenario() -> None:
+        nonlocal denied
+        store = await started(path)
+        monkeypatch.setattr(os, "stat", stat)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.refresh([w1], "v1"), 5)
+            assert not store.available
+            denied = False
+            await until(lambda: store.available)
+            assert (await store.refresh([w1], "v2")).refreshed == [w1]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -93,10 +93,11 @@ Identity = tuple[int, int] | None
 
 def identity(path: Path) -> Identity:
     """Which file is at ``path`` now: compared with the one opened, it tells a file that was
-    deleted (``rm state.db*``) or replaced (a new one moved over it) while open."""
+    deleted (``rm state.db*``) or replaced (a new one moved over it) while open. None when
+    there is none, or none this process may look at (its directory's permissions changed)."""
     try:
         found = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return found.st_dev, found.st_ino
 
@@ -649,8 +650,9 @@ class SqliteStore:
             return
         self._available = False
         log.error(
-            "state file %s was deleted or replaced while serving: deliveries are answered "
-            "503 until a state file is back at that path (kargo-bitbucket apply -f creates one)",
+            "state file %s was deleted, replaced or made unreadable while serving: deliveries "
+            "are answered 503 until a state file is back at that path (kargo-bitbucket apply "
+            "-f creates one)",
             self.state.path,
         )
 
@@ -791,7 +793,7 @@ class SqliteStore:
             writes = [(target, value) for targets, value, _ in batch for target in targets]
             try:
                 found = await self._write(writes, records)
-            except (sqlite3.Error, StoreUnavailable) as error:
+            except Exception as error:  # each delivery waiting on the batch gets it, never hangs
                 if records:  # they wait for another try (the newest history_size of them)
                     self._records = _newest(records + self._records, self.history_size)
                     self._write_records_soon()
