@@ -135,6 +135,7 @@ def request_bytes(path: str, body: bytes) -> bytes:
 def ablate(parts: list[str]) -> None:
     """Make each named part of the delivery path free (monkeypatching the imported package)."""
     from kargo_bitbucket import app, delivery, logs
+    from kargo_bitbucket.outcomes import Result
     from kargo_bitbucket.store import sqlite
 
     for part in parts:
@@ -156,7 +157,7 @@ def ablate(parts: list[str]) -> None:
         elif part == "handle":
 
             async def answer_fixed(self: Any, route: Any, headers: Any, body: bytes) -> Any:
-                return delivery.Answer.message(delivery.Result.REFRESHED, "refreshed")
+                return delivery.Answer.message(Result.REFRESHED, "refreshed")
 
             delivery.Deliveries.handle = answer_fixed  # type: ignore[method-assign]
         elif part == "gc":

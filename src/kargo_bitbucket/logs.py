@@ -147,13 +147,16 @@ def info(
     _info[0](logger, message, args, fields)
 
 
-def _direct(stream: TextIO, use_json: bool) -> Write:
-    """``info`` writing to ``stream``, the bytes under it when it has them.
+def _direct(stream: TextIO, use_json: bool) -> tuple[Write, Callable[[], None]]:
+    """``info`` writing to ``stream``, the bytes under it when it has them; and what writes
+    the lines it still holds (at exit).
 
     On an event loop the JSON lines of one turn of the loop are written together at its
     end, in one write for all the deliveries answered in that turn: stderr's bytes are
-    unbuffered, and a write per line was a system call per delivery. Elsewhere, and in
-    the text format people read, each line is written at once.
+    unbuffered, and a write per line was a system call per delivery. Other log records
+    are written at once, so one may come out before a delivery line of the same turn.
+    Elsewhere, and in the text format people read, each line is written at once. For the
+    event loop's thread (or a thread without a loop): nothing here takes a lock.
     """
     raw: BinaryIO | None = getattr(stream, "buffer", None)
     pending: list[bytes] = []  # JSON lines waiting for the end of this turn of the loop
@@ -164,10 +167,12 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
         flushing_on = None
         lines = b"".join(pending)
         pending.clear()
-        if raw is not None:
-            _write_all(raw, lines)
-        else:
+        if raw is None:
             stream.write(lines.decode())
+        elif rest := _write_all(raw, lines):
+            # A full non-blocking stream: the cut line is finished later (the stream stays
+            # one JSON object per line); the whole lines after it are dropped, not queued.
+            pending.append(rest[: rest.find(b"\n") + 1])
         stream.flush()
 
     def flush_at_exit() -> None:
@@ -175,8 +180,6 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
         if pending:
             with contextlib.suppress(ValueError, OSError):
                 flush()
-
-    atexit.register(flush_at_exit)
 
     def write(
         logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
@@ -199,20 +202,27 @@ def _direct(stream: TextIO, use_json: bool) -> Write:
             return
         flushing_on.call_soon(flush)
 
-    return write
+    return write, flush_at_exit
 
 
-def _write_all(raw: BinaryIO, data: bytes) -> None:
-    """Write all of ``data``: an unbuffered stream may take part of it at a time.
-
-    What a non-blocking stream will not take now is dropped, not waited for.
-    """
+def _write_all(raw: BinaryIO, data: bytes) -> bytes:
+    """Write ``data``, which an unbuffered stream may take part by part; return the part a
+    non-blocking stream would not take now (nothing is waited for)."""
     view = memoryview(data)
     while view:
-        written = raw.write(view)
+        try:
+            written = raw.write(view)
+        except BlockingIOError as error:  # a buffered writer over a non-blocking stream
+            return bytes(view[error.characters_written :])
         if not written:
-            return
+            return bytes(view)
         view = view[written:]
+    return b""
+
+
+_exit_flush: list[Callable[[], None]] = [lambda: None]
+"""Writes what the delivery log of the last ``configure`` still holds."""
+atexit.register(lambda: _exit_flush[0]())
 
 
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
@@ -221,7 +231,7 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     use_json = not stream.isatty() if json is None else json
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
-    _info[0] = _direct(stream, use_json)
+    _info[0], _exit_flush[0] = _direct(stream, use_json)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     monkeypatch.setattr(logs, "_info", list(logs._info))  # what configure() installs
+    monkeypatch.setattr(logs, "_exit_flush", list(logs._exit_flush))
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -157,3 +159,39 @@ def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next_loops_lines()
     stopped.close()
     lines = [orjson.loads(line) for line in b"".join(raw.writes).splitlines()]
     assert [line["delivery"] for line in lines] == ["first", "second"]
+
+
+def test_a_full_non_blocking_stream_keeps_one_json_object_per_line() -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    raw = io.FileIO(write_end, "wb")
+    logs.configure("info", stream=io.TextIOWrapper(raw, "utf-8", write_through=True), json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+
+    async def turn(first: int, count: int) -> None:
+        for number in range(first, first + count):
+            logs.info(log, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
+
+    try:
+        asyncio.run(turn(0, 2000))  # far more than the pipe holds: the rest is dropped
+        received = b""
+        while chunk := _read_now(read_end):
+            received += chunk
+        asyncio.run(turn(2000, 1))  # finishes the cut line, then writes the next one
+        received += _read_now(read_end)
+    finally:
+        raw.close()
+        os.close(read_end)
+    lines = [orjson.loads(line) for line in received.splitlines()]
+    assert lines[0]["delivery"] == "d0"
+    assert lines[-1]["delivery"] == "d2000"
+    assert len(lines) < 2000
+
+
+def _read_now(fd: int) -> bytes:
+    """What the pipe holds now, without waiting."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return b""

@@ -137,7 +137,7 @@ def test_an_object_refreshed_twice_in_one_burst_is_written_once_with_the_later_v
     assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v3"
 
 
-def test_a_failed_commit_fails_every_refresh_of_its_burst_in_one_log_line(
+def test_a_failed_commit_fails_every_refresh_waiting_on_it_in_one_log_line_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "state.db"

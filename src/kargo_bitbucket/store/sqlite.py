@@ -359,7 +359,8 @@ class StateFile:
         """Write refresh values and delivery records in one transaction.
 
         An object named more than once in ``batch`` is written once, with its last value
-        (pushes to one repository on 16 connections: 0.934 of the CPU per delivery).
+        (pushes to one repository on 16 connections: CPU per delivery 0.934 of writing
+        each, in process).
         Returns the targets that exist. History beyond the last ``keep`` records (and
         unsigned requests beyond ``UNSIGNED_HISTORY_SIZE``) is dropped every ``TRIM_EVERY``
         records; readers see only the last ``keep`` (``keep_history``).
