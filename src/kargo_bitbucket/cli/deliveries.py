@@ -20,7 +20,7 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
-from kargo_bitbucket.history import DeliveryRecord, to_json
+from kargo_bitbucket.history import DeliveryRecord
 from kargo_bitbucket.store.sqlite import StateFile
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             state.close()
     if args.output != "table":
-        print_document(orjson.loads(to_json(records)), args.output)
+        print_document(msgspec.to_builtins(records), args.output)
         return 0
     if not records:
         print("No deliveries recorded.", file=sys.stderr)
