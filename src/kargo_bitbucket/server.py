@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 from collections.abc import Iterator
@@ -20,6 +21,10 @@ DEFAULT_SHUTDOWN_GRACE = 8.0
 ADMIN_MAX_CONNECTIONS = 32
 """Open connections the admin listener takes: scrapers and a few people browsing."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROCESS_LINES = frozenset(
+    {"Started server process [%d]", "Shutting down", "Finished server process [%d]"}
+)
+"""uvicorn's lines about the process, which it logs once per server it runs."""
 
 
 class Server(UvicornServer):
@@ -58,6 +63,24 @@ class CompanionServer(UvicornServer):
         yield
 
 
+class OncePerProcess(logging.Filter):
+    """Lets each of uvicorn's ``PROCESS_LINES`` through once: the admin listener is a second
+    server in the process, and its copies of those lines only said the same thing again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[object, object]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in PROCESS_LINES:
+            return True
+        line = (record.msg, record.args)
+        if line in self.seen:
+            return False
+        self.seen.add(line)
+        return True
+
+
 class ListenError(OSError):
     """A listen address cannot be bound; the message names it."""
 
@@ -85,15 +108,21 @@ async def serve_together(
     companion_socket: socket.socket | None,
 ) -> None:
     """Run the webhook server and the admin listener; stop the admin once the main one exits."""
-    task = None
-    if companion is not None and companion_socket is not None:
-        task = asyncio.create_task(companion.serve([companion_socket]), name="admin")
+    if companion is None or companion_socket is None:
+        await main.serve([main_socket])
+        return
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    once = OncePerProcess()
+    uvicorn_log.addFilter(once)
+    task = asyncio.create_task(companion.serve([companion_socket]), name="admin")
     try:
         await main.serve([main_socket])
     finally:
-        if companion is not None and task is not None:
-            companion.should_exit = True
+        companion.should_exit = True
+        try:
             await task
+        finally:
+            uvicorn_log.removeFilter(once)
 
 
 def build_admin_server(app: Any, host: str, port: int) -> CompanionServer:

@@ -307,3 +307,22 @@ def test_requests_refused_before_the_body_leave_a_trace(fresh: Server) -> None:
             == 1
         )
         assert f'"result":"{result}"' in fresh.logs()
+
+
+def test_start_and_stop_said_once_with_the_admin_listener(fresh: Server) -> None:
+    """The admin listener is a second uvicorn server in the process: uvicorn's lines about
+    the process still appear once each, not once per server."""
+    assert fresh.stop() == 0
+    lines = [
+        json.loads(line)["msg"]
+        for line in fresh.log.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    pid = fresh.process.pid
+    for said in (
+        f"Started server process [{pid}]",
+        "Shutting down",
+        f"Finished server process [{pid}]",
+    ):
+        assert lines.count(said) == 1, (said, lines)
+    assert "Application shutdown complete." in lines
