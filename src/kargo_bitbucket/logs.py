@@ -188,11 +188,18 @@ def _direct(stream: TextIO, use_json: bool) -> tuple[Write, Callable[[], None]]:
         if not logger.isEnabledFor(logging.INFO):
             return
         text = clip(message % args, LOG_FIELD_LIMIT)
+        now = time.time()
         if not use_json:
-            stream.write(_text(time.time(), "info", text, _cut(fields)) + "\n")
+            people = _text(now, "info", text, fields)
+            if len(people) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
+                people = _text(now, "info", text, _cut(fields))
+            stream.write(people + "\n")
             stream.flush()
             return
-        pending.append(_json(time.time(), "info", logger.name, text, _cut(fields)))
+        line = _json(now, "info", logger.name, text, fields)
+        if len(line) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
+            line = _json(now, "info", logger.name, text, _cut(fields))
+        pending.append(line)
         if flushing_on is not None and flushing_on.is_running():
             return  # due at the end of this turn
         try:

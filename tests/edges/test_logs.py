@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from kargo_bitbucket import logs
+from kargo_bitbucket.bounds import LOG_FIELD_LIMIT
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +104,20 @@ def test_delivery_line_for_people_and_below_the_level() -> None:
     logs.configure("warning", stream=stream, json=False)
     logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r"})
     assert stream.getvalue().count("delivery refreshed") == 1
+
+
+@pytest.mark.parametrize("json", [True, False])
+def test_delivery_line_fields_are_cut_only_past_the_limit(json: bool) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=json)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    at_limit, past = "a" * LOG_FIELD_LIMIT, "b" * (LOG_FIELD_LIMIT + 1)
+    logs.info(log, "delivery %s", ("refreshed",), {"delivery": at_limit, "status": 200})
+    logs.info(log, "delivery %s", ("refreshed",), {"delivery": past, "status": 200})
+    first, second = stream.getvalue().splitlines()
+    assert at_limit in first and "truncated" not in first
+    assert f"{'b' * LOG_FIELD_LIMIT}…[truncated, {LOG_FIELD_LIMIT + 1} chars]" in second
+    assert "200" in second
 
 
 class Unbuffered(io.RawIOBase):
