@@ -213,9 +213,7 @@ class Deliveries:
     ) -> Answer:
         """Refresh what the verdicts name; count only what still failed."""
         targets = [Target(v.kind, v.namespace, v.name) for v in verdicts if v.refresh]
-        result = RefreshResult()
-        if targets:
-            result = await self.store.refresh(targets, now, note)
+        result = await self.store.refresh(targets, now, note) if targets else RefreshResult()
         candidates, unlisted, outcomes = _candidates(verdicts, result)
         names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
         extra = {"deliveryId": delivery_id(headers), "refreshed": names}

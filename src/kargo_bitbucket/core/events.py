@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -23,8 +22,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Push:
+class Push(msgspec.Struct, frozen=True):
     """A push to one repository, known by all the URLs the payload gives for it.
 
     `repo_urls`: Cloud `(links.html.href,)`; Server every non-empty
@@ -37,8 +35,7 @@ class Push:
     refs: tuple[str, ...] | None
 
 
-@dataclass(frozen=True, slots=True)
-class PullRequestClosed:
+class PullRequestClosed(msgspec.Struct, frozen=True):
     """A pull request was merged or declined; Promotions waiting on `pr_url` are refreshed."""
 
     pr_url: str

@@ -6,6 +6,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import re2
 
 from kargo_bitbucket.core.identity import repository_identity
@@ -67,8 +68,7 @@ class GitSubscription:
         return tuple(found)
 
 
-@dataclass(frozen=True, slots=True)
-class RefVerdict:
+class RefVerdict(msgspec.Struct, frozen=True):
     """Whether one ref concerns one subscription, and the sentence that says why.
 
     ``uncertain`` names the unevaluable field that decided a match (refresh anyway).
