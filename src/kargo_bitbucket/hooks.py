@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -30,6 +31,7 @@ from kargo_bitbucket.core.webhooks import (
     Plan,
     compare,
     desired_hook,
+    is_local,
     plan,
     prune_places,
 )
@@ -79,6 +81,7 @@ async def survey(
         servers=credentials.servers(),
     )
     clients: dict[str, BitbucketClient] = {}
+    local: set[str] = set()  # servers whose API answers on this machine
     missing: dict[str, str] = {}
     for server in sorted({w.place.server for w in wanted.wanted}):
         credential = credentials.lookup(server)
@@ -87,6 +90,8 @@ async def survey(
             continue
         url = credentials.api_url(server, api_urls)
         clients[server] = BitbucketClient(url, credential, cloud=server == CLOUD)
+        if is_local(urlsplit(url).hostname or ""):
+            local.add(server)
     limit = asyncio.Semaphore(CONCURRENCY)
     warnings: list[str] = []
     places = sorted({w.place for w in wanted.wanted})
@@ -106,7 +111,7 @@ async def survey(
     asked = [p for p in places if p.server in clients]
     listed_hooks = await _gather(limit, [_hooks(clients[p.server], p) for p in asked])
     existing.update(zip(asked, listed_hooks, strict=True))
-    findings = compare(wanted.wanted, existing, prune=prune)
+    findings = compare(wanted.wanted, existing, prune=prune, local_servers=local)
     return Survey(wanted, findings, clients, warnings)
 
 

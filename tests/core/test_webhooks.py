@@ -23,6 +23,7 @@ from kargo_bitbucket.core.webhooks import (
     NONE,
     NOT_SUBSCRIBED,
     SERVER_EVENTS,
+    UNREACHABLE,
     UPDATE,
     WORKSPACE,
     WRONG_URL,
@@ -35,6 +36,7 @@ from kargo_bitbucket.core.webhooks import (
     prune_places,
     pull_request_place,
     repository_place,
+    unreachable,
 )
 
 GUESTBOOK = Place("bitbucket.org", "acme", "guestbook")
@@ -220,6 +222,51 @@ def test_compare_names_the_missing_events_and_the_hook_to_fix_by_hand() -> None:
     )
     (fine,) = compare(_wanted(RECEIVER), {GUESTBOOK: [good(marker="x")]})
     assert (fine.status, fine.detail) == ("ok", "hook {1} was not created by kargo-bitbucket")
+
+
+@pytest.mark.parametrize(
+    ("url", "place", "reachable"),
+    [
+        ("https://kargo.example.com/bitbucket/aa", GUESTBOOK, True),
+        ("https://203.0.113.7/bitbucket/aa", PLATFORM, True),
+        ("http://8.8.8.8:8080/bitbucket/aa", GUESTBOOK, True),
+        ("http://127.0.0.1:8080/bitbucket/aa", GUESTBOOK, False),
+        ("http://localhost:8080/bitbucket/aa", GUESTBOOK, False),
+        ("http://[::1]:8080/bitbucket/aa", GUESTBOOK, False),
+        ("http://10.1.2.3/bitbucket/aa", GUESTBOOK, False),
+        ("http://192.168.1.20/bitbucket/aa", GUESTBOOK, False),
+        ("http://0.0.0.0:8787/bitbucket/aa", GUESTBOOK, False),
+        # Data Center sits on the company's network: a private address is fine, this
+        # machine's own is not; 0.0.0.0 never.
+        ("http://10.1.2.3/bitbucket/aa", PLATFORM, True),
+        ("http://127.0.0.1:8080/bitbucket/aa", PLATFORM, False),
+        ("http://[::]:8080/bitbucket/aa", PLATFORM, False),
+    ],
+)
+def test_unreachable_receiver_urls(url: str, place: Place, reachable: bool) -> None:
+    why = unreachable(url, place)
+    assert (why == "") is reachable, why
+    if why:
+        assert "serve --base-url" in why
+
+
+@pytest.mark.parametrize("place", [GUESTBOOK, PLATFORM])
+def test_a_bitbucket_on_this_machine_reaches_it_but_not_an_unspecified_address(
+    place: Place,
+) -> None:
+    assert unreachable("http://127.0.0.1:8080/bitbucket/aa", place, from_this_machine=True) == ""
+    assert unreachable("http://0.0.0.0:8080/bitbucket/aa", place, from_this_machine=True)
+
+
+def test_a_hook_to_an_unreachable_url_is_neither_created_nor_updated() -> None:
+    local = Receiver("demo", "bb", "http://127.0.0.1:8080/bitbucket/aa", b"s3cret", "demo")
+    (missing,) = compare(_wanted(local), {GUESTBOOK: []})
+    assert (missing.problems, missing.action) == ((UNREACHABLE, MISSING), MANUAL)
+    assert missing.detail.startswith("Bitbucket Cloud cannot reach 127.0.0.1")
+    (present,) = compare(_wanted(local), {GUESTBOOK: [good(local)]})
+    assert (present.problems, present.action, present.hook_id) == ((UNREACHABLE,), MANUAL, "{1}")
+    (double,) = compare(_wanted(local), {GUESTBOOK: []}, local_servers={"bitbucket.org"})
+    assert (double.problems, double.action) == ((MISSING,), CREATE)
 
 
 def test_each_receiver_has_its_own_hook_per_repository() -> None:

@@ -315,6 +315,19 @@ def test_send_exit_codes(state: Path, server_factory: Any) -> None:
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 
+def test_serve_says_when_it_publishes_an_address_no_one_can_send_to(
+    state: Path, server_factory: Any
+) -> None:
+    server = server_factory(state, "-f", str(EXAMPLE), "--base-url", "http://0.0.0.0:8787")
+    printed = ""
+    for _ in range(50):
+        printed += server.process.stdout.readline()
+        if "receiver kargo-demo/bitbucket:" in printed:
+            break
+    assert "note: receivers published at http://0.0.0.0:8787: 0.0.0.0 is not an address" in printed
+    assert "serve --base-url" in printed
+
+
 def test_serve_prints_receivers_and_a_working_send_line(state: Path, server_factory: Any) -> None:
     server = server_factory(state, "-f", str(EXAMPLE))
     printed = ""

@@ -42,6 +42,7 @@ from kargo_bitbucket.config import (
 )
 from kargo_bitbucket.core.payloads import is_cloud_url
 from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY
+from kargo_bitbucket.core.webhooks import unaddressable
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes
@@ -268,6 +269,8 @@ def _announce(settings: ServeSettings, store: SqliteStore | None = None) -> None
     print(
         f"kargo-bitbucket listening on http://{settings.host}:{settings.port} ({where})", flush=True
     )
+    if nowhere := unaddressable(settings.base_url.origin):
+        print(f"note: receivers published at {settings.base_url.origin}: {nowhere}", flush=True)
     if store is None:
         return
     resolution = store.indexes.resolution

@@ -7,9 +7,10 @@ each receiver needs; comparing with what Bitbucket lists gives one finding each.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from urllib.parse import SplitResult, urlsplit
 
 from kargo_bitbucket.core.identity import repository_identity
@@ -34,6 +35,7 @@ NO_SECRET = "secret not set"
 NO_ACCESS = "no access"
 NOT_SUBSCRIBED = "not subscribed"
 DUPLICATE = "duplicate"
+UNREACHABLE = "unreachable URL"
 
 # Actions of a sync.
 NONE, CREATE, UPDATE, DELETE, MANUAL = "none", "create", "update", "delete", "manual"
@@ -261,8 +263,12 @@ def compare(
     existing: Mapping[Place, Sequence[Hook] | str],
     *,
     prune: bool = False,
+    local_servers: Collection[str] = (),
 ) -> list[Finding]:
     """One finding per wanted hook; with ``prune``, also our hooks nothing wants any more.
+
+    A hook whose receiver URL the place's Bitbucket cannot reach (``unreachable``; servers
+    in ``local_servers`` run on this machine) is reported and never created or updated.
 
     ``existing`` maps each place looked at to its hooks, or to why they could not be
     listed (401/403/404...). A hook with our marker is ours to update or delete; one
@@ -286,6 +292,11 @@ def compare(
             )
             continue
         finding = _judge(want, hooks)
+        here = want.place.server in local_servers
+        why = unreachable(want.receiver.url, want.place, from_this_machine=here)
+        if why:  # a hook there could never deliver: nothing to create or update it to
+            problems = (UNREACHABLE, *finding.problems)
+            finding = replace(finding, problems=problems, action=MANUAL, detail=why)
         if finding.hook_id:
             claimed.add((want.place, finding.hook_id))
         findings.append(finding)
@@ -300,6 +311,52 @@ def compare(
                 problem = DUPLICATE if served else NOT_SUBSCRIBED
                 findings.append(Finding(place, hook.marker, (problem,), DELETE, hook.id, hook.url))
     return findings
+
+
+def unreachable(url: str, place: Place, *, from_this_machine: bool = False) -> str:
+    """Why Bitbucket at ``place`` cannot deliver to the receiver ``url``; "" when it may.
+
+    Only addresses are judged (a host name is its DNS's business): nothing can send to an
+    unspecified address (``0.0.0.0``); a Bitbucket ``from_this_machine`` (its API answers on
+    a loopback address: a local instance, a test double) reaches any other; Bitbucket Cloud
+    reaches only public ones, and a Data Center server any but loopback ones.
+    """
+    if nowhere := unaddressable(url):
+        return nowhere
+    if from_this_machine:
+        return ""
+    host = (urlsplit(url).hostname or "").lower()
+    address = _address(host)
+    if place.cloud and (is_local(host) or (address is not None and not address.is_global)):
+        return f"Bitbucket Cloud cannot reach {host}, not a public address: {_PUBLISH}"
+    if is_local(host):
+        return f"{place.server} cannot reach {host}, this machine's own address: {_PUBLISH}"
+    return ""
+
+
+_PUBLISH = "publish the receivers at the address Bitbucket reaches (serve --base-url)"
+
+
+def unaddressable(url: str) -> str:
+    """Why nothing can send to ``url`` (its host is ``0.0.0.0`` or ``::``); "" otherwise."""
+    host = (urlsplit(url).hostname or "").lower()
+    address = _address(host)
+    if address is not None and address.is_unspecified:
+        return f"{host} is not an address anyone can send to: {_PUBLISH}"
+    return ""
+
+
+def is_local(host: str) -> bool:
+    """``localhost`` or a loopback address."""
+    address = _address(host)
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _judge(want: Wanted, hooks: Sequence[Hook]) -> Finding:
