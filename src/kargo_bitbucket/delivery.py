@@ -139,8 +139,10 @@ class Deliveries:
     def _finish(self, route: Route, answer: Answer, record: DeliveryRecord) -> None:
         """What every answered request to a receiver leaves: history, metrics, one log line.
 
-        Unsigned requests go to the history's separate ring, and at most
-        ``UNSIGNED_LOG_RATE`` of them a second per receiver to the log.
+        The line is at info level for a 2xx, warning for a refusal (4xx) and error for a
+        failure (5xx), so that a log kept at warning still shows what went wrong. Unsigned
+        requests go to the history's separate ring, and at most ``UNSIGNED_LOG_RATE`` of
+        them a second per receiver to the log.
         """
         self.store.record(record)
         if self.metrics is not None:
@@ -166,7 +168,15 @@ class Deliveries:
         }
         if record.detail:
             extra["detail"] = record.detail
-        logs.info(log, message, args, extra)
+        if answer.status < 400:
+            logs.info(log, message, args, extra)
+        else:
+            log.log(
+                logging.ERROR if answer.status >= 500 else logging.WARNING,
+                message,
+                *args,
+                extra=extra,
+            )
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes, now: str

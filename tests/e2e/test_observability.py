@@ -326,3 +326,23 @@ def test_start_and_stop_said_once_with_the_admin_listener(fresh: Server) -> None
     ):
         assert lines.count(said) == 1, (said, lines)
     assert "Application shutdown complete." in lines
+
+
+def test_refusals_are_warnings_so_a_warning_level_log_still_shows_them(
+    template: Path, tmp_path: Path
+) -> None:
+    server = serve_copy(template, tmp_path, "--log-level", "warning")
+    url = server.base + receiver_path("demo")
+    try:
+        body = push(("branch", "main"))
+        assert request(url, body, signed(body)).status == 200
+        assert request(url, body, {"X-Event-Key": "repo:push"}).status == 401
+        bad = b'{"push": 1}'
+        assert request(url, bad, signed(bad)).status == 400
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line[:1] == "{"]
+    delivered = {
+        line["result"]: line["level"] for line in lines if line["logger"].endswith("delivery")
+    }
+    assert delivered == {"missing-signature": "warning", "invalid-payload": "warning"}
