@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from kargo_bitbucket.config import DEFAULT_BODY_LIMIT
 from kargo_bitbucket.connections import BODY_OVERDUE
 from kargo_bitbucket.core.receivers import Route as ReceiverRoute
 from kargo_bitbucket.delivery import Answer, Deliveries
@@ -27,7 +28,6 @@ from kargo_bitbucket.unknown_paths import UnknownPaths
 
 log = logging.getLogger("kargo_bitbucket.app")
 
-DEFAULT_BODY_LIMIT = 2 * 1024 * 1024
 JSON = b"application/json"
 FIXED_PATHS = frozenset({"/healthz", "/readyz"})
 CLIENT_CLOSED = 499

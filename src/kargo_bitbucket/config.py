@@ -18,6 +18,7 @@ DEFAULT_STATE = Path(".kargo-bitbucket") / "state.db"
 DEFAULT_SYSTEM_NAMESPACE = "kargo-system-resources"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_BODY_LIMIT = 2 * 1024 * 1024  # bytes
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds
 DEFAULT_BODY_TIMEOUT = 10.0  # seconds
 RESERVED_FDS = 64  # state file, admin listener, Kubernetes client, logs

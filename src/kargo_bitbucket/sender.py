@@ -7,6 +7,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
+from kargo_bitbucket.config import DEFAULT_BODY_LIMIT
 from kargo_bitbucket.core.payloads import is_cloud_url
 from kargo_bitbucket.core.signature import sign
 
@@ -64,4 +65,11 @@ def send(url: str, event: str, body: bytes, secret: bytes, *, cloud: bool, timeo
     except urllib.error.HTTPError as error:
         return Reply(error.code, error.read().decode(errors="replace"))
     except (urllib.error.URLError, OSError, ValueError) as error:
-        raise UnreachableError(f"cannot reach {url}: {getattr(error, 'reason', error)}") from error
+        reason = getattr(error, "reason", error)
+        if len(body) > DEFAULT_BODY_LIMIT and isinstance(reason, ConnectionError):
+            raise UnreachableError(
+                f"{url} closed the connection while the {len(body)}-byte body was being sent: "
+                f"a receiver answers 413 to a body over its --body-limit ({DEFAULT_BODY_LIMIT} "
+                f"bytes by default) and closes ({reason})"
+            ) from error
+        raise UnreachableError(f"cannot reach {url}: {reason}") from error

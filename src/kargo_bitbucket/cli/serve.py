@@ -24,6 +24,7 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.config import (
     DEFAULT_ADMIN_LISTEN,
+    DEFAULT_BODY_LIMIT,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LISTEN,
@@ -76,10 +77,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--body-limit",
         type=int,
         default=FromEnv(
-            "BODY_LIMIT", 2097152, positive_int, "a whole number of bytes, e.g. 2097152"
+            "BODY_LIMIT", DEFAULT_BODY_LIMIT, positive_int, "a whole number of bytes, e.g. 2097152"
         ),
         metavar="BYTES",
-        help="largest accepted body (default 2097152)",
+        help=f"largest accepted body (default {DEFAULT_BODY_LIMIT})",
     )
     parser.add_argument(
         "--body-timeout",
