@@ -384,6 +384,29 @@ def usage_error(state: Path, *args: str, stdin: str | None = None) -> str:
     return result.stderr
 
 
+@pytest.mark.parametrize(
+    ("kubeconfig", "said"),
+    [
+        ('clusters: [{name: x, cluster: {server: "https://h"}\n', "(line 2, column 1: expected"),
+        ("clusters: 5\ncontexts: 3\ncurrent-context: a\n", "(TypeError: "),
+        ("- a\n- b\n", "(AttributeError: "),
+    ],
+)
+def test_a_malformed_kubeconfig_is_one_line_not_a_traceback(
+    tmp_path: Path, state: Path, kubeconfig: str, said: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig)
+    for command in (("urls",), ("serve", "--base-url", "https://kargo.example.com")):
+        result = cli(*command, "--kubernetes", "--kubeconfig", str(path), state=state, check=False)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(
+            f"kargo-bitbucket: cannot load Kubernetes credentials: {path} is not"
+        )
+        assert said in line
+
+
 def test_unknown_option_prints_the_commands_usage(state: Path) -> None:
     stderr = usage_error(state, "get", "wh", "--bogus")
     assert stderr.startswith("usage: kargo-bitbucket get ")

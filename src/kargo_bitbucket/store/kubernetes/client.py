@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx2 as httpx
+import yaml
 from lightkube import AsyncClient
 
 from kargo_bitbucket import __version__
@@ -49,6 +50,17 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
         single = config.get(context_name=context)
     except (ConfigError, OSError, ValueError) as error:
         raise KubernetesConfigError(f"cannot load Kubernetes credentials: {error}") from error
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        # Not YAML, or YAML of another shape: lightkube reads it without checking.
+        where = kubeconfig or "the kubeconfig"
+        if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+            mark = error.problem_mark
+            summary = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+        else:
+            summary = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        raise KubernetesConfigError(
+            f"cannot load Kubernetes credentials: {where} is not a valid kubeconfig ({summary})"
+        ) from error
     if single is None or single.user is None:
         raise KubernetesConfigError(f"kubeconfig has no usable context {context or '(current)'}")
     # Keep as many connections alive as patches and Events may run at once: with httpx's
