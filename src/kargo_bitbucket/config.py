@@ -189,7 +189,9 @@ class ServeSettings:
                     f"--listen {listen!r} gives no usable default base URL ({error}); "
                     "pass --base-url"
                 ) from error
-            raise ConfigError(f"--base-url: {error}") from error
+            # Name the setting the value came from: in a pod that is the variable.
+            source = f"{ENV_PREFIX}BASE_URL" if base_url == env("BASE_URL") else "--base-url"
+            raise ConfigError(f"{source}: {error}") from error
         if body_limit <= 0:
             raise ConfigError("--body-limit must be a positive number of bytes")
         if min(body_timeout, header_timeout) <= 0:

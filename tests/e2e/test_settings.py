@@ -33,6 +33,16 @@ def test_bad_variable_is_one_line_naming_it_and_exit_2(
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_base_url_names_the_setting_it_came_from(state: Path) -> None:
+    variable = {"KARGO_BITBUCKET_BASE_URL": "CHANGE-ME"}
+    from_env = cli("serve", state=state, check=False, env=variable)
+    assert from_env.returncode == 2
+    assert from_env.stderr.startswith("kargo-bitbucket: KARGO_BITBUCKET_BASE_URL: base URL")
+    from_flag = cli("serve", "--base-url", "ftp://x", state=state, check=False, env=variable)
+    assert from_flag.returncode == 2
+    assert from_flag.stderr.startswith("kargo-bitbucket: --base-url: base URL 'ftp://x'")
+
+
 def test_help_and_commands_without_the_setting_still_work(state: Path) -> None:
     bad = {"KARGO_BITBUCKET_BODY_LIMIT": "2MiB", "KARGO_BITBUCKET_LEASE_DURATION": "long"}
     for args in (["--help"], ["serve", "--help"], ["secret"]):
