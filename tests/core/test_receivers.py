@@ -152,6 +152,13 @@ def test_rendered_status_keeps_transition_time_of_unchanged_conditions() -> None
     changed = next(iter(broken.values())).render(first, 4, "2026-03-03T00:00:00Z")
     ready = next(c for c in changed["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["lastTransitionTime"]) == ("False", "2026-03-03T00:00:00Z")
+    # Still not ready, for another reason: a new message, the same transition time.
+    forbidden = {"secret": None}
+    other = resolve([config], lambda ns, n: forbidden, BASE, "sys").statuses
+    later = next(iter(other.values())).render(changed, 5, "2026-04-04T00:00:00Z")
+    still = next(c for c in later["conditions"] if c["type"] == "Ready")
+    assert still["status"] == "False" and still["message"] != ready["message"]
+    assert still["lastTransitionTime"] == "2026-03-03T00:00:00Z"
 
 
 def test_entries_published_for_other_receiver_types_are_kept_in_spec_order() -> None:

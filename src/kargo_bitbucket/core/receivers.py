@@ -152,8 +152,9 @@ class OwnerStatus:
         }
         conditions = []
         for condition in self.conditions():
+            # As Kubernetes' SetStatusCondition: the time moves only when the status does.
             old = before.get(condition["type"]) or {}
-            same = all(old.get(k) == condition[k] for k in ("status", "reason", "message"))
+            same = old.get("status") == condition["status"]
             stamp = old.get("lastTransitionTime") if same else None
             conditions.append(
                 {**condition, "observedGeneration": generation, "lastTransitionTime": stamp or now}
