@@ -71,6 +71,9 @@ class Answer(msgspec.Struct, kw_only=True):
     """Candidates considered but left out of ``candidates`` (past MAX_CANDIDATES)."""
     outcomes: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
     """(kind, outcome) of every candidate, listed or not: what metrics count."""
+    cause: str = ""
+    """Why refreshes failed, for the history and the log only: API and file errors are
+    our side's business, not the sender's."""
 
     @classmethod
     def message(cls, result: Result, msg: str) -> Answer:
@@ -242,6 +245,7 @@ class Deliveries:
             refreshed=refreshed,
             unlisted=unlisted,
             outcomes=outcomes,
+            cause=result.cause(),
         )
 
     def _warn_trailing_newline(self, route: Route, headers: Mapping[str, str]) -> None:
@@ -349,7 +353,7 @@ def _record(
             c if len(c.reason) <= FIELD_LIMIT else _clip_reason(c)
             for c in candidates[:MAX_CANDIDATES]
         ],
-        detail=clip(str(answer.body.get("detail") or ""), FIELD_LIMIT),
+        detail=clip(str(answer.body.get("detail") or answer.cause), FIELD_LIMIT),
         omitted_candidates=answer.unlisted + max(len(candidates) - MAX_CANDIDATES, 0),
         signed=signed,
     )

@@ -348,6 +348,8 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
         other.execute("ROLLBACK")
     assert answer.status == 500
     assert answer.json()["error"] == "failed to refresh 1 of 1 warehouses"
+    (failed, *_) = json.loads(cli("deliveries", "-o", "json", state=state).stdout)
+    assert failed["detail"].endswith(": state file: database is locked")
     # A loop blocked on the lock would answer no probe until the delivery's own answer.
     assert answered_meanwhile >= 3
     # Given up at the refresh budget, inside Bitbucket's 10 s: the promise, kept under load.

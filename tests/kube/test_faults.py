@@ -83,13 +83,13 @@ def test_watch_drops_and_410_recover_without_missing_events(
 
 
 @pytest.mark.parametrize(
-    ("status", "times", "expected_status", "expected"),
+    ("status", "times", "expected_status", "expected", "cause"),
     [
-        (500, 2, 200, "refreshed 2 warehouse(s)"),
-        (429, 1, 200, "refreshed 2 warehouse(s)"),
-        (503, 10_000, 500, "failed to refresh 2 of 2 warehouses"),
-        (403, 1, 500, "failed to refresh 1 of 2 warehouses"),
-        (404, 1, 200, "refreshed 1 warehouse(s)"),
+        (500, 2, 200, "refreshed 2 warehouse(s)", ""),
+        (429, 1, 200, "refreshed 2 warehouse(s)", ""),
+        (503, 10_000, 500, "failed to refresh 2 of 2 warehouses", "attempt(s): HTTP 503"),
+        (403, 1, 500, "failed to refresh 1 of 2 warehouses", ": refused: HTTP 403"),
+        (404, 1, 200, "refreshed 1 warehouse(s)", ""),
     ],
 )
 def test_patch_failures_are_retried_and_counted(
@@ -99,6 +99,7 @@ def test_patch_failures_are_retried_and_counted(
     times: int,
     expected_status: int,
     expected: str,
+    cause: str,
 ) -> None:
     fake_kube.create(warehouse("demo", "second"))
     eventually(
@@ -113,6 +114,12 @@ def test_patch_failures_are_retried_and_counted(
     assert answer.status == expected_status, answer.body
     assert (answer.json().get("msg") or answer.json().get("error")) == expected
     assert time.monotonic() - started < BITBUCKET_TIMEOUT  # retries end at the 7 s budget
+    # Why it failed is in the delivery's history record (and log line), not in the answer.
+    newest = json.loads(request(demo.admin + "/deliveries.json", method="GET").body)[0]
+    assert cause in newest["detail"] and newest["detail"].startswith("Warehouse demo/") == bool(
+        cause
+    )
+    assert "detail" not in answer.json()
 
 
 def test_hanging_patch_is_retried_within_the_budget(

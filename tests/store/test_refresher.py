@@ -100,9 +100,12 @@ def test_a_refused_patch_is_not_retried(caplog: pytest.LogCaptureFixture) -> Non
         seen.append(request)
         return status(403)
 
-    assert refresh(handler, targets("a")).failed == targets("a")
-    assert len(seen) == 1
+    result = refresh(handler, targets("a", "b"))
+    assert result.failed == targets("a", "b")
+    assert len(seen) == 2
     assert "refresh of Warehouse demo/a refused" in caplog.text
+    assert result.cause().startswith("Warehouse demo/a: refused: HTTP 403")
+    assert result.cause().endswith(" (and 1 more failed)")
 
 
 def test_a_retry_after_beyond_the_budget_fails_without_waiting() -> None:
@@ -113,7 +116,9 @@ def test_a_retry_after_beyond_the_budget_fails_without_waiting() -> None:
         return status(429, {"Retry-After": "30"})
 
     started = time.monotonic()
-    assert refresh(handler, targets("a"), budget=20.0).failed == targets("a")
+    result = refresh(handler, targets("a"), budget=20.0)
+    assert result.failed == targets("a")
+    assert result.cause() == "Warehouse demo/a: failed after 1 attempt(s): HTTP 429"
     assert time.monotonic() - started < 10  # waiting out the 20 s budget would take twice this
     assert len(seen) == 1
 

@@ -56,15 +56,28 @@ class RefreshResult(msgspec.Struct):
     refreshed: list[Target] = msgspec.field(default_factory=list)
     gone: list[Target] = msgspec.field(default_factory=list)
     failed: list[Target] = msgspec.field(default_factory=list)
+    causes: dict[Target, str] = msgspec.field(default_factory=dict)
+    """Why each failed target failed, in a short sentence (for history and logs)."""
 
-    def add(self, outcome: RefreshOutcome, target: Target) -> None:
-        """File ``target`` under what its refresh came to."""
+    def add(self, outcome: RefreshOutcome, target: Target, cause: str = "") -> None:
+        """File ``target`` under what its refresh came to (and why, when it failed)."""
         if outcome is Outcome.REFRESHED:
             self.refreshed.append(target)
         elif outcome is Outcome.GONE:
             self.gone.append(target)
         else:
             self.failed.append(target)
+            if cause:
+                self.causes[target] = cause
+
+    def cause(self) -> str:
+        """Why the first failed target failed, and how many more did: "" when none did."""
+        if not self.failed:
+            return ""
+        first = self.failed[0]
+        why = self.causes.get(first) or "no reason given"
+        more = f" (and {len(self.failed) - 1} more failed)" if len(self.failed) > 1 else ""
+        return f"{first.kind} {first.namespace}/{first.name}: {why}{more}"
 
     def outcomes(self) -> dict[Target, RefreshOutcome]:
         """Each target with what its refresh came to."""

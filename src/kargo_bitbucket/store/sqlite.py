@@ -770,7 +770,8 @@ class SqliteStore:
             found = await future
         except sqlite3.Error as error:
             log.error("refresh of %s failed: %s", _named(targets), error)
-            result.failed.extend(targets)
+            for target in targets:
+                result.add(Outcome.FAILED, target, f"state file: {error}")
             return result
         for target in targets:
             result.add(Outcome.REFRESHED if target in found else Outcome.GONE, target)

@@ -77,8 +77,8 @@ class Refresher:
         )
         result = RefreshResult()
         refreshed = []
-        for target, (outcome, uid) in zip(targets, outcomes, strict=True):
-            result.add(outcome, target)
+        for target, (outcome, uid, cause) in zip(targets, outcomes, strict=True):
+            result.add(outcome, target, cause)
             if outcome is Outcome.REFRESHED:
                 refreshed.append((target, uid))
         if self.emit_events and note and refreshed:
@@ -94,15 +94,15 @@ class Refresher:
         body: bytes,
         limit: asyncio.Semaphore,
         deadline: float,
-    ) -> tuple[RefreshOutcome, str]:
-        """One object's refresh: refreshed (with its uid), gone (404) or failed."""
+    ) -> tuple[RefreshOutcome, str, str]:
+        """One object's refresh: refreshed (with its uid), gone (404) or failed (and why)."""
         path = _object_path(target) + FIELD_MANAGER
         backoff = Backoff(FIRST_RETRY, LONGEST_RETRY)
         while True:
             wait_at_least = 0.0
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Outcome.FAILED, ""
+                return Outcome.FAILED, "", f"no time left of the {self.budget:g} s refresh budget"
             try:
                 # At least half of what is left: a slow API (3.3 s a PATCH) still gets its
                 # patch in, and a hung one leaves time for one more attempt.
@@ -113,23 +113,20 @@ class Refresher:
                 reason = type(error).__name__
             else:
                 if 200 <= answer.status < 300:
-                    return Outcome.REFRESHED, _uid(answer)
+                    return Outcome.REFRESHED, _uid(answer), ""
                 if answer.status == 404:
-                    return Outcome.GONE, ""
+                    return Outcome.GONE, "", ""
                 if answer.status not in RETRYABLE:
-                    log.error("refresh of %s refused: %s", _name(target), _refusal(answer))
-                    return Outcome.FAILED, ""
+                    refusal = _refusal(answer)
+                    log.error("refresh of %s refused: %s", _name(target), refusal)
+                    return Outcome.FAILED, "", f"refused: {refusal}"
                 wait_at_least = answer.retry_after
                 reason = f"HTTP {answer.status}"
             pause = backoff.delay(wait_at_least)
             if time.monotonic() + pause >= deadline:
-                log.error(
-                    "refresh of %s failed after %d attempt(s): %s",
-                    _name(target),
-                    backoff.failures,
-                    reason,
-                )
-                return Outcome.FAILED, ""
+                cause = f"failed after {backoff.failures} attempt(s): {reason}"
+                log.error("refresh of %s %s", _name(target), cause)
+                return Outcome.FAILED, "", cause
             await backoff.sleep(pause)
 
     async def _emit_all(self, refreshed: list[tuple[Target, str]], note: str) -> None:
