@@ -346,3 +346,26 @@ def test_refusals_are_warnings_so_a_warning_level_log_still_shows_them(
         line["result"]: line["level"] for line in lines if line["logger"].endswith("delivery")
     }
     assert delivered == {"missing-signature": "warning", "invalid-payload": "warning"}
+
+
+def test_deliveries_says_when_more_are_recorded_and_finds_one_by_id(fresh: Server) -> None:
+    url = fresh.url  # type: ignore[attr-defined]
+    body = push(("branch", "main"))
+    for number in range(3):
+        headers = signed(body, **{"X-Request-UUID": f"id-{number}-{'x' * 8}"})
+        assert request(url, body, headers).status == 200
+    two = cli("deliveries", "--limit", "2", state=fresh.state)
+    assert [line.split()[3] for line in two.stdout.splitlines() if "->" in line] == [
+        "id-2-xxxxxxxx",
+        "id-1-xxxxxxxx",
+    ]
+    assert "the newest 2 shown; more are recorded" in two.stderr
+    for source in (("--state", str(fresh.state)), ("--admin-url", fresh.admin)):
+        found = cli("deliveries", "--id", "id-0", "-o", "json", *source, state=fresh.state)
+        assert [r["delivery_id"] for r in json.loads(found.stdout)] == ["id-0-xxxxxxxx"]
+        assert found.stderr == ""
+    none = cli("deliveries", "-n", "nope", "--id", "id-0", state=fresh.state)
+    assert none.stderr == "No deliveries recorded matching -n nope, --id id-0.\n"
+    missing = cli("deliveries", state=fresh.state.parent / "none.db", check=False)
+    assert missing.returncode == 2
+    assert "does not exist (--admin-url reads a running server's history)" in missing.stderr

@@ -21,7 +21,11 @@ from kargo_bitbucket.cli.common import (
     state_flag,
 )
 from kargo_bitbucket.history import DeliveryRecord
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.sqlite import StateFile, StateFileError
+
+DEFAULT_LIMIT = 20
+HISTORY_LIMIT = 10_000
+"""The most a running server's /deliveries.json lists: the whole history, to find an id."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +35,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--receiver", metavar="NAME", help="receiver name")
     parser.add_argument(
+        "--id",
+        metavar="DELIVERY_ID",
+        help="only the delivery (every attempt) with this id, as Bitbucket's request history "
+        "shows it, or its first characters; searches the whole history",
+    )
+    parser.add_argument(
         "--limit",
         type=_limit,
-        default=20,
+        default=DEFAULT_LIMIT,
         metavar="N",
-        help="how many, newest first (a whole number above 0; default 20)",
+        help=f"how many, newest first (a whole number above 0; default {DEFAULT_LIMIT})",
     )
     parser.add_argument(
         "-o", "--output", choices=["table", "json", "yaml"], default="table", help=OUTPUT_HELP
@@ -62,32 +72,61 @@ def _limit(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Print the newest deliveries (from the state file or a running server)."""
+    # One more than asked, to say when there are more; all of them to find an id.
+    wanted = None if args.id else args.limit + 1
     if args.admin_url:
-        records = _fetch(args)
+        records = _fetch(args, wanted)
     else:
-        state = StateFile(args.state, create=False)
         try:
-            records = state.deliveries(args.namespace, args.receiver, args.limit)
+            state = StateFile(args.state, create=False)
+        except StateFileError as error:
+            hint = "--admin-url reads a running server's history"
+            raise StateFileError(f"{error} ({hint})") from error
+        try:
+            records = state.deliveries(args.namespace, args.receiver, wanted)
         finally:
             state.close()
+    if args.id:
+        records = [r for r in records if r.delivery_id.startswith(args.id)]
+    more = len(records) > args.limit
+    records = records[: args.limit]
     if args.output != "table":
         print_document(msgspec.to_builtins(records), args.output)
-        return 0
-    if not records:
-        print("No deliveries recorded.", file=sys.stderr)
-    for record in records:
+    elif not records:
+        print(f"No deliveries recorded{_matching(args)}.", file=sys.stderr)
+    for record in records if args.output == "table" else ():
         print(describe(record))
+    if more:
+        print(
+            f"(the newest {args.limit} shown; more are recorded: --limit N shows more, "
+            "--id finds one delivery)",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _fetch(args: argparse.Namespace) -> list[DeliveryRecord]:
+def _matching(args: argparse.Namespace) -> str:
+    """`` matching -n X, --receiver Y`` for the filters given, "" for none."""
+    given = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("-n", args.namespace),
+            ("--receiver", args.receiver),
+            ("--id", args.id),
+        )
+        if value
+    ]
+    return f" matching {', '.join(given)}" if given else ""
+
+
+def _fetch(args: argparse.Namespace, limit: int | None) -> list[DeliveryRecord]:
     query = urllib.parse.urlencode(
         {
             k: v
             for k, v in (
                 ("namespace", args.namespace),
                 ("receiver", args.receiver),
-                ("limit", args.limit),
+                ("limit", limit or HISTORY_LIMIT),
             )
             if v
         }
