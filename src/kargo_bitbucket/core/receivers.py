@@ -205,6 +205,8 @@ class Resolution:
 
     routes: dict[str, Route]
     statuses: dict[Owner, OwnerStatus]
+    ignored: list[Owner] = field(default_factory=list)
+    """Configs Kargo ignores (``Owner.honoured``), and so do we: their receivers route nowhere."""
 
 
 SecretLookup = Callable[[str, str], Mapping[str, bytes] | None]
@@ -275,9 +277,11 @@ def resolve(
     """
     statuses: dict[Owner, OwnerStatus] = {}
     in_spec_order: list[Route] = []
+    ignored: list[Owner] = []
     for config in configs:
         owner = owner_of(config)
         if not owner.honoured:
+            ignored.append(owner)
             continue
         status = statuses.setdefault(owner, OwnerStatus())
         secrets_in = secret_namespace(owner, system_namespace)
@@ -330,4 +334,4 @@ def resolve(
             statuses[route.owner].receivers.append(
                 {"name": route.name, "path": route.path, "url": base.url(route.path)}
             )
-    return Resolution(routes=routes, statuses=statuses)
+    return Resolution(routes=routes, statuses=statuses, ignored=ignored)

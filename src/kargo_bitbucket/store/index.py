@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -11,7 +12,15 @@ from kargo_bitbucket.core.decision import WarehouseEntry
 from kargo_bitbucket.core.objects import key as object_key
 from kargo_bitbucket.core.objects import secret_data
 from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
-from kargo_bitbucket.core.receivers import BaseURL, Resolution, Route, resolve
+from kargo_bitbucket.core.receivers import (
+    CLUSTER_CONFIG_NAME,
+    BaseURL,
+    Resolution,
+    Route,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 """(namespace, name) of an object; namespace is "" for cluster-scoped objects."""
@@ -168,7 +177,9 @@ class Indexes:
         self._unreadable[(namespace, name)] = why
 
     def reroute(self) -> Resolution:
-        """Recompute routes and owner statuses from the current configs and Secrets."""
+        """Recompute routes and owner statuses from the current configs and Secrets, and say
+        in the log what newly keeps a receiver from being published."""
+        before = self.resolution
         self.resolution = resolve(
             self.configs(),
             lambda namespace, name: self._secrets.get((namespace, name)),
@@ -177,6 +188,7 @@ class Indexes:
             lambda namespace, name: self._unreadable.get((namespace, name)),
         )
         self._routes = self.resolution.routes
+        _log_changes(before, self.resolution)
         return self.resolution
 
     def route(self, path: str) -> Route | None:
@@ -190,6 +202,28 @@ class Indexes:
             "promotions_waiting": len(self._promotion_urls),
             "receivers": len(self._routes),
         }
+
+
+def _log_changes(before: Resolution, after: Resolution) -> None:
+    """A warning for each owner whose receivers have new problems, and each config newly
+    ignored; the same lines are in the owners' Ready conditions, but nobody reads those
+    until something does not refresh."""
+    for owner, status in after.statuses.items():
+        old = before.statuses.get(owner)
+        if status.problems and (old is None or old.problems != status.problems):
+            problems = "; ".join(status.problems)
+            log.warning(
+                "receivers of %s %s not all published: %s", owner.kind, owner.label, problems
+            )
+    for owner in set(after.ignored) - set(before.ignored):
+        expected = owner.namespace if owner.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
+        log.warning(
+            "%s %s%s is ignored, as Kargo ignores it: only the one named %r is read",
+            owner.kind,
+            f"{owner.namespace}/" if owner.namespace else "",
+            owner.name,
+            expected,
+        )
 
 
 def _in_scope(
