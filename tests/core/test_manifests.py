@@ -402,7 +402,7 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         [
             "(Warehouse demo/app): ",
             f"{W_GIT}.branch: must be a string, got number 1.20",
-            "(line 10)",
+            ' (quote it to keep it as written: "1.20") (line 10)',
         ],
     ),
     (
@@ -410,7 +410,7 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         WAREHOUSE,
         "branch: main",
         "branch: no",
-        [f"{W_GIT}.branch: must be a string, got boolean no"],
+        [f"{W_GIT}.branch: must be a string, got boolean no", 'keep it as written: "no")'],
     ),
     (
         "branch-pattern",

@@ -138,13 +138,17 @@ class Ctx:
             return name
         if isinstance(value, str):
             return f"{name} {quote(value)}"
-        token = None
+        token = self.written(path) or json.dumps(value)
+        return f"{name} {token[:40]}{'…' if len(token) > 40 else ''}"
+
+    def written(self, path: Path) -> str | None:
+        """A scalar as the YAML document spelled it (``1.20``, not ``1.2``); None when
+        the value did not come from YAML."""
         if self.tokens is not None:
             hit = self.tokens.get(self.prefix + path)
-            token = hit[0] if hit else None
-        if token is None:
-            token = json.dumps(value)
-        return f"{name} {token[:40]}{'…' if len(token) > 40 else ''}"
+            if hit:
+                return str(hit[0])
+        return None
 
 
 # ---------------------------------------------------------------------------- schema
@@ -175,7 +179,12 @@ class Str(Spec):
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if not isinstance(value, str):
-            ctx.fail(path, f"must be a string, got {ctx.got(path, value, self.sensitive)}")
+            message = f"must be a string, got {ctx.got(path, value, self.sensitive)}"
+            token = ctx.written(path) if not self.sensitive else None
+            if isinstance(value, bool | int | float) and token and len(token) <= 40:
+                # YAML read unquoted text as a number or a boolean
+                message += f" (quote it to keep it as written: {json.dumps(token)})"
+            ctx.fail(path, message)
         if len(value) < self.min_len:
             ctx.fail(path, "must not be empty")
         if self.max_len is not None and len(value) > self.max_len:
