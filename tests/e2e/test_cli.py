@@ -452,6 +452,21 @@ def test_explain_with_repo_and_pr_says_not_both(state: Path) -> None:
     assert "not both" in stderr
 
 
+@pytest.mark.parametrize("repo", ["notaurl", "http://", "file:///tmp/repo"])
+def test_explain_refuses_what_is_not_a_repository_url(state: Path, repo: str) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    assert "not a repository URL" in usage_error(state, "explain", "--repo", repo)
+
+
+def test_send_refuses_a_timeout_that_is_not_positive(state: Path) -> None:
+    for timeout in ("-1", "0", "soon"):
+        stderr = usage_error(
+            state, "send", "--url", "http://127.0.0.1:9/x", "--secret", "x",
+            "--event", "repo:push", "--timeout", timeout,
+        )  # fmt: skip
+        assert f"argument --timeout: must be a number of seconds above 0, got {timeout!r}" in stderr
+
+
 def test_send_refuses_a_non_http_url_before_connecting(state: Path) -> None:
     stderr = usage_error(
         state,

@@ -15,6 +15,7 @@ from kargo_bitbucket.cli.common import (
     state_flag,
 )
 from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
+from kargo_bitbucket.core.identity import repository_identity
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.dry_run import Explanation, explain_pull_request, explain_push
 from kargo_bitbucket.store.index import Indexes
@@ -54,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("explain needs --repo (a push) or --pr (a pull request event)")
     if args.pr and args.ref:
         raise UsageError("--ref goes with --repo")
+    host, _, path = repository_identity(args.repo or "").partition("/")
+    if args.repo and not (host and path):
+        raise UsageError(
+            f"--repo {args.repo!r}: not a repository URL "
+            "(https://host/owner/repo, ssh://git@host/owner/repo or git@host:owner/repo)"
+        )
     indexes = _load(args)
     if args.repo:
         explanation = explain_push(indexes, args.repo, args.ref, args.namespace)

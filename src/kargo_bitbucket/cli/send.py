@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from kargo_bitbucket.cli.common import FAILURE, Failure, UsageError, http_url, state_flag
-from kargo_bitbucket.config import env
+from kargo_bitbucket.config import env, positive_seconds
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
@@ -45,7 +45,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pr", metavar="URL", help="pull request URL (PR events)")
     parser.add_argument("--payload", metavar="FILE", help="send this body instead of building one")
     parser.add_argument(
-        "--timeout", type=float, default=15.0, help="seconds to wait for an answer (default 15)"
+        "--timeout",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds to wait for an answer (default 15)",
     )
     state_flag(parser)
     parser.set_defaults(run=run)
@@ -101,3 +105,12 @@ def _secret(args: argparse.Namespace) -> bytes:
     if value is None:
         raise UsageError(f"Secret {namespace}/{name} has no key 'secret'")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return positive_seconds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0, got {text!r}"
+        ) from None
