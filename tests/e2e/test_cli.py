@@ -219,8 +219,11 @@ def test_secret_command_output_applies(state: Path) -> None:
     cli("apply", "-f", "-", state=state, stdin=out)
     (stored,) = items(state, "secrets")
     assert stored["metadata"]["name"] == "wh-secret"
-    again = cli("secret", state=state).stdout
-    assert value not in again
+    assert cli("secret", "-n", "demo", state=state).stderr == ""
+    again = cli("secret", state=state)
+    assert value not in again.stdout
+    assert "namespace: kargo-demo" in again.stdout
+    assert again.stderr.startswith("note: no -n: the Secret is for namespace kargo-demo")
 
 
 def test_every_subcommand_has_help(state: Path) -> None:

@@ -11,6 +11,8 @@ import yaml
 from kargo_bitbucket.cli.common import UsageError
 from kargo_bitbucket.core.manifests.names import dns_label, dns_subdomain
 
+EXAMPLE_NAMESPACE = "kargo-demo"
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add secret's arguments."""
@@ -18,13 +20,22 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--name", default="bitbucket-webhook", help="Secret name (default bitbucket-webhook)"
     )
     parser.add_argument(
-        "-n", "--namespace", default="kargo-demo", help="Secret namespace (default kargo-demo)"
+        "-n",
+        "--namespace",
+        help=f"Secret namespace: the Project's (default {EXAMPLE_NAMESPACE}, the example's)",
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the secret as a comment, then a manifest ``apply`` accepts."""
+    if args.namespace is None:
+        args.namespace = EXAMPLE_NAMESPACE
+        print(
+            f"note: no -n: the Secret is for namespace {EXAMPLE_NAMESPACE} (the example "
+            "project); pass -n with your Project's namespace",
+            file=sys.stderr,
+        )
     for flag, problem in (
         ("--name", dns_subdomain(args.name)),
         ("-n", dns_label(args.namespace)),
