@@ -106,8 +106,20 @@ def _row(record: DeliveryRecord) -> str:
     )
 
 
+INDEX = (
+    "<!doctype html><meta charset=utf-8><title>kargo-bitbucket</title>"
+    f"<style>{STYLE}</style><h1>kargo-bitbucket</h1><ul>"
+    "<li><a href=/deliveries>/deliveries</a>: recent deliveries and why each candidate was "
+    "(not) refreshed (<a href=/deliveries.json>JSON</a>)</li>"
+    "<li><a href=/metrics>/metrics</a>: Prometheus metrics</li></ul>"
+)
+
+
 def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
-    """``/metrics``, ``/deliveries`` (HTML) and ``/deliveries.json``."""
+    """``/`` (what is here), ``/metrics``, ``/deliveries`` (HTML) and ``/deliveries.json``."""
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(INDEX)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -124,6 +136,7 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
 
     return Starlette(
         routes=[
+            Route("/", index, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/deliveries", deliveries_page, methods=["GET"]),
             Route("/deliveries.json", deliveries_json, methods=["GET"]),

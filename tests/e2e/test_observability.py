@@ -215,6 +215,14 @@ def test_admin_is_not_on_the_webhook_port(served: Server) -> None:
     assert request(served.base + "/deliveries", method="GET").status == 404
 
 
+def test_the_admin_root_links_to_what_is_there(served: Server) -> None:
+    page = request(served.admin + "/", method="GET")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    for link in ("/deliveries", "/deliveries.json", "/metrics"):
+        assert f"href={link}>" in page.body.decode()
+        assert request(served.admin + link, method="GET").status == 200
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
