@@ -14,6 +14,7 @@ from kargo_bitbucket.store.backoff import (
     RETRY_AFTER_LIMIT,
     Backoff,
     Outage,
+    describe,
     failure_reason,
     retry_after,
 )
@@ -129,3 +130,19 @@ def test_an_outage_names_the_object_and_may_count_another_kind(
     outage.failed(api_error(500), 1.0, kind="ProjectConfig", about="ProjectConfig demo")
     assert "(ProjectConfig demo: ApiError: refused with 500)" in caplog.records[0].getMessage()
     assert counts == {("ProjectConfig", "server_error"): 1}
+
+
+def test_a_plain_http_refusal_is_described_by_status_and_path() -> None:
+    request = httpx.Request(
+        "GET",
+        "https://api.example:6443/apis/kargo.akuity.io/v1alpha1/warehouses?watch=1&resourceVersion=7",
+    )
+    response = httpx.Response(429, request=request)
+    error = httpx.HTTPStatusError(
+        "Client error … For more information check: …", request=request, response=response
+    )
+    assert (
+        describe(error)
+        == "HTTP 429 Too Many Requests for GET /apis/kargo.akuity.io/v1alpha1/warehouses"
+    )
+    assert describe(api_error(500)) == "ApiError: refused with 500"

@@ -141,5 +141,13 @@ _STATUS_REASONS: Mapping[int, str] = {
 
 
 def describe(error: BaseException) -> str:
-    """An error for a log line: its type as well, since httpx and asyncio timeouts carry no text."""
+    """An error for a log line: its type as well, since httpx and asyncio timeouts carry no text.
+
+    A refusal without a Kubernetes Status (a 429 from a proxy or API Priority and Fairness)
+    is its status and the request's path: httpx's own text adds the full URL and a link to
+    MDN on a second line.
+    """
+    if isinstance(error, httpx.HTTPStatusError) and not isinstance(error, ApiError):
+        status = f"HTTP {error.response.status_code} {error.response.reason_phrase}"
+        return f"{status} for {error.request.method} {error.request.url.path}"
     return f"{type(error).__name__}: {error}".removesuffix(": ")
