@@ -217,7 +217,8 @@ class Deliveries:
         for verdict in verdicts:
             for warning in verdict.warnings:
                 log.warning(warning, extra={"delivery": delivery_id(headers)})
-        answer = await self._refresh(verdicts, noun, headers, _note(event_key, event), now)
+        note = _note(event_key, event, delivery_id(headers))
+        answer = await self._refresh(verdicts, noun, headers, note, now)
         answer.event = event
         return answer
 
@@ -314,16 +315,18 @@ def _candidates(
     return listed, len(candidates) - len(listed), tally
 
 
-def _note(event_key: str, event: events.Push | events.PullRequestClosed) -> str:
-    """The sentence a Kubernetes Event on a refreshed object carries."""
+def _note(event_key: str, event: events.Push | events.PullRequestClosed, delivery: str) -> str:
+    """The sentence a Kubernetes Event on a refreshed object carries; the delivery id ties
+    it to ``kargo-bitbucket deliveries --id``."""
+    by = f" (delivery {delivery})" if delivery else ""
     if isinstance(event, events.PullRequestClosed):
-        return f"Bitbucket {event_key} of {event.pr_url}"
+        return f"Bitbucket {event_key} of {event.pr_url}{by}"
     refs = "unknown refs"
     if event.refs:
         more = len(event.refs) - REF_REASONS
         refs = ", ".join(event.refs[:REF_REASONS]) + (f" and {more} more" if more > 0 else "")
     repository = event.repo_urls[0] if event.repo_urls else "?"
-    return f"Bitbucket {event_key} to {repository} ({refs})"
+    return f"Bitbucket {event_key} to {repository} ({refs}){by}"
 
 
 def _record(

@@ -122,7 +122,7 @@ def test_a_push_patches_each_refreshed_object_once_and_reads_nothing(
 def test_a_refresh_leaves_an_event_on_the_object(
     kube_api: KubeApiServer, kube_namespace: str, demo: tuple[Server, str]
 ) -> None:
-    request(demo[1], PUSH, signed(PUSH))
+    request(demo[1], PUSH, signed(PUSH, **{"X-Request-UUID": "event-delivery"}))
     app = kube_api.admin.get(KARGO, "Warehouse", kube_namespace, "app")
     assert app is not None
 
@@ -138,6 +138,7 @@ def test_a_refresh_leaves_an_event_on_the_object(
     assert found["involvedObject"]["uid"] == app["metadata"]["uid"]
     assert "repo:push" in found["message"] and builders.REPO in found["message"]
     assert "refs/heads/main" in found["message"]
+    assert found["message"].endswith(" (delivery event-delivery)")
 
 
 def names_refreshed(url: str) -> set[str]:
