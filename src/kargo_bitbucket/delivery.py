@@ -214,23 +214,24 @@ class Deliveries:
             waiting = self.store.indexes.promotions_waiting_on(event.pr_url, scope)
             verdicts = decide_pull_request(event.pr_url, waiting)
             noun = "promotion"
+        delivery = delivery_id(headers)
         for verdict in verdicts:
             for warning in verdict.warnings:
-                log.warning(warning, extra={"delivery": delivery_id(headers)})
-        note = _note(event_key, event, delivery_id(headers))
-        answer = await self._refresh(verdicts, noun, headers, note, now)
+                log.warning(warning, extra={"delivery": delivery})
+        note = _note(event_key, event, delivery)
+        answer = await self._refresh(verdicts, noun, delivery, note, now)
         answer.event = event
         return answer
 
     async def _refresh(
-        self, verdicts: list[Verdict], noun: str, headers: Mapping[str, str], note: str, now: str
+        self, verdicts: list[Verdict], noun: str, delivery: str, note: str, now: str
     ) -> Answer:
         """Refresh what the verdicts name; count only what still failed."""
         targets = [Target(v.kind, v.namespace, v.name) for v in verdicts if v.refresh]
         result = await self.store.refresh(targets, now, note) if targets else RefreshResult()
         candidates, unlisted, outcomes = _candidates(verdicts, result)
         names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
-        extra = {"deliveryId": delivery_id(headers), "refreshed": names}
+        extra = {"deliveryId": delivery, "refreshed": names}
         refreshed = len(result.refreshed)
         if result.failed:
             error = f"failed to refresh {len(result.failed)} of {len(targets)} {noun}s"
