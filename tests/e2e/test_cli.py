@@ -461,6 +461,17 @@ def test_explain_refuses_what_is_not_a_repository_url(state: Path, repo: str) ->
     assert "not a repository URL" in usage_error(state, "explain", "--repo", repo)
 
 
+def test_send_secret_from_without_a_state_file_says_how_to_pass_it_in_kubernetes(
+    tmp_path: Path,
+) -> None:
+    stderr = usage_error(
+        tmp_path / "none.db", "send", "--url", "http://127.0.0.1:9/x",
+        "--secret-from", "kargo-demo/bitbucket-webhook", "--event", "repo:push",
+    )  # fmt: skip
+    assert "does not exist (--secret-from reads the embedded state file" in stderr
+    assert "kubectl -n kargo-demo get secret bitbucket-webhook -o jsonpath=" in stderr
+
+
 def test_send_refuses_a_timeout_that_is_not_positive(state: Path) -> None:
     for timeout in ("-1", "0", "soon"):
         stderr = usage_error(

@@ -10,7 +10,7 @@ from kargo_bitbucket.config import env, positive_seconds
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.sqlite import StateFile, StateFileError
 
 _FLAGS = {"repo": "--repo", "pr": "--pr"}
 
@@ -94,7 +94,15 @@ def _secret(args: argparse.Namespace) -> bytes:
     namespace, _, name = str(args.secret_from).partition("/")
     if not name:
         raise UsageError("--secret-from takes NAMESPACE/NAME")
-    state = StateFile(args.state, create=False)
+    try:
+        state = StateFile(args.state, create=False)
+    except StateFileError as error:
+        # In a cluster the Secret is the API server's: hand its value over instead.
+        raise StateFileError(
+            f"{error} (--secret-from reads the embedded state file; in Kubernetes pass "
+            f'--secret "$(kubectl -n {namespace} get secret {name} -o '
+            "jsonpath='{.data.secret}' | base64 -d)\")"
+        ) from error
     try:
         found = state.get("Secret", namespace, name)
     finally:
