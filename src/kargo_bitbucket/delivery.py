@@ -145,11 +145,15 @@ class Deliveries:
         The line is at info level for a 2xx, warning for a refusal (4xx) and error for a
         failure (5xx), so that a log kept at warning still shows what went wrong. Unsigned
         requests go to the history's separate ring, and at most ``UNSIGNED_LOG_RATE`` of
-        them a second per receiver to the log.
+        them a second per receiver to the log: only lines the log level lets through count
+        against that, so pings at info cannot crowd out 401s at warning.
         """
         self.store.record(record)
         if self.metrics is not None:
             _count(self.metrics, route, answer, record)
+        level = _level(answer.status)
+        if not log.isEnabledFor(level):
+            return
         message = "delivery %s"
         args: tuple[object, ...] = (answer.result,)
         if not record.signed:
@@ -171,15 +175,10 @@ class Deliveries:
         }
         if record.detail:
             extra["detail"] = record.detail
-        if answer.status < 400:
+        if level == logging.INFO:
             logs.info(log, message, args, extra)
         else:
-            log.log(
-                logging.ERROR if answer.status >= 500 else logging.WARNING,
-                message,
-                *args,
-                extra=extra,
-            )
+            log.log(level, message, *args, extra=extra)
 
     async def _handle(
         self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes, now: str
@@ -275,6 +274,13 @@ async def _judge_in_slices(judged: Iterator[Verdict | None]) -> list[Verdict]:
             await asyncio.sleep(0)
             pause = time.perf_counter() + JUDGING_SLICE
     return verdicts
+
+
+def _level(status: int) -> int:
+    """A delivery line's level: info for a 2xx, warning for a refusal, error for a failure."""
+    if status < 400:
+        return logging.INFO
+    return logging.WARNING if status < 500 else logging.ERROR
 
 
 def _count(metrics: Metrics, route: Route, answer: Answer, record: DeliveryRecord) -> None:

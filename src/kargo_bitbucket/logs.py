@@ -190,10 +190,10 @@ def _direct(stream: TextIO, use_json: bool) -> tuple[Write, Callable[[], None]]:
         text = clip(message % args, LOG_FIELD_LIMIT)
         now = time.time()
         if not use_json:
-            people = _text(now, "info", text, fields)
-            if len(people) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
-                people = _text(now, "info", text, _cut(fields))
-            stream.write(people + "\n")
+            readable = _text(now, "info", text, fields)
+            if len(readable) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
+                readable = _text(now, "info", text, _cut(fields))
+            stream.write(readable + "\n")
             stream.flush()
             return
         line = _json(now, "info", logger.name, text, fields)

@@ -66,7 +66,8 @@ def send(url: str, event: str, body: bytes, secret: bytes, *, cloud: bool, timeo
         return Reply(error.code, error.read().decode(errors="replace"))
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        if len(body) > DEFAULT_BODY_LIMIT and isinstance(reason, ConnectionError):
+        cut = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+        if len(body) > DEFAULT_BODY_LIMIT and isinstance(reason, cut):
             raise UnreachableError(
                 f"{url} closed the connection while the {len(body)}-byte body was being sent: "
                 f"a receiver answers 413 to a body over its --body-limit ({DEFAULT_BODY_LIMIT} "

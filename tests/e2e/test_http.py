@@ -350,6 +350,8 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     assert answer.json()["error"] == "failed to refresh 1 of 1 warehouses"
     (failed, *_) = json.loads(cli("deliveries", "-o", "json", state=state).stdout)
     assert failed["detail"].endswith(": state file: database is locked")
+    (logged,) = [x for x in server.logs().splitlines() if '"result":"refresh-failed"' in x]
+    assert json.loads(logged)["level"] == "error"
     # A loop blocked on the lock would answer no probe until the delivery's own answer.
     assert answered_meanwhile >= 3
     # Given up at the refresh budget, inside Bitbucket's 10 s: the promise, kept under load.

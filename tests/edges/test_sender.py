@@ -44,3 +44,12 @@ def test_a_body_over_the_default_limit_cut_mid_send_is_explained(cutting_server:
 def test_a_small_body_cut_mid_send_is_unreachable(cutting_server: str) -> None:
     with pytest.raises(UnreachableError, match=r"^cannot reach http://127\.0\.0\.1:"):
         send(cutting_server, "repo:push", b"{}" * 10, b"s3cret", cloud=True, timeout=10)
+
+
+def test_a_big_body_to_a_closed_port_is_unreachable() -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{spare.getsockname()[1]}/bitbucket/x"  # bound, not listening
+        body = b"x" * (2 * DEFAULT_BODY_LIMIT)
+        with pytest.raises(UnreachableError, match=r"^cannot reach .*Connection refused"):
+            send(url, "repo:push", body, b"s3cret", cloud=True, timeout=10)

@@ -50,8 +50,8 @@ class Target(NamedTuple):
 
 
 class RefreshResult(msgspec.Struct):
-    """What became of the targets of one refresh call (a Struct: built in C, once or twice
-    per delivery)."""
+    """What became of the targets of one refresh call (a Struct: built in C, once per
+    delivery)."""
 
     refreshed: list[Target] = msgspec.field(default_factory=list)
     gone: list[Target] = msgspec.field(default_factory=list)
