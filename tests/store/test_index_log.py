@@ -13,7 +13,9 @@ from tests.builders import project, secret
 
 
 def indexes() -> Indexes:
-    return Indexes(BaseURL.parse("https://kargo.example.com"), "kargo-system-resources")
+    return Indexes(
+        BaseURL.parse("https://kargo.example.com"), "kargo-system-resources", serving=True
+    )
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -57,4 +59,25 @@ def test_a_config_kargo_ignores_is_a_warning(caplog: pytest.LogCaptureFixture) -
         "'proj2' is read"
     ]
     index.reroute()
+    assert warnings(caplog) == []
+
+
+def test_only_new_problems_are_warned_about_and_only_while_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = indexes()
+    caplog.set_level(logging.INFO, "kargo_bitbucket")
+    index.put_config(project("demo", ("bb", "one"), ("bc", "two")))
+    index.reroute()
+    assert len(warnings(caplog)) == 1  # both problems, one line
+    stored = secret("demo", "one")
+    stored["data"] = {
+        "secret": base64.b64encode(stored.pop("stringData")["secret"].encode()).decode()
+    }
+    index.put_secret(stored)
+    index.reroute()
+    assert warnings(caplog) == []  # "two" is still missing: said already
+    one_shot = Indexes(BaseURL.parse("https://kargo.example.com"), "kargo-system-resources")
+    one_shot.put_config(project("demo", ("bb", "one")))
+    one_shot.reroute()
     assert warnings(caplog) == []

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         admin_listen=args.admin_listen,
         history_size=args.history_size,
     )
-    indexes = Indexes(settings.base_url, settings.system_namespace)
+    indexes = Indexes(settings.base_url, settings.system_namespace, serving=True)
     if args.kubernetes:
         if args.files:
             raise UsageError(

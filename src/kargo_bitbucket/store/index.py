@@ -41,9 +41,12 @@ def decode_secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
 class Indexes:
     """What a delivery reads, kept current by a store's change feed; no delivery scans."""
 
-    def __init__(self, base: BaseURL, system_namespace: str) -> None:
+    def __init__(self, base: BaseURL, system_namespace: str, *, serving: bool = False) -> None:
+        """``serving``: a server's indexes, which say in the log what keeps a receiver from
+        being published (one-shot commands print their own account)."""
         self.base = base
         self.system_namespace = system_namespace
+        self.serving = serving
         self.clear()
 
     def clear(self) -> None:
@@ -177,8 +180,8 @@ class Indexes:
         self._unreadable[(namespace, name)] = why
 
     def reroute(self) -> Resolution:
-        """Recompute routes and owner statuses from the current configs and Secrets, and say
-        in the log what newly keeps a receiver from being published."""
+        """Recompute routes and owner statuses from the current configs and Secrets; when
+        ``serving``, say in the log what newly keeps a receiver from being published."""
         before = self.resolution
         self.resolution = resolve(
             self.configs(),
@@ -188,7 +191,8 @@ class Indexes:
             lambda namespace, name: self._unreadable.get((namespace, name)),
         )
         self._routes = self.resolution.routes
-        _log_changes(before, self.resolution)
+        if self.serving:
+            _log_changes(before, self.resolution)
         return self.resolution
 
     def route(self, path: str) -> Route | None:
@@ -210,8 +214,9 @@ def _log_changes(before: Resolution, after: Resolution) -> None:
     until something does not refresh."""
     for owner, status in after.statuses.items():
         old = before.statuses.get(owner)
-        if status.problems and (old is None or old.problems != status.problems):
-            problems = "; ".join(status.problems)
+        new = [p for p in status.problems if old is None or p not in old.problems]
+        if new:
+            problems = "; ".join(new)
             log.warning(
                 "receivers of %s %s not all published: %s", owner.kind, owner.label, problems
             )
