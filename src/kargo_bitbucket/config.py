@@ -21,6 +21,8 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_BODY_LIMIT = 2 * 1024 * 1024  # bytes
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds
 DEFAULT_BODY_TIMEOUT = 10.0  # seconds
+MAX_SECONDS = 86_400.0
+"""The longest wait a setting takes: a day. Longer is a mistake, and overflows timers."""
 RESERVED_FDS = 64  # state file, admin listener, Kubernetes client, logs
 
 
@@ -81,9 +83,9 @@ def natural_int(text: str) -> int:
 
 
 def positive_seconds(text: str) -> float:
-    """A number of seconds above 0 (``10``, ``2.5``)."""
+    """A number of seconds above 0 and at most ``MAX_SECONDS`` (``10``, ``2.5``)."""
     number = float(text)
-    if not 0 < number < float("inf"):
+    if not 0 < number <= MAX_SECONDS:
         raise ValueError(text)
     return number
 
@@ -194,8 +196,11 @@ class ServeSettings:
             raise ConfigError(f"{source}: {error}") from error
         if body_limit <= 0:
             raise ConfigError("--body-limit must be a positive number of bytes")
-        if min(body_timeout, header_timeout) <= 0:
-            raise ConfigError("--body-timeout and --header-timeout must be positive")
+        if not all(0 < s <= MAX_SECONDS for s in (body_timeout, header_timeout, shutdown_grace)):
+            raise ConfigError(
+                "--body-timeout, --header-timeout and --shutdown-grace must be above 0 "
+                f"and at most {MAX_SECONDS:g} seconds"
+            )
         if max_connections < 1:
             raise ConfigError("--max-connections must be 1 or more")
         return cls(

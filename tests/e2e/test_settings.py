@@ -17,6 +17,7 @@ from tests.support import cli
         ("LOG_LEVEL", "loud", "debug or info or warning or error"),
         ("HISTORY_SIZE", "-1", "a whole number, 0 or more"),
         ("BODY_TIMEOUT", "soon", "a number of seconds above 0"),
+        ("SHUTDOWN_GRACE", "1e12", "a number of seconds above 0 and at most 86400"),
         ("LISTEN", "8080", "HOST:PORT"),
         ("ADMIN_LISTEN", "nowhere", "HOST:PORT or off"),
         ("NO_PUBLISH", "yes please", "1, true, 0 or false"),
@@ -41,6 +42,12 @@ def test_a_bad_base_url_names_the_setting_it_came_from(state: Path) -> None:
     from_flag = cli("serve", "--base-url", "ftp://x", state=state, check=False, env=variable)
     assert from_flag.returncode == 2
     assert from_flag.stderr.startswith("kargo-bitbucket: --base-url: base URL 'ftp://x'")
+
+
+def test_a_timeout_flag_past_a_day_is_refused(state: Path) -> None:
+    result = cli("serve", "--body-timeout", "1e12", state=state, check=False)
+    assert result.returncode == 2
+    assert "at most 86400 seconds" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_and_commands_without_the_setting_still_work(state: Path) -> None:

@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 FAILURE = 1
 USAGE_ERROR = 2
-SECONDS_FORM = "a number of seconds above 0, e.g. 10 or 2.5"
+SECONDS_FORM = "a number of seconds above 0 and at most 86400, e.g. 10 or 2.5"
 OUTPUT_HELP = "output format (default table)"
 KIND_HELP = f"object kind: {ACCEPTED_KINDS}"
 

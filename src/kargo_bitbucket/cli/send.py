@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from kargo_bitbucket.cli.common import FAILURE, Failure, UsageError, http_url, state_flag
-from kargo_bitbucket.config import env, positive_seconds
+from kargo_bitbucket.config import MAX_SECONDS, env, positive_seconds
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
@@ -120,5 +120,5 @@ def _seconds(text: str) -> float:
         return positive_seconds(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be a number of seconds above 0, got {text!r}"
+            f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}"
         ) from None
