@@ -323,17 +323,17 @@ def _candidates(
 
 
 def _note(event_key: str, event: events.Push | events.PullRequestClosed, delivery: str) -> str:
-    """The sentence a Kubernetes Event on a refreshed object carries; the delivery id ties
-    it to ``kargo-bitbucket deliveries --id``."""
+    """The sentence a Kubernetes Event on a refreshed object carries; the delivery id, early
+    so that the Event's cut to 1,024 characters keeps it, ties it to ``deliveries --id``."""
     by = f" (delivery {delivery})" if delivery else ""
     if isinstance(event, events.PullRequestClosed):
-        return f"Bitbucket {event_key} of {event.pr_url}{by}"
+        return f"Bitbucket {event_key}{by} of {event.pr_url}"
     refs = "unknown refs"
     if event.refs:
         more = len(event.refs) - REF_REASONS
         refs = ", ".join(event.refs[:REF_REASONS]) + (f" and {more} more" if more > 0 else "")
     repository = event.repo_urls[0] if event.repo_urls else "?"
-    return f"Bitbucket {event_key} to {repository} ({refs}){by}"
+    return f"Bitbucket {event_key}{by} to {repository} ({refs})"
 
 
 def _record(

@@ -138,7 +138,7 @@ def test_a_refresh_leaves_an_event_on_the_object(
     assert found["involvedObject"]["uid"] == app["metadata"]["uid"]
     assert "repo:push" in found["message"] and builders.REPO in found["message"]
     assert "refs/heads/main" in found["message"]
-    assert found["message"].endswith(" (delivery event-delivery)")
+    assert found["message"].startswith("Bitbucket repo:push (delivery event-delivery) to ")
 
 
 def names_refreshed(url: str) -> set[str]:
