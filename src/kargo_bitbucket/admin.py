@@ -10,11 +10,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from kargo_bitbucket.history import DeliveryRecord, to_json
+from kargo_bitbucket.history import DeliveryRecord, to_json, with_id
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
 PAGE_LIMIT = 200
+MAX_LIMIT = 10_000
 # Fixed column widths: at 1280 px the reasons column keeps about 40% of the width
 # instead of being pushed off-screen by long repository URLs and delivery ids.
 COLUMNS = "".join(
@@ -33,15 +34,18 @@ code{font-size:12px}
 """
 
 
-def _filters(request: Request) -> tuple[str | None, str | None, int]:
-    """Namespace, receiver and limit from the query string."""
+async def _selected(store: Store, request: Request) -> list[DeliveryRecord]:
+    """The deliveries the query string asks for: ``namespace``, ``receiver``, ``limit`` (at
+    most ``MAX_LIMIT``) and ``id`` (a delivery id or its start, found in the whole history)."""
     namespace = request.query_params.get("namespace") or None
     receiver = request.query_params.get("receiver") or None
+    delivery = request.query_params.get("id") or None
     try:
-        limit = max(1, min(int(request.query_params.get("limit", PAGE_LIMIT)), 10_000))
+        limit = max(1, min(int(request.query_params.get("limit", PAGE_LIMIT)), MAX_LIMIT))
     except ValueError:
         limit = PAGE_LIMIT
-    return namespace, receiver, limit
+    records = await store.deliveries(namespace, receiver, None if delivery else limit)
+    return with_id(records, delivery)[:limit]
 
 
 def render(records: list[DeliveryRecord], namespace: str | None, receiver: str | None) -> str:
@@ -60,7 +64,8 @@ def render(records: list[DeliveryRecord], namespace: str | None, receiver: str |
         f"<style>{STYLE}</style></head><body>"
         f"<h1>Recent deliveries</h1><p class=dim>{len(records)} shown, newest first"
         f"{' — ' + shown if shown else ''}. Filter with <code>?namespace=</code>, "
-        "<code>?receiver=</code>, <code>?limit=</code>.</p>"
+        "<code>?receiver=</code>, <code>?id=</code> (a delivery id or its start), "
+        "<code>?limit=</code>.</p>"
         f"<table><colgroup>{COLUMNS}</colgroup>"
         "<thead><tr><th>Time (UTC)</th><th>Receiver</th><th>Event</th>"
         "<th>Delivery id</th><th>Repository / PR</th><th>Refs</th><th>Answer</th>"
@@ -125,14 +130,13 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def deliveries_page(request: Request) -> Response:
-        namespace, receiver, limit = _filters(request)
-        records = await store.deliveries(namespace, receiver, limit)
+        records = await _selected(store, request)
+        namespace = request.query_params.get("namespace") or None
+        receiver = request.query_params.get("receiver") or None
         return HTMLResponse(render(records, namespace, receiver))
 
     async def deliveries_json(request: Request) -> Response:
-        namespace, receiver, limit = _filters(request)
-        records = await store.deliveries(namespace, receiver, limit)
-        return Response(to_json(records), media_type="application/json")
+        return Response(to_json(await _selected(store, request)), media_type="application/json")
 
     return Starlette(
         routes=[

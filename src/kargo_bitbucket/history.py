@@ -88,6 +88,13 @@ def newest_first(*streams: Iterable[DeliveryRecord]) -> Iterable[DeliveryRecord]
     return heapq.merge(*streams, key=lambda record: record.time, reverse=True)
 
 
+def with_id(records: list[DeliveryRecord], prefix: str | None) -> list[DeliveryRecord]:
+    """The records whose delivery id starts with ``prefix`` (all of them for None)."""
+    if prefix is None:
+        return records
+    return [r for r in records if r.delivery_id.startswith(prefix)]
+
+
 def select(
     records: Iterable[DeliveryRecord],
     namespace: str | None = None,

@@ -377,6 +377,14 @@ def test_deliveries_says_when_more_are_recorded_and_finds_one_by_id(fresh: Serve
         found = cli("deliveries", "--id", "id-0", "-o", "json", *source, state=fresh.state)
         assert [r["delivery_id"] for r in json.loads(found.stdout)] == ["id-0-xxxxxxxx"]
         assert found.stderr == ""
+        several = cli("deliveries", "--id", "id-", "--limit", "1", *source, state=fresh.state)
+        assert "id-2-xxxxxxxx" in several.stdout and "id-1" not in several.stdout
+        assert several.stderr.startswith("(the newest 1 shown; more are recorded")
+        assert "--id finds" not in several.stderr
+    assert (
+        "--id: give a delivery id"
+        in cli("deliveries", "--id", "", state=fresh.state, check=False).stderr
+    )
     none = cli("deliveries", "-n", "nope", "--id", "id-0", state=fresh.state)
     assert none.stderr == "No deliveries recorded matching -n nope, --id id-0.\n"
     missing = cli("deliveries", state=fresh.state.parent / "none.db", check=False)

@@ -14,18 +14,17 @@ import orjson
 from kargo_bitbucket.cli.common import (
     OUTPUT_HELP,
     Failure,
+    UsageError,
     http_url,
     print_document,
     printable,
     qualified,
     state_flag,
 )
-from kargo_bitbucket.history import DeliveryRecord
+from kargo_bitbucket.history import DeliveryRecord, with_id
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
 
 DEFAULT_LIMIT = 20
-HISTORY_LIMIT = 10_000
-"""The most a running server's /deliveries.json lists: the whole history, to find an id."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +72,11 @@ def _limit(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Print the newest deliveries (from the state file or a running server)."""
     # One more than asked, to say when there are more; all of them to find an id.
-    wanted = None if args.id else args.limit + 1
+    if args.id == "":
+        raise UsageError("--id: give a delivery id, or its first characters")
+    wanted = args.limit + 1  # one more than shown, to say when there are more
     if args.admin_url:
-        records = _fetch(args, wanted)
+        records = _fetch(args, wanted)  # the server looks through its whole history for --id
     else:
         try:
             state = StateFile(args.state, create=False)
@@ -83,23 +84,23 @@ def run(args: argparse.Namespace) -> int:
             hint = "--admin-url reads a running server's history"
             raise StateFileError(f"{error} ({hint})") from error
         try:
-            records = state.deliveries(args.namespace, args.receiver, wanted)
+            records = state.deliveries(args.namespace, args.receiver, None if args.id else wanted)
         finally:
             state.close()
-    if args.id:
-        records = [r for r in records if r.delivery_id.startswith(args.id)]
+        records = with_id(records, args.id)
     more = len(records) > args.limit
     records = records[: args.limit]
     if args.output != "table":
         print_document(msgspec.to_builtins(records), args.output)
-    elif not records:
+    elif records:
+        for record in records:
+            print(describe(record))
+    else:
         print(f"No deliveries recorded{_matching(args)}.", file=sys.stderr)
-    for record in records if args.output == "table" else ():
-        print(describe(record))
     if more:
+        find = "" if args.id else ", --id finds one delivery"
         print(
-            f"(the newest {args.limit} shown; more are recorded: --limit N shows more, "
-            "--id finds one delivery)",
+            f"(the newest {args.limit} shown; more are recorded: --limit N shows more{find})",
             file=sys.stderr,
         )
     return 0
@@ -119,14 +120,15 @@ def _matching(args: argparse.Namespace) -> str:
     return f" matching {', '.join(given)}" if given else ""
 
 
-def _fetch(args: argparse.Namespace, limit: int | None) -> list[DeliveryRecord]:
+def _fetch(args: argparse.Namespace, limit: int) -> list[DeliveryRecord]:
     query = urllib.parse.urlencode(
         {
             k: v
             for k, v in (
                 ("namespace", args.namespace),
                 ("receiver", args.receiver),
-                ("limit", limit or HISTORY_LIMIT),
+                ("limit", limit),
+                ("id", args.id),
             )
             if v
         }
