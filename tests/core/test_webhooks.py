@@ -241,6 +241,15 @@ def test_compare_names_the_missing_events_and_the_hook_to_fix_by_hand() -> None:
         ("http://10.1.2.3/bitbucket/aa", PLATFORM, True),
         ("http://127.0.0.1:8080/bitbucket/aa", PLATFORM, False),
         ("http://[::]:8080/bitbucket/aa", PLATFORM, False),
+        # Spellings a resolver reads as loopback or unspecified too.
+        ("http://[::ffff:127.0.0.1]:8080/bitbucket/aa", PLATFORM, False),
+        ("http://localhost./bitbucket/aa", PLATFORM, False),
+        ("http://kargo.localhost/bitbucket/aa", PLATFORM, False),
+        ("http://127.1/bitbucket/aa", PLATFORM, False),
+        ("http://2130706433/bitbucket/aa", PLATFORM, False),
+        ("http://0/bitbucket/aa", PLATFORM, False),
+        ("http://0.0.0.0./bitbucket/aa", PLATFORM, False),
+        ("http://localhost.example.com/bitbucket/aa", PLATFORM, True),
     ],
 )
 def test_unreachable_receiver_urls(url: str, place: Place, reachable: bool) -> None:
@@ -265,6 +274,8 @@ def test_a_hook_to_an_unreachable_url_is_neither_created_nor_updated() -> None:
     assert missing.detail.startswith("Bitbucket Cloud cannot reach 127.0.0.1")
     (present,) = compare(_wanted(local), {GUESTBOOK: [good(local)]})
     assert (present.problems, present.action, present.hook_id) == ((UNREACHABLE,), MANUAL, "{1}")
+    (lacking,) = compare(_wanted(local), {GUESTBOOK: [good(local, events=frozenset())]})
+    assert lacking.detail.endswith("; lacks repo:push, pullrequest:fulfilled, pullrequest:rejected")
     (double,) = compare(_wanted(local), {GUESTBOOK: []}, local_servers={"bitbucket.org"})
     assert (double.problems, double.action) == ((MISSING,), CREATE)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import SplitResult, urlsplit
@@ -296,7 +297,8 @@ def compare(
         why = unreachable(want.receiver.url, want.place, from_this_machine=here)
         if why:  # a hook there could never deliver: nothing to create or update it to
             problems = (UNREACHABLE, *finding.problems)
-            finding = replace(finding, problems=problems, action=MANUAL, detail=why)
+            detail = f"{why}; {finding.detail}" if finding.detail else why
+            finding = replace(finding, problems=problems, action=MANUAL, detail=detail)
         if finding.hook_id:
             claimed.add((want.place, finding.hook_id))
         findings.append(finding)
@@ -347,16 +349,32 @@ def unaddressable(url: str) -> str:
 
 
 def is_local(host: str) -> bool:
-    """``localhost`` or a loopback address."""
-    address = _address(host)
-    return host.lower() == "localhost" or (address is not None and address.is_loopback)
+    """``localhost`` (and its subdomains) or a loopback address."""
+    name = host.lower().rstrip(".")
+    address = _address(name)
+    local_name = name == "localhost" or name.endswith(".localhost")
+    return local_name or (address is not None and address.is_loopback)
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, as a resolver reads it: ``127.1`` and
+    ``2130706433`` are 127.0.0.1, ``::ffff:127.0.0.1`` is that IPv4 address."""
+    host = host.rstrip(".")
+    if _NUMERIC.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
     try:
-        return ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+_NUMERIC = re.compile(r"[0-9.]+")
 
 
 def _judge(want: Wanted, hooks: Sequence[Hook]) -> Finding:
