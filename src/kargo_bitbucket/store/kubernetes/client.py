@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx2 as httpx
 import yaml
 from lightkube import AsyncClient
@@ -52,10 +54,11 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
         raise KubernetesConfigError(f"cannot load Kubernetes credentials: {error}") from error
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
         # Not YAML, or YAML of another shape: lightkube reads it without checking.
-        where = kubeconfig or "the kubeconfig"
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
             mark = error.problem_mark
-            summary = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+            problem = error.problem or "not YAML"
+            summary = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
         else:
             summary = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
         raise KubernetesConfigError(
