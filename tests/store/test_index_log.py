@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,14 @@ def indexes() -> Indexes:
     return Indexes(
         BaseURL.parse("https://kargo.example.com"), "kargo-system-resources", serving=True
     )
+
+
+def stored_secret(namespace: str, name: str) -> dict[str, Any]:
+    """A receiver's Secret as the API server stores it: base64 ``data``."""
+    body = secret(namespace, name)
+    value = body.pop("stringData")["secret"]
+    body["data"] = {"secret": base64.b64encode(value.encode()).decode()}
+    return body
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -37,11 +46,7 @@ def test_a_receiver_left_unpublished_is_a_warning_once_per_change(
     ]
     index.reroute()
     assert warnings(caplog) == []
-    stored = secret("demo", "bb-secret")  # as the API server stores it: base64 data
-    stored["data"] = {
-        "secret": base64.b64encode(stored.pop("stringData")["secret"].encode()).decode()
-    }
-    index.put_secret(stored)
+    index.put_secret(stored_secret("demo", "bb-secret"))
     index.reroute()
     assert warnings(caplog) == []
     assert len(index.resolution.routes) == 1
@@ -70,11 +75,7 @@ def test_only_new_problems_are_warned_about_and_only_while_serving(
     index.put_config(project("demo", ("bb", "one"), ("bc", "two")))
     index.reroute()
     assert len(warnings(caplog)) == 1  # both problems, one line
-    stored = secret("demo", "one")
-    stored["data"] = {
-        "secret": base64.b64encode(stored.pop("stringData")["secret"].encode()).decode()
-    }
-    index.put_secret(stored)
+    index.put_secret(stored_secret("demo", "one"))
     index.reroute()
     assert warnings(caplog) == []  # "two" is still missing: said already
     one_shot = Indexes(BaseURL.parse("https://kargo.example.com"), "kargo-system-resources")
