@@ -331,6 +331,21 @@ def test_serve_says_when_it_publishes_an_address_no_one_can_send_to(
     assert "serve --base-url" in printed
 
 
+def test_a_second_serve_on_the_same_state_file_is_refused(state: Path, server_factory: Any) -> None:
+    first = server_factory(state, "-f", str(EXAMPLE))
+    second = cli(
+        "serve", "--listen", "127.0.0.1:0", "--base-url", "http://h", state=state, check=False
+    )
+    assert second.returncode == 1
+    assert second.stderr.startswith(f"kargo-bitbucket: state file {state} is served already")
+    assert f"pid {first.process.pid}, receivers at http://127.0.0.1:{first.port}" in second.stderr
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    assert line.split("\t")[2].startswith(first.base)  # the first one's URLs stand
+    first.stop()
+    again = server_factory(state)  # once it has stopped, another may serve the file
+    assert request(again.base + "/readyz", method="GET").status == 200
+
+
 def test_serve_prints_receivers_and_a_working_send_line(state: Path, server_factory: Any) -> None:
     server = server_factory(state, "-f", str(EXAMPLE))
     printed = ""

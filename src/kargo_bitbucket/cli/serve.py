@@ -47,7 +47,7 @@ from kargo_bitbucket.core.webhooks import unaddressable
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileServed, serve_only_here
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -177,14 +177,20 @@ def run(args: argparse.Namespace) -> int:
             )
         return _run(settings, _kubernetes_store(args, indexes), lambda: _announce(settings))
     resources = load_manifests(args.files, args.validate) if args.files else []
-    state = StateFile(settings.state, busy_timeout=REFRESH_BUDGET)
-    if resources:
-        apply_to(state, resources)
-    store = SqliteStore(state, indexes, settings.history_size)
+    who = f"pid {os.getpid()}, receivers at {settings.base_url.origin}"
     try:
-        return _run(settings, store, lambda: _announce(settings, store))
-    finally:
-        state.close()
+        claim = serve_only_here(settings.state, who)
+    except StateFileServed as error:
+        fail(str(error), FAILURE)
+    with claim:
+        state = StateFile(settings.state, busy_timeout=REFRESH_BUDGET)
+        if resources:
+            apply_to(state, resources)
+        store = SqliteStore(state, indexes, settings.history_size)
+        try:
+            return _run(settings, store, lambda: _announce(settings, store))
+        finally:
+            state.close()
 
 
 def _kubernetes_store(args: argparse.Namespace, indexes: Indexes) -> Store:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import fcntl
 import functools
 import itertools
 import logging
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -85,6 +86,37 @@ HISTORY_TABLES = {
 
 class StateFileError(RuntimeError):
     """The state file cannot be opened or is not ours."""
+
+
+class StateFileServed(RuntimeError):
+    """Another ``serve`` serves this state file."""
+
+
+def serve_only_here(path: str | os.PathLike[str], who: str) -> TextIO:
+    """Claim the state file for this ``serve`` until the returned file is closed (or the
+    process ends): an exclusive lock on ``<state>.serve``, which names ``who`` has it.
+
+    Two servers on one file would publish the receivers' URLs in turn, and the last one's
+    would stay after it stopped. Raises ``StateFileServed`` naming the other server.
+    """
+    marker = Path(path).with_name(Path(path).name + ".serve")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    handle = marker.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read(200).strip() or "another process"
+        handle.close()
+        raise StateFileServed(
+            f"state file {path} is served already ({other}): stop that server, or give this "
+            "one another --state"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{who}\n")
+    handle.flush()
+    return handle
 
 
 Identity = tuple[int, int] | None
