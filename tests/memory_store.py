@@ -13,7 +13,7 @@ from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
 from kargo_bitbucket.core.manifests import parse_manifests
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import DeliveryRecord, MemoryHistory
-from kargo_bitbucket.store.base import RefreshResult, Target
+from kargo_bitbucket.store.base import Note, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 
 BASE_URL = "http://testserver"
@@ -62,7 +62,9 @@ class MemoryStore:
     async def start(self) -> None:
         """Nothing to load: the manifests were indexed when the store was made."""
 
-    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+    async def refresh(
+        self, targets: Sequence[Target], value: str, note: Note | None = None
+    ) -> RefreshResult:
         """Remember each write; a target that is not there is gone."""
         if self.broken:
             raise RuntimeError("store broken by the test")
@@ -71,7 +73,7 @@ class MemoryStore:
             if target in self.failing:
                 result.failed.append(target)
             elif (target.kind, target.namespace, target.name) in self.objects:
-                self.refreshes.append((target, value, note))
+                self.refreshes.append((target, value, note(target) if note else ""))
                 result.refreshed.append(target)
             else:
                 result.gone.append(target)

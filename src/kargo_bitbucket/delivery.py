@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,6 @@ from kargo_bitbucket.bounds import (
 )
 from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import (
-    REF_REASONS,
     Verdict,
     decide_pull_request,
     judge_push,
@@ -35,6 +35,7 @@ from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.metrics import Metrics, event_label
 from kargo_bitbucket.outcomes import Outcome, Result
 from kargo_bitbucket.store.base import (
+    Note,
     RefreshResult,
     Store,
     StoreUnavailable,
@@ -217,16 +218,22 @@ class Deliveries:
         for verdict in verdicts:
             for warning in verdict.warnings:
                 log.warning(warning, extra={"delivery": delivery})
-        note = _note(event_key, event, delivery)
-        answer = await self._refresh(verdicts, noun, delivery, note, now)
+        reasons = {Target(v.kind, v.namespace, v.name): v.reason for v in verdicts if v.refresh}
+        note = functools.partial(_note, event_key, event, delivery, reasons)
+        answer = await self._refresh(verdicts, list(reasons), noun, delivery, note, now)
         answer.event = event
         return answer
 
     async def _refresh(
-        self, verdicts: list[Verdict], noun: str, delivery: str, note: str, now: str
+        self,
+        verdicts: list[Verdict],
+        targets: list[Target],
+        noun: str,
+        delivery: str,
+        note: Note,
+        now: str,
     ) -> Answer:
-        """Refresh what the verdicts name; count only what still failed."""
-        targets = [Target(v.kind, v.namespace, v.name) for v in verdicts if v.refresh]
+        """Refresh the targets (those of the verdicts due one); count only what still failed."""
         result = await self.store.refresh(targets, now, note) if targets else RefreshResult()
         candidates, unlisted, outcomes = _candidates(verdicts, result)
         names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
@@ -322,18 +329,21 @@ def _candidates(
     return listed, len(candidates) - len(listed), tally
 
 
-def _note(event_key: str, event: events.Push | events.PullRequestClosed, delivery: str) -> str:
-    """The sentence a Kubernetes Event on a refreshed object carries; the delivery id, early
-    so that the Event's cut to 1,024 characters keeps it, ties it to ``deliveries --id``."""
+def _note(
+    event_key: str,
+    event: events.Push | events.PullRequestClosed,
+    delivery: str,
+    reasons: Mapping[Target, str],
+    target: Target,
+) -> str:
+    """The sentence the Event on a refreshed object carries: the event, its delivery (early,
+    so the Event's cut to 1,024 characters keeps the id ``deliveries --id`` finds) and why
+    this object was refreshed."""
     by = f" (delivery {delivery})" if delivery else ""
     if isinstance(event, events.PullRequestClosed):
-        return f"Bitbucket {event_key}{by} of {event.pr_url}"
-    refs = "unknown refs"
-    if event.refs:
-        more = len(event.refs) - REF_REASONS
-        refs = ", ".join(event.refs[:REF_REASONS]) + (f" and {more} more" if more > 0 else "")
+        return f"Bitbucket {event_key}{by}: {reasons[target]}"
     repository = event.repo_urls[0] if event.repo_urls else "?"
-    return f"Bitbucket {event_key}{by} to {repository} ({refs})"
+    return f"Bitbucket {event_key}{by} to {repository}: {reasons[target]}"
 
 
 def _record(

@@ -166,3 +166,25 @@ def test_spec_4(row: Row) -> None:
     for name, value in row.answer_headers.items():
         assert answer.headers[name] == value
     assert tuple(target for target, _, _ in store.refreshes) == row.refreshed
+
+
+@pytest.mark.parametrize(
+    ("row", "note"),
+    [
+        (
+            ROWS["10 push refreshes the Warehouse"],
+            "Bitbucket repo:push (delivery 11111111-2222-3333-4444-555555555555) to "
+            f'{REPO}: branch "main" matches subscription branch "main" (subscribed as '
+            f"{REPO}.git, matched by repository identity)",
+        ),
+        (
+            ROWS["10 merged PR refreshes the Promotion"],
+            "Bitbucket pullrequest:fulfilled (delivery 11111111-2222-3333-4444-555555555555): "
+            f"waits on {PR} in a git-wait-for-pr step",
+        ),
+    ],
+)
+def test_each_refreshed_object_is_told_its_delivery_and_its_own_reason(row: Row, note: str) -> None:
+    store = MemoryStore(MANIFESTS)
+    assert asyncio.run(exchange(store, row)).status_code == 200
+    assert [n for _, _, n in store.refreshes] == [note]

@@ -136,9 +136,10 @@ def test_a_refresh_leaves_an_event_on_the_object(
     (found,) = eventually(events, what="a WebhookRefresh Event")
     assert found["reason"] == "WebhookRefresh"
     assert found["involvedObject"]["uid"] == app["metadata"]["uid"]
-    assert "repo:push" in found["message"] and builders.REPO in found["message"]
-    assert "refs/heads/main" in found["message"]
-    assert found["message"].startswith("Bitbucket repo:push (delivery event-delivery) to ")
+    assert found["message"] == (
+        f"Bitbucket repo:push (delivery event-delivery) to {builders.REPO}: "
+        'branch "main" matches subscription branch "main"'
+    )
 
 
 def names_refreshed(url: str) -> set[str]:

@@ -364,7 +364,8 @@ def test_the_refresher_honours_retry_after_and_writes_the_event_after_the_answer
     async def scenario() -> tuple[Any, list[Seen]]:
         async with peer(act) as server:
             refresher = refresher_on(server)
-            result = await refresher.refresh([Target("Warehouse", "demo", "app")], "v1", "push")
+            app = Target("Warehouse", "demo", "app")
+            result = await refresher.refresh([app], "v1", lambda target: "push")
             await until(lambda: any(s.head.startswith("POST") for s in server.seen), what="Event")
             await refresher.close()
             return result, server.seen

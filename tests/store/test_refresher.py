@@ -35,11 +35,12 @@ def patched(request: httpx.Request) -> httpx.Response:
 
 
 def refresh(
-    handler: Handler, names: list[Target], *, note: str = "", **options: Any
+    handler: Handler, names: list[Target], *, note: str | None = None, **options: Any
 ) -> RefreshResult:
     async def go() -> RefreshResult:
         refresher = Refresher(mock_client(handler), "replica-a", **options)
-        result = await refresher.refresh(names, "abc", note)
+        why = None if note is None else (lambda target: f"{note} ({target.name})")
+        result = await refresher.refresh(names, "abc", why)
         await until(lambda: not refresher._event_tasks, what="the Events, written after")
         return result
 
@@ -67,7 +68,10 @@ def test_each_target_gets_one_json_merge_patch_and_an_event() -> None:
     events = [json.loads(r.content) for r in seen if r.method == "POST"]
     assert sorted(e["involvedObject"]["uid"] for e in events) == ["uid-a", "uid-b"]
     assert {e["reason"] for e in events} == {"WebhookRefresh"}
-    assert {e["message"] for e in events} == {"push to main of acme/app"}
+    assert {e["message"] for e in events} == {
+        "push to main of acme/app (a)",
+        "push to main of acme/app (b)",
+    }
     assert {r.headers["User-Agent"] for r in seen} == {USER_AGENT}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -47,6 +47,11 @@ class Target(NamedTuple):
     kind: str
     namespace: str
     name: str
+
+
+Note = Callable[[Target], str]
+"""Why a target is refreshed, in the sentence its Event carries: asked only by the stores
+that record it, so the embedded store never builds one."""
 
 
 class RefreshResult(msgspec.Struct):
@@ -117,8 +122,11 @@ class Store(Protocol):
         """Load everything, publish receivers, and begin following changes."""
         ...
 
-    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
-        """Set the refresh annotation of each target to ``value``; ``note`` says why.
+    async def refresh(
+        self, targets: Sequence[Target], value: str, note: Note | None = None
+    ) -> RefreshResult:
+        """Set the refresh annotation of each target to ``value``; ``note`` says why, for
+        the stores that record it (a Kubernetes Event on each refreshed object).
 
         Raises ``StoreUnavailable`` when the refresh cannot be made durable.
         """

@@ -32,6 +32,7 @@ from kargo_bitbucket.history import (
 from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import (
     REFRESH_ANNOTATION,
+    Note,
     RefreshResult,
     StoreUnavailable,
     Target,
@@ -788,7 +789,9 @@ class SqliteStore:
                 self._flush(), name="state-writer"
             )
 
-    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+    async def refresh(
+        self, targets: Sequence[Target], value: str, note: Note | None = None
+    ) -> RefreshResult:
         """Queue the writes; concurrent deliveries share one transaction per burst."""
         if not self._available:
             raise StoreUnavailable(f"state file {self.state.path} is gone")

@@ -18,7 +18,7 @@ from lightkube import AsyncClient
 
 from kargo_bitbucket.core.receivers import Owner, referenced_secrets
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
-from kargo_bitbucket.store.base import REFRESH_BUDGET, RefreshResult, Target
+from kargo_bitbucket.store.base import REFRESH_BUDGET, Note, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.client import (
     USER_AGENT,
@@ -179,7 +179,9 @@ class KubernetesStore:
         """This replica's recent deliveries, newest first."""
         return await self.history.deliveries(namespace, receiver, limit)
 
-    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+    async def refresh(
+        self, targets: Sequence[Target], value: str, note: Note | None = None
+    ) -> RefreshResult:
         """Patch every target concurrently (bounded), retrying inside one time budget."""
         return await self.refresher.refresh(targets, value, note)
 

@@ -23,7 +23,13 @@ from lightkube.core.resource import api_info
 
 from kargo_bitbucket.outcomes import Outcome, RefreshOutcome
 from kargo_bitbucket.store.backoff import Backoff
-from kargo_bitbucket.store.base import REFRESH_ANNOTATION, REFRESH_BUDGET, RefreshResult, Target
+from kargo_bitbucket.store.base import (
+    REFRESH_ANNOTATION,
+    REFRESH_BUDGET,
+    Note,
+    RefreshResult,
+    Target,
+)
 from kargo_bitbucket.store.kubernetes.resources import GROUP, RESOURCES, VERSION
 from kargo_bitbucket.store.kubernetes.wire import Answer, ClientWire, Sender, WireError
 
@@ -67,7 +73,9 @@ class Refresher:
         self._event_tasks: set[asyncio.Task[None]] = set()
         self._event_limit = asyncio.Semaphore(EVENT_CONCURRENCY)
 
-    async def refresh(self, targets: Sequence[Target], value: str, note: str = "") -> RefreshResult:
+    async def refresh(
+        self, targets: Sequence[Target], value: str, note: Note | None = None
+    ) -> RefreshResult:
         """Patch every target concurrently (bounded), retrying inside one time budget."""
         deadline = time.monotonic() + self.budget
         limit = asyncio.Semaphore(self.concurrency)
@@ -81,7 +89,7 @@ class Refresher:
             result.add(outcome, target, cause)
             if outcome is Outcome.REFRESHED:
                 refreshed.append((target, uid))
-        if self.emit_events and note and refreshed:
+        if self.emit_events and note is not None and refreshed:
             # After the patches, not among them: Events must not slow the answer down.
             task = asyncio.create_task(self._emit_all(refreshed, note), name="events")
             self._event_tasks.add(task)
@@ -129,11 +137,14 @@ class Refresher:
                 return Outcome.FAILED, "", cause
             await backoff.sleep(pause)
 
-    async def _emit_all(self, refreshed: list[tuple[Target, str]], note: str) -> None:
+    async def _emit_all(self, refreshed: list[tuple[Target, str]], note: Note) -> None:
         """A ``WebhookRefresh`` Event on each refreshed object, a few at a time."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         await asyncio.gather(
-            *(self._emit(target, self._event(target, uid, note, now)) for target, uid in refreshed)
+            *(
+                self._emit(target, self._event(target, uid, note(target), now))
+                for target, uid in refreshed
+            )
         )
 
     def _event(self, target: Target, uid: str, note: str, now: str) -> bytes:
