@@ -5,9 +5,10 @@ bytecodes the interpreter runs for one delivery does not. This runs the stack of
 bench/in_process.py (the front door protocol, the real ``App``, a ``SqliteStore`` over
 10,000 Warehouses, the signed 10 KB push on 16 kept-alive connections), warms it up,
 then counts with ``sys.settrace`` the opcodes of one round of 16 deliveries, by function.
-The floor and floor-observed apps are counted the same way. Opcodes are not time (a call
-into C is one opcode), but at these sizes the interpreter's time per delivery follows
-them closely: 14 ns an opcode over a change measured both ways (BENCHMARKS.md).
+The floor and floor-observed apps are counted the same way. Opcodes are not time: a call
+into C is one opcode however long it runs, and fewer opcodes can still be slower (a
+comprehension's own frame, BENCHMARKS.md), so time a change with in_process.py too; over
+the hot path as a whole they averaged 14 ns each.
 
     .venv/bin/python bench/opcodes.py            # totals and ours' 40 busiest functions
     .venv/bin/python bench/opcodes.py --top 0    # totals only

@@ -137,7 +137,9 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
             pushed_identities(push), route.owner.scope
         ),
         "match refs": lambda: [v for v in judge_push(push, pushed, found) if v is not None],
-        "event note": lambda: delivery._note("repo:push", push),
+        "targets": lambda: {
+            Target(v.kind, v.namespace, v.name): v.reason for v in verdicts if v.refresh
+        },
         "answer": answer,
         "record": lambda: delivery._record(route, "repo:push", headers, done, 0.001, True, now),
         "log line, metrics": lambda: deliveries._finish(route, done, record),
