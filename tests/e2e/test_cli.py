@@ -331,12 +331,32 @@ def test_serve_says_when_it_publishes_an_address_no_one_can_send_to(
     assert "serve --base-url" in printed
 
 
+def test_a_directory_as_the_state_file_is_one_line(tmp_path: Path) -> None:
+    result = cli("serve", state=tmp_path, check=False)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"kargo-bitbucket: state file {tmp_path} is a directory\n",
+    )
+    assert not tmp_path.with_name(tmp_path.name + ".serve").exists()
+
+
 def test_a_second_serve_on_the_same_state_file_is_refused(state: Path, server_factory: Any) -> None:
     first = server_factory(state, "-f", str(EXAMPLE))
+    before = cli("get", "warehouses", "-A", "-o", "json", state=state).stdout
+    extra = state.parent / "extra.yaml"
+    extra.write_text(to_yaml(warehouse("kargo-demo", "added-by-the-second")))
     second = cli(
-        "serve", "--listen", "127.0.0.1:0", "--base-url", "http://h", state=state, check=False
-    )
+        "serve", "-f", str(extra), "--listen", "127.0.0.1:0", "--base-url", "http://h",
+        state=state, check=False,
+    )  # fmt: skip
     assert second.returncode == 1
+    assert cli("get", "warehouses", "-A", "-o", "json", state=state).stdout == before
+    link = state.parent / "link.db"  # the same file by another name is refused too
+    link.symlink_to(state)
+    third = cli(
+        "serve", "--listen", "127.0.0.1:0", "--base-url", "http://h", state=link, check=False
+    )
+    assert third.returncode == 1 and "is served already" in third.stderr
     assert second.stderr.startswith(f"kargo-bitbucket: state file {state} is served already")
     assert f"pid {first.process.pid}, receivers at http://127.0.0.1:{first.port}" in second.stderr
     (line,) = cli("urls", state=state).stdout.splitlines()

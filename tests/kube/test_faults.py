@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -88,7 +89,13 @@ def test_watch_drops_and_410_recover_without_missing_events(
         (500, 2, 200, "refreshed 2 warehouse(s)", ""),
         (429, 1, 200, "refreshed 2 warehouse(s)", ""),
         # The cause names the last attempt's error: a 503, or on a loaded machine a timeout.
-        (503, 10_000, 500, "failed to refresh 2 of 2 warehouses", ": failed after "),
+        (
+            503,
+            10_000,
+            500,
+            "failed to refresh 2 of 2 warehouses",
+            r": failed after \d+ attempt\(s\): (HTTP 503|TimeoutError)|: no time left of the",
+        ),
         (403, 1, 500, "failed to refresh 1 of 2 warehouses", ": refused: HTTP 403"),
         (404, 1, 200, "refreshed 1 warehouse(s)", ""),
     ],
@@ -117,9 +124,8 @@ def test_patch_failures_are_retried_and_counted(
     assert time.monotonic() - started < BITBUCKET_TIMEOUT  # retries end at the 7 s budget
     # Why it failed is in the delivery's history record (and log line), not in the answer.
     newest = json.loads(request(demo.admin + "/deliveries.json", method="GET").body)[0]
-    assert cause in newest["detail"] and newest["detail"].startswith("Warehouse demo/") == bool(
-        cause
-    )
+    assert re.search(cause, newest["detail"])
+    assert newest["detail"].startswith("Warehouse demo/") == bool(cause)
     assert "detail" not in answer.json()
 
 

@@ -431,7 +431,7 @@ def test_the_refresher_reports_gone_and_refused_as_before(
         async with peer(act) as server:
             refresher = refresher_on(server)
             targets = [Target("Warehouse", "demo", "gone"), Target("Warehouse", "demo", "bad")]
-            result = await refresher.refresh(targets, "v", "push")
+            result = await refresher.refresh(targets, "v", lambda target: "push")
             await refresher.close()
             assert len(server.seen) == 2  # neither retried, no Event
             return result

@@ -100,9 +100,15 @@ def serve_only_here(path: str | os.PathLike[str], who: str) -> TextIO:
     Two servers on one file would publish the receivers' URLs in turn, and the last one's
     would stay after it stopped. Raises ``StateFileServed`` naming the other server.
     """
-    marker = Path(path).with_name(Path(path).name + ".serve")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    handle = marker.open("a+", encoding="utf-8")
+    real = Path(path).resolve()  # one lock whatever the spelling (links, ..) of the path
+    if real.is_dir():
+        raise StateFileError(f"state file {path} is a directory")
+    try:
+        marker = real.with_name(real.name + ".serve")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        handle = marker.open("a+", encoding="utf-8")
+    except (OSError, ValueError) as error:
+        raise StateFileError(f"state file {path}: {error}") from error
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
