@@ -71,7 +71,6 @@ def _limit(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Print the newest deliveries (from the state file or a running server)."""
-    # One more than asked, to say when there are more; all of them to find an id.
     if args.id == "":
         raise UsageError("--id: give a delivery id, or its first characters")
     wanted = args.limit + 1  # one more than shown, to say when there are more
@@ -84,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             hint = "--admin-url reads a running server's history"
             raise StateFileError(f"{error} ({hint})") from error
         try:
+            # all of them to look for an id in
             records = state.deliveries(args.namespace, args.receiver, None if args.id else wanted)
         finally:
             state.close()

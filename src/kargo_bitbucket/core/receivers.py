@@ -93,12 +93,16 @@ class Owner:
         return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
 
     @property
+    def honoured_name(self) -> str:
+        """The name Kargo reads a config by: its namespace's for a ProjectConfig, ``cluster``
+        for the ClusterConfig."""
+        return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
+
+    @property
     def honoured(self) -> bool:
-        """Whether Kargo reads this object: a ProjectConfig named as its namespace, or the
-        ClusterConfig named ``cluster``; any other is ignored, as Kargo ignores it."""
-        if self.kind == "ProjectConfig":
-            return self.name == self.namespace
-        return self.name == CLUSTER_CONFIG_NAME
+        """Whether Kargo reads this object (it is named ``honoured_name``); any other is
+        ignored, as Kargo ignores it."""
+        return self.name == self.honoured_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,7 @@ from kargo_bitbucket.core.decision import WarehouseEntry
 from kargo_bitbucket.core.objects import key as object_key
 from kargo_bitbucket.core.objects import secret_data
 from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
-from kargo_bitbucket.core.receivers import (
-    CLUSTER_CONFIG_NAME,
-    BaseURL,
-    Resolution,
-    Route,
-    resolve,
-)
+from kargo_bitbucket.core.receivers import BaseURL, Resolution, Route, resolve
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +215,12 @@ def _log_changes(before: Resolution, after: Resolution) -> None:
                 "receivers of %s %s not all published: %s", owner.kind, owner.label, problems
             )
     for owner in set(after.ignored) - set(before.ignored):
-        expected = owner.namespace if owner.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
         log.warning(
             "%s %s%s is ignored, as Kargo ignores it: only the one named %r is read",
             owner.kind,
             f"{owner.namespace}/" if owner.namespace else "",
             owner.name,
-            expected,
+            owner.honoured_name,
         )
 
 
