@@ -202,6 +202,9 @@ class MemoryTransport:
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
+        self.aborted = False
+        self.buffered = 0
+        """What a real transport would still hold for a client that does not read."""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 8080) if name in ("sockname", "peername") else default
@@ -214,6 +217,12 @@ class MemoryTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def pause_reading(self) -> None:
         pass

@@ -30,6 +30,10 @@ BODY_OVERDUE = "kargo_bitbucket.body_overdue"
 """Scope key the front door sets when a request's body is past its deadline (app.py answers 408)."""
 HEAD_LIMIT = 64 * 1024
 HEADER_COUNT_LIMIT = 100
+FRAMING_LIMIT = HEAD_LIMIT
+"""Bytes of a request past its head that are not body: chunk sizes, extensions, trailers."""
+PIPELINE_LIMIT = 16
+"""Requests one connection may have waiting behind its running one; the next closes it."""
 KEEP_ALIVE = 5.0
 CAP_LOG_INTERVAL = 10.0
 SWEEP_INTERVAL = 0.5
@@ -73,15 +77,19 @@ class Connections:
     At the cap a new connection takes the place of the longest-idle keep-alive one (as
     nginx does) and is refused with a 503 only when none is idle: 1,100 connections
     held after early answers then lock no delivery out. ``dropped`` counts by reason:
-    ``idle-evicted``, ``cap`` (refused), ``too-large`` (request line and headers over
-    their limit, answered 431), ``header-timeout``, ``body-timeout`` (a body still not in
-    a further ``body_timeout`` after its app was told) and ``keep-alive`` (idle timeout).
+    ``idle-evicted``, ``head-evicted``, ``cap`` (refused), ``too-large`` (request line,
+    headers, chunk framing or trailers over their limit, answered 431), ``pipelined``
+    (more than PIPELINE_LIMIT requests queued), ``header-timeout``, ``body-timeout`` (a
+    body still not in a further ``body_timeout`` after its app was told),
+    ``write-timeout`` (an answer the client has not taken in ``write_timeout``) and
+    ``keep-alive`` (idle timeout).
     """
 
     limit: int = DEFAULT_MAX_CONNECTIONS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keep_alive: float = KEEP_ALIVE
+    write_timeout: float = DEFAULT_BODY_TIMEOUT
     open: int = 0
     heads: dict[Watched, float] = field(default_factory=dict)
     """Connections reading a head, oldest first, with when it began."""
@@ -89,22 +97,26 @@ class Connections:
     """Connections whose running request's body is not all in, oldest first, with since when."""
     idle: dict[Watched, float] = field(default_factory=dict)
     """Keep-alive connections waiting for a next request, oldest first, with since when."""
+    writes: dict[Watched, float] = field(default_factory=dict)
+    """Connections whose client does not take what is written, oldest first, since when."""
     dropped: Counter[str] = field(default_factory=Counter)
     _sweeping: bool = False
     _logged: float = float("-inf")
     _unlogged: Counter[str] = field(default_factory=Counter)
 
     def admit(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a new connection may open; at the cap, close an idle one to make room."""
+        """Whether a new connection may open; at the cap, close an idle one to make room,
+        else the one that has been sending its head the longest."""
         if not self._sweeping:
             self._sweeping = True
             loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
         if self.open < self.limit:
             return True
-        if self.idle:
-            next(iter(self.idle)).close_now("idle-evicted")
-            self._reached("idle-evicted")
-            return True
+        for table, reason in ((self.idle, "idle-evicted"), (self.heads, "head-evicted")):
+            if table:
+                next(iter(table)).close_now(reason)
+                self._reached(reason)
+                return True
         self.dropped["cap"] += 1
         self._reached("cap")
         return False
@@ -116,6 +128,7 @@ class Connections:
             (self.heads, self.header_timeout, lambda c: c.close_now("header-timeout")),
             (self.bodies, self.body_timeout, lambda c: c.body_overdue()),
             (self.idle, self.keep_alive, lambda c: c.close_now("keep-alive")),
+            (self.writes, self.write_timeout, lambda c: c.close_now("write-timeout")),
         )
         for table, timeout, act in deadlines:
             while table:  # each act takes the connection out of the table or renews it
@@ -131,8 +144,10 @@ class Connections:
         now = time.monotonic()
         if now - self._logged >= CAP_LOG_INTERVAL:
             log.warning(
-                "connection cap reached: closed %d idle connection(s), refused %d with 503",
+                "connection cap reached: closed %d idle connection(s) and %d still sending "
+                "their head, refused %d with 503",
                 self._unlogged["idle-evicted"],
+                self._unlogged["head-evicted"],
                 self._unlogged["cap"],
                 extra={"max_connections": self.limit},
             )
@@ -146,9 +161,22 @@ async def answer_too_large(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
 
 
+class _Discarded(list[tuple[bytes, bytes]]):
+    """Where a request's trailer fields go once its head is read: nowhere. uvicorn would
+    append them to the request's headers, 150 bytes of memory for four on the wire."""
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        pass
+
+
 def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
-    heads, bodies, idle = connections.heads, connections.bodies, connections.idle
+    heads, bodies, idle, writes = (
+        connections.heads,
+        connections.bodies,
+        connections.idle,
+        connections.writes,
+    )
 
     class FrontDoorProtocol(HttpToolsProtocol):
         """One webhook connection, bounded in number, head size and idle time.
@@ -158,28 +186,41 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
           ``HEADER_COUNT_LIMIT`` headers, else 431 and closed. httptools buffers each
           header whole, so bytes are counted as they are fed (8 parallel 64 MB request
-          lines took 500 MB and stalled deliveries 6.6 s before).
+          lines took 500 MB and stalled deliveries 6.6 s before). What follows the head
+          and is not body (chunk framing, trailers) is counted the same way, at most
+          ``FRAMING_LIMIT`` bytes a request, and trailers are not kept: an endless trailer
+          section took 800 MB in 1.5 s before.
+        - At most ``PIPELINE_LIMIT`` requests queued behind the running one; the connection
+          is closed at the next (20,000 requests in one write took 486 MB before).
         - Deadlines: ``header_timeout`` to send each head; ``body_timeout`` for the body
           of the running request, after which its scope gets ``BODY_OVERDUE`` and its app
           is woken to answer 408 (the connection is closed if the body is still not in a
           further ``body_timeout`` later: an app that ignores the flag); and ``keep_alive``
           after the last answer, which further bytes (the unread body of an early
           404/405) do not extend: uvicorn's own keep-alive timer restarts on any byte, so
-          one byte after an early answer held the connection for ever.
+          one byte after an early answer held the connection for ever; and
+          ``write_timeout`` for a client that does not read what is written to it (the
+          connection is then dropped, with what it had not taken).
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
 
+        - At the cap, a new connection takes the place of the longest-idle one, else of
+          the one that has been sending its head the longest (a flood of silent
+          connections answered 57 of 61 deliveries 503 before).
+
         uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
         they go):
         the methods connection_made, connection_lost, data_received, eof_received,
-        on_message_begin, on_headers_complete, on_message_complete and
-        on_response_complete; the attributes loop, transport, headers, cycle, pipeline and
-        app (the ASGI app its requests go to); and RequestResponseCycle's scope,
-        more_body, response_complete, disconnected and message_event.
+        pause_writing, resume_writing, on_message_begin, on_headers_complete, on_body,
+        on_message_complete and on_response_complete; the attributes loop, transport,
+        headers, cycle, pipeline and app (the ASGI app its requests go to); and
+        RequestResponseCycle's scope, more_body, response_complete, disconnected and
+        message_event.
         """
 
         _head: int | None = None  # bytes of the current head fed so far; None between heads
+        _framing = 0  # bytes of the current request fed after its head that were not body
         _counted = False
         _refused_at_cap = False
         _eof = False
@@ -209,25 +250,33 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def eof_received(self) -> bool:  # type: ignore[override]
-            """Keep the write side open for the answers still owed; close if none are."""
+            """Keep the write side open for the answers still owed; close if none are, or if
+            the only request's body can no longer come (its app then reads a disconnect and
+            records 499 at once, where it waited for its body deadline and a 408)."""
             self._eof = True
-            if not self._cycles:
+            if not self._cycles or (len(self._cycles) == 1 and self._cycles[0].more_body):
                 self.transport.close()
             return True
 
         def data_received(self, data: bytes) -> None:
-            while self._head is not None and data:
-                room = HEAD_LIMIT - self._head
+            """Feed the parser at most the room left under the limit of what is being read
+            (a head, or a request's framing), so that no limit is passed by more than a
+            piece already checked; nothing more once the connection is closing."""
+            while data and not self.transport.is_closing():
+                head = self._head
+                room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
                 if room <= 0:
                     return self._refuse()
                 piece, data = data[:room], data[room:]
-                self._head += len(piece)
+                if head is not None:
+                    self._head = head + len(piece)
+                else:
+                    self._framing += len(piece)
                 super().data_received(piece)
-            if data:
-                super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._framing = 0
             if self._head is None:
                 self._head = 0
                 idle.pop(self, None)
@@ -236,13 +285,31 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._head = None
             heads.pop(self, None)
+            if len(self._cycles) > PIPELINE_LIMIT:
+                if not self.transport.is_closing():
+                    connections.dropped["pipelined"] += 1
+                    self.transport.close()
+                return  # no cycle: the bytes still in this piece are read and dropped
             if len(self.headers) > HEADER_COUNT_LIMIT:
                 connections.dropped["too-large"] += 1
                 self.app = answer_too_large  # the request and the connection end there
             super().on_headers_complete()
+            self.headers = _Discarded()
             self._cycles.append(self.cycle)
             if not self.pipeline:  # it runs now (a queued one's body waits with it)
                 bodies[self] = time.monotonic()
+
+        def on_body(self, body: bytes) -> None:
+            self._framing -= len(body)
+            super().on_body(body)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            writes.setdefault(self, time.monotonic())
+
+        def resume_writing(self) -> None:
+            writes.pop(self, None)
+            super().resume_writing()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -266,7 +333,10 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             if self._counted:
                 connections.dropped[reason] += 1
             self._uncount()
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # a close would wait for a client that does not read
+            else:
+                self.transport.close()
 
         def body_overdue(self) -> None:
             bodies.pop(self, None)
@@ -284,6 +354,7 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             heads.pop(self, None)
             bodies.pop(self, None)
             idle.pop(self, None)
+            writes.pop(self, None)
             if self._counted:
                 self._counted = False
                 connections.open -= 1

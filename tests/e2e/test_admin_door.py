@@ -30,17 +30,13 @@ def admin_socket(server: Server) -> socket.socket:
     return sock
 
 
-def test_connections_past_the_cap_are_refused_and_the_port_recovers(server: Server) -> None:
+def test_at_the_cap_silent_connections_make_room_for_requests(server: Server) -> None:
     with ExitStack() as held:
-        for _ in range(ADMIN_MAX_CONNECTIONS):
-            held.enter_context(admin_socket(server))
-        refused = admin_socket(server)
-        answer = read_until_closed(refused)
-        assert answer.startswith(b"HTTP/1.1 503")
-        assert b"too many connections" in answer
+        silent = [held.enter_context(admin_socket(server)) for _ in range(ADMIN_MAX_CONNECTIONS)]
+        assert request(server.admin + "/metrics", method="GET").status == 200
+        assert read_until_closed(silent[0]) == b""  # the longest silent one made room
         # The webhook port has its own cap: it still answers.
         assert request(server.base + "/healthz", method="GET").status == 200
-    assert request(server.admin + "/metrics", method="GET").status == 200
 
 
 def test_a_head_over_the_limit_gets_431_and_is_closed(server: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -11,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kargo_bitbucket.connections import HEAD_LIMIT, HEADER_COUNT_LIMIT, KEEP_ALIVE
+from kargo_bitbucket.connections import (
+    FRAMING_LIMIT,
+    HEAD_LIMIT,
+    HEADER_COUNT_LIMIT,
+    KEEP_ALIVE,
+    PIPELINE_LIMIT,
+)
 from tests.builders import PUSH, one_receiver, receiver_path, signed, to_yaml
 from tests.support import Server, cli, eventually, read_until_closed, request, serve_copy
 
@@ -117,6 +124,84 @@ def test_heads_within_the_limits_are_served(door: Server) -> None:
         assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
+def rss_mib(server: Server) -> float:
+    """The server process's resident memory."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def send_until_closed(sock: socket.socket, data: bytes, times: int) -> bytes:
+    """Send ``data`` up to ``times`` times, stopping when the server closes; what it answered."""
+    with contextlib.suppress(OSError):  # broken pipe or reset once the server has closed
+        for _ in range(times):
+            sock.sendall(data)
+    try:
+        return read_until_closed(sock)
+    except ConnectionResetError:
+        return b""
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nowhere", None])
+def test_an_endless_trailer_section_is_cut_at_the_framing_limit(
+    door: Server, path: str | None
+) -> None:
+    """Trailers are header fields after the body: uvicorn kept them all (800 MB in 1.5 s)."""
+    path = path or door.path  # type: ignore[attr-defined]
+    before = rss_mib(door)
+    with connect(door) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".encode()
+        )
+        answer = send_until_closed(sock, b"a: b\r\n" * 10_000, 200)  # 12 MB if never cut
+    # Refused after the app's own early answer (404, 405), if any; a reset loses it all.
+    assert answer == b"" or answer.endswith(b'{"error":"request header fields too large"}')
+    assert dropped(door, "too-large") == 1
+    assert rss_mib(door) - before < 50
+
+
+def test_a_chunked_body_is_served_and_chunk_framing_is_bounded(door: Server) -> None:
+    path = door.path  # type: ignore[attr-defined]
+    headers = "".join(f"{k}: {v}\r\n" for k, v in signed(PUSH, Connection="close").items())
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{headers}\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(PUSH[i : i + 512]), PUSH[i : i + 512])
+                      for i in range(0, len(PUSH), 512))  # fmt: skip
+    with connect(door) as sock:
+        sock.sendall(head.encode() + chunks + b"0\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    # A byte a chunk: six bytes of framing for each byte of body.
+    tiny = b"1\r\n{\r\n" * (FRAMING_LIMIT // 5 * 2)
+    with connect(door) as sock:
+        sock.sendall(head.encode())
+        answer = send_until_closed(sock, tiny, 1)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert dropped(door, "too-large") == 1
+
+
+def test_a_deep_pipeline_is_closed_after_the_requests_it_may_queue(door: Server) -> None:
+    """20,000 requests in one write were 20,000 queued requests (486 MB)."""
+    before = rss_mib(door)
+    with connect(door) as sock:
+        answers = send_until_closed(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000, 1)
+    assert answers.count(b"HTTP/1.1 200 ") <= PIPELINE_LIMIT + 1  # none if the close was a reset
+    assert dropped(door, "pipelined") == 1
+    assert rss_mib(door) - before < 50
+    with connect(door) as sock:  # a well-behaved pipeline is served whole
+        last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINE_LIMIT + last)
+        assert read_until_closed(sock).count(b"HTTP/1.1 200 ") == PIPELINE_LIMIT + 1
+
+
+def test_a_client_closing_mid_body_is_recorded_as_gone_at_once(door: Server) -> None:
+    """A FIN mid-body was kept open for an answer and recorded 408 at the body deadline."""
+    path = door.path  # type: ignore[attr-defined]
+    with connect(door) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""
+    [entry] = eventually(lambda: recorded(door), what="the delivery recorded")
+    assert (entry["status"], entry["result"]) == (499, "client-disconnected")  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"), [("POST", "/nowhere", 404), ("GET", None, 405)]
 )
@@ -216,9 +301,29 @@ def test_at_the_cap_an_idle_keep_alive_connection_makes_room(capped: Server) -> 
         sock.close()
 
 
+def test_at_the_cap_the_longest_silent_connection_makes_room(capped: Server) -> None:
+    silent = [connect(capped) for _ in range(8)]
+    with connect(capped) as sock:
+        sock.sendall(delivery(capped, close=True))
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert dropped(capped, "head-evicted") == 1
+    assert read_until_closed(silent[0]) == b""  # the first to connect, silent since
+    for sock in silent:
+        sock.close()
+
+
+def running_request(server: Server) -> socket.socket:
+    """A connection whose request runs: its head sent, its body begun and never finished."""
+    sock = connect(server)
+    path = server.path  # type: ignore[attr-defined]
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+    return sock
+
+
 def test_connection_cap_refuses_with_503_logs_once_counts_and_recovers(capped: Server) -> None:
     server = capped
-    flood = [connect(server) for _ in range(8)]
+    flood = [running_request(server) for _ in range(8)]
     refused = []
     for _ in range(20):
         with connect(server) as sock:

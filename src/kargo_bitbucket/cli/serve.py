@@ -87,7 +87,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=FromEnv("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, positive_seconds, SECONDS_FORM),
         metavar="SECONDS",
-        help=f"time allowed to send the body (default {DEFAULT_BODY_TIMEOUT:g})",
+        help=f"time allowed to send the body, and to take the answer "
+        f"(default {DEFAULT_BODY_TIMEOUT:g})",
     )
     parser.add_argument(
         "--header-timeout",
@@ -227,7 +228,10 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
 
     lifecycle = Lifecycle()
     connections = Connections(
-        settings.max_connections, settings.header_timeout, settings.body_timeout
+        settings.max_connections,
+        settings.header_timeout,
+        settings.body_timeout,
+        write_timeout=settings.body_timeout,
     )
     metrics = None
     admin = None
