@@ -46,13 +46,14 @@ class Throttle:
     without growing with it.
     """
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
+        self.clock = clock
         self._windows: dict[str, list[int]] = {}  # key: [second, lines let through, held back]
 
     def admit(self, key: str) -> int | None:
         """None to hold a line back; else how many were held back before this one."""
-        second = int(time.monotonic())
+        second = int(self.clock())
         window = self._windows.get(key)
         if window is None or window[0] != second:
             held = window[2] if window is not None else 0
@@ -63,6 +64,39 @@ class Throttle:
             return 0
         window[2] += 1
         return None
+
+
+SENDER_CAUSED_RATE = 5
+"""Lines a second of each of uvicorn's warnings about a request it refused itself."""
+_SENDER_CAUSED = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
+_WEBSOCKET_ADVICE = "No supported WebSocket library detected"
+
+
+class SenderCaused(logging.Filter):
+    """uvicorn's warnings about requests it refuses before any app sees them (malformed
+    HTTP, an ``Upgrade`` header): anyone can cause one per request, so at most
+    ``SENDER_CAUSED_RATE`` a second of each, the next saying how many were held back.
+    Its advice to install a WebSocket library is dropped: no route here takes WebSockets.
+    (One client wrote 250 KB a second of them before.)
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._lines = Throttle(SENDER_CAUSED_RATE, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or message not in _SENDER_CAUSED:
+            return not (isinstance(message, str) and message.startswith(_WEBSOCKET_ADVICE))
+        held = self._lines.admit(message)
+        if held is None:
+            return False
+        if held:
+            record.msg = f"{message} ({held} more not logged)"
+        return True
+
+
+_sender_caused = SenderCaused()
 
 
 _second: list[tuple[int, str]] = [(-1, "")]
@@ -245,5 +279,6 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_sender_caused)
     for name in ("httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)

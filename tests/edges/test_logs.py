@@ -210,3 +210,31 @@ def _read_now(fd: int) -> bytes:
         return os.read(fd, 1 << 20)
     except BlockingIOError:
         return b""
+
+
+def test_uvicorn_warnings_any_sender_causes_are_throttled_and_the_rest_counted() -> None:
+    now = [100.0]
+    lines = logs.SenderCaused(clock=lambda: now[0])
+
+    def logged(message: str) -> str | None:
+        record = logging.makeLogRecord({"name": "uvicorn.error", "msg": message})
+        return record.getMessage() if lines.filter(record) else None
+
+    burst = [logged("Invalid HTTP request received.") for _ in range(20)]
+    assert burst == ["Invalid HTTP request received."] * logs.SENDER_CAUSED_RATE + [None] * 15
+    assert logged("Unsupported upgrade request.") == "Unsupported upgrade request."  # its own
+    now[0] += 1
+    assert logged("Invalid HTTP request received.") == (
+        "Invalid HTTP request received. (15 more not logged)"
+    )
+    assert logged("No supported WebSocket library detected. Please use ...") is None
+    assert logged("Started server process [1]") == "Started server process [1]"
+
+
+def test_configure_throttles_uvicorns_own_warnings() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    for _ in range(50):
+        logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
+    # Five a second: one second boundary crossed at most while logging them.
+    assert len(stream.getvalue().splitlines()) <= 2 * logs.SENDER_CAUSED_RATE + 1
