@@ -888,8 +888,22 @@ def test_mutated_corpus_payloads_only_raise_invalid_payload(data: Any) -> None:
 
 
 def test_a_long_key_above_deep_nesting_is_cut_in_the_detail() -> None:
-    """The path of invalid bytes under a 1 MB key and 1,000 levels stays short and cheap."""
-    body = b'{"' + b"k" * 1_000_000 + b'": ' + b"[" * 1000 + b'"\x80"' + b"]" * 1000 + b"}"
+    """The path of invalid bytes under a 60 KB key and 1,000 levels stays short and cheap."""
+    body = b'{"' + b"k" * 60_000 + b'": ' + b"[" * 1000 + b'"\x80"' + b"]" * 1000 + b"}"
     with pytest.raises(InvalidPayload) as info:
         parse_event("repo:push", body)
     assert info.value.detail == "k" * 200 + "… is not valid UTF-8"
+
+
+@pytest.mark.parametrize("arrays", [12_000, 400_000])
+def test_a_bad_byte_in_a_large_body_is_located_by_offset_not_by_building_it(arrays: int) -> None:
+    """400,000 small arrays before the bad byte held the event loop 2.7 s to name its path;
+    a body within the limit still has it named."""
+    head = b'{"x": [' + b"[[]]," * arrays
+    body = head + b'"\xff"]}'
+    with pytest.raises(InvalidPayload) as info:
+        parse_event("repo:push", body)
+    named = f"x[{arrays}] is not valid UTF-8"
+    offset = f"body is not valid UTF-8 (byte {len(head) + 1})"
+    assert info.value.detail == (named if len(body) <= 64 * 1024 else offset)
+    assert (len(body) <= 64 * 1024) == (arrays == 12_000)
