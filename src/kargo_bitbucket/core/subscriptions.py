@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import re2
@@ -206,7 +206,7 @@ class PushedRefs:
         return self._versions[key]
 
 
-class FirstMatches(NamedTuple):
+class FirstMatches(msgspec.Struct, frozen=True):
     """The first ref (in push order) that matches a subscription for certain, and the first
     that matches only because an unevaluable field would decide (refresh anyway)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -41,8 +41,9 @@ class StoreUnavailable(RuntimeError):
     synced): the delivery is answered 503, never 200 with the refresh lost."""
 
 
-class Target(NamedTuple):
-    """One object to refresh (a tuple: built and hashed in C, 1 µs less per delivery)."""
+class Target(msgspec.Struct, frozen=True):
+    """One object to refresh (a frozen Struct: built and hashed in C, a third of a
+    NamedTuple's time to build, which runs a Python ``__new__``)."""
 
     kind: str
     namespace: str
