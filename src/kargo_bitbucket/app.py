@@ -30,6 +30,12 @@ log = logging.getLogger("kargo_bitbucket.app")
 
 JSON = b"application/json"
 FIXED_PATHS = frozenset({"/healthz", "/readyz"})
+SMALL_BODY = 64 * 1024
+"""Bytes of every body that are always read; what a body holds past them comes out of
+BODIES_MEMORY (Bitbucket Cloud's payloads are at most 256 KB)."""
+BODIES_MEMORY = 32 * 1024 * 1024
+"""Bytes past SMALL_BODY that the bodies being read may hold in all: 400 unsigned senders
+each holding a body of 2 MiB less one byte took 855 MiB before."""
 CLIENT_CLOSED = 499
 """Status recorded (never sent) for a client gone mid-body: nginx's "client closed request",
 so history and metrics tell it from a 408 the client was sent and a slow proxy caused."""
@@ -45,6 +51,10 @@ class Lifecycle:
 
 class BodyTooLarge(Exception):
     """The streamed body went past the limit."""
+
+
+class BodiesTooLarge(Exception):
+    """The bodies being read hold BODIES_MEMORY already: this one must wait for a retry."""
 
 
 class BodyOverdue(Exception):
@@ -68,6 +78,8 @@ class ReceiverEndpoint:
         self.body_limit = body_limit
         self.too_large = f"content exceeds limit of {body_limit} bytes"
         self.unknown = UnknownPaths(deliveries.metrics)
+        self.held = 0
+        """Bytes past SMALL_BODY held by the bodies being read (at most BODIES_MEMORY)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path")
@@ -111,6 +123,10 @@ class ReceiverEndpoint:
         except BodyTooLarge:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
+        except BodiesTooLarge:
+            answer = Answer.error(503, Result.BUSY, "too many large bodies at once, try again")
+            retry = [(b"retry-after", b"1")]
+            return await self._refuse(send, route, headers, answer, started, retry, close=True)
         except BodyOverdue:
             answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
@@ -133,28 +149,42 @@ class ReceiverEndpoint:
         answer: Answer,
         started: float,
         extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool | None = None,
     ) -> None:
-        """Answer a request to a receiver before its body is read, and leave a trace of it."""
+        """Answer a request to a receiver before its body is read, and leave a trace of it;
+        the connection is closed (after any but a 405) so that the body is never read."""
         self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
-        await _answer(send, answer.status, answer.body, extra, close=answer.status != 405)
+        close = answer.status != 405 if close is None else close
+        await _answer(send, answer.status, answer.body, extra, close=close)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """Read the whole body, stopping as soon as it passes the limit or its deadline."""
+        """Read the whole body, stopping as soon as it passes the limit or its deadline, or
+        would take more than what BODIES_MEMORY has left."""
         chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.body_limit:
-                raise BodyTooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-            if BODY_OVERDUE in scope:
-                raise BodyOverdue
+        size = held = 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.body_limit:
+                    raise BodyTooLarge
+                if size > SMALL_BODY:
+                    more = size - SMALL_BODY - held
+                    if self.held + more > BODIES_MEMORY:
+                        raise BodiesTooLarge
+                    self.held += more
+                    held += more
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                if BODY_OVERDUE in scope:
+                    raise BodyOverdue
+        finally:
+            self.held -= held
 
 
 DELIVERY_HEADERS = {

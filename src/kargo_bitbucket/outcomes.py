@@ -25,6 +25,8 @@ class Result(StrEnum):
     BODY_TIMEOUT = "body-timeout"
     CLIENT_DISCONNECTED = "client-disconnected"
     STORE_UNAVAILABLE = "store-unavailable"
+    BUSY = "busy"
+    """The bodies being read at once held all the memory they may: try again."""
     ERROR = "error"
 
 

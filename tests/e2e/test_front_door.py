@@ -8,10 +8,12 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from kargo_bitbucket.app import BODIES_MEMORY, SMALL_BODY
 from kargo_bitbucket.connections import (
     FRAMING_LIMIT,
     HEAD_LIMIT,
@@ -189,6 +191,45 @@ def test_a_deep_pipeline_is_closed_after_the_requests_it_may_queue(door: Server)
         last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINE_LIMIT + last)
         assert read_until_closed(sock).count(b"HTTP/1.1 200 ") == PIPELINE_LIMIT + 1
+
+
+@pytest.fixture
+def patient(template: Path, tmp_path: Path) -> Iterator[Server]:
+    """A server whose body deadline outlasts a slow test on a loaded machine."""
+    server = demo_server(template, tmp_path, "--body-timeout", "60")
+    yield server
+    assert server.stop() == 0
+
+
+def test_large_bodies_held_at_once_share_a_bounded_memory_and_small_ones_pass(
+    patient: Server,
+) -> None:
+    """400 senders each holding 2 MiB less a byte took 855 MiB; past BODIES_MEMORY the
+    next large body is answered 503 and closed, while a delivery of the usual size is not."""
+    door = patient
+    path = door.path  # type: ignore[attr-defined]
+    limit = 2 * 1024 * 1024
+    count = BODIES_MEMORY // (limit - SMALL_BODY) + 8
+    before = rss_mib(door)
+    with ExitStack() as held:
+        for _ in range(count):
+            sock = held.enter_context(connect(door))
+            with contextlib.suppress(OSError):  # refused and closed while sending
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {limit}\r\n\r\n".encode()
+                    + b" " * (limit - 1)
+                )
+        fit = BODIES_MEMORY // (limit - SMALL_BODY)
+
+        def refused() -> bool:
+            results = [e["result"] for e in recorded(door)]  # type: ignore[index]
+            return results.count("busy") >= count - fit
+
+        eventually(refused, what="the bodies past what fits answered busy")
+        assert rss_mib(door) - before < (BODIES_MEMORY + count * 2 * SMALL_BODY) / 2**20 + 40
+        with connect(door) as sock:
+            sock.sendall(delivery(door, close=True))
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_client_closing_mid_body_is_recorded_as_gone_at_once(door: Server) -> None:
