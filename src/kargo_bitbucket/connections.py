@@ -262,17 +262,20 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             """Feed the parser at most the room left under the limit of what is being read
             (a head, or a request's framing), so that no limit is passed by more than a
             piece already checked; nothing more once the connection is closing."""
-            while data and not self.transport.is_closing():
+            while True:
                 head = self._head
                 room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
                 if room <= 0:
                     return self._refuse()
-                piece, data = data[:room], data[room:]
+                piece = data if len(data) <= room else data[:room]
                 if head is not None:
                     self._head = head + len(piece)
                 else:
                     self._framing += len(piece)
                 super().data_received(piece)
+                if piece is data or self.transport.is_closing():
+                    return
+                data = data[len(piece) :]
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
