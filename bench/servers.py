@@ -110,6 +110,9 @@ class Transport(asyncio.Transport):
     def close(self) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": (HOST, 8080), "peername": (HOST, 50000)}.get(name, default)
 

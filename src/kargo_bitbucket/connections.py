@@ -78,7 +78,8 @@ class Connections:
     nginx does) and is refused with a 503 only when none is idle: 1,100 connections
     held after early answers then lock no delivery out. ``dropped`` counts by reason:
     ``idle-evicted``, ``head-evicted``, ``cap`` (refused), ``too-large`` (request line,
-    headers, chunk framing or trailers over their limit, answered 431), ``pipelined``
+    headers, chunk framing or trailers over their limit, answered 431 unless a request
+    is running), ``pipelined``
     (more than PIPELINE_LIMIT requests queued), ``header-timeout``, ``body-timeout`` (a
     body still not in a further ``body_timeout`` after its app was told),
     ``write-timeout`` (an answer the client has not taken in ``write_timeout``) and
@@ -184,7 +185,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         - At ``connections.limit`` open connections a new one replaces the longest-idle
           keep-alive connection, or gets a 503 and is closed when none is idle.
         - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
-          ``HEADER_COUNT_LIMIT`` headers, else 431 and closed. httptools buffers each
+          ``HEADER_COUNT_LIMIT`` headers, else 431 (closed only, when a request is running,
+          which its app records as a disconnect). httptools buffers each
           header whole, so bytes are counted as they are fed (8 parallel 64 MB request
           lines took 500 MB and stalled deliveries 6.6 s before). What follows the head
           and is not body (chunk framing, trailers) is counted the same way, at most
@@ -235,6 +237,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             connections.open += 1
             self._counted = True
             self._cycles: deque[RequestResponseCycle] = deque()
+            # Told of the first byte the client does not take, even after a close: asyncio's
+            # close waits for what is unsent, so a client that stops reading would hold it.
+            transport.set_write_buffer_limits(high=0)
             super().connection_made(transport)
             self._head = 0
             heads[self] = time.monotonic()
@@ -261,7 +266,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         def data_received(self, data: bytes) -> None:
             """Feed the parser at most the room left under the limit of what is being read
             (a head, or a request's framing), so that no limit is passed by more than a
-            piece already checked; nothing more once the connection is closing."""
+            piece already checked (a pipelined head begun inside the piece that ended the
+            request before it is counted from the next piece on: at most twice HEAD_LIMIT);
+            nothing more once the connection is closing."""
             while True:
                 head = self._head
                 room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
@@ -303,7 +310,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                 bodies[self] = time.monotonic()
 
         def on_body(self, body: bytes) -> None:
-            self._framing -= len(body)
+            framing = self._framing - len(body)  # below 0 where a head's piece held body
+            self._framing = framing if framing > 0 else 0
             super().on_body(body)
 
         def pause_writing(self) -> None:

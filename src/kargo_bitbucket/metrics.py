@@ -144,7 +144,8 @@ class Metrics(Collector):
         yield _counter(
             "kargo_bitbucket_connections_closed",
             "Webhook connections the front door refused or closed, by reason "
-            "(cap, idle-evicted, too-large, header-timeout, keep-alive)",
+            "(cap, idle-evicted, head-evicted, too-large, pipelined, header-timeout, "
+            "body-timeout, write-timeout, keep-alive)",
             ["reason"],
             (((reason,), count) for reason, count in self.closed_connections()),
         )

@@ -104,7 +104,8 @@ def register(parser: argparse.ArgumentParser) -> None:
             "MAX_CONNECTIONS", default_max_connections(), positive_int, "a whole number above 0"
         ),
         metavar="N",
-        help="open webhook connections at most; at the cap an idle one is closed, else 503 "
+        help="open webhook connections at most; at the cap an idle one is closed, else the "
+        "one sending its head the longest, else 503 "
         f"(default {DEFAULT_MAX_CONNECTIONS}, fewer if the open-file limit is low)",
     )
     parser.add_argument(
