@@ -75,15 +75,16 @@ class Connections:
     in the app about 5 µs (BENCHMARKS.md, "Fast paths"); the whole protocol costs 1.8 µs
     over uvicorn's own (``bench/servers.py --in-process``).
     At the cap a new connection takes the place of the longest-idle keep-alive one (as
-    nginx does) and is refused with a 503 only when none is idle: 1,100 connections
-    held after early answers then lock no delivery out. ``dropped`` counts by reason:
+    nginx does), else of the one that has been sending its head the longest, and is
+    refused with a 503 only when every connection is running a request: 1,100
+    connections held after early answers, or 1,000 silent ones, then lock no delivery
+    out. ``dropped`` counts by reason:
     ``idle-evicted``, ``head-evicted``, ``cap`` (refused), ``too-large`` (request line,
     headers, chunk framing or trailers over their limit, answered 431 unless a request
-    is running), ``pipelined``
-    (more than PIPELINE_LIMIT requests queued), ``header-timeout``, ``body-timeout`` (a
-    body still not in a further ``body_timeout`` after its app was told),
-    ``write-timeout`` (an answer the client has not taken in ``write_timeout``) and
-    ``keep-alive`` (idle timeout).
+    is running), ``pipelined`` (more than PIPELINE_LIMIT requests queued),
+    ``header-timeout``, ``body-timeout`` (a body still not in a further ``body_timeout``
+    after its app was told), ``write-timeout`` (an answer the client has not taken in
+    ``write_timeout``) and ``keep-alive`` (idle timeout).
     """
 
     limit: int = DEFAULT_MAX_CONNECTIONS
@@ -183,7 +184,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         """One webhook connection, bounded in number, head size and idle time.
 
         - At ``connections.limit`` open connections a new one replaces the longest-idle
-          keep-alive connection, or gets a 503 and is closed when none is idle.
+          keep-alive connection, else the one that has been sending its head the longest
+          (a flood of silent connections answered 57 of 61 deliveries 503 before), or
+          gets a 503 and is closed when every one is running a request.
         - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
           ``HEADER_COUNT_LIMIT`` headers, else 431 (closed only, when a request is running,
           which its app records as a disconnect). httptools buffers each
@@ -206,10 +209,6 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
-
-        - At the cap, a new connection takes the place of the longest-idle one, else of
-          the one that has been sending its head the longest (a flood of silent
-          connections answered 57 of 61 deliveries 503 before).
 
         uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
         they go):

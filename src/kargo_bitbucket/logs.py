@@ -86,8 +86,12 @@ class SenderCaused(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg
-        if not isinstance(message, str) or message not in _SENDER_CAUSED:
-            return not (isinstance(message, str) and message.startswith(_WEBSOCKET_ADVICE))
+        if not isinstance(message, str):
+            return True
+        if message.startswith(_WEBSOCKET_ADVICE):
+            return False
+        if message not in _SENDER_CAUSED:
+            return True
         held = self._lines.admit(message)
         if held is None:
             return False
