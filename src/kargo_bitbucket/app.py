@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -35,7 +36,8 @@ SMALL_BODY = 64 * 1024
 BODIES_MEMORY (Bitbucket Cloud's payloads are at most 256 KB)."""
 BODIES_MEMORY = 32 * 1024 * 1024
 """Bytes past SMALL_BODY that the bodies being read may hold in all: 400 unsigned senders
-each holding a body of 2 MiB less one byte took 855 MiB before."""
+each holding a body of 2 MiB less one byte took 855 MiB before. Room is made by ending the
+reads that began earliest: a sender holding bodies open loses them to one that sends."""
 CLIENT_CLOSED = 499
 """Status recorded (never sent) for a client gone mid-body: nginx's "client closed request",
 so history and metrics tell it from a 408 the client was sent and a slow proxy caused."""
@@ -54,7 +56,7 @@ class BodyTooLarge(Exception):
 
 
 class BodiesTooLarge(Exception):
-    """The bodies being read hold BODIES_MEMORY already: this one must wait for a retry."""
+    """This body alone would hold more than BODIES_MEMORY."""
 
 
 class BodyOverdue(Exception):
@@ -80,6 +82,10 @@ class ReceiverEndpoint:
         self.unknown = UnknownPaths(deliveries.metrics)
         self.held = 0
         """Bytes past SMALL_BODY held by the bodies being read (at most BODIES_MEMORY)."""
+        self._large: dict[asyncio.Task[Any], int] = {}
+        """The tasks reading a body past SMALL_BODY, the earliest first, with what each holds."""
+        self._ended: set[asyncio.Task[Any]] = set()
+        """Tasks whose read was ended to make room (cancelled, answered 503 busy)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path")
@@ -120,6 +126,15 @@ class ReceiverEndpoint:
             return await self._refuse(send, route, headers, answer, started)
         try:
             body = await self._read_body(scope, receive)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task not in self._ended:
+                raise  # the shutdown's
+            self._ended.discard(task)
+            task.uncancel()
+            answer = Answer.error(503, Result.BUSY, "too many large bodies at once, try again")
+            retry = [(b"retry-after", b"1")]
+            return await self._refuse(send, route, headers, answer, started, retry, close=True)
         except BodyTooLarge:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
@@ -159,10 +174,11 @@ class ReceiverEndpoint:
         await _answer(send, answer.status, answer.body, extra, close=close)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """Read the whole body, stopping as soon as it passes the limit or its deadline, or
-        would take more than what BODIES_MEMORY has left."""
+        """Read the whole body, stopping as soon as it passes the limit or its deadline; past
+        SMALL_BODY, what it holds counts against BODIES_MEMORY (``_hold``)."""
         chunks = []
         size = held = 0
+        task = None
         try:
             while True:
                 message = await receive()
@@ -173,18 +189,31 @@ class ReceiverEndpoint:
                 if size > self.body_limit:
                     raise BodyTooLarge
                 if size > SMALL_BODY:
-                    more = size - SMALL_BODY - held
-                    if self.held + more > BODIES_MEMORY:
-                        raise BodiesTooLarge
-                    self.held += more
-                    held += more
+                    task = task or asyncio.current_task()
+                    self._hold(task, size - SMALL_BODY - held)
+                    held = size - SMALL_BODY
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
                 if BODY_OVERDUE in scope:
                     raise BodyOverdue
         finally:
-            self.held -= held
+            if size > SMALL_BODY:  # what it holds; nothing if its read was ended
+                self.held -= held if task is None else self._large.pop(task, 0)
+
+    def _hold(self, task: asyncio.Task[Any] | None, more: int) -> None:
+        """Count ``more`` bytes of ``task``'s body, first ending the reads that began
+        earliest until they fit; BodiesTooLarge if they cannot."""
+        while self.held + more > BODIES_MEMORY:
+            earliest = next((t for t in self._large if t is not task), None)
+            if earliest is None or task is None:
+                raise BodiesTooLarge
+            self.held -= self._large.pop(earliest)
+            self._ended.add(earliest)
+            earliest.cancel()
+        self.held += more
+        if task is not None:
+            self._large[task] = self._large.get(task, 0) + more
 
 
 DELIVERY_HEADERS = {
