@@ -243,6 +243,30 @@ def test_large_bodies_held_at_once_share_a_bounded_memory_and_deliveries_get_thr
         assert b"refreshed 1 warehouse(s)" in answer
 
 
+def test_a_client_that_stops_reading_its_answers_is_dropped_at_the_write_deadline(
+    door: Server,
+) -> None:
+    """No other deadline covers a connection whose answers cannot be written: 20 such
+    clients held the connection cap for ever."""
+    path = door.path  # type: ignore[attr-defined]
+    key = "x" * 60_000  # each answer ("event <key> ignored") is 60 KB
+    headers = "".join(f"{k}: {v}\r\n" for k, v in signed(b"{}", event=key).items())
+    ignored = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n{headers}\r\n{{}}"
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.connect(("127.0.0.1", door.port))
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):  # the server stopped reading, or closed
+            for _ in range(40):  # 2.4 MB of answers, more than the kernel buffers
+                sock.sendall(ignored.encode())
+                # Paced: fewer than PIPELINE_LIMIT queue up within the 1 s deadline.
+                time.sleep(0.15)
+                if dropped(door, "write-timeout"):
+                    break
+        eventually(lambda: dropped(door, "write-timeout") == 1, what="the write deadline")
+    assert dropped(door, "pipelined") == 0  # closed by the write deadline, nothing else
+
+
 def test_a_client_closing_mid_body_is_recorded_as_gone_at_once(door: Server) -> None:
     """A FIN mid-body was kept open for an answer and recorded 408 at the body deadline."""
     path = door.path  # type: ignore[attr-defined]
