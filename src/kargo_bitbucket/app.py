@@ -38,6 +38,7 @@ BODIES_MEMORY = 32 * 1024 * 1024
 """Bytes past SMALL_BODY that the bodies being read may hold in all: 400 unsigned senders
 each holding a body of 2 MiB less one byte took 855 MiB before. Room is made by ending the
 reads that began earliest: a sender holding bodies open loses them to one that sends."""
+RETRY_SOON = (b"retry-after", b"1")
 CLIENT_CLOSED = 499
 """Status recorded (never sent) for a client gone mid-body: nginx's "client closed request",
 so history and metrics tell it from a 408 the client was sent and a slow proxy caused."""
@@ -56,7 +57,7 @@ class BodyTooLarge(Exception):
 
 
 class BodiesTooLarge(Exception):
-    """This body alone would hold more than BODIES_MEMORY."""
+    """The body's read was ended to make room in BODIES_MEMORY, or it alone would not fit."""
 
 
 class BodyOverdue(Exception):
@@ -126,22 +127,12 @@ class ReceiverEndpoint:
             return await self._refuse(send, route, headers, answer, started)
         try:
             body = await self._read_body(scope, receive)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task not in self._ended:
-                raise  # the shutdown's
-            self._ended.discard(task)
-            task.uncancel()
-            answer = Answer.error(503, Result.BUSY, "too many large bodies at once, try again")
-            retry = [(b"retry-after", b"1")]
-            return await self._refuse(send, route, headers, answer, started, retry, close=True)
         except BodyTooLarge:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         except BodiesTooLarge:
             answer = Answer.error(503, Result.BUSY, "too many large bodies at once, try again")
-            retry = [(b"retry-after", b"1")]
-            return await self._refuse(send, route, headers, answer, started, retry, close=True)
+            return await self._refuse(send, route, headers, answer, started, [RETRY_SOON])
         except BodyOverdue:
             answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
             return await self._refuse(send, route, headers, answer, started)
@@ -164,21 +155,18 @@ class ReceiverEndpoint:
         answer: Answer,
         started: float,
         extra: list[tuple[bytes, bytes]] | None = None,
-        *,
-        close: bool | None = None,
     ) -> None:
         """Answer a request to a receiver before its body is read, and leave a trace of it;
         the connection is closed (after any but a 405) so that the body is never read."""
         self.deliveries.refused(route, headers, answer, time.perf_counter() - started)
-        close = answer.status != 405 if close is None else close
-        await _answer(send, answer.status, answer.body, extra, close=close)
+        await _answer(send, answer.status, answer.body, extra, close=answer.status != 405)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """Read the whole body, stopping as soon as it passes the limit or its deadline; past
         SMALL_BODY, what it holds counts against BODIES_MEMORY (``_hold``)."""
         chunks = []
         size = held = 0
-        task = None
+        task: asyncio.Task[Any] | None = None
         try:
             while True:
                 message = await receive()
@@ -189,7 +177,9 @@ class ReceiverEndpoint:
                 if size > self.body_limit:
                     raise BodyTooLarge
                 if size > SMALL_BODY:
-                    task = task or asyncio.current_task()
+                    if task is None:
+                        task = asyncio.current_task()
+                        assert task is not None  # an ASGI app runs in a task
                     self._hold(task, size - SMALL_BODY - held)
                     held = size - SMALL_BODY
                 chunks.append(chunk)
@@ -197,23 +187,29 @@ class ReceiverEndpoint:
                     return b"".join(chunks)
                 if BODY_OVERDUE in scope:
                     raise BodyOverdue
+        except asyncio.CancelledError:
+            if task is None or task not in self._ended:
+                raise  # the shutdown's
+            self._ended.discard(task)
+            task.uncancel()
+            raise BodiesTooLarge from None
         finally:
-            if size > SMALL_BODY:  # what it holds; nothing if its read was ended
-                self.held -= held if task is None else self._large.pop(task, 0)
+            if task is not None:  # what it holds; nothing if its read was ended
+                self.held -= self._large.pop(task, 0)
 
-    def _hold(self, task: asyncio.Task[Any] | None, more: int) -> None:
+    def _hold(self, task: asyncio.Task[Any], more: int) -> None:
         """Count ``more`` bytes of ``task``'s body, first ending the reads that began
-        earliest until they fit; BodiesTooLarge if they cannot."""
+        earliest until they fit (each then raises BodiesTooLarge); BodiesTooLarge if
+        they cannot."""
         while self.held + more > BODIES_MEMORY:
             earliest = next((t for t in self._large if t is not task), None)
-            if earliest is None or task is None:
+            if earliest is None:
                 raise BodiesTooLarge
             self.held -= self._large.pop(earliest)
             self._ended.add(earliest)
             earliest.cancel()
         self.held += more
-        if task is not None:
-            self._large[task] = self._large.get(task, 0) + more
+        self._large[task] = self._large.get(task, 0) + more
 
 
 DELIVERY_HEADERS = {
