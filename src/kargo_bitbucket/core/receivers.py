@@ -94,9 +94,9 @@ class Owner:
 
     @property
     def honoured_name(self) -> str:
-        """The name Kargo reads a config by: its namespace's for a ProjectConfig, ``cluster``
-        for the ClusterConfig."""
-        return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
+        """The name Kargo reads a config by, which is the one people call it by (``label``):
+        its namespace's for a ProjectConfig, ``cluster`` for the ClusterConfig."""
+        return self.label
 
     @property
     def honoured(self) -> bool:
