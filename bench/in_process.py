@@ -73,6 +73,9 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
@@ -147,7 +150,7 @@ def request_bytes(path: str, body: bytes) -> bytes:
 
 def ablate(parts: list[str]) -> None:
     """Make each named part of the delivery path free (monkeypatching the imported package)."""
-    from kargo_bitbucket import app, delivery, logs
+    from kargo_bitbucket import app, delivery, logs, metrics
     from kargo_bitbucket.outcomes import Result
     from kargo_bitbucket.store import sqlite
 
@@ -158,9 +161,9 @@ def ablate(parts: list[str]) -> None:
             sqlite.SqliteStore.record = lambda self, record: None  # type: ignore[method-assign]
         elif part == "record":
             delivery.Deliveries._finish = lambda self, *args: None  # type: ignore[method-assign]
-            delivery._record = lambda *args: None  # type: ignore[assignment,return-value]
         elif part == "metrics":
-            delivery._count = lambda *args: None  # type: ignore[assignment]
+            for count in ("count_delivery", "count_refresh", "count_signature_failure"):
+                setattr(metrics.Metrics, count, lambda self, *args: None)
         elif part == "history-rows":
             sqlite._insert = lambda db, table, records, keep: None  # type: ignore[assignment]
         elif part == "writes":
@@ -292,8 +295,8 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(figures))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rev`` and ``--ablate``: the variants measured beside the working tree."""
     parser.add_argument(
         "--rev", action="append", default=[], help="a commit to compare (repeatable)"
     )
@@ -301,8 +304,13 @@ def main() -> int:
         "--ablate",
         action="append",
         default=[],
-        help="parts to take away, comma-separated (repeatable)",
+        help=f"parts to take away, comma-separated (repeatable): {', '.join(ABLATIONS)}",
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_variant_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--deliveries", type=int, default=4800, help="per measure (3 per round)")
     parser.add_argument(

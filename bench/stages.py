@@ -18,6 +18,7 @@ import hmac
 import io
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -68,13 +69,12 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
     store, for the caller to close.
     """
     from kargo_bitbucket import delivery, history, logs
-    from kargo_bitbucket.app import _read_headers
     from kargo_bitbucket.core import events
     from kargo_bitbucket.core.decision import judge_push, pushed_identities
     from kargo_bitbucket.core.receivers import BaseURL
     from kargo_bitbucket.core.signature import check_signature
     from kargo_bitbucket.metrics import Metrics
-    from kargo_bitbucket.outcomes import Outcome, Result
+    from kargo_bitbucket.outcomes import Outcome
     from kargo_bitbucket.store.base import RefreshResult, Target, now_rfc3339
     from kargo_bitbucket.store.index import Indexes
     from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
@@ -98,7 +98,7 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
         (b"x-attempt-number", b"1"),
         (b"content-length", str(len(body)).encode()),
     ]
-    headers = _read_headers(raw)
+    headers = delivery.read_headers(raw)
     push = events.parse_event("repo:push", body)
     assert isinstance(push, events.Push)
     pushed = pushed_identities(push)
@@ -111,25 +111,13 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
     assert result.refreshed, "the push refreshes no Warehouse of the state"
 
     def answer() -> Any:
-        candidates, unlisted, outcomes = delivery._candidates(verdicts, result)
-        names = [f"{t.namespace}/{t.name}" for t in result.refreshed]
-        extra = {"deliveryId": delivery.delivery_id(headers), "refreshed": names}
-        return delivery.Answer(
-            status=200,
-            body={"msg": f"refreshed {len(names)} warehouse(s)", **extra},
-            result=Result.REFRESHED,
-            candidates=candidates,
-            refreshed=len(names),
-            unlisted=unlisted,
-            outcomes=outcomes,
-            event=push,
-        )
+        return delivery._refreshed(push, verdicts, result, "warehouse", headers.delivery_id)
 
     done = answer()
     now = now_rfc3339(micro=True)
-    record = delivery._record(route, "repo:push", headers, done, 0.001, True, now)
+    started = time.perf_counter()
     return {
-        "headers": lambda: _read_headers(raw),
+        "headers": lambda: delivery.read_headers(raw),
         "timestamp": lambda: now_rfc3339(micro=True),
         "signature": lambda: check_signature(signature, body, route.secret),
         "parse": lambda: events.parse_event("repo:push", body),
@@ -137,13 +125,15 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
             pushed_identities(push), route.owner.scope
         ),
         "match refs": lambda: [v for v in judge_push(push, pushed, found) if v is not None],
-        "targets": lambda: {
-            Target(v.kind, v.namespace, v.name): v.reason for v in verdicts if v.refresh
-        },
+        "targets": lambda: delivery._due(verdicts, headers.delivery_id),
         "answer": answer,
-        "record": lambda: delivery._record(route, "repo:push", headers, done, 0.001, True, now),
-        "log line, metrics": lambda: deliveries._finish(route, done, record),
-        "record's JSON": lambda: history.to_json(record),
+        "record": lambda: delivery._record(route, headers, done, 0.001, True, now),
+        "record, log line, metrics": lambda: deliveries._finish(
+            route, headers, done, started, now, True
+        ),
+        "record's JSON": lambda: history.to_json(
+            delivery._record(route, headers, done, 0.001, True, now)
+        ),
     }, store
 
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -35,7 +35,6 @@ from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.metrics import Metrics, event_label
 from kargo_bitbucket.outcomes import Outcome, Result
 from kargo_bitbucket.store.base import (
-    Note,
     RefreshResult,
     Store,
     StoreUnavailable,
@@ -67,6 +66,7 @@ class Answer(msgspec.Struct, kw_only=True):
     result: Result
     event: events.Push | events.PullRequestClosed | None = None
     candidates: list[Candidate] = msgspec.field(default_factory=list)
+    """At most MAX_CANDIDATES, as the history keeps them (``_candidates``)."""
     refreshed: int = 0
     unlisted: int = 0
     """Candidates considered but left out of ``candidates`` (past MAX_CANDIDATES)."""
@@ -87,9 +87,32 @@ class Answer(msgspec.Struct, kw_only=True):
         return cls(status=status, body={"error": error}, result=result)
 
 
-def delivery_id(headers: Mapping[str, str]) -> str:
-    """Cloud's ``X-Request-UUID`` or Server's ``X-Request-Id``, cut past what Bitbucket sends."""
-    return clip(headers.get("x-request-uuid") or headers.get("x-request-id") or "", ID_LIMIT)
+class Headers(msgspec.Struct, frozen=True, kw_only=True):
+    """The request headers a delivery reads, decoded; the delivery id and attempt cut to
+    ID_LIMIT, as history keeps them."""
+
+    event_key: str = ""
+    """``X-Event-Key``, stripped: whole, as "event ... ignored" says it."""
+    signature: str = ""
+    delivery_id: str = ""
+    """Cloud's ``X-Request-UUID`` or Server's ``X-Request-Id``."""
+    attempt: str = ""
+    content_length: str = ""
+
+
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The delivery headers of an ASGI request; the last one wins where one repeats."""
+    found = dict(raw)
+    get = found.get
+    return Headers(
+        event_key=get(b"x-event-key", b"").decode("latin-1").strip(),
+        signature=get(b"x-hub-signature", b"").decode("latin-1"),
+        delivery_id=clip(
+            (get(b"x-request-uuid") or get(b"x-request-id") or b"").decode("latin-1"), ID_LIMIT
+        ),
+        attempt=clip(get(b"x-attempt-number", b"").decode("latin-1"), ID_LIMIT),
+        content_length=get(b"content-length", b"").decode("latin-1"),
+    )
 
 
 class Deliveries:
@@ -101,46 +124,90 @@ class Deliveries:
         self._newline_warned: set[tuple[str, str, str]] = set()
         self._unsigned_lines = Throttle(UNSIGNED_LOG_RATE)
 
-    async def handle(self, route: Route, headers: Mapping[str, str], body: bytes) -> Answer:
-        """Answer one delivery whose body has been read within limits; record and log it."""
+    async def handle(self, route: Route, headers: Headers, body: bytes) -> Answer:
+        """Answer one delivery whose body has been read within limits (checks 4 to 11 of
+        SPEC §4), then record, count and log it (``_finish``)."""
         started = time.perf_counter()
         received = now_rfc3339(micro=True)  # the record's time and the refresh value
-        event_key = headers.get("x-event-key", "").strip()
-        signed = False
         if not self.store.available:
             answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
-        else:
-            try:
-                answer = await self._handle(route, event_key, headers, body, received)
-            except StoreUnavailable:
-                answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
-            except Exception:
-                log.exception(
-                    "delivery failed unexpectedly",
-                    extra={"delivery": delivery_id(headers), "receiver": route.label},
-                )
-                answer = Answer.error(500, Result.ERROR, "internal error")
-            signed = answer.result not in UNSIGNED_RESULTS
-        duration = time.perf_counter() - started
-        record = _record(route, event_key, headers, answer, duration, signed, received)
-        self._finish(route, answer, record)
+            self._finish(route, headers, answer, started, received, signed=False)
+            return answer
+        try:
+            event = self._check(route, headers, body)
+            if isinstance(event, Answer):
+                answer = event
+            else:  # checks 9 to 11: judge what the event concerns, refresh what is due
+                if isinstance(event, events.Push):
+                    pushed = pushed_identities(event)
+                    found = self.store.indexes.warehouses_for(pushed, route.owner.scope)
+                    verdicts = await _judge_in_slices(judge_push(event, pushed, found))
+                    noun = "warehouse"
+                else:
+                    waiting = self.store.indexes.promotions_waiting_on(
+                        event.pr_url, route.owner.scope
+                    )
+                    verdicts = decide_pull_request(event.pr_url, waiting)
+                    noun = "promotion"
+                delivery = headers.delivery_id
+                reasons = _due(verdicts, delivery)
+                if reasons:
+                    note = functools.partial(_note, headers.event_key, event, delivery, reasons)
+                    result = await self.store.refresh(list(reasons), received, note)
+                else:
+                    result = RefreshResult()
+                answer = _refreshed(event, verdicts, result, noun, delivery)
+        except StoreUnavailable:
+            answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
+        except Exception:
+            log.exception(
+                "delivery failed unexpectedly",
+                extra={"delivery": headers.delivery_id, "receiver": route.label},
+            )
+            answer = Answer.error(500, Result.ERROR, "internal error")
+        signed = answer.result not in UNSIGNED_RESULTS
+        self._finish(route, headers, answer, started, received, signed)
         return answer
 
-    def refused(
+    def refused(self, route: Route, headers: Headers, answer: Answer, started: float) -> None:
+        """Record, count and log a request to a receiver refused before its body was read."""
+        self._finish(route, headers, answer, started, now_rfc3339(micro=True), signed=False)
+
+    def _check(
+        self, route: Route, headers: Headers, body: bytes
+    ) -> Answer | events.Push | events.PullRequestClosed:
+        """Checks 4 to 8 of SPEC §4: the event the delivery carries, or the answer that
+        ends it early."""
+        event_key = headers.event_key
+        if events.is_ping(event_key):
+            return Answer.message(Result.PING, "pong")
+        if not headers.signature:
+            return Answer.error(401, Result.MISSING_SIGNATURE, "missing signature")
+        check = check_signature(headers.signature, body, route.secret)
+        if check is SignatureCheck.VALID_WITHOUT_TRAILING_NEWLINE:
+            self._warn_trailing_newline(route, headers)
+        elif check is not SignatureCheck.VALID:
+            return Answer.error(401, Result.BAD_SIGNATURE, "unauthorized")
+        if not events.is_handled(event_key):
+            return Answer.message(Result.IGNORED, f"event {event_key} ignored")
+        try:
+            return events.parse_event(event_key, body)
+        except events.NoRepositoryURL:
+            return Answer.error(400, Result.INVALID_PAYLOAD, "payload has no repository URL")
+        except events.InvalidPayload as error:
+            answer = Answer.error(400, Result.INVALID_PAYLOAD, "invalid request body")
+            answer.body["detail"] = error.detail
+            return answer
+
+    def _finish(
         self,
         route: Route,
-        headers: Mapping[str, str],
+        headers: Headers,
         answer: Answer,
-        duration: float,
+        started: float,
+        received: str,
+        signed: bool,
     ) -> None:
-        """Record, count and log a request to a receiver refused before its body was read."""
-        event_key = headers.get("x-event-key", "").strip()
-        record = _record(
-            route, event_key, headers, answer, duration, False, now_rfc3339(micro=True)
-        )
-        self._finish(route, answer, record)
-
-    def _finish(self, route: Route, answer: Answer, record: DeliveryRecord) -> None:
         """What every answered request to a receiver leaves: history, metrics, one log line.
 
         The line is at info level for a 2xx, warning for a refusal (4xx) and error for a
@@ -149,15 +216,25 @@ class Deliveries:
         them a second per receiver to the log: only lines the log level lets through count
         against that, so pings at info cannot crowd out 401s at warning.
         """
+        duration = time.perf_counter() - started
+        record = _record(route, headers, answer, duration, signed, received)
         self.store.record(record)
-        if self.metrics is not None:
-            _count(self.metrics, route, answer, record)
+        metrics = self.metrics
+        if metrics is not None:
+            result = answer.result
+            metrics.count_delivery(event_label(record.event), result, duration)
+            if result is Result.MISSING_SIGNATURE or result is Result.BAD_SIGNATURE:
+                reason = "missing" if result is Result.MISSING_SIGNATURE else "invalid"
+                metrics.count_signature_failure(reason, route.label)
+            for (kind, outcome), count in answer.outcomes.items():
+                if outcome != Outcome.NOT_REFRESHED:
+                    metrics.count_refresh(kind, outcome, count)
         level = _level(answer.status)
         if not log.isEnabledFor(level):
             return
         message = "delivery %s"
         args: tuple[object, ...] = (answer.result,)
-        if not record.signed:
+        if not signed:
             suppressed = self._unsigned_lines.admit(route.label)
             if suppressed is None:
                 return
@@ -181,82 +258,7 @@ class Deliveries:
         else:
             log.log(level, message, *args, extra=extra)
 
-    async def _handle(
-        self, route: Route, event_key: str, headers: Mapping[str, str], body: bytes, now: str
-    ) -> Answer:
-        if events.is_ping(event_key):
-            return Answer.message(Result.PING, "pong")
-        signature = headers.get("x-hub-signature")
-        if not signature:
-            return Answer.error(401, Result.MISSING_SIGNATURE, "missing signature")
-        check = check_signature(signature, body, route.secret)
-        if check is SignatureCheck.VALID_WITHOUT_TRAILING_NEWLINE:
-            self._warn_trailing_newline(route, headers)
-        elif check is not SignatureCheck.VALID:
-            return Answer.error(401, Result.BAD_SIGNATURE, "unauthorized")
-        if not events.is_handled(event_key):
-            return Answer.message(Result.IGNORED, f"event {event_key} ignored")
-        try:
-            event = events.parse_event(event_key, body)
-        except events.NoRepositoryURL:
-            return Answer.error(400, Result.INVALID_PAYLOAD, "payload has no repository URL")
-        except events.InvalidPayload as error:
-            answer = Answer.error(400, Result.INVALID_PAYLOAD, "invalid request body")
-            answer.body["detail"] = error.detail
-            return answer
-        scope = route.owner.scope
-        if isinstance(event, events.Push):
-            pushed = pushed_identities(event)
-            found = self.store.indexes.warehouses_for(pushed, scope)
-            verdicts = await _judge_in_slices(judge_push(event, pushed, found))
-            noun = "warehouse"
-        else:
-            waiting = self.store.indexes.promotions_waiting_on(event.pr_url, scope)
-            verdicts = decide_pull_request(event.pr_url, waiting)
-            noun = "promotion"
-        delivery = delivery_id(headers)
-        for verdict in verdicts:
-            for warning in verdict.warnings:
-                log.warning(warning, extra={"delivery": delivery})
-        reasons = {Target(v.kind, v.namespace, v.name): v.reason for v in verdicts if v.refresh}
-        note = functools.partial(_note, event_key, event, delivery, reasons)
-        answer = await self._refresh(verdicts, list(reasons), noun, delivery, note, now)
-        answer.event = event
-        return answer
-
-    async def _refresh(
-        self,
-        verdicts: list[Verdict],
-        targets: list[Target],
-        noun: str,
-        delivery: str,
-        note: Note,
-        now: str,
-    ) -> Answer:
-        """Refresh the targets (those of the verdicts due one); count only what still failed."""
-        result = await self.store.refresh(targets, now, note) if targets else RefreshResult()
-        candidates, unlisted, outcomes = _candidates(verdicts, result)
-        names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
-        extra = {"deliveryId": delivery, "refreshed": names}
-        refreshed = len(result.refreshed)
-        if result.failed:
-            error = f"failed to refresh {len(result.failed)} of {len(targets)} {noun}s"
-            status, what, body = 500, Result.REFRESH_FAILED, {"error": error, **extra}
-        else:
-            msg = f"refreshed {refreshed} {noun}(s)"
-            status, what, body = 200, Result.REFRESHED, {"msg": msg, **extra}
-        return Answer(
-            status=status,
-            body=body,
-            result=what,
-            candidates=candidates,
-            refreshed=refreshed,
-            unlisted=unlisted,
-            outcomes=outcomes,
-            cause=result.cause(),
-        )
-
-    def _warn_trailing_newline(self, route: Route, headers: Mapping[str, str]) -> None:
+    def _warn_trailing_newline(self, route: Route, headers: Headers) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""
         key = (route.owner.kind, route.owner.namespace, route.name)
         if key in self._newline_warned:
@@ -266,7 +268,7 @@ class Deliveries:
             "receiver %s: signature only verifies without the trailing newline of its "
             "Secret; recreate the Secret without it (echo -n)",
             route.label,
-            extra={"delivery": delivery_id(headers), "receiver": route.label},
+            extra={"delivery": headers.delivery_id, "receiver": route.label},
         )
 
 
@@ -290,15 +292,49 @@ def _level(status: int) -> int:
     return logging.WARNING if status < 500 else logging.ERROR
 
 
-def _count(metrics: Metrics, route: Route, answer: Answer, record: DeliveryRecord) -> None:
-    """Metrics for one delivery: its event and result, signature failures, refreshes."""
-    metrics.count_delivery(event_label(record.event), answer.result, record.duration_ms / 1000)
-    if answer.result in ("missing-signature", "bad-signature"):
-        reason = "missing" if answer.result == "missing-signature" else "invalid"
-        metrics.count_signature_failure(reason, route.label)
-    for (kind, outcome), count in answer.outcomes.items():
-        if outcome != "not refreshed":
-            metrics.count_refresh(kind, outcome, count)
+def _due(verdicts: list[Verdict], delivery: str) -> dict[Target, str]:
+    """The objects whose verdict is due a refresh, with why; logs the verdicts' warnings."""
+    reasons: dict[Target, str] = {}
+    for verdict in verdicts:
+        for warning in verdict.warnings:
+            log.warning(warning, extra={"delivery": delivery})
+        if verdict.refresh:
+            reasons[Target(verdict.kind, verdict.namespace, verdict.name)] = verdict.reason
+    return reasons
+
+
+def _refreshed(
+    event: events.Push | events.PullRequestClosed,
+    verdicts: list[Verdict],
+    result: RefreshResult,
+    noun: str,
+    delivery: str,
+) -> Answer:
+    """The answer to a delivery that reached its refreshes: 200, or 500 when any failed;
+    its candidates are the verdicts with what became of each (``_candidates``)."""
+    candidates, unlisted, outcomes = _candidates(verdicts, result)
+    names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
+    refreshed = len(result.refreshed)
+    if result.failed:
+        due = len(result.refreshed) + len(result.gone) + len(result.failed)
+        error = f"failed to refresh {len(result.failed)} of {due} {noun}s"
+        status, what = 500, Result.REFRESH_FAILED
+        body = {"error": error, "deliveryId": delivery, "refreshed": names}
+    else:
+        msg = f"refreshed {refreshed} {noun}(s)"
+        status, what = 200, Result.REFRESHED
+        body = {"msg": msg, "deliveryId": delivery, "refreshed": names}
+    return Answer(
+        status=status,
+        body=body,
+        result=what,
+        event=event,
+        candidates=candidates,
+        refreshed=refreshed,
+        unlisted=unlisted,
+        outcomes=outcomes,
+        cause=result.cause(),
+    )
 
 
 def _candidates(
@@ -307,19 +343,27 @@ def _candidates(
     """Each verdict with what became of it: refreshed, gone, failed, or not refreshed.
 
     Lists at most MAX_CANDIDATES, in verdict order, those due a refresh before the
-    others; returns how many were left out and how many had each (kind, outcome).
+    others, each reason cut to FIELD_LIMIT; returns how many were left out and how many
+    had each (kind, outcome).
     """
-    outcome_of = result.outcomes()
+    troubled = bool(result.gone or result.failed)  # else every target was refreshed
+    outcome_of = result.outcomes() if troubled else {}
     tally: dict[tuple[str, str], int] = {}
     candidates = []
     for v in verdicts:
-        outcome: Outcome = outcome_of.get(
-            Target(v.kind, v.namespace, v.name), Outcome.NOT_REFRESHED
-        )
+        outcome: Outcome
+        if not v.refresh:
+            outcome = Outcome.NOT_REFRESHED
+        elif troubled:
+            target = Target(v.kind, v.namespace, v.name)
+            outcome = outcome_of.get(target, Outcome.NOT_REFRESHED)
+        else:
+            outcome = Outcome.REFRESHED
         tally[v.kind, outcome] = tally.get((v.kind, outcome), 0) + 1
+        reason = clip(v.reason, FIELD_LIMIT)
         candidates.append(
             Candidate(
-                kind=v.kind, namespace=v.namespace, name=v.name, outcome=outcome, reason=v.reason
+                kind=v.kind, namespace=v.namespace, name=v.name, outcome=outcome, reason=reason
             )
         )
     if len(candidates) <= MAX_CANDIDATES:
@@ -348,8 +392,7 @@ def _note(
 
 def _record(
     route: Route,
-    event_key: str,
-    headers: Mapping[str, str],
+    headers: Headers,
     answer: Answer,
     duration: float,
     signed: bool,
@@ -357,24 +400,20 @@ def _record(
 ) -> DeliveryRecord:
     """The history entry for one delivery, every field bounded (``bounds``)."""
     event = answer.event
-    candidates = answer.candidates
     record = DeliveryRecord(
         time=received,
         receiver=route.label,
         namespace=route.owner.label,
-        event=clip(event_key, ID_LIMIT),
-        delivery_id=delivery_id(headers),
-        attempt=clip(headers.get("x-attempt-number", ""), ID_LIMIT),
+        event=clip(headers.event_key, ID_LIMIT),
+        delivery_id=headers.delivery_id,
+        attempt=headers.attempt,
         status=answer.status,
         result=answer.result,
         message=clip(str(answer.body.get("msg") or answer.body.get("error") or ""), FIELD_LIMIT),
-        duration_ms=round(duration * 1000, 3),
-        candidates=[
-            c if len(c.reason) <= FIELD_LIMIT else _clip_reason(c)
-            for c in candidates[:MAX_CANDIDATES]
-        ],
+        duration_ms=round(duration * 1e6) / 1000,
+        candidates=answer.candidates,
         detail=clip(str(answer.body.get("detail") or answer.cause), FIELD_LIMIT),
-        omitted_candidates=answer.unlisted + max(len(candidates) - MAX_CANDIDATES, 0),
+        omitted_candidates=answer.unlisted,
         signed=signed,
     )
     if isinstance(event, events.Push):
@@ -385,8 +424,3 @@ def _record(
     elif isinstance(event, events.PullRequestClosed):
         record.pr_url = clip(event.pr_url, FIELD_LIMIT)
     return record
-
-
-def _clip_reason(candidate: Candidate) -> Candidate:
-    """The candidate with its reason cut to ``FIELD_LIMIT``."""
-    return msgspec.structs.replace(candidate, reason=clip(candidate.reason, FIELD_LIMIT))
