@@ -81,16 +81,15 @@ class Owner:
     kind: str
     namespace: str
     name: str
+    scope: str | None = field(init=False, compare=False, repr=False)
+    """Namespace whose objects this owner's receivers refresh; ``None`` means all."""
+    label: str = field(init=False, compare=False, repr=False)
+    """How people name the owner: its project, or ``cluster``."""
 
-    @property
-    def scope(self) -> str | None:
-        """Namespace whose objects this owner's receivers refresh; ``None`` means all."""
-        return self.namespace if self.kind == "ProjectConfig" else None
-
-    @property
-    def label(self) -> str:
-        """How people name the owner: its project, or ``cluster``."""
-        return self.namespace if self.kind == "ProjectConfig" else CLUSTER_CONFIG_NAME
+    def __post_init__(self) -> None:
+        project = self.kind == "ProjectConfig"
+        object.__setattr__(self, "scope", self.namespace if project else None)
+        object.__setattr__(self, "label", self.namespace if project else CLUSTER_CONFIG_NAME)
 
     @property
     def honoured_name(self) -> str:
@@ -112,14 +111,14 @@ class Route:
     owner: Owner
     name: str
     path: str
-    secret: bytes
+    secret: bytes = field(repr=False)
     secret_ref: str
     """``namespace/name`` of the Secret, to name it in messages (never its data)."""
+    label: str = field(init=False, compare=False, repr=False)
+    """``namespace/name`` of the receiver, ``cluster/name`` for the ClusterConfig's."""
 
-    @property
-    def label(self) -> str:
-        """``namespace/name`` of the receiver, ``cluster/name`` for the ClusterConfig's."""
-        return f"{self.owner.label}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.owner.label}/{self.name}")
 
 
 @dataclass(slots=True)
