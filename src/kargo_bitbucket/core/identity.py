@@ -10,6 +10,10 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 _SCP = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>(?!//).*)$")
 
 
+URL_LIMIT = 4096
+"""Characters past which a URL is its own identity, unnormalised: no Git host serves a
+repository at such a URL, and normalising a signed 1.8 MB URL of ``%2F`` held the event
+loop 0.5 s. Every shorter URL's identity is at most this long, so none can equal it."""
 CACHED_URLS = 1024
 CACHED_URL_LENGTH = 256
 """Identities of up to ``CACHED_URLS`` URLs of at most this length are remembered (0.5 MB
@@ -17,8 +21,11 @@ at most): every push names its repository, and the same ones push again and agai
 
 
 def repository_identity(url: str) -> str:
-    """Return ``host/path`` for a Git URL in URL or SCP syntax (see ``_identity``)."""
-    return _remembered(url) if len(url) <= CACHED_URL_LENGTH else _identity(url)
+    """Return ``host/path`` for a Git URL in URL or SCP syntax (see ``_identity``); a URL
+    longer than ``URL_LIMIT`` is returned as it is."""
+    if len(url) <= CACHED_URL_LENGTH:
+        return _remembered(url)
+    return _identity(url) if len(url) <= URL_LIMIT else url
 
 
 def _identity(url: str) -> str:
