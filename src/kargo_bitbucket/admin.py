@@ -34,11 +34,16 @@ code{font-size:12px}
 """
 
 
+def _filters(request: Request) -> tuple[str | None, str | None]:
+    """The ``namespace`` and ``receiver`` the query string asks for (None: any)."""
+    params = request.query_params
+    return params.get("namespace") or None, params.get("receiver") or None
+
+
 async def _selected(store: Store, request: Request) -> list[DeliveryRecord]:
-    """The deliveries the query string asks for: ``namespace``, ``receiver``, ``limit`` (at
-    most ``MAX_LIMIT``) and ``id`` (a delivery id or its start, found in the whole history)."""
-    namespace = request.query_params.get("namespace") or None
-    receiver = request.query_params.get("receiver") or None
+    """The deliveries the query string asks for: ``_filters``, ``limit`` (at most
+    ``MAX_LIMIT``) and ``id`` (a delivery id or its start, found in the whole history)."""
+    namespace, receiver = _filters(request)
     delivery = request.query_params.get("id") or None
     try:
         limit = max(1, min(int(request.query_params.get("limit", PAGE_LIMIT)), MAX_LIMIT))
@@ -131,9 +136,7 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
 
     async def deliveries_page(request: Request) -> Response:
         records = await _selected(store, request)
-        namespace = request.query_params.get("namespace") or None
-        receiver = request.query_params.get("receiver") or None
-        return HTMLResponse(render(records, namespace, receiver))
+        return HTMLResponse(render(records, *_filters(request)))
 
     async def deliveries_json(request: Request) -> Response:
         return Response(to_json(await _selected(store, request)), media_type="application/json")
