@@ -105,6 +105,15 @@ def test_receivers_published_in_spec_order_and_missing_secret_named() -> None:
     assert result.routes[f"/bitbucket/{expected}"].owner.scope == "demo"
 
 
+def test_a_route_shows_everything_but_its_secret() -> None:
+    secrets = {("demo", "s1"): {"secret": b"do-not-print-me"}}
+    config = project_config("demo", ("zeta", "s1"))
+    result = resolve([config], lambda ns, n: secrets.get((ns, n)), BASE, "kargo-system-resources")
+    (route,) = result.routes.values()
+    assert route.label == "demo/zeta" and route.secret == b"do-not-print-me"
+    assert "do-not-print-me" not in repr(route) and "demo/s1" in repr(route)
+
+
 def test_cluster_receivers_use_system_namespace_and_empty_project() -> None:
     cluster = {
         "kind": "ClusterConfig",
