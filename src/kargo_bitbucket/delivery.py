@@ -346,19 +346,13 @@ def _candidates(
     others, each reason cut to FIELD_LIMIT; returns how many were left out and how many
     had each (kind, outcome).
     """
-    troubled = bool(result.gone or result.failed)  # else every target was refreshed
-    outcome_of = result.outcomes() if troubled else {}
+    outcome_of = result.outcomes()
     tally: dict[tuple[str, str], int] = {}
     candidates = []
     for v in verdicts:
-        outcome: Outcome
-        if not v.refresh:
-            outcome = Outcome.NOT_REFRESHED
-        elif troubled:
-            target = Target(v.kind, v.namespace, v.name)
-            outcome = outcome_of.get(target, Outcome.NOT_REFRESHED)
-        else:
-            outcome = Outcome.REFRESHED
+        outcome: Outcome = Outcome.NOT_REFRESHED
+        if v.refresh:  # only those were refreshed
+            outcome = outcome_of.get(Target(v.kind, v.namespace, v.name), outcome)
         tally[v.kind, outcome] = tally.get((v.kind, outcome), 0) + 1
         reason = clip(v.reason, FIELD_LIMIT)
         candidates.append(
