@@ -9,8 +9,10 @@ door protocol, the real ``App``, a ``SqliteStore`` over 10,000 Warehouses, the s
 the interpreter, uvloop, msgspec, OpenSSL and SQLite alike. Each variant runs twice, with
 few and with many deliveries after the same warm-up; the difference over the number of
 deliveries between them is one delivery's count, without the start-up. Two runs of the
-same code agree within 0.1 %. Instructions are not time (a cache miss costs more than
-an add), so the figure to quote stays the timed one; this decides between versions.
+same code agree within 0.1 % on a quiet machine and within 1 % under load (how many
+deliveries share a commit follows the clock): compare the variants of one run.
+Instructions are not time (a cache miss costs more than an add), so the figure to quote
+stays the timed one; this decides between versions.
 
     .venv/bin/python bench/instructions.py --rev HEAD~1      # floors, HEAD~1 and the tree
 """
