@@ -8,7 +8,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kargo_bitbucket.core.decision import REF_REASONS, Verdict, WarehouseEntry, decide_push
+from kargo_bitbucket.core.decision import (
+    PUSH_URLS,
+    REF_REASONS,
+    Verdict,
+    WarehouseEntry,
+    decide_push,
+    pushed_identities,
+)
 from kargo_bitbucket.core.events import Push
 from kargo_bitbucket.core.subscriptions import match_ref
 
@@ -117,6 +124,19 @@ def test_a_huge_push_still_refreshes_every_warehouse_one_of_its_refs_matches() -
     assert verdicts["branch"].refresh and verdicts["semver"].refresh
     assert verdicts["semver"].reason == 'tag "v1.9999.0" satisfies "^1.9999"'
     assert not verdicts["other"].refresh
+
+
+def test_a_push_naming_thousands_of_clone_links_is_known_by_its_first_ones() -> None:
+    """A signed Data Center payload of 30,000 clone links held the event loop 110 ms while
+    each was identified; Data Center sends two."""
+    links = (
+        "ssh://git@bitbucket.example.com:7999/acme/app.git",
+        "https://bitbucket.example.com/scm/acme/app.git",
+        *(f"https://bitbucket.example.com/scm/acme/other-{i}.git" for i in range(30_000)),
+    )
+    pushed = pushed_identities(Push(links, ("refs/heads/main",)))
+    assert list(pushed.values()) == list(links[:PUSH_URLS])
+    assert "bitbucket.example.com/scm/acme/app" in pushed
 
 
 def test_warehouses_of_the_same_shape_each_get_their_own_verdict() -> None:

@@ -72,9 +72,16 @@ REASON_CHARS = 400
 history's 512-character cut of a reason."""
 
 
+PUSH_URLS = 16
+"""URLs of a push, first to last, that name its repository: Data Center gives two clone
+links (http and ssh), Cloud one. A signed payload of 30,000 clone links cost 110 ms of
+event loop to identify, 500 links of 4 KiB escapes 220 ms; sixteen cost at most 12 ms."""
+
+
 def pushed_identities(push: Push) -> dict[str, str]:
-    """The repository identities of a push, each with the URL it was pushed as."""
-    return {repository_identity(url): url for url in push.repo_urls}
+    """The repository identities of a push (of its first ``PUSH_URLS`` URLs), each with the
+    URL it was pushed as."""
+    return {repository_identity(url): url for url in push.repo_urls[:PUSH_URLS]}
 
 
 def decide_push(
