@@ -71,15 +71,8 @@ def per_delivery(worker: str, env: dict[str, str], parts: str, workdir: Path, la
     return (many - few) / COUNTED
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    in_process.add_variant_arguments(parser)
-    parser.add_argument("--no-floors", action="store_true", help="count ours only")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-instructions-"))
+def _count(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """Each variant's instructions per delivery, counted in ``workdir``."""
     cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
     built = run.build_state(cli, workdir, 10_000, 10_000, in_process.SECRET)
     built.path.rename(workdir / "state.db")
@@ -90,11 +83,8 @@ def main() -> int:
         variants["floor-observed"] = ("floor-observed", clean_env(), "")
     for rev in args.rev:
         directory, full = run.snapshot(rev)
-        variants[f"{rev} ({full[:7]})"] = (
-            "ours",
-            clean_env(PYTHONPATH=str(directory / "src")),
-            "",
-        )
+        snapshot = clean_env(PYTHONPATH=str(directory / "src"))
+        variants[f"{rev} ({full[:7]})"] = ("ours", snapshot, "")
     variants["tree"] = ("ours", tree, "")
     for parts in args.ablate:
         variants[f"tree without {parts}"] = ("ours", tree, parts)
@@ -103,8 +93,23 @@ def main() -> int:
             name: pool.submit(per_delivery, worker, env, parts, workdir, f"v{number}")
             for number, (name, (worker, env, parts)) in enumerate(variants.items())
         }
-        figures = {name: future.result() for name, future in counts.items()}
-    first = next(name for name in variants if not name.startswith("floor"))
+        return {name: future.result() for name, future in counts.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    in_process.add_variant_arguments(parser)
+    parser.add_argument("--no-floors", action="store_true", help="count ours only")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-instructions-"))
+    try:
+        figures = _count(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    first = next(name for name in figures if not name.startswith("floor"))
     print(f"Instructions per delivery (valgrind, {COUNTED} deliveries counted):")
     for name, figure in figures.items():
         to_floor = f"   floor/this {figures['floor'] / figure:.3f}" if "floor" in figures else ""
