@@ -110,12 +110,16 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
             result.add(Outcome.REFRESHED, Target(verdict.kind, verdict.namespace, verdict.name))
     assert result.refreshed, "the push refreshes no Warehouse of the state"
 
-    def answer() -> Any:
-        return delivery._refreshed(push, verdicts, result, "warehouse", headers.delivery_id)
-
-    done = answer()
     now = now_rfc3339(micro=True)
     started = time.perf_counter()
+
+    def conclude() -> Any:
+        return deliveries._conclude(route, headers, push, verdicts, result, started, now)
+
+    kept: list[history.DeliveryRecord] = []
+    store.record = kept.append  # type: ignore[method-assign]
+    conclude()
+    store.record = lambda record: None  # type: ignore[method-assign]
     return {
         "headers": lambda: delivery.read_headers(raw),
         "timestamp": lambda: now_rfc3339(micro=True),
@@ -126,14 +130,8 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
         ),
         "match refs": lambda: [v for v in judge_push(push, pushed, found) if v is not None],
         "targets": lambda: delivery._due(verdicts, headers.delivery_id),
-        "answer": answer,
-        "record": lambda: delivery._record(route, headers, done, 0.001, True, now),
-        "record, log line, metrics": lambda: deliveries._finish(
-            route, headers, done, started, now, True
-        ),
-        "record's JSON": lambda: history.to_json(
-            delivery._record(route, headers, done, 0.001, True, now)
-        ),
+        "answer, record, log line, metrics": conclude,
+        "record's JSON": lambda: history.to_json(kept[0]),
     }, store
 
 

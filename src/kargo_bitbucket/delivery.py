@@ -59,22 +59,11 @@ step is 2.5 ms and /healthz answers within 42-56 ms meanwhile on 2 busy shared c
 
 
 class Answer(msgspec.Struct, kw_only=True):
-    """The HTTP answer to a delivery, and what history, logs and metrics say about it."""
+    """The HTTP answer to a request to a receiver, and its ``result`` for history and logs."""
 
     status: int
     body: dict[str, Any]
     result: Result
-    event: events.Push | events.PullRequestClosed | None = None
-    candidates: list[Candidate] = msgspec.field(default_factory=list)
-    """At most MAX_CANDIDATES, as the history keeps them (``_candidates``)."""
-    refreshed: int = 0
-    unlisted: int = 0
-    """Candidates considered but left out of ``candidates`` (past MAX_CANDIDATES)."""
-    outcomes: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
-    """(kind, outcome) of every candidate, listed or not: what metrics count."""
-    cause: str = ""
-    """Why refreshes failed, for the history and the log only: API and file errors are
-    our side's business, not the sender's."""
 
     @classmethod
     def message(cls, result: Result, msg: str) -> Answer:
@@ -126,7 +115,7 @@ class Deliveries:
 
     async def handle(self, route: Route, headers: Headers, body: bytes) -> Answer:
         """Answer one delivery whose body has been read within limits (checks 4 to 11 of
-        SPEC §4), then record, count and log it (``_finish``)."""
+        SPEC §4), and leave its record, metrics and log line."""
         started = time.perf_counter()
         received = now_rfc3339(micro=True)  # the record's time and the refresh value
         if not self.store.available:
@@ -135,28 +124,9 @@ class Deliveries:
             return answer
         try:
             event = self._check(route, headers, body)
-            if isinstance(event, Answer):
-                answer = event
-            else:  # checks 9 to 11: judge what the event concerns, refresh what is due
-                if isinstance(event, events.Push):
-                    pushed = pushed_identities(event)
-                    found = self.store.indexes.warehouses_for(pushed, route.owner.scope)
-                    verdicts = await _judge_in_slices(judge_push(event, pushed, found))
-                    noun = "warehouse"
-                else:
-                    waiting = self.store.indexes.promotions_waiting_on(
-                        event.pr_url, route.owner.scope
-                    )
-                    verdicts = decide_pull_request(event.pr_url, waiting)
-                    noun = "promotion"
-                delivery = headers.delivery_id
-                reasons = _due(verdicts, delivery)
-                if reasons:
-                    note = functools.partial(_note, headers.event_key, event, delivery, reasons)
-                    result = await self.store.refresh(list(reasons), received, note)
-                else:
-                    result = RefreshResult()
-                answer = _refreshed(event, verdicts, result, noun, delivery)
+            if not isinstance(event, Answer):
+                return await self._refresh(route, headers, event, started, received)
+            answer = event
         except StoreUnavailable:
             answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
         except Exception:
@@ -199,6 +169,101 @@ class Deliveries:
             answer.body["detail"] = error.detail
             return answer
 
+    async def _refresh(
+        self,
+        route: Route,
+        headers: Headers,
+        event: events.Push | events.PullRequestClosed,
+        started: float,
+        received: str,
+    ) -> Answer:
+        """Checks 9 to 11 of SPEC §4: judge every object the event concerns, refresh those
+        due, then answer (``_conclude``)."""
+        delivery = headers.delivery_id
+        indexes = self.store.indexes
+        if isinstance(event, events.Push):
+            pushed = pushed_identities(event)
+            found = indexes.warehouses_for(pushed, route.owner.scope)
+            verdicts = await _judge_in_slices(judge_push(event, pushed, found))
+        else:
+            waiting = indexes.promotions_waiting_on(event.pr_url, route.owner.scope)
+            verdicts = decide_pull_request(event.pr_url, waiting)
+        reasons = _due(verdicts, delivery)
+        if reasons:
+            note = functools.partial(_note, headers.event_key, event, delivery, reasons)
+            result = await self.store.refresh(list(reasons), received, note)
+        else:
+            result = RefreshResult()
+        return self._conclude(route, headers, event, verdicts, result, started, received)
+
+    def _conclude(
+        self,
+        route: Route,
+        headers: Headers,
+        event: events.Push | events.PullRequestClosed,
+        verdicts: list[Verdict],
+        result: RefreshResult,
+        started: float,
+        received: str,
+    ) -> Answer:
+        """The answer to a judged delivery: 200, or 500 when any refresh failed; and its
+        record, metrics and log line, read off its verdicts and what became of each."""
+        repository: list[str] = []  # what the record keeps of the event
+        refs: list[str] | None = None
+        omitted_refs = 0
+        pr_url = ""
+        if isinstance(event, events.Push):
+            noun = "warehouse"
+            repository = clip_all(event.repo_urls, MAX_REPOSITORIES)
+            if event.refs is not None:
+                refs = clip_all(event.refs, MAX_REFS)
+                omitted_refs = max(len(event.refs) - MAX_REFS, 0)
+        else:
+            noun = "promotion"
+            pr_url = clip(event.pr_url, FIELD_LIMIT)
+        delivery = headers.delivery_id
+        candidates, unlisted, outcomes = _candidates(verdicts, result)
+        names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
+        refreshed = len(result.refreshed)
+        if result.failed:
+            due = refreshed + len(result.gone) + len(result.failed)
+            status, what = 500, Result.REFRESH_FAILED
+            message = f"failed to refresh {len(result.failed)} of {due} {noun}s"
+            body = {"error": message, "deliveryId": delivery, "refreshed": names}
+        else:
+            status, what = 200, Result.REFRESHED
+            message = f"refreshed {refreshed} {noun}(s)"
+            body = {"msg": message, "deliveryId": delivery, "refreshed": names}
+        duration = time.perf_counter() - started
+        record = DeliveryRecord(
+            time=received,
+            receiver=route.label,
+            namespace=route.owner.label,
+            event=headers.event_key,  # a handled key: short
+            delivery_id=delivery,
+            attempt=headers.attempt,
+            status=status,
+            result=what,
+            message=message,
+            duration_ms=round(duration * 1e6) / 1000,
+            repository=repository,
+            refs=refs,
+            pr_url=pr_url,
+            candidates=candidates,
+            detail=clip(result.cause(), FIELD_LIMIT),
+            omitted_refs=omitted_refs,
+            omitted_candidates=unlisted,
+        )
+        self.store.record(record)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.count_delivery(event_label(record.event), what, duration)
+            for (kind, outcome), count in outcomes.items():
+                if outcome != Outcome.NOT_REFRESHED:
+                    metrics.count_refresh(kind, outcome, count)
+        _log(_level(status), record, refreshed)
+        return Answer(status=status, body=body, result=what)
+
     def _finish(
         self,
         route: Route,
@@ -208,55 +273,43 @@ class Deliveries:
         received: str,
         signed: bool,
     ) -> None:
-        """What every answered request to a receiver leaves: history, metrics, one log line.
+        """What a request to a receiver answered before any refresh leaves: history,
+        metrics, one log line.
 
-        The line is at info level for a 2xx, warning for a refusal (4xx) and error for a
-        failure (5xx), so that a log kept at warning still shows what went wrong. Unsigned
-        requests go to the history's separate ring, and at most ``UNSIGNED_LOG_RATE`` of
-        them a second per receiver to the log: only lines the log level lets through count
-        against that, so pings at info cannot crowd out 401s at warning.
+        Unsigned requests go to the history's separate ring, and at most
+        ``UNSIGNED_LOG_RATE`` of them a second per receiver to the log: only lines the
+        log level lets through count against that, so pings at info cannot crowd out
+        401s at warning.
         """
         duration = time.perf_counter() - started
-        record = _record(route, headers, answer, duration, signed, received)
+        body = answer.body
+        record = DeliveryRecord(
+            time=received,
+            receiver=route.label,
+            namespace=route.owner.label,
+            event=clip(headers.event_key, ID_LIMIT),
+            delivery_id=headers.delivery_id,
+            attempt=headers.attempt,
+            status=answer.status,
+            result=answer.result,
+            message=clip(str(body.get("msg") or body.get("error") or ""), FIELD_LIMIT),
+            duration_ms=round(duration * 1e6) / 1000,
+            detail=clip(str(body.get("detail") or ""), FIELD_LIMIT),
+            signed=signed,
+        )
         self.store.record(record)
-        metrics = self.metrics
-        if metrics is not None:
-            result = answer.result
-            metrics.count_delivery(event_label(record.event), result, duration)
+        result = answer.result
+        if self.metrics is not None:
+            self.metrics.count_delivery(event_label(record.event), result, duration)
             if result is Result.MISSING_SIGNATURE or result is Result.BAD_SIGNATURE:
                 reason = "missing" if result is Result.MISSING_SIGNATURE else "invalid"
-                metrics.count_signature_failure(reason, route.label)
-            for (kind, outcome), count in answer.outcomes.items():
-                if outcome != Outcome.NOT_REFRESHED:
-                    metrics.count_refresh(kind, outcome, count)
+                self.metrics.count_signature_failure(reason, route.label)
         level = _level(answer.status)
-        if not log.isEnabledFor(level):
-            return
-        message = "delivery %s"
-        args: tuple[object, ...] = (answer.result,)
-        if not signed:
+        suppressed: int | None = 0
+        if not signed and log.isEnabledFor(level):
             suppressed = self._unsigned_lines.admit(route.label)
-            if suppressed is None:
-                return
-            if suppressed:
-                message += " (%d more unsigned requests to this receiver not logged)"
-                args += (suppressed,)
-        extra: dict[str, object] = {
-            "receiver": record.receiver,
-            "event": record.event,
-            "delivery": record.delivery_id,
-            "attempt": record.attempt,
-            "status": answer.status,
-            "result": answer.result,
-            "refreshed": answer.refreshed,
-            "duration_ms": record.duration_ms,
-        }
-        if record.detail:
-            extra["detail"] = record.detail
-        if level == logging.INFO:
-            logs.info(log, message, args, extra)
-        else:
-            log.log(level, message, *args, extra=extra)
+        if suppressed is not None:
+            _log(level, record, 0, suppressed)
 
     def _warn_trailing_newline(self, route: Route, headers: Headers) -> None:
         """Say once per receiver that its Secret ends in a newline we had to strip."""
@@ -286,10 +339,39 @@ async def _judge_in_slices(judged: Iterator[Verdict | None]) -> list[Verdict]:
 
 
 def _level(status: int) -> int:
-    """A delivery line's level: info for a 2xx, warning for a refusal, error for a failure."""
+    """A delivery line's level: info for a 2xx, warning for a refusal, error for a failure,
+    so that a log kept at warning still shows what went wrong."""
     if status < 400:
         return logging.INFO
     return logging.WARNING if status < 500 else logging.ERROR
+
+
+def _log(level: int, record: DeliveryRecord, refreshed: int, suppressed: int = 0) -> None:
+    """The one log line of a delivery, its fields read off its record; ``suppressed``
+    unsigned requests to the same receiver were not logged before it."""
+    if not log.isEnabledFor(level):
+        return
+    message = "delivery %s"
+    args: tuple[object, ...] = (record.result,)
+    if suppressed:
+        message += " (%d more unsigned requests to this receiver not logged)"
+        args += (suppressed,)
+    extra: dict[str, object] = {
+        "receiver": record.receiver,
+        "event": record.event,
+        "delivery": record.delivery_id,
+        "attempt": record.attempt,
+        "status": record.status,
+        "result": record.result,
+        "refreshed": refreshed,
+        "duration_ms": record.duration_ms,
+    }
+    if record.detail:
+        extra["detail"] = record.detail
+    if level == logging.INFO:
+        logs.info(log, message, args, extra)
+    else:
+        log.log(level, message, *args, extra=extra)
 
 
 def _due(verdicts: list[Verdict], delivery: str) -> dict[Target, str]:
@@ -301,40 +383,6 @@ def _due(verdicts: list[Verdict], delivery: str) -> dict[Target, str]:
         if verdict.refresh:
             reasons[Target(verdict.kind, verdict.namespace, verdict.name)] = verdict.reason
     return reasons
-
-
-def _refreshed(
-    event: events.Push | events.PullRequestClosed,
-    verdicts: list[Verdict],
-    result: RefreshResult,
-    noun: str,
-    delivery: str,
-) -> Answer:
-    """The answer to a delivery that reached its refreshes: 200, or 500 when any failed;
-    its candidates are the verdicts with what became of each (``_candidates``)."""
-    candidates, unlisted, outcomes = _candidates(verdicts, result)
-    names = [f"{t.namespace}/{t.name}" if t.namespace else t.name for t in result.refreshed]
-    refreshed = len(result.refreshed)
-    if result.failed:
-        due = len(result.refreshed) + len(result.gone) + len(result.failed)
-        error = f"failed to refresh {len(result.failed)} of {due} {noun}s"
-        status, what = 500, Result.REFRESH_FAILED
-        body = {"error": error, "deliveryId": delivery, "refreshed": names}
-    else:
-        msg = f"refreshed {refreshed} {noun}(s)"
-        status, what = 200, Result.REFRESHED
-        body = {"msg": msg, "deliveryId": delivery, "refreshed": names}
-    return Answer(
-        status=status,
-        body=body,
-        result=what,
-        event=event,
-        candidates=candidates,
-        refreshed=refreshed,
-        unlisted=unlisted,
-        outcomes=outcomes,
-        cause=result.cause(),
-    )
 
 
 def _candidates(
@@ -382,39 +430,3 @@ def _note(
         return f"Bitbucket {event_key}{by}: {reasons[target]}"
     repository = event.repo_urls[0] if event.repo_urls else "?"
     return f"Bitbucket {event_key}{by} to {repository}: {reasons[target]}"
-
-
-def _record(
-    route: Route,
-    headers: Headers,
-    answer: Answer,
-    duration: float,
-    signed: bool,
-    received: str,
-) -> DeliveryRecord:
-    """The history entry for one delivery, every field bounded (``bounds``)."""
-    event = answer.event
-    record = DeliveryRecord(
-        time=received,
-        receiver=route.label,
-        namespace=route.owner.label,
-        event=clip(headers.event_key, ID_LIMIT),
-        delivery_id=headers.delivery_id,
-        attempt=headers.attempt,
-        status=answer.status,
-        result=answer.result,
-        message=clip(str(answer.body.get("msg") or answer.body.get("error") or ""), FIELD_LIMIT),
-        duration_ms=round(duration * 1e6) / 1000,
-        candidates=answer.candidates,
-        detail=clip(str(answer.body.get("detail") or answer.cause), FIELD_LIMIT),
-        omitted_candidates=answer.unlisted,
-        signed=signed,
-    )
-    if isinstance(event, events.Push):
-        record.repository = clip_all(event.repo_urls, MAX_REPOSITORIES)
-        if event.refs is not None:
-            record.refs = clip_all(event.refs, MAX_REFS)
-            record.omitted_refs = max(len(event.refs) - MAX_REFS, 0)
-    elif isinstance(event, events.PullRequestClosed):
-        record.pr_url = clip(event.pr_url, FIELD_LIMIT)
-    return record
