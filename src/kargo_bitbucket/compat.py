@@ -56,6 +56,7 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "on_body",
             "on_message_complete",
             "on_response_complete",
+            "send_400_response",
         ),
     ),
     ("uvicorn", "uvicorn.protocols.http.httptools_impl:RequestResponseCycle", ()),

@@ -206,6 +206,11 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           one byte after an early answer held the connection for ever; and
           ``write_timeout`` for a client that does not read what is written to it (the
           connection is then dropped, with what it had not taken).
+        - Answers keep the order of the requests: bytes the parser refuses after a whole
+          request get uvicorn's 400 (and the close) only once the requests before them
+          are answered; nothing after them is read. uvicorn wrote it at once, ahead of
+          the answer still owed, which the client then took for the answer to a request
+          that was refreshed.
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
@@ -214,8 +219,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         they go):
         the methods connection_made, connection_lost, data_received, eof_received,
         pause_writing, resume_writing, on_message_begin, on_headers_complete, on_body,
-        on_message_complete and on_response_complete; the attributes loop, transport,
-        headers, cycle, pipeline and app (the ASGI app its requests go to); and
+        on_message_complete, on_response_complete and send_400_response; the attributes
+        loop, transport, headers, cycle, pipeline and app (the ASGI app its requests go
+        to); and
         RequestResponseCycle's scope, more_body, response_complete, disconnected and
         message_event.
         """
@@ -226,6 +232,7 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         _refused_at_cap = False
         _eof = False
         _overdue: RequestResponseCycle | None = None  # told its body is late, once
+        _unparsable: str | None = None  # the 400 owed once the answers before it are sent
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if not connections.admit(self.loop):
@@ -267,8 +274,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             (a head, or a request's framing), so that no limit is passed by more than a
             piece already checked (a pipelined head begun inside the piece that ended the
             request before it is counted from the next piece on: at most twice HEAD_LIMIT);
-            nothing more once the connection is closing."""
-            while True:
+            nothing more once the connection is closing, or once the parser refused bytes
+            (``send_400_response``)."""
+            while self._unparsable is None:
                 head = self._head
                 room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
                 if room <= 0:
@@ -325,11 +333,23 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             super().on_message_complete()
             bodies.pop(self, None)
 
+        def send_400_response(self, msg: str) -> None:
+            owed = [cycle for cycle in self._cycles if not cycle.response_complete]
+            if owed and not owed[-1].more_body:  # else the bytes broke a body being read
+                self._unparsable = msg  # sent by on_response_complete, after the last one
+                heads.pop(self, None)
+                return
+            super().send_400_response(msg)
+
         def on_response_complete(self) -> None:
             bodies.pop(self, None)
             super().on_response_complete()
             while self._cycles and self._cycles[0].response_complete:
                 self._cycles.popleft()
+            if self._unparsable is not None and not self._cycles:
+                if not self.transport.is_closing():
+                    super().send_400_response(self._unparsable)
+                return
             if self._cycles and self._cycles[0].more_body:  # a queued request now runs
                 bodies[self] = time.monotonic()
             if self._cycles or self._head is not None or self.transport.is_closing():

@@ -355,6 +355,19 @@ def test_half_closed_pipelined_connection_gets_every_answer_and_no_traceback(
     assert "Traceback" not in door.logs()
 
 
+def test_bytes_the_parser_refuses_get_their_400_after_the_answers_before_them(
+    door: Server,
+) -> None:
+    """Answers keep the order of the requests: a delivery followed in the same write by
+    bytes that are no HTTP request gets its own 200 first, then the 400 that closes."""
+    with connect(door) as sock:
+        sock.sendall(delivery(door) + b"NOT HTTP AT ALL\r\n\r\n")
+        answers = read_until_closed(sock)
+    assert answers.startswith(b"HTTP/1.1 200 "), answers
+    assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 400 " in answers, answers
+    assert [e["result"] for e in recorded(door)] == ["refreshed"]  # type: ignore[index]
+
+
 @pytest.fixture
 def capped(template: Path, tmp_path: Path) -> Iterator[Server]:
     server = demo_server(template, tmp_path, "--max-connections", "8")
