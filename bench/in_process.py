@@ -30,6 +30,7 @@ import hmac
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -325,6 +326,16 @@ def main() -> int:
         worker(args)
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-inproc-"))
+    snapshots: list[Path] = []
+    try:
+        return _rounds(args, workdir, snapshots)
+    finally:
+        for directory in [workdir, *snapshots]:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _rounds(args: argparse.Namespace, workdir: Path, snapshots: list[Path]) -> int:
+    """Every variant, ``args.rounds`` times in alternating order; print the medians."""
     cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
     built = run.build_state(cli, workdir, 10_000, 10_000, SECRET)
     built.path.rename(workdir / "state.db")
@@ -334,6 +345,7 @@ def main() -> int:
     }
     for rev in args.rev:
         directory, full = run.snapshot(rev)
+        snapshots.append(directory)
         os.environ.pop("PYTHONPATH", None)
         variants[f"{rev} ({full[:7]})"] = ("", clean_env(PYTHONPATH=str(directory / "src")))
     variants["tree"] = ("", clean_env(PYTHONPATH=str(run.PROJECT / "src")))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,14 @@ def main() -> int:
         print(json.dumps(counts))
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-opcodes-"))
+    try:
+        return _count(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _count(args: argparse.Namespace, workdir: Path) -> int:
+    """Count each variant's opcodes in a process of its own; print them."""
     cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
     built = run.build_state(cli, workdir, 10_000, 10_000, in_process.SECRET)
     built.path.rename(workdir / "state.db")

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import io
+import shutil
 import sys
 import tempfile
 import time
@@ -163,9 +164,12 @@ def report(named: dict[str, Callable[[], object]]) -> float:
 def main() -> int:
     body = (CORPUS / "cloud_repo_push_branch_update.json").read_bytes()
     workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-stages-"))
-    cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
-    state = run.build_state(cli, workdir, 10_000, 10_000, SECRET)
-    asyncio.run(measure(state.path, body))
+    try:
+        cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
+        state = run.build_state(cli, workdir, 10_000, 10_000, SECRET)
+        asyncio.run(measure(state.path, body))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
