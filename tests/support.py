@@ -4,6 +4,7 @@ free loopback port, and waiting on a condition with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+PORT_TRIES = 3
+PORT_TAKEN = "Address already in use"
+"""What ``serve`` says when it cannot listen on a port another process took meanwhile."""
 
 
 def corpus_dir() -> Path:
@@ -27,10 +31,15 @@ def corpus_dir() -> Path:
     return Path(configured) if configured else REPO.parent / "shared" / "bitbucket-payloads"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports free a moment ago, all different: each is held until all are
+    chosen (ports chosen one after another can repeat: a listener and an admin listener were
+    once given the same one)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def cli(
@@ -83,17 +92,33 @@ def request(
 
 
 class Server:
-    """``kargo-bitbucket serve`` in a subprocess, stopped with SIGTERM."""
+    """``kargo-bitbucket serve`` in a subprocess, stopped with SIGTERM.
+
+    A port can be taken between being chosen and being listened on (by another test's
+    client, whose ephemeral ports come from the same range): the server then exits saying
+    so, and starts again on other ports, up to PORT_TRIES times.
+    """
 
     def __init__(
         self, state: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
     ) -> None:
         self.state = state
-        self.port = free_port()
-        self.admin_port = free_port()
+        for attempt in range(1, PORT_TRIES + 1):
+            self._start(extra, env)
+            try:
+                self.wait_ready()
+                return
+            except BaseException:
+                taken = self.process.poll() is not None and PORT_TAKEN in self.logs()
+                self.stop()
+                if not taken or attempt == PORT_TRIES:
+                    raise
+
+    def _start(self, extra: Sequence[str], env: dict[str, str] | None) -> None:
+        self.port, self.admin_port = free_ports(2)
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
-        self.log = state.parent / f"serve-{self.port}.log"
+        self.log = self.state.parent / f"serve-{self.port}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [
@@ -104,7 +129,7 @@ class Server:
                 "debug",
                 "serve",
                 "--state",
-                str(state),
+                str(self.state),
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 "--admin-listen",
@@ -116,11 +141,6 @@ class Server:
             text=True,
             env={**os.environ, **(env or {})},
         )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

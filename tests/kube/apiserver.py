@@ -27,7 +27,7 @@ from typing import Any
 import httpx2
 import yaml
 
-from tests.support import REPO, free_port
+from tests.support import REPO, free_ports
 
 CRDS = REPO.parent / "shared" / "kube" / "kargo-crds"
 MERGE = "application/merge-patch+json"
@@ -289,7 +289,7 @@ class KubeApiServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="kube-apiserver-"))
         self.token = secrets.token_hex(16)
         self.audit_log = self.workdir / "audit.log"
-        self.port = free_port()
+        self.port, self.etcd_client_port, self.etcd_peer_port = free_ports(3)
         self.url = f"https://127.0.0.1:{self.port}"
         self.etcd_url = ""
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -335,7 +335,7 @@ class KubeApiServer:
         )
         (work / "tokens.csv").write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
         (work / "audit-policy.yaml").write_text(AUDIT_POLICY)
-        client, peer = free_port(), free_port()
+        client, peer = self.etcd_client_port, self.etcd_peer_port
         self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn(
             "etcd",

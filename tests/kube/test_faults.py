@@ -21,7 +21,7 @@ import pytest
 from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
 from tests.kube.fakeapi import FakeKubernetes
 from tests.kube.support import Replicas, published_url
-from tests.support import Server, eventually, free_port, request
+from tests.support import Server, eventually, free_ports, request
 
 BITBUCKET_TIMEOUT = 10.0  # seconds Bitbucket waits for an answer: the promise under load too
 
@@ -186,8 +186,7 @@ def test_deliveries_before_the_caches_load_are_told_to_retry(
 ) -> None:
     seed(fake_kube, one_receiver("demo"))
     fake_kube.delay("GET", r"/promotions$", 4.0)
-    port = free_port()
-    admin = free_port()
+    port, admin = free_ports(2)
     process = subprocess.Popen(
         [
             sys.executable,
