@@ -71,8 +71,9 @@ def per_delivery(worker: str, env: dict[str, str], parts: str, workdir: Path, la
     return (many - few) / COUNTED
 
 
-def _count(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    """Each variant's instructions per delivery, counted in ``workdir``."""
+def _count(args: argparse.Namespace, workdir: Path, snapshots: list[Path]) -> dict[str, float]:
+    """Each variant's instructions per delivery, counted in ``workdir``; the ``--rev``
+    sources it unpacks are added to ``snapshots``."""
     cli = run.PROJECT / ".venv" / "bin" / "kargo-bitbucket"
     built = run.build_state(cli, workdir, 10_000, 10_000, in_process.SECRET)
     built.path.rename(workdir / "state.db")
@@ -83,6 +84,7 @@ def _count(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         variants["floor-observed"] = ("floor-observed", clean_env(), "")
     for rev in args.rev:
         directory, full = run.snapshot(rev)
+        snapshots.append(directory)
         snapshot = clean_env(PYTHONPATH=str(directory / "src"))
         variants[f"{rev} ({full[:7]})"] = ("ours", snapshot, "")
     variants["tree"] = ("ours", tree, "")
@@ -105,10 +107,12 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="kargo-bitbucket-instructions-"))
+    snapshots: list[Path] = []
     try:
-        figures = _count(args, workdir)
+        figures = _count(args, workdir, snapshots)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        for directory in [workdir, *snapshots]:
+            shutil.rmtree(directory, ignore_errors=True)
     first = next(name for name in figures if not name.startswith("floor"))
     print(f"Instructions per delivery (valgrind, {COUNTED} deliveries counted):")
     for name, figure in figures.items():
