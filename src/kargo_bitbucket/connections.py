@@ -206,11 +206,11 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           one byte after an early answer held the connection for ever; and
           ``write_timeout`` for a client that does not read what is written to it (the
           connection is then dropped, with what it had not taken).
-        - Answers keep the order of the requests: bytes the parser refuses after a whole
-          request get uvicorn's 400 (and the close) only once the requests before them
-          are answered; nothing after them is read. uvicorn wrote it at once, ahead of
-          the answer still owed, which the client then took for the answer to a request
-          that was refreshed.
+        - Answers keep the order of the requests: bytes the parser refuses get uvicorn's
+          400 (and the close) only once the requests before them are answered; a request
+          whose body they broke is ended (its app reads a disconnect), and nothing after
+          them is read. uvicorn wrote the 400 at once, ahead of the answers still owed,
+          and the client took it for the answer to a request that was refreshed.
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
@@ -334,9 +334,12 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             bodies.pop(self, None)
 
         def send_400_response(self, msg: str) -> None:
-            owed = [cycle for cycle in self._cycles if not cycle.response_complete]
-            if owed and not owed[-1].more_body:  # else the bytes broke a body being read
-                self._unparsable = msg  # sent by on_response_complete, after the last one
+            if self._cycles and self._cycles[-1].more_body:  # the bytes broke its body
+                broken = self._cycles.pop()  # its app reads a disconnect, records 499
+                broken.disconnected = True
+                broken.message_event.set()
+            if self._cycles:  # answers owed: on_response_complete sends it after the last
+                self._unparsable = msg
                 heads.pop(self, None)
                 return
             super().send_400_response(msg)
