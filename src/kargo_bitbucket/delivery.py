@@ -368,10 +368,7 @@ def _log(level: int, record: DeliveryRecord, refreshed: int, suppressed: int = 0
     }
     if record.detail:
         extra["detail"] = record.detail
-    if level == logging.INFO:
-        logs.info(log, message, args, extra)
-    else:
-        log.log(level, message, *args, extra=extra)
+    logs.line(log, level, message, args, extra, record.time)
 
 
 def _due(verdicts: list[Verdict], delivery: str) -> dict[Target, str]:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
 
 import orjson
 
@@ -107,13 +107,14 @@ _second: list[tuple[int, str]] = [(-1, "")]
 
 
 def _time(created: float) -> str:
-    """``2026-11-27T08:36:40.264+00:00``, the seconds part formatted once per second."""
+    """``2026-11-27T08:36:40.264123Z``, the form of history records and refresh values;
+    the seconds part formatted once per second."""
     seconds = int(created)
     cached, stamp = _second[0]
     if cached != seconds:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second[0] = (seconds, stamp)
-    return f"{stamp}.{int((created - seconds) * 1000):03d}+00:00"
+    return f"{stamp}.{int((created - seconds) * 1_000_000):06d}Z"
 
 
 def _cut(fields: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +125,9 @@ def _cut(fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _json(created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> bytes:
+def _json(stamp: str, level: str, logger: str, message: str, fields: dict[str, Any]) -> bytes:
     """``{"time","level","logger","msg",...fields}`` on one line."""
-    line = {"time": _time(created), "level": level, "logger": logger, "msg": message, **fields}
+    line = {"time": stamp, "level": level, "logger": logger, "msg": message, **fields}
     return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -145,7 +146,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         line = _json(
-            record.created, record.levelname.lower(), record.name, _message(record), fields
+            _time(record.created), record.levelname.lower(), record.name, _message(record), fields
         )
         return line[:-1].decode()
 
@@ -160,33 +161,47 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-Write = Callable[[logging.Logger, str, tuple[object, ...], dict[str, Any]], None]
+LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+"""The levels of the lines ``line`` writes."""
+
+
+class Write(Protocol):
+    """What ``line`` is."""
+
+    def __call__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        message: str,
+        args: tuple[object, ...],
+        fields: dict[str, Any],
+        stamp: str = "",
+    ) -> None:
+        """Write one line at ``level`` (of ``LEVEL_NAMES``) in the format ``configure``
+        chose, as ``logger`` would write it; its JSON time is ``stamp`` when given (a
+        delivery's line carries its record's time)."""
 
 
 def _through_logging(
-    logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    args: tuple[object, ...],
+    fields: dict[str, Any],
+    stamp: str = "",
 ) -> None:
     """Before ``configure`` (the app used as a library, tests): an ordinary log record."""
-    logger.info(message, *args, extra=fields)
+    logger.log(level, message, *args, extra=fields)
 
 
-_info: list[Write] = [_through_logging]
-
-
-def info(
-    logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
-) -> None:
-    """One info line, in the format ``configure`` chose, as ``logger`` would write it.
-
-    For the line every delivery writes: once configured it is rendered straight to the
-    stream's bytes, without a LogRecord, caller lookup, formatter or handler lock
-    (20.1 → 6.6 µs a line in process; BENCHMARKS.md, "Fast paths").
-    """
-    _info[0](logger, message, args, fields)
+line: Write = _through_logging
+"""The line every delivery writes: once configured, rendered straight to the stream's
+bytes, without a LogRecord, caller lookup, formatter or handler lock (20.1 → 6.6 µs a line
+in process; BENCHMARKS.md, "Fast paths")."""
 
 
 def _direct(stream: TextIO, use_json: bool) -> tuple[Write, Callable[[], None]]:
-    """``info`` writing to ``stream``, the bytes under it when it has them; and what writes
+    """``line`` writing to ``stream``, the bytes under it when it has them; and what writes
     the lines it still holds (at exit).
 
     On an event loop the JSON lines of one turn of the loop are written together at its
@@ -220,24 +235,31 @@ def _direct(stream: TextIO, use_json: bool) -> tuple[Write, Callable[[], None]]:
                 flush()
 
     def write(
-        logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]
+        logger: logging.Logger,
+        level: int,
+        message: str,
+        args: tuple[object, ...],
+        fields: dict[str, Any],
+        stamp: str = "",
     ) -> None:
         nonlocal flushing_on
-        if not logger.isEnabledFor(logging.INFO):
+        if not logger.isEnabledFor(level):
             return
         text = clip(message % args, LOG_FIELD_LIMIT)
-        now = time.time()
+        name = LEVEL_NAMES[level]
         if not use_json:
-            readable = _text(now, "info", text, fields)
+            now = time.time()
+            readable = _text(now, name, text, fields)
             if len(readable) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
-                readable = _text(now, "info", text, _cut(fields))
+                readable = _text(now, name, text, _cut(fields))
             stream.write(readable + "\n")
             stream.flush()
             return
-        line = _json(now, "info", logger.name, text, fields)
-        if len(line) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
-            line = _json(now, "info", logger.name, text, _cut(fields))
-        pending.append(line)
+        stamp = stamp or _time(time.time())
+        rendered = _json(stamp, name, logger.name, text, fields)
+        if len(rendered) > LOG_FIELD_LIMIT:  # else no field can be longer: nothing to cut
+            rendered = _json(stamp, name, logger.name, text, _cut(fields))
+        pending.append(rendered)
         if flushing_on is not None and flushing_on.is_running():
             return  # due at the end of this turn
         try:
@@ -273,10 +295,11 @@ atexit.register(lambda: _exit_flush[0]())
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Route every logger (ours and uvicorn's) to ``stream`` in the chosen format."""
     stream = stream or sys.stderr
+    global line
     use_json = not stream.isatty() if json is None else json
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
-    _info[0], _exit_flush[0] = _direct(stream, use_json)
+    line, _exit_flush[0] = _direct(stream, use_json)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -122,6 +123,18 @@ def test_recorded_reasons_for_every_kind_of_match(served: Server) -> None:
         assert reason in found[name][1], (name, found[name][1])
     assert "other-repo" not in found
     assert "topsecret" not in out
+
+
+def test_the_log_line_of_a_delivery_has_the_time_of_its_record(served: Server) -> None:
+    """An operator finds the line of a delivery ``deliveries`` shows by its time, too."""
+    out = cli("deliveries", "-n", "demo", "-o", "json", state=served.state).stdout
+    (record,) = [r for r in json.loads(out) if r["delivery_id"] == "delivery-under-test"]
+    lines = [json.loads(x) for x in served.logs().splitlines() if x.startswith("{")]
+    about = [x for x in lines if x.get("delivery") == "delivery-under-test"]
+    (line,) = [x for x in about if x["msg"] == "delivery refreshed"]
+    assert line["time"] == record["time"]
+    others = [x["time"] for x in lines if x is not line]
+    assert others and all(re.fullmatch(r"[\d-]{10}T[\d:]{8}\.\d{6}Z", t) for t in others)
 
 
 def test_table_output_names_the_delivery_and_reasons(served: Server) -> None:

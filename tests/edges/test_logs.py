@@ -21,7 +21,7 @@ from kargo_bitbucket.bounds import LOG_FIELD_LIMIT
 def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    monkeypatch.setattr(logs, "_info", list(logs._info))  # what configure() installs
+    monkeypatch.setattr(logs, "line", logs.line)  # what configure() installs
     monkeypatch.setattr(logs, "_exit_flush", list(logs._exit_flush))
     yield
     root.handlers[:] = handlers
@@ -46,12 +46,23 @@ def test_json_line_carries_time_level_message_and_extra_fields_in_order() -> Non
     assert abs((datetime.now(stamp.tzinfo) - stamp).total_seconds()) < 5
 
 
-def test_json_time_has_milliseconds_of_the_record() -> None:
+def test_json_time_has_microseconds_as_history_records_do() -> None:
     formatter = logs.JsonFormatter()
     record = logging.makeLogRecord({"msg": "x", "created": 1_700_000_000.25})
-    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:20.250+00:00"
-    record = logging.makeLogRecord({"msg": "x", "created": 1_700_000_001.9996})
-    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:21.999+00:00"
+    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:20.250000Z"
+    record = logging.makeLogRecord({"msg": "x", "created": 1_700_000_001.9999996})
+    assert orjson.loads(formatter.format(record))["time"] == "2023-11-14T22:13:21.999999Z"
+
+
+def test_a_line_given_a_time_carries_it() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {}, "2026-12-07T15:00:00.000001Z")
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {})
+    given, now = (orjson.loads(line)["time"] for line in stream.getvalue().splitlines())
+    assert given == "2026-12-07T15:00:00.000001Z"
+    assert given < now
 
 
 def test_exceptions_are_kept_on_the_json_line() -> None:
@@ -83,7 +94,9 @@ def test_delivery_line_is_written_straight_in_the_json_format(on_bytes: bool) ->
     stream = io.TextIOWrapper(raw, encoding="utf-8") if on_bytes else io.StringIO()
     logs.configure("info", stream=stream, json=True)
     log = logging.getLogger("kargo_bitbucket.delivery")
-    logs.info(log, "delivery %s (%d more)", ("bad-signature", 3), {"delivery": "d" * 20_000})
+    logs.line(
+        log, logging.INFO, "delivery %s (%d more)", ("bad-signature", 3), {"delivery": "d" * 20_000}
+    )
     log.warning("through logging", extra={"status": 401})
     text = raw.getvalue().decode() if on_bytes else stream.getvalue()
     first, second = (orjson.loads(line) for line in text.splitlines())
@@ -99,10 +112,10 @@ def test_delivery_line_for_people_and_below_the_level() -> None:
     stream = io.StringIO()
     logs.configure("info", stream=stream, json=False)
     log = logging.getLogger("kargo_bitbucket.delivery")
-    logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r", "detail": ""})
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"receiver": "ns/r", "detail": ""})
     assert stream.getvalue().endswith(" info    delivery refreshed  receiver=ns/r\n")
     logs.configure("warning", stream=stream, json=False)
-    logs.info(log, "delivery %s", ("refreshed",), {"receiver": "ns/r"})
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"receiver": "ns/r"})
     assert stream.getvalue().count("delivery refreshed") == 1
 
 
@@ -112,8 +125,10 @@ def test_delivery_line_fields_are_cut_only_past_the_limit(json: bool) -> None:
     logs.configure("info", stream=stream, json=json)
     log = logging.getLogger("kargo_bitbucket.delivery")
     at_limit, past = "a" * LOG_FIELD_LIMIT, "b" * (LOG_FIELD_LIMIT + 1)
-    logs.info(log, "delivery %s", ("refreshed",), {"delivery": at_limit, "status": 200})
-    logs.info(log, "delivery %s", ("refreshed",), {"delivery": past, "status": 200})
+    logs.line(
+        log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": at_limit, "status": 200}
+    )
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": past, "status": 200})
     first, second = stream.getvalue().splitlines()
     assert at_limit in first and "truncated" not in first
     assert f"{'b' * LOG_FIELD_LIMIT}…[truncated, {LOG_FIELD_LIMIT + 1} chars]" in second
@@ -141,7 +156,7 @@ def test_delivery_lines_of_one_loop_turn_reach_unbuffered_bytes_in_one_write() -
 
     async def one_turn() -> None:
         for number in range(3):
-            logs.info(log, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
+            logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
         assert raw.writes == []
         await asyncio.sleep(0)
         assert len(raw.writes) == 1
@@ -149,7 +164,7 @@ def test_delivery_lines_of_one_loop_turn_reach_unbuffered_bytes_in_one_write() -
     asyncio.run(one_turn())
     lines = [orjson.loads(line) for line in raw.writes[0].splitlines()]
     assert [line["delivery"] for line in lines] == ["d0", "d1", "d2"]
-    logs.info(log, "delivery %s", ("refreshed",), {"delivery": "off-loop"})
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": "off-loop"})
     assert orjson.loads(raw.writes[-1])["delivery"] == "off-loop"
 
 
@@ -160,7 +175,7 @@ def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next_loops_lines()
     stopped = asyncio.new_event_loop()
 
     def last_turn() -> None:
-        logs.info(log, "delivery %s", ("refreshed",), {"delivery": "first"})
+        logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": "first"})
         stopped.stop()  # before the turn that would write it
 
     stopped.call_soon(last_turn)
@@ -168,7 +183,7 @@ def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next_loops_lines()
     assert raw.writes == []
 
     async def next_loop() -> None:
-        logs.info(log, "delivery %s", ("refreshed",), {"delivery": "second"})
+        logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": "second"})
 
     asyncio.run(next_loop())
     stopped.close()
@@ -185,7 +200,7 @@ def test_a_full_non_blocking_stream_keeps_one_json_object_per_line() -> None:
 
     async def turn(first: int, count: int) -> None:
         for number in range(first, first + count):
-            logs.info(log, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
+            logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {"delivery": f"d{number}"})
 
     try:
         asyncio.run(turn(0, 2000))  # far more than the pipe holds: the rest is dropped
