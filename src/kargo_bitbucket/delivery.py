@@ -349,8 +349,6 @@ def _level(status: int) -> int:
 def _log(level: int, record: DeliveryRecord, refreshed: int, suppressed: int = 0) -> None:
     """The one log line of a delivery, its fields read off its record; ``suppressed``
     unsigned requests to the same receiver were not logged before it."""
-    if not log.isEnabledFor(level):
-        return
     message = "delivery %s"
     args: tuple[object, ...] = (record.result,)
     if suppressed:
