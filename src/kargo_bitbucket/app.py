@@ -80,6 +80,9 @@ class ReceiverEndpoint:
         self.deliveries = deliveries
         self.body_limit = body_limit
         self.too_large = f"content exceeds limit of {body_limit} bytes"
+        self.limit_digits = len(str(body_limit))
+        """Digits of the body limit: a longer Content-Length is larger, and not converted
+        (a sender's 5,000 digits would raise in ``int``)."""
         self.unknown = UnknownPaths(deliveries.metrics)
         self.held = 0
         """Bytes past SMALL_BODY held by the bodies being read (at most BODIES_MEMORY)."""
@@ -121,8 +124,10 @@ class ReceiverEndpoint:
         if scope["method"] != "POST":
             answer = Answer.error(405, Result.METHOD_NOT_ALLOWED, "method not allowed")
             return await self._refuse(send, route, headers, answer, started, [(b"allow", b"POST")])
-        declared = headers.content_length
-        if declared.isdigit() and int(declared) > self.body_limit:
+        declared = headers.content_length.lstrip("0")  # the parser takes 000…02 as 2
+        if declared.isdecimal() and (
+            len(declared) > self.limit_digits or int(declared) > self.body_limit
+        ):
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
         try:

@@ -378,6 +378,22 @@ def test_bytes_the_parser_refuses_get_their_400_after_the_answers_before_them(
     assert results.count("refreshed") == 1, results
 
 
+def test_a_content_length_of_thousands_of_digits_is_read_as_its_value(door: Server) -> None:
+    """``Content-Length: 000…02`` is 2 to the parser; converting its 5,001 digits raised
+    in the app: a 500 and a traceback for each such request."""
+    path = door.path  # type: ignore[attr-defined]
+    length = "0" * 5000 + "2"
+    with connect(door) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Event-Key: repo:push\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n\r\n{{}}".encode()
+        )
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert answer.endswith(b'{"error":"missing signature"}')
+    assert "Traceback" not in door.logs()
+
+
 @pytest.fixture
 def capped(template: Path, tmp_path: Path) -> Iterator[Server]:
     server = demo_server(template, tmp_path, "--max-connections", "8")
