@@ -52,6 +52,7 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "pause_writing",
             "resume_writing",
             "on_message_begin",
+            "on_header",
             "on_headers_complete",
             "on_body",
             "on_message_complete",
@@ -66,7 +67,7 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lightkube", "lightkube.config.client_adapter:user_auth", ()),
 )
 """(library, module:object, methods). What instances carry (the protocol's loop, transport,
-headers, cycle, pipeline and app; the cycle's scope, more_body, response_complete,
+headers, cycle and pipeline; the cycle's scope, more_body, response_complete,
 disconnected and message_event; AsyncClient's _client and its _client) is checked on live
 objects by tests/edges/test_compat.py."""
 

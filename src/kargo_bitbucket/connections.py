@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from starlette.types import Receive, Scope, Send
-
 from kargo_bitbucket.compat import HttpToolsProtocol, RequestResponseCycle
 from kargo_bitbucket.config import (
     DEFAULT_BODY_TIMEOUT,
@@ -157,10 +155,8 @@ class Connections:
             self._unlogged.clear()
 
 
-async def answer_too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    """The 431 for a head with too many headers, closing the connection after it."""
-    await send({"type": "http.response.start", "status": 431, "headers": TOO_LARGE_HEADERS})
-    await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
+class TooManyHeaders(Exception):
+    """Raised in a parser callback to stop the parser at the header past HEADER_COUNT_LIMIT."""
 
 
 class _Discarded(list[tuple[bytes, bytes]]):
@@ -173,6 +169,7 @@ class _Discarded(list[tuple[bytes, bytes]]):
 
 def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
+    uvicorn_on_header = HttpToolsProtocol.on_header  # called for every header: no super()
     heads, bodies, idle, writes = (
         connections.heads,
         connections.bodies,
@@ -188,10 +185,12 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           (a flood of silent connections answered 57 of 61 deliveries 503 before), or
           gets a 503 and is closed when every one is running a request.
         - Request line and headers: at most ``HEAD_LIMIT`` bytes in all and
-          ``HEADER_COUNT_LIMIT`` headers, else 431 (closed only, when a request is running,
-          which its app records as a disconnect). httptools buffers each
+          ``HEADER_COUNT_LIMIT`` headers, else 431 and the close. httptools buffers each
           header whole, so bytes are counted as they are fed (8 parallel 64 MB request
-          lines took 500 MB and stalled deliveries 6.6 s before). What follows the head
+          lines took 500 MB and stalled deliveries 6.6 s before); headers are counted as
+          the parser finds them and it is stopped at the one past the limit (1,000 heads of
+          64 KiB of empty headers took 1.5 GB and stalled a delivery 10.7 s before; uvicorn
+          then logs its throttled "Invalid HTTP request received."). What follows the head
           and is not body (chunk framing, trailers) is counted the same way, at most
           ``FRAMING_LIMIT`` bytes a request, and trailers are not kept: an endless trailer
           section took 800 MB in 1.5 s before.
@@ -207,10 +206,12 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           ``write_timeout`` for a client that does not read what is written to it (the
           connection is then dropped, with what it had not taken).
         - Answers keep the order of the requests: bytes the parser refuses get uvicorn's
-          400 (and the close) only once the requests before them are answered; a request
-          whose body they broke is ended (its app reads a disconnect), and nothing after
-          them is read. uvicorn wrote the 400 at once, ahead of the answers still owed,
-          and the client took it for the answer to a request that was refreshed.
+          400, and bytes over a limit the 431, only once the requests before them are
+          answered (then the connection closes); a request whose body they broke is ended
+          (its app reads a disconnect and records 499), and nothing after them is read.
+          uvicorn wrote the 400 at once, ahead of the answers still owed, and the client
+          took it for the answer to a request that was refreshed; the 431 closed the
+          connection with those answers unsent.
         - A client that half-closes after pipelining still gets its answers, and a lost
           connection stops every cycle on it: uvicorn marks only the newest, so the
           running one wrote to a closed transport ("Exception in ASGI application").
@@ -218,12 +219,11 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         uvicorn internals this relies on (compat.py; tests/edges/test_compat.py fails if
         they go):
         the methods connection_made, connection_lost, data_received, eof_received,
-        pause_writing, resume_writing, on_message_begin, on_headers_complete, on_body,
-        on_message_complete, on_response_complete and send_400_response; the attributes
-        loop, transport, headers, cycle, pipeline and app (the ASGI app its requests go
-        to); and
-        RequestResponseCycle's scope, more_body, response_complete, disconnected and
-        message_event.
+        pause_writing, resume_writing, on_message_begin, on_header, on_headers_complete,
+        on_body, on_message_complete, on_response_complete and send_400_response (which
+        uvicorn calls when the parser refuses bytes or a callback raises); the attributes
+        loop, transport, headers, cycle and pipeline; and RequestResponseCycle's scope,
+        more_body, response_complete, disconnected and message_event.
         """
 
         _head: int | None = None  # bytes of the current head fed so far; None between heads
@@ -232,7 +232,9 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         _refused_at_cap = False
         _eof = False
         _overdue: RequestResponseCycle | None = None  # told its body is late, once
-        _unparsable: str | None = None  # the 400 owed once the answers before it are sent
+        _too_many = False  # the parser was stopped at a header past HEADER_COUNT_LIMIT
+        _last_word: Callable[[], None] | None = None
+        """The refusal (400 or 431, then the close) owed once the answers before it are sent."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if not connections.admit(self.loop):
@@ -275,8 +277,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             piece already checked (a pipelined head begun inside the piece that ended the
             request before it is counted from the next piece on: at most twice HEAD_LIMIT);
             nothing more once the connection is closing, or once the parser refused bytes
-            (``send_400_response``)."""
-            while self._unparsable is None:
+            (``send_400_response``), or any went over a limit."""
+            while self._last_word is None:
                 head = self._head
                 room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
                 if room <= 0:
@@ -299,6 +301,12 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                 idle.pop(self, None)
                 heads[self] = time.monotonic()
 
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if len(self.headers) >= HEADER_COUNT_LIMIT:  # trailers go to _Discarded: 0
+                self._too_many = True
+                raise TooManyHeaders
+            uvicorn_on_header(self, name, value)
+
         def on_headers_complete(self) -> None:
             self._head = None
             heads.pop(self, None)
@@ -307,9 +315,6 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                     connections.dropped["pipelined"] += 1
                     self.transport.close()
                 return  # no cycle: the bytes still in this piece are read and dropped
-            if len(self.headers) > HEADER_COUNT_LIMIT:
-                connections.dropped["too-large"] += 1
-                self.app = answer_too_large  # the request and the connection end there
             super().on_headers_complete()
             self.headers = _Discarded()
             self._cycles.append(self.cycle)
@@ -334,24 +339,18 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             bodies.pop(self, None)
 
         def send_400_response(self, msg: str) -> None:
-            if self._cycles and self._cycles[-1].more_body:  # the bytes broke its body
-                broken = self._cycles.pop()  # its app reads a disconnect, records 499
-                broken.disconnected = True
-                broken.message_event.set()
-            if self._cycles:  # answers owed: on_response_complete sends it after the last
-                self._unparsable = msg
-                heads.pop(self, None)
-                return
-            super().send_400_response(msg)
+            if self._too_many:
+                return self._refuse()
+            self._end_with(lambda: super(FrontDoorProtocol, self).send_400_response(msg))
 
         def on_response_complete(self) -> None:
             bodies.pop(self, None)
             super().on_response_complete()
             while self._cycles and self._cycles[0].response_complete:
                 self._cycles.popleft()
-            if self._unparsable is not None and not self._cycles:
+            if self._last_word is not None and not self._cycles:
                 if not self.transport.is_closing():
-                    super().send_400_response(self._unparsable)
+                    self._last_word()
                 return
             if self._cycles and self._cycles[0].more_body:  # a queued request now runs
                 bodies[self] = time.monotonic()
@@ -393,11 +392,26 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                 connections.open -= 1
 
         def _refuse(self) -> None:
-            """431 (unless an answer is under way) and close: the head is over its byte limit."""
-            self._head = None
+            """The 431 and the close: a head, or a request's framing, is over its limit."""
             connections.dropped["too-large"] += 1
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.write(TOO_LARGE)
+            self._end_with(self._too_large)
+
+        def _too_large(self) -> None:
+            self.transport.write(TOO_LARGE)
             self.transport.close()
+
+        def _end_with(self, refusal: Callable[[], None]) -> None:
+            """Send ``refusal`` (which closes) after the answers owed before it, reading
+            nothing more; a request whose body the refused bytes broke is ended (its app
+            reads a disconnect and records 499)."""
+            self._head = None
+            heads.pop(self, None)
+            if self._cycles and self._cycles[-1].more_body:
+                broken = self._cycles.pop()
+                broken.disconnected = True
+                broken.message_event.set()
+            self._last_word = refusal
+            if not self._cycles:  # else on_response_complete sends it after the last
+                refusal()
 
     return FrontDoorProtocol

@@ -46,7 +46,7 @@ def test_uvicorn_protocol_and_cycle_carry_the_attributes_the_front_door_reads() 
         transport = MemoryTransport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        for attribute in ("loop", "transport", "headers", "cycle", "pipeline", "app"):
+        for attribute in ("loop", "transport", "headers", "cycle", "pipeline"):
             assert hasattr(protocol, attribute), gone("uvicorn", f"HttpToolsProtocol.{attribute}")
         cycle = protocol.cycle
         assert isinstance(cycle, compat.RequestResponseCycle), gone("uvicorn", "cycle's type")
@@ -65,6 +65,28 @@ def test_uvicorn_protocol_and_cycle_carry_the_attributes_the_front_door_reads() 
         assert transport.written.startswith(b"HTTP/1.1 204"), gone("uvicorn", "the answer")
 
     asyncio.run(scenario())
+
+
+def test_uvicorn_answers_a_parser_callback_that_raises_with_send_400_response() -> None:
+    """The front door stops the parser at a header past its count by raising in on_header."""
+    refused: list[str] = []
+
+    class Raising(compat.HttpToolsProtocol):
+        def on_header(self, name: bytes, value: bytes) -> None:
+            raise RuntimeError
+
+        def send_400_response(self, msg: str) -> None:
+            refused.append(msg)
+
+    async def scenario() -> None:
+        config = uvicorn.Config(None, http="httptools", lifespan="off", log_config=None)  # type: ignore[arg-type]
+        config.load()
+        protocol = Raising(config=config, server_state=ServerState(), app_state={})
+        protocol.connection_made(MemoryTransport())  # type: ignore[arg-type]
+        protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+
+    asyncio.run(scenario())
+    assert len(refused) == 1, gone("uvicorn", "send_400_response for a raising parser callback")
 
 
 def test_lightkube_client_holds_a_generic_client_that_builds_bookmark_watches() -> None:
