@@ -294,8 +294,8 @@ atexit.register(lambda: _exit_flush[0]())
 
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Route every logger (ours and uvicorn's) to ``stream`` in the chosen format."""
-    stream = stream or sys.stderr
     global line
+    stream = stream or sys.stderr
     use_json = not stream.isatty() if json is None else json
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
