@@ -909,6 +909,8 @@ def test_error_in_second_document_rejects_everything() -> None:
         ("a: !!set {x}\n", "unsupported YAML tag tag:yaml.org,2002:set"),
         ("a: .inf\n", "document 1: a: numbers must be finite, got .inf (line 1)"),
         ("a: " + "9" * 5000 + "\n", "document 1: a: invalid int"),
+        ("a: {b: 99999999999999999999999}\n", "document 1: a.b: integers must fit in 64 bits"),
+        ("a: [-9223372036854775809]\n", "document 1: a[0]: integers must fit in 64 bits"),
         ('a: !!int ""\n', "document 1: a: invalid int"),
         ('a: "\\ud800"\n', "document 1: "),
         ("? [a]\n: b\n", "document 1: mapping keys must be plain strings"),

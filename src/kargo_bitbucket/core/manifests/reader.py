@@ -102,6 +102,8 @@ class _Converter:
             raise _Hard(path, what, line) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise _Hard(path, f"numbers must be finite, got {node.value}", line)
+        if type(value) is int and not -(2**63) <= value < 2**63:
+            raise _Hard(path, f"integers must fit in 64 bits, as in Kubernetes, got {value}", line)
         return value
 
     def key(self, node: yaml.Node, path: Path) -> str:
