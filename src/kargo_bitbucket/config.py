@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kargo_bitbucket.core.receivers import BaseURL
-from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, MAX_HISTORY_SIZE
 
 ENV_PREFIX = "KARGO_BITBUCKET_"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -78,6 +78,14 @@ def natural_int(text: str) -> int:
     """A whole number, 0 or more."""
     number = int(text)
     if number < 0:
+        raise ValueError(text)
+    return number
+
+
+def history_size(text: str) -> int:
+    """A number of deliveries to keep: a whole number from 0 (off) to MAX_HISTORY_SIZE."""
+    number = natural_int(text)
+    if number > MAX_HISTORY_SIZE:
         raise ValueError(text)
     return number
 
@@ -179,8 +187,8 @@ class ServeSettings:
         admin = None if admin_listen == "off" else parse_listen(admin_listen, "--admin-listen")
         if admin is not None and admin[1] == port and port != 0:
             raise ConfigError("--admin-listen must not use the webhook port (--listen)")
-        if history_size < 0:
-            raise ConfigError("--history-size must be 0 (off) or more")
+        if not 0 <= history_size <= MAX_HISTORY_SIZE:
+            raise ConfigError(f"--history-size must be from 0 (off) to {MAX_HISTORY_SIZE}")
         if base_url is None and port == 0:
             raise ConfigError("--listen with port 0 needs --base-url (the port is not known yet)")
         try:

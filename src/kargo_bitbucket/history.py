@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 
 DEFAULT_HISTORY_SIZE = 1000
+MAX_HISTORY_SIZE = 1_000_000
+"""The most deliveries a history may keep (``--history-size``) or a reader ask for."""
 UNSIGNED_HISTORY_SIZE = 100
 """Requests answered before a signature was verified (ping, 401, 405, 408, 413, 499) kept apart,
 in a ring of their own: anyone can send them, and they must not push signed deliveries

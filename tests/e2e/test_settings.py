@@ -15,7 +15,8 @@ from tests.support import cli
         ("BODY_LIMIT", "2MiB", "a whole number of bytes"),
         ("BODY_LIMIT", "0", "a whole number of bytes"),
         ("LOG_LEVEL", "loud", "debug or info or warning or error"),
-        ("HISTORY_SIZE", "-1", "a whole number, 0 or more"),
+        ("HISTORY_SIZE", "-1", "a whole number from 0 to 1000000"),
+        ("HISTORY_SIZE", "9" * 30, "a whole number from 0 to 1000000"),
         ("BODY_TIMEOUT", "soon", "a number of seconds above 0"),
         ("SHUTDOWN_GRACE", "1e12", "a number of seconds above 0 and at most 86400"),
         ("LISTEN", "8080", "HOST:PORT"),
@@ -42,6 +43,14 @@ def test_a_bad_base_url_names_the_setting_it_came_from(state: Path) -> None:
     from_flag = cli("serve", "--base-url", "ftp://x", state=state, check=False, env=variable)
     assert from_flag.returncode == 2
     assert from_flag.stderr.startswith("kargo-bitbucket: --base-url: base URL 'ftp://x'")
+
+
+def test_a_history_size_past_a_million_is_refused(state: Path) -> None:
+    """Its SQLite binding overflowed: the server ran, its store never started."""
+    result = cli("serve", "--history-size", "9" * 30, state=state, check=False)
+    assert result.returncode == 2
+    assert "--history-size must be from 0 (off) to 1000000" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_timeout_flag_past_a_day_is_refused(state: Path) -> None:

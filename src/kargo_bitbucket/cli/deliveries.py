@@ -21,7 +21,7 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
-from kargo_bitbucket.history import DeliveryRecord, with_id
+from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord, with_id
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
 
 DEFAULT_LIMIT = 20
@@ -64,8 +64,10 @@ def _limit(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    if not 1 <= value <= MAX_HISTORY_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_HISTORY_SIZE}, got {text!r}"
+        )
     return value
 
 

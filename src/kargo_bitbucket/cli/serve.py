@@ -36,15 +36,15 @@ from kargo_bitbucket.config import (
     boolean,
     default_max_connections,
     env,
+    history_size,
     listen_address,
-    natural_int,
     positive_int,
     positive_seconds,
 )
 from kargo_bitbucket.core.payloads import is_cloud_url
 from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY
 from kargo_bitbucket.core.webhooks import unaddressable
-from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE
+from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, MAX_HISTORY_SIZE
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileServed, serve_only_here
@@ -126,7 +126,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--history-size",
         type=int,
         default=FromEnv(
-            "HISTORY_SIZE", DEFAULT_HISTORY_SIZE, natural_int, "a whole number, 0 or more"
+            "HISTORY_SIZE",
+            DEFAULT_HISTORY_SIZE,
+            history_size,
+            f"a whole number from 0 to {MAX_HISTORY_SIZE}",
         ),
         metavar="N",
         help=f"deliveries kept in the history (default {DEFAULT_HISTORY_SIZE}; 0 turns it off)",
