@@ -535,9 +535,26 @@ def test_send_help_says_what_it_pushes_without_ref(state: Path) -> None:
     assert "refs/heads/main" in " ".join(cli("send", "--help", state=state).stdout.split())
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "many"])
-def test_deliveries_limit_must_be_above_zero(state: Path, limit: str) -> None:
-    assert "--limit" in usage_error(state, "deliveries", "--limit", limit)
+@pytest.mark.parametrize("limit", ["0", "-1", "many", "9" * 30])
+def test_deliveries_limit_must_be_a_history_s_size(state: Path, limit: str) -> None:
+    assert "--limit: must be a whole number from 1 to 1000000" in usage_error(
+        state, "deliveries", "--limit", limit
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get", "warehouses", "\udcff"),
+        ("delete", "warehouse", "w", "-n", "\udcff"),
+        ("send", "--url", "http://127.0.0.1:9/x", "--secret", "s", "--ref", "main\udcff"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(state: Path, args: tuple[str, ...]) -> None:
+    """A byte like 0xff on the command line (subprocess sends "\\udcff" as that byte)
+    reached SQLite, JSON or the HTTP client and ended in a traceback."""
+    stderr = usage_error(state, *args)
+    assert stderr.count("\n") == 1 and "is not valid UTF-8" in stderr, stderr
 
 
 def test_unreachable_admin_url_is_a_runtime_failure(state: Path) -> None:

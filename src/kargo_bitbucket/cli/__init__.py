@@ -57,6 +57,10 @@ _DESCRIPTIONS = {"get": get.DESCRIPTION}
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the console command: exit 0 ok, 1 runtime failure, 2 usage error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for argument in argv:
+        if not argument.isascii() and not _is_utf8(argument):
+            fail(f"argument {argument!r} is not valid UTF-8", USAGE_ERROR)
     args = parser().parse_args(argv)
     try:
         resolve_env(vars(args))
@@ -77,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _is_utf8(argument: str) -> bool:
+    """Whether an argument came as UTF-8: Python turns other bytes into lone surrogates,
+    which SQLite, JSON and the HTTP client then refuse with a traceback."""
+    try:
+        argument.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parser() -> argparse.ArgumentParser:
