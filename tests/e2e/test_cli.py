@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import subprocess
@@ -529,6 +530,17 @@ def test_send_refuses_a_non_http_url_before_connecting(state: Path) -> None:
         "diagnostics:ping",
     )
     assert "http:// or https://" in stderr and "cannot reach" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--url", "http://127.0.0.1:9/é"), ("--url", "http://127.0.0.1:9/a b"), ("--event", "a\nb")],
+)
+def test_send_refuses_what_cannot_go_into_a_request(state: Path, flag: str, value: str) -> None:
+    """These were tried and reported as "cannot reach", a runtime failure."""
+    args = {"--url": "http://127.0.0.1:9/x", "--event": "repo:push", flag: value}
+    stderr = usage_error(state, "send", "--secret", "s", *itertools.chain(*args.items()))
+    assert f"{flag} {value!r}" in stderr and "cannot reach" not in stderr
 
 
 def test_send_help_says_what_it_pushes_without_ref(state: Path) -> None:

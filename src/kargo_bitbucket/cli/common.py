@@ -148,6 +148,8 @@ def http_url(flag: str, url: str) -> str:
         raise UsageError(f"{flag} {url!r}: must be an http:// or https:// URL")
     if not host:
         raise UsageError(f"{flag} {url!r}: has no host")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise UsageError(f"{flag} {url!r}: must be ASCII without spaces (percent-encode the rest)")
     return url
 
 

@@ -58,6 +58,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 on a 2xx answer, 1 on any other answer or none."""
     http_url("--url", args.url)
+    if not args.event.isascii() or not args.event.isprintable() or " " in args.event:
+        raise UsageError(f"--event {args.event!r}: an event key is ASCII without spaces")
     secret = _secret(args)
     body = _body(args)
     cloud = is_cloud_event(args.event, args.repo or args.pr)
