@@ -137,6 +137,12 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
         raise Failure(f"cannot read from the Kubernetes API: {error}") from error
 
 
+def plain(text: str) -> bool:
+    """Whether ``text`` can go into a request line or header as it is: printable ASCII
+    without spaces."""
+    return text.isascii() and text.isprintable() and " " not in text
+
+
 def http_url(flag: str, url: str) -> str:
     """``url`` if it is an http(s) URL with a host, else a usage error naming ``flag``."""
     try:
@@ -148,7 +154,7 @@ def http_url(flag: str, url: str) -> str:
         raise UsageError(f"{flag} {url!r}: must be an http:// or https:// URL")
     if not host:
         raise UsageError(f"{flag} {url!r}: has no host")
-    if not url.isascii() or not url.isprintable() or " " in url:
+    if not plain(url):
         raise UsageError(f"{flag} {url!r}: must be ASCII without spaces (percent-encode the rest)")
     return url
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kargo_bitbucket.cli.common import FAILURE, Failure, UsageError, http_url, state_flag
+from kargo_bitbucket.cli.common import (
+    FAILURE,
+    Failure,
+    UsageError,
+    http_url,
+    plain,
+    state_flag,
+)
 from kargo_bitbucket.config import MAX_SECONDS, env, positive_seconds
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
@@ -58,7 +65,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 on a 2xx answer, 1 on any other answer or none."""
     http_url("--url", args.url)
-    if not args.event.isascii() or not args.event.isprintable() or " " in args.event:
+    if not plain(args.event):
         raise UsageError(f"--event {args.event!r}: an event key is ASCII without spaces")
     secret = _secret(args)
     body = _body(args)
