@@ -58,10 +58,10 @@ def test_a_line_given_a_time_carries_it() -> None:
     stream = io.StringIO()
     logs.configure("info", stream=stream, json=True)
     log = logging.getLogger("kargo_bitbucket.delivery")
-    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {}, "2026-12-07T15:00:00.000001Z")
+    logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {}, "2001-02-03T04:05:06.000007Z")
     logs.line(log, logging.INFO, "delivery %s", ("refreshed",), {})
     given, now = (orjson.loads(line)["time"] for line in stream.getvalue().splitlines())
-    assert given == "2026-12-07T15:00:00.000001Z"
+    assert given == "2001-02-03T04:05:06.000007Z"
     assert given < now
 
 
