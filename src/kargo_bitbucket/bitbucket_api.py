@@ -87,7 +87,10 @@ class BitbucketClient:
     async def create(self, place: Place, hook: Hook, secret: bytes) -> str:
         """Create ``hook`` at ``place``; returns its id."""
         body = await self._call("POST", self._hooks_path(place), self._body(hook, secret))
-        return self._hook(body).id
+        hook_id = self._hook(body).id
+        if not hook_id:
+            raise BitbucketError(0, "the answer to the creation names no hook id")
+        return hook_id
 
     async def update(self, place: Place, hook_id: str, hook: Hook, secret: bytes) -> None:
         """Replace our hook ``hook_id`` with ``hook`` (secret included: it may have rotated)."""
@@ -132,9 +135,9 @@ class BitbucketClient:
                 return items
             page = await self._call("GET", url, params=params)
             values = page.get("values")
-            items += (
-                [v for v in values if isinstance(v, Mapping)] if isinstance(values, list) else []
-            )
+            if not isinstance(values, list):
+                raise BitbucketError(0, f"the answer at {path} is not a listing (no values)")
+            items += [v for v in values if isinstance(v, Mapping)]
             if self.cloud:
                 url, params = self._next(page.get("next")), None  # the link has the query
             elif page.get("isLastPage") is False and isinstance(page.get("nextPageStart"), int):
@@ -169,6 +172,8 @@ class BitbucketClient:
             except httpx.TimeoutException:
                 message = f"no answer from {self.api_url} in {self.timeout:g} s"
                 raise BitbucketError(0, message) from None
+            except httpx.LocalProtocolError:  # its text quotes the request's headers
+                raise BitbucketError(0, f"cannot send a request to {self.api_url}") from None
             except httpx.HTTPError as error:
                 raise BitbucketError(0, f"cannot reach {self.api_url}: {error}") from None
             if response.status_code != 429:
@@ -177,15 +182,18 @@ class BitbucketClient:
             if attempt == ATTEMPTS or wait > MAX_WAIT:
                 raise BitbucketError(429, f"rate limited (Retry-After {wait:g} s)")
             await asyncio.sleep(wait)
-        if response.status_code >= 400:
-            raise BitbucketError(response.status_code, _error_text(response))
-        if response.status_code == 204 or not response.content:
+        status = response.status_code
+        if not 200 <= status < 300:  # a redirect too: an SSO page or the wrong API URL
+            raise BitbucketError(status, _error_text(response))
+        if status == 204 or not response.content:
             return {}
         try:
             data = response.json()
         except ValueError:
-            raise BitbucketError(response.status_code, "answer is not JSON") from None
-        return data if isinstance(data, Mapping) else {}
+            raise BitbucketError(status, "answer is not JSON") from None
+        if not isinstance(data, Mapping):
+            raise BitbucketError(status, "answer is not a JSON object")
+        return data
 
 
 def _retry_after(value: str | None) -> float:
@@ -211,4 +219,6 @@ def _error_text(response: httpx.Response) -> str:
         elif isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
             message = str(errors[0].get("message") or "")
     head = f"{response.status_code} {response.reason_phrase}".strip()
+    if 300 <= response.status_code < 400:
+        return f"{head}: a redirect, not an answer (is the API URL right?)"
     return f"{head}: {message[:200]}" if message else head

@@ -26,6 +26,7 @@ import yaml
 
 from kargo_bitbucket.config import ConfigError
 from kargo_bitbucket.core.webhooks import CLOUD
+from kargo_bitbucket.text import http_url_problem, plain
 
 CREDENTIALS_ENV = "KARGO_BITBUCKET_CREDENTIALS"
 SECRET_NAME = "kargo-bitbucket-credentials"
@@ -120,9 +121,11 @@ def _credential(entry: Any, where: str) -> Credential:
         values[key] = value.strip()
     if not values["token"]:
         raise CredentialsError(f"{where}.token: missing")
+    if not plain(values["token"]):  # it goes into a header as it is
+        raise CredentialsError(f"{where}.token: must be printable ASCII without spaces")
     api = values["api_url"]
-    if api and urlsplit(api).scheme not in ("http", "https"):
-        raise CredentialsError(f"{where}.api_url: needs http:// or https://")
+    if api and (problem := http_url_problem(api)):
+        raise CredentialsError(f"{where}.api_url: {problem}")
     return Credential(token=values["token"], email=values["email"], api_url=api)
 
 

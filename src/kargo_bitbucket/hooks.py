@@ -37,6 +37,7 @@ from kargo_bitbucket.core.webhooks import (
 )
 from kargo_bitbucket.credentials import Credentials
 from kargo_bitbucket.inventory import Inventory
+from kargo_bitbucket.text import printable
 
 T = TypeVar("T")
 
@@ -169,7 +170,10 @@ async def apply(found: Survey) -> list[str]:
 def _print_rows(rows: Sequence[tuple[str, Finding, str]]) -> None:
     """One aligned line per (status or verb, finding, detail), columns two spaces apart."""
     cells = [
-        (first, f.place.label, f.marker, f"({detail})" if detail else "")
+        tuple(
+            printable(cell)  # Bitbucket's answers are quoted in details: no escapes reach a tty
+            for cell in (first, f.place.label, f.marker, f"({detail})" if detail else "")
+        )
         for first, f, detail in rows
     ]
     widths = [max((len(c[i]) for c in cells), default=0) for i in range(3)]
@@ -201,11 +205,11 @@ def _json(finding: Finding, outcome: str | None = None) -> dict[str, Any]:
 
 def _report_notes(found: Inventory, result: Survey) -> None:
     for problem in found.problems:
-        print(f"kargo-bitbucket: {problem}", file=sys.stderr)
+        print(f"kargo-bitbucket: {printable(problem)}", file=sys.stderr)
     for warning in result.warnings:
-        print(f"kargo-bitbucket: {warning}", file=sys.stderr)
+        print(f"kargo-bitbucket: {printable(warning)}", file=sys.stderr)
     for skipped in result.plan.skipped:
-        print(f"note: not a Bitbucket repository, skipped: {skipped}", file=sys.stderr)
+        print(f"note: not a Bitbucket repository, skipped: {printable(skipped)}", file=sys.stderr)
     if not found.receivers and not found.problems:
         print("kargo-bitbucket: no Bitbucket receiver found", file=sys.stderr)
     elif found.receivers and not result.plan.wanted:

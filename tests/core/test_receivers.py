@@ -59,6 +59,8 @@ def test_base_path_joined_with_single_slashes(base: str, prefix: str, origin: st
         "https://h:abc/x",
         "https://user:pw@h/",
         "http://:8080",
+        "http://[::1",
+        "https://h:99999/x",
     ],
 )
 def test_unusable_base_urls_are_rejected(base: str) -> None:

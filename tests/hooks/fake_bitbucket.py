@@ -51,6 +51,9 @@ class FakeBitbucket:
     retry_after: str = "0"
     latency: float = 0.0
     """Seconds each answer is held back (a WAN round trip, for measurements)."""
+    answer_with: tuple[int, Any, dict[str, str]] | None = None
+    """One fixed answer (status, JSON body, headers) to every request, when set: a proxy
+    or an SSO page in front of the API."""
     secrets: dict[str, str] = field(default_factory=dict)
     """The secret each hook id was last given (what Bitbucket would sign with)."""
     calls: list[Call] = field(default_factory=list)
@@ -143,6 +146,8 @@ class FakeBitbucket:
         self, method: str, target: str, auth: str, body: Any
     ) -> tuple[int, Any, dict[str, str]]:
         """Status, JSON body and headers for one request."""
+        if self.answer_with is not None:
+            return self.answer_with
         if self.rate_limited > 0:
             self.rate_limited -= 1
             return 429, self._error("Rate limit exceeded"), {"Retry-After": self.retry_after}

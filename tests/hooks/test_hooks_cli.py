@@ -273,6 +273,9 @@ def test_without_valid_credentials_every_repository_is_no_access(
             "--api-url 'bb.example.com': expected HOST=http(s)://URL",
         ),
         (["--base-url", "ftp://x"], "--base-url"),
+        (["--base-url", "http://[::1"], "--base-url: base URL 'http://[::1': Invalid IPv6 URL"),
+        (["--api-url", "bb.example.com=http://[::1"], "--api-url 'http://[::1': Invalid IPv6"),
+        (["--api-url", "bb.example.com=http://bb:99999"], "out of range"),
         (["--credentials", "/nonexistent/creds.yaml"], "/nonexistent/creds.yaml: cannot read"),
         (["--kubernetes", "--kubeconfig", "/nonexistent"], "cannot load Kubernetes credentials"),
     ],
@@ -310,3 +313,80 @@ def test_explain_points_to_hooks_check_when_it_would_refresh(state: Path) -> Non
     assert "kargo-bitbucket hooks check" in would
     other = cli("explain", "--repo", WAREHOUSES["deploy"], "--ref", "dev", state=state).stdout
     assert "hooks check" not in other
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        ((302, None, {"Location": "https://sso.example.com/login"}), "302 Found: a redirect"),
+        ((200, [1, 2, 3], {}), "answer is not a JSON object"),
+        ((200, {"size": 0}, {}), "is not a listing"),
+    ],
+)
+def test_an_answer_that_is_not_the_apis_changes_nothing_and_says_why(
+    state: Path, server: FakeBitbucket, tmp_path: Path, answer: Any, words: str
+) -> None:
+    # An SSO page or a proxy in front of Data Center answers everything the same way.
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("first-secret", "deploy"))
+    server.answer_with = answer
+    creds = credentials(tmp_path, "bb.example.com", server)
+    result = hooks(state, "sync", "--apply", "--credentials", creds, "--base-url", BASE)
+    assert result.returncode == 1, result.stdout
+    (line,) = lines(result.stdout)
+    assert line[0] == "no access" and words in line[3]
+    assert [c.method for c in server.calls] == ["GET"]  # nothing was created
+
+
+def test_a_creation_answered_without_a_hook_id_fails(
+    state: Path, server: FakeBitbucket, tmp_path: Path
+) -> None:
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("first-secret", "deploy"))
+    server.add_repository("PLAT", "deploy")
+    original = server.route
+
+    def no_id(method: str, target: str, auth: str, body: Any) -> Any:
+        status, answer, headers = original(method, target, auth, body)
+        return (status, {} if method == "POST" else answer, headers)
+
+    server.route = no_id  # type: ignore[method-assign]
+    creds = credentials(tmp_path, "bb.example.com", server)
+    result = hooks(state, "sync", "--apply", "--credentials", creds, "--base-url", BASE)
+    assert result.returncode == 1
+    (line,) = lines(result.stdout)
+    assert line[0] == "failed: the answer to the creation names no hook id"
+
+
+def test_bitbucket_text_reaches_the_terminal_escaped(
+    state: Path, server: FakeBitbucket, tmp_path: Path
+) -> None:
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("first-secret", "deploy"))
+    message = "no \x1b[31mRED\x1b[0m\x07 access \x1b]0;pwned\x07"
+    server.answer_with = (403, {"errors": [{"message": message}]}, {})
+    creds = credentials(tmp_path, "bb.example.com", server)
+    result = hooks(state, "check", "--credentials", creds, "--base-url", BASE)
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "no \\x1b[31mRED\\x1b[0m\\x07 access" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("token", "api_url", "words"),
+    [
+        ("t\u00f6ken", "", "token: must be printable ASCII without spaces"),
+        ("abc\nSECRETPART", "", "token: must be printable ASCII without spaces"),
+        ("t0ken", "http://[::1", "api_url: Invalid IPv6 URL"),
+        ("t0ken", "http://bb.example.com:99999", "api_url: Port out of range"),
+        ("t0ken", "http://bb.example.com/a b", "api_url: must be ASCII without spaces"),
+    ],
+)
+def test_a_credential_that_cannot_go_into_a_request_is_a_usage_error(
+    state: Path, tmp_path: Path, token: str, api_url: str, words: str
+) -> None:
+    cli("apply", "-f", "-", state=state, stdin=dc_manifests("first-secret", "deploy"))
+    entry = {"token": token, **({"api_url": api_url} if api_url else {})}
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps({"bb.example.com": entry}))
+    result = hooks(state, "check", "--credentials", str(path), "--base-url", BASE)
+    assert result.returncode == 2
+    assert words in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "SECRETPART" not in result.stderr and "Traceback" not in result.stderr

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -23,6 +22,7 @@ from kargo_bitbucket.core.manifests import (
     canonical_kind,
     parse_manifests,
 )
+from kargo_bitbucket.text import http_url_problem
 
 if TYPE_CHECKING:
     from lightkube import AsyncClient
@@ -137,25 +137,10 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
         raise Failure(f"cannot read from the Kubernetes API: {error}") from error
 
 
-def plain(text: str) -> bool:
-    """Whether ``text`` can go into a request line or header as it is: printable ASCII
-    without spaces."""
-    return text.isascii() and text.isprintable() and " " not in text
-
-
 def http_url(flag: str, url: str) -> str:
     """``url`` if it is an http(s) URL with a host, else a usage error naming ``flag``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as error:
-        raise UsageError(f"{flag} {url!r}: {error}") from error
-    if parts.scheme not in ("http", "https"):
-        raise UsageError(f"{flag} {url!r}: must be an http:// or https:// URL")
-    if not host:
-        raise UsageError(f"{flag} {url!r}: has no host")
-    if not plain(url):
-        raise UsageError(f"{flag} {url!r}: must be ASCII without spaces (percent-encode the rest)")
+    if problem := http_url_problem(url):
+        raise UsageError(f"{flag} {url!r}: {problem}")
     return url
 
 
@@ -170,13 +155,6 @@ def kind(text: str) -> str:
 def qualified(namespace: str, name: str) -> str:
     """``namespace/name``, or ``name`` for cluster-scoped objects."""
     return f"{namespace}/{name}" if namespace else name
-
-
-def printable(text: str) -> str:
-    """``text`` with control and other non-printable characters escaped (``\\x1b``)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def print_document(document: Any, output: str) -> None:

@@ -17,12 +17,12 @@ from kargo_bitbucket.cli.common import (
     UsageError,
     http_url,
     print_document,
-    printable,
     qualified,
     state_flag,
 )
 from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord, with_id
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
+from kargo_bitbucket.text import printable
 
 DEFAULT_LIMIT = 20
 

@@ -14,6 +14,7 @@ from kargo_bitbucket.cli.common import (
     Failure,
     UsageError,
     connect,
+    http_url,
     kubernetes_flags,
     state_flag,
 )
@@ -155,7 +156,7 @@ def _api_urls(pairs: list[str]) -> dict[str, str]:
         host, sep, url = pair.partition("=")
         if not sep or not host or not url.startswith(("http://", "https://")):
             raise UsageError(f"--api-url {pair!r}: expected HOST=http(s)://URL")
-        found[host] = url
+        found[host] = http_url("--api-url", url)
     return found
 
 

@@ -10,7 +10,6 @@ from kargo_bitbucket.cli.common import (
     Failure,
     UsageError,
     http_url,
-    plain,
     state_flag,
 )
 from kargo_bitbucket.config import MAX_SECONDS, env, positive_seconds
@@ -18,6 +17,7 @@ from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
+from kargo_bitbucket.text import plain
 
 _FLAGS = {"repo": "--repo", "pr": "--pr"}
 

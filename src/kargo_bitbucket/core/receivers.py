@@ -42,8 +42,12 @@ class BaseURL:
             raise BaseURLError(
                 f"base URL {text!r} must be ASCII without spaces or control characters"
             )
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+        except ValueError as error:  # "Invalid IPv6 URL"
+            raise BaseURLError(f"base URL {text!r}: {error}") from None
+        if parts.scheme not in ("http", "https") or not host:
             raise BaseURLError(f"base URL {text!r} needs an http:// or https:// scheme and a host")
         try:
             parts.port  # noqa: B018 (urlsplit checks the port only when asked)
