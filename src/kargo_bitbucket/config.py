@@ -149,6 +149,11 @@ def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def listen_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` of a listen address, an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     """Everything ``serve`` needs, validated once at start-up."""

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.builders import to_yaml, warehouse
-from tests.support import REPO, cli, eventually, request
+from tests.builders import secret, to_yaml, warehouse
+from tests.support import REPO, cli, eventually, free_ports, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
 # The user's YAML as typed: the values below are what YAML reads as a float, a syntax error
@@ -62,6 +62,32 @@ def test_secret_data_is_never_printed(state: Path) -> None:
         assert "ZGVtby1zZWNyZXQtY2hhbmdlLW1l" not in printed  # its base64
     one = json.loads(cli("get", "secret", "bitbucket-webhook", "-o", "json", state=state).stdout)
     assert one["data"] == {"secret": "<redacted>"}
+
+
+def test_a_secret_applied_from_kubectls_output_is_not_printed_through_its_annotation(
+    state: Path, tmp_path: Path
+) -> None:
+    # `kubectl get secret -o yaml > s.yaml` keeps the manifest kubectl last applied.
+    applied = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "bb", "namespace": "demo"},
+        "data": {"secret": "VE9QU0VDUkVU"},
+    }
+    manifest = secret("demo", "bb", "TOPSECRET")
+    annotations = {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(applied)}
+    manifest["metadata"]["annotations"] = annotations
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(manifest))
+    for output in ("json", "yaml"):
+        printed = cli("get", "secret", "bb", "-n", "demo", "-o", output, state=state).stdout
+        assert "VE9QU0VDUkVU" not in printed and "TOPSECRET" not in printed
+        assert "last-applied-configuration: <redacted>" in printed or output == "json"
+
+
+def test_explain_refuses_an_empty_ref(state: Path) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    stderr = usage_error(state, "explain", "--repo", "https://h/a/b", "--ref", "")
+    assert "--ref must not be empty" in stderr
 
 
 def test_single_object_json_is_the_object(state: Path) -> None:
@@ -390,6 +416,30 @@ def test_serve_prints_receivers_and_a_working_send_line(state: Path, server_fact
     status = items(state, "projectconfigs")[0]["status"]
     assert status["webhookReceivers"][0]["url"] in printed
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+
+def test_serve_on_ipv6_prints_urls_that_work(state: Path) -> None:
+    port, admin = free_ports(2)
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "kargo_bitbucket", "serve", "--state", str(state)),
+            *("--listen", f"[::1]:{port}", "--admin-listen", f"[::1]:{admin}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    admin_url = f"http://[::1]:{admin}/deliveries"
+    try:
+        printed = ""
+        while "metrics and delivery history" not in printed and process.poll() is None:
+            printed += process.stdout.readline()  # type: ignore[union-attr]
+        assert f"listening on http://[::1]:{port} " in printed
+        assert f"metrics and delivery history on {admin_url}\n" in printed
+        assert request(admin_url, method="GET").status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:

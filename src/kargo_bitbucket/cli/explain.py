@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("explain needs --repo (a push) or --pr (a pull request event)")
     if args.pr and args.ref:
         raise UsageError("--ref goes with --repo")
+    if any(not ref.strip() for ref in args.ref):
+        raise UsageError("--ref must not be empty")
     host, _, path = repository_identity(args.repo or "").partition("/")
     if args.repo and not (host and path):
         raise UsageError(

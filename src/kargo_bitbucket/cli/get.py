@@ -22,6 +22,8 @@ from kargo_bitbucket.store.base import REFRESH_ANNOTATION
 from kargo_bitbucket.store.sqlite import StateFile
 
 REDACTED = "<redacted>"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+"""Where kubectl keeps the manifest it applied: a Secret's whole data."""
 DESCRIPTION = f"Show objects of the state file. Kinds: {ACCEPTED_KINDS}."
 _COLUMNS = {
     "Warehouse": ["REPOSITORIES", "LAST REFRESH"],
@@ -77,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _redact(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Secret without its values: its data, and the copy of its manifest kubectl keeps."""
     if obj.get("kind") == "Secret":
         for field in ("data", "stringData"):
             if isinstance(obj.get(field), dict):
                 obj[field] = dict.fromkeys(obj[field], REDACTED)
+        annotations = (obj.get("metadata") or {}).get("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            annotations[LAST_APPLIED] = REDACTED
     return obj
 
 

@@ -38,6 +38,7 @@ from kargo_bitbucket.config import (
     env,
     history_size,
     listen_address,
+    listen_url,
     positive_int,
     positive_seconds,
 )
@@ -251,8 +252,8 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
     async def on_ready() -> None:
         announce()
         if settings.admin is not None:
-            host, port = settings.admin
-            print(f"metrics and delivery history on http://{host}:{port}/deliveries", flush=True)
+            admin_url = listen_url(*settings.admin)
+            print(f"metrics and delivery history on {admin_url}/deliveries", flush=True)
 
     app = create_app(
         store,
@@ -281,9 +282,8 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
 def _announce(settings: ServeSettings, store: SqliteStore | None = None) -> None:
     """Print the receivers and, on the embedded store, a command that triggers a refresh."""
     where = f"state {settings.state}" if store else "Kubernetes"
-    print(
-        f"kargo-bitbucket listening on http://{settings.host}:{settings.port} ({where})", flush=True
-    )
+    url = listen_url(settings.host, settings.port)
+    print(f"kargo-bitbucket listening on {url} ({where})", flush=True)
     if nowhere := unaddressable(settings.base_url.origin):
         print(f"note: receivers published at {settings.base_url.origin}: {nowhere}", flush=True)
     if store is None:
