@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Protocol, TextIO
 import orjson
 
 from kargo_bitbucket.bounds import LOG_FIELD_LIMIT, clip
+from kargo_bitbucket.text import printable
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",
@@ -132,10 +133,11 @@ def _json(stamp: str, level: str, logger: str, message: str, fields: dict[str, A
 
 
 def _text(created: float, level: str, message: str, fields: dict[str, Any]) -> str:
-    """``HH:MM:SS level message  key=value ...``."""
+    """``HH:MM:SS level message  key=value ...``, for a terminal: what a sender wrote
+    (a header, a ref) comes out escaped, not as the terminal's control sequences."""
     stamp = datetime.fromtimestamp(created).strftime("%H:%M:%S")
     extras = " ".join(f"{k}={v}" for k, v in fields.items() if v not in ("", None))
-    return f"{stamp} {level:7} {message}" + (f"  {extras}" if extras else "")
+    return printable(f"{stamp} {level:7} {message}" + (f"  {extras}" if extras else ""))
 
 
 class JsonFormatter(logging.Formatter):

@@ -88,6 +88,19 @@ def test_text_lines_for_people_and_level_filter() -> None:
     assert "empty=" not in text
 
 
+def test_text_lines_show_what_a_sender_wrote_escaped() -> None:
+    # Header bytes 0x80-0xFF reach us as latin-1: U+009B is a terminal's CSI.
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=False)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    logs.line(log, logging.WARNING, "delivery %s", ("missing-signature",), {"event": "e\x9b2J"})
+    log.warning("ref %s\x1b[31m", "main", extra={"delivery": "\x9b31m"})
+    text = stream.getvalue()
+    assert "\x9b" not in text and "\x1b" not in text
+    assert "event=e\\x9b2J" in text
+    assert "ref main\\x1b[31m  delivery=\\x9b31m" in text
+
+
 @pytest.mark.parametrize("on_bytes", [True, False])
 def test_delivery_line_is_written_straight_in_the_json_format(on_bytes: bool) -> None:
     raw = io.BytesIO()
