@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -418,3 +420,18 @@ def test_a_cancelled_refresh_leaves_the_store_working(tmp_path: Path) -> None:
     assert [r.delivery_id for r in writer.deliveries()] == ["meanwhile"]
     (stored,) = writer.get("Warehouse")
     assert stored["metadata"]["annotations"][REFRESH_ANNOTATION] == "v2"
+
+
+def test_a_new_state_file_and_its_journal_are_its_owners_only(tmp_path: Path) -> None:
+    # It holds every receiver's secret; the usual umask would make it world-readable.
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "new" / "state.db"
+        state = StateFile(path)
+        state.apply([warehouse("demo", "wh", "https://bitbucket.org/acme/app")])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        state.close()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert modes["state.db"] == 0o600 and modes["state.db-wal"] == 0o600, modes

@@ -141,6 +141,14 @@ def identity(path: Path) -> Identity:
     return found.st_dev, found.st_ino
 
 
+def _create_private(path: Path) -> None:
+    """Create the state file readable by its owner only, as its folder when that is new: it
+    holds every receiver's secret (SQLite gives its journal files the same mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One object created, changed or deleted since the last poll (``body`` None = deleted)."""
@@ -162,7 +170,7 @@ class StateFile:
         if not create and not self.path.exists():
             raise StateFileError(f"state file {self.path} does not exist")
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
