@@ -90,6 +90,9 @@ def test_missing_base_url_fails_with_what_to_set(helm: Helm) -> None:
         ('baseURL="https://kargo.example.com/?x=1"', "baseURL"),
         ('baseURL="CHANGE-ME-to-the-public-URL-Bitbucket-reaches"', "baseURL"),
         ('baseURl="https://kargo.example.com"', "baseURl"),
+        ("server.historySize=2000000", "server.historySize"),
+        ("server.bodyTimeout=100000", "server.bodyTimeout"),
+        ("server.shutdownGrace=0", "server.shutdownGrace"),
     ],
 )
 def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, field: str) -> None:
@@ -108,6 +111,9 @@ def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, 
             "secretAccess.mode=namespaced needs secretAccess.namespaced",
         ),
         (["server.shutdownGrace=30"], "terminationGracePeriodSeconds (30) must exceed"),
+        (["extraArgs[0]=--shutdown-grace=60"], "plus the shutdown grace (60 s)"),
+        (["baseURL=https://kargo.example.com:99999"], "has an invalid port"),
+        (["metrics.port=8080"], "metrics.port must not be 8080"),
         (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "needs metrics.enabled"),
         (
             ["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"],

@@ -64,6 +64,10 @@ annotations:
 {{- if and $url (not (regexMatch "^https?://[^/?#%\\s]+(/[^?#%\\s]*)?$" $url)) }}
 {{- fail (printf "baseURL %q is not an http(s) URL without query, fragment or percent-escapes" $url) }}
 {{- end }}
+{{- $port := trimPrefix ":" (regexFind ":[^:\\]]*$" (urlParse $url).host) }}
+{{- if and $port (or (not (regexMatch "^[0-9]{1,5}$" $port)) (gt (atoi $port) 65535)) }}
+{{- fail (printf "baseURL %q has an invalid port (0-65535)" $url) }}
+{{- end }}
 {{- $url }}
 {{- end }}
 
