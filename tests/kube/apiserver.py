@@ -141,8 +141,10 @@ class Kube:
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
         ok: Iterable[int] = (200, 201),
+        read: bool = True,
     ) -> Any:
-        """One request; a status outside ``ok`` raises with the Status message."""
+        """One request; a status outside ``ok`` raises with the Status message; the answer
+        decoded when ``read`` (a deleted object may nest deeper than Python's json reads)."""
         content = None
         if body is not None:
             content = body if isinstance(body, str) else json.dumps(body)
@@ -155,7 +157,7 @@ class Kube:
         )
         if response.status_code not in set(ok):
             raise RuntimeError(f"{method} {path}: HTTP {response.status_code}: {response.text}")
-        return response.json() if response.content else None
+        return response.json() if read and response.content else None
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj = fold_string_data(obj)
@@ -211,11 +213,12 @@ class Kube:
         return result
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
-        self.call("DELETE", path_of(api_version, kind, namespace, name), ok=(200, 202, 404))
+        path = path_of(api_version, kind, namespace, name)
+        self.call("DELETE", path, ok=(200, 202, 404), read=False)
 
     def delete_all(self, api_version: str, kind: str, namespace: str | None = None) -> None:
         """``deletecollection``: every object of a kind (in ``namespace``)."""
-        self.call("DELETE", path_of(api_version, kind, namespace), ok=(200, 404))
+        self.call("DELETE", path_of(api_version, kind, namespace), ok=(200, 404), read=False)
 
     def token_for(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """A ServiceAccount token from the TokenRequest API (as ``kubectl create token``)."""

@@ -267,3 +267,24 @@ def test_a_slow_api_still_gets_its_patch_in_within_the_budget(
     fake_kube.clear_faults()
     assert answer.status == 200, answer.body
     assert len(fake_kube.filter_requests("PATCH", r"/warehouses/app$")) == 1  # waited, not cut
+
+
+def test_while_a_watch_fails_pushes_are_answered_503_not_from_a_stale_cache(
+    fake_kube: FakeKubernetes, demo: Any
+) -> None:
+    # After an outage the watch waited up to 30 s to come back, and pushes meanwhile were
+    # answered 200 without the Warehouses created in between.
+    assert request(demo.url, PUSH, signed(PUSH)).status == 200
+    fake_kube.fail("watch", "/warehouses", 503, times=3)
+    fake_kube.drop_watches()
+    stale = eventually(
+        lambda: (a := request(demo.url, PUSH, signed(PUSH))).status == 503 and a,
+        what="a 503 while the watch fails",
+    )
+    assert stale.json() == {"error": "store unavailable"}
+    fake_kube.create(warehouse("demo", "late"))
+    after = eventually(
+        lambda: (a := request(demo.url, PUSH, signed(PUSH))).status == 200 and a,
+        what="the watch back",
+    )
+    assert sorted(after.json()["refreshed"]) == ["demo/app", "demo/late"]

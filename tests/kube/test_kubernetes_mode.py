@@ -36,7 +36,14 @@ from tests.builders import (
     warehouse,
 )
 from tests.e2e import corpus_cases
-from tests.kube.apiserver import AuditEvent, Kube, KubeApiServer, Receiver, make_receiver
+from tests.kube.apiserver import (
+    AuditEvent,
+    Kube,
+    KubeApiServer,
+    Receiver,
+    make_receiver,
+    path_of,
+)
 from tests.kube.manifests import REFRESH, published_receivers, refreshed
 from tests.kube.proxy import CuttableProxy
 from tests.kube.support import Replicas, new_namespace, published_url, seed
@@ -156,6 +163,40 @@ def test_new_changed_and_deleted_warehouses_are_seen_through_the_watch(
     kube_api.admin.patch(KARGO, "Warehouse", ns, "dev", {"spec": {"subscriptions": [subscription]}})
     kube_api.admin.delete(KARGO, "Warehouse", ns, "app")
     eventually(lambda: names_refreshed(demo[1]) == {f"{ns}/late", f"{ns}/dev"}, what="watch events")
+
+
+def create_deep_warehouse(kube: Kube, namespace: str, name: str, depth: int) -> None:
+    """A Warehouse whose first subscription nests ``depth`` objects deep (Kargo's CRD keeps
+    unknown fields there; the API server takes up to 10,000 levels in all)."""
+    text = json.dumps(warehouse(namespace, name, repo="https://bitbucket.org/other/deep"))
+    nested = '{"image": ' + '{"x": ' * depth + "{}" + "}" * depth + "}, "
+    text = text.replace('"subscriptions": [', '"subscriptions": [' + nested)
+    answer = kube.http.post(
+        path_of(KARGO, "Warehouse", namespace),
+        content=text,
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text[:300]
+
+
+def test_the_deepest_objects_the_api_server_takes_neither_stop_a_watch_nor_the_start(
+    kube_api: KubeApiServer,
+    kube_namespace: str,
+    receiver_kubeconfig: Receiver,
+    replicas: Replicas,
+) -> None:
+    # Any user who may create a Warehouse could nest one 1,100 deep: lightkube's decoder
+    # stopped at Python's recursion limit, and a deep object killed the Warehouse watch (every
+    # later Warehouse, in every project, was never refreshed, answered 200) or, there at the
+    # start, kept every replica unready.
+    ns = kube_namespace
+    seed(kube_api.admin, [secret(ns, "bb", "topsecret"), project(ns, ("bb", "bb"))])
+    create_deep_warehouse(kube_api.admin, ns, "deep-before", 9_990)
+    start(replicas, receiver_kubeconfig)
+    url = published_url(kube_api.admin, ns)
+    create_deep_warehouse(kube_api.admin, ns, "deep-after", 9_990)
+    kube_api.admin.create(warehouse(ns, "late"))
+    eventually(lambda: names_refreshed(url) == {f"{ns}/late"}, what="the later Warehouse")
 
 
 def test_a_cut_watch_resumes_from_its_resource_version_with_bookmarks(

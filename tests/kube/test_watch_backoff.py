@@ -17,6 +17,7 @@ import pytest
 from lightkube import AsyncClient, KubeConfig
 
 from kargo_bitbucket.store.backoff import Backoff
+from kargo_bitbucket.store.kubernetes import reflector
 from kargo_bitbucket.store.kubernetes.reflector import FIRST_RETRY, MAX_BACKOFF, Reflector
 from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 from tests.kube.fakeapi import FakeKubernetes
@@ -167,5 +168,83 @@ def test_410_right_after_listing_backs_off_but_after_events_lists_at_once(
             what="a new list",
         )
         assert harness.delays == [0.4]  # the dropped watch; the 410 relisted at once
+
+    run(kubeconfig, check)
+
+
+def test_an_object_the_handler_fails_on_is_left_out_not_the_end_of_the_watch(
+    fake_kube: FakeKubernetes, kubeconfig: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    broken = [True]
+
+    async def check(harness: Harness) -> None:
+        handle = harness.reflector.handler
+
+        def fragile(kind: str, namespace: str, name: str, body: Any) -> None:
+            if name == "odd" and broken[0]:
+                broken[0] = False
+                raise RuntimeError("cannot read this one")
+            handle(kind, namespace, name, body)
+
+        harness.reflector.handler = fragile
+        await until(lambda: harness.reflector.current, what="the first list")
+        fake_kube.create(warehouse("odd"))
+        fake_kube.create(warehouse("late"))
+        await until(lambda: "late" in harness.seen, what="the Warehouse after it")
+        assert "odd" not in harness.seen and harness.delays == []
+        fake_kube.patch(KARGO, "Warehouse", "demo", "odd", {"metadata": {"labels": {"a": "b"}}})
+        await until(lambda: "odd" in harness.seen, what="the odd one, changed")
+
+    run(kubeconfig, check)
+    errors = [m for level, m in messages(caplog) if level == "ERROR"]
+    assert errors == ["Warehouse demo/odd left out: it could not be read"]
+
+
+def test_an_unexpected_error_of_the_watch_lists_again_instead_of_ending_it(
+    fake_kube: FakeKubernetes,
+    kubeconfig: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # RecursionError from lightkube's decoder (a deep object) ended the watch's task in
+    # silence: the kind was never seen again, and the store still said it was synced.
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    decode = reflector.plain
+    broken = [True]
+
+    def fragile(obj: Any) -> dict[str, Any]:
+        body = decode(obj)
+        if body["metadata"]["name"] == "odd" and broken[0]:
+            broken[0] = False
+            raise RecursionError("maximum recursion depth exceeded")
+        return body
+
+    monkeypatch.setattr(reflector, "plain", fragile)
+
+    async def check(harness: Harness) -> None:
+        await until(lambda: harness.reflector.current, what="the first list")
+        fake_kube.create(warehouse("odd"))
+        await until(lambda: "odd" in harness.seen, what="the odd one, listed again")
+        fake_kube.create(warehouse("late"))
+        await until(lambda: "late" in harness.seen, what="the watch after it")
+
+    run(kubeconfig, check)
+    assert len(fake_kube.filter_requests(verb="list", path="/warehouses")) == 2
+    errors = [m for level, m in messages(caplog) if level == "ERROR"]
+    assert errors == ["watch of Warehouse: unexpected error"]
+
+
+def test_a_failing_watch_is_not_current_until_it_is_back(
+    fake_kube: FakeKubernetes, kubeconfig: Path
+) -> None:
+    async def check(harness: Harness) -> None:
+        await until(lambda: harness.reflector.current, what="the first list")
+        fake_kube.fail("watch", "/warehouses", 503, times=2)
+        fake_kube.drop_watches()
+        await until(lambda: not harness.reflector.current, what="the failure to count")
+        fake_kube.create(warehouse("late"))
+        await until(lambda: "late" in harness.seen, what="the watch back")
+        assert harness.reflector.current
 
     run(kubeconfig, check)

@@ -18,6 +18,7 @@ from lightkube import AsyncClient
 
 from kargo_bitbucket.core.receivers import Owner, referenced_secrets
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, DeliveryRecord, MemoryHistory
+from kargo_bitbucket.store.backoff import Backoff
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Note, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.client import (
@@ -29,7 +30,7 @@ from kargo_bitbucket.store.kubernetes.client import (
 )
 from kargo_bitbucket.store.kubernetes.leader import LeaderElector
 from kargo_bitbucket.store.kubernetes.publisher import StatusPublisher
-from kargo_bitbucket.store.kubernetes.reflector import Reflector
+from kargo_bitbucket.store.kubernetes.reflector import FIRST_RETRY, Reflector
 from kargo_bitbucket.store.kubernetes.refresher import PATCH_CONCURRENCY, Refresher
 from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
@@ -45,6 +46,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+KIND_RETRY_CAP = 5.0
+"""Longest wait between retries of a failing watch of a Kargo kind: deliveries are answered
+503 until it works again, so it resumes within 5 s of the API server's return (at 30 s,
+pushes were answered from a stale cache for 17-24 s after an outage)."""
 
 
 class KubernetesStore:
@@ -112,6 +118,7 @@ class KubernetesStore:
                 namespace=None if kind == "ClusterConfig" else "*",
                 on_restart=self._count_restart,
                 failures=self.api_failures,
+                backoff=Backoff(FIRST_RETRY, KIND_RETRY_CAP),
             )
             for kind, resource in RESOURCES.items()
         ]
@@ -123,8 +130,10 @@ class KubernetesStore:
 
     @property
     def available(self) -> bool:
-        """True while the caches are synced (every watch has listed its kind)."""
-        return self._ready and all(r.synced.is_set() for r in self.reflectors)
+        """True while the caches are current: every kind listed, and no watch failing or
+        resuming (a push answered from a cache missing what changed meanwhile would be a
+        200 that refreshed too little; a 503 has Bitbucket try again)."""
+        return self._ready and all(r.current for r in self.reflectors)
 
     async def start(self) -> None:
         """Start every watch; become ready when the initial lists and Secrets are in."""
@@ -140,7 +149,9 @@ class KubernetesStore:
         log.info("caches loaded", extra=self.indexes.counts())
 
     def _spawn(self, coroutine: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coroutine, name=name))
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_report_end)
+        self._tasks.append(task)
 
     def _count_restart(self, kind: str, reason: str) -> None:
         key = (kind, reason)
@@ -196,3 +207,10 @@ class KubernetesStore:
         await self.refresher.close()
         await self.elector.release()
         await self.client.close()
+
+
+def _report_end(task: asyncio.Task[Any]) -> None:
+    """Log a background task (a watch, the rerouter) that ended other than by cancellation:
+    it runs for as long as the store does."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())

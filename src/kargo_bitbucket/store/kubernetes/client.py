@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import httpx2 as httpx
 import yaml
@@ -18,6 +19,10 @@ from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 
 USER_AGENT = f"kargo-bitbucket/{__version__}"
 POOL_SIZE = PATCH_CONCURRENCY + EVENT_CONCURRENCY + 8
+API_MAX_DEPTH = 10_000
+"""How deep the API server lets an object's JSON nest (kube-apiserver 1.35 refuses 10,000
+with "exceeded max depth"): what Kargo's CRDs leave open (an unknown field of a Warehouse's
+subscription, a Promotion step's config) may nest that deep."""
 
 
 class KubernetesConfigError(RuntimeError):
@@ -66,6 +71,9 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
         ) from error
     if single is None or single.user is None:
         raise KubernetesConfigError(f"kubeconfig has no usable context {context or '(current)'}")
+    # Every object the API server stores must decode: lightkube's decoder (msgspec) stops at
+    # Python's recursion limit, 1,000 by default, and one deeper Warehouse killed its watch.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), API_MAX_DEPTH + 1_000))
     # Keep as many connections alive as patches and Events may run at once: with httpx's
     # default of 20, a 500-Warehouse push opened ~260 new TLS connections (measured).
     transport = httpx.AsyncHTTPTransport(

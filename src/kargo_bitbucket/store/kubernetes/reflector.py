@@ -30,6 +30,9 @@ WORKING_AFTER = 15.0
 """A watch open this long without an error works, events or not (a quiet kind sends none).
 A refused one fails within milliseconds, an unreachable server within the client's 10 s
 connect timeout: neither ever counts as working."""
+CURRENT_AFTER = 1.0
+"""A watch resumed after an error is taken as current once open this long without one: the
+events it missed come first (a refused or unreachable watch fails well within it)."""
 FIRST_RETRY, MAX_BACKOFF = 0.4, 30.0
 """Retries of a failing list or watch wait 0.2-0.4 s, then twice as long each time, up to
 15-30 s: a watch refused for ever costs 2-4 requests a minute, not 3-5 a second."""
@@ -69,6 +72,9 @@ class Reflector:
         self.backoff = backoff or Backoff(FIRST_RETRY, MAX_BACKOFF)
         what = f"watch of {kind} {namespace}/{name}" if name else f"watch of {kind}"
         self.outage = Outage(log, what, kind=kind, counts=failures)
+        self.current = False
+        """The cache holds what the API server has (as of the last event): listed, and no
+        error since that a resumed watch has not yet made up for."""
         self._known: set[tuple[str, str]] = set()
         self._version: str | None = None
         self._working = False  # the current watch delivered an event or stayed up
@@ -101,11 +107,21 @@ class Reflector:
             except (httpx.HTTPError, OSError, ValueError, TimeoutError) as error:
                 self.on_restart(self.kind, "error")
                 await self._retry(error)
+            except Exception as error:  # what lightkube cannot decode, a bug: never the end
+                if not self.outage.failures:
+                    log.error("watch of %s: unexpected error", self.kind, exc_info=error)
+                self._version = None  # listed again: nothing since is taken for granted
+                self.on_restart(self.kind, "error")
+                await self._retry(error)
 
     async def _retry(self, error: Exception) -> None:
+        self.current = False
         delay = self.backoff.delay(retry_after(error))
         self.outage.failed(error, delay)
         await self.backoff.sleep(delay)
+
+    def _now_current(self) -> None:
+        self.current = True
 
     def _works(self) -> None:
         """The watch works: reset the backoff, and say so if it had been failing."""
@@ -128,16 +144,17 @@ class Reflector:
             if error.status.code != 404:
                 raise
             self._known.clear()
-            self.handler(self.kind, self.namespace or "", self.name, None)
+            self._feed(self.namespace or "", self.name, None)
             self._version = ""
         else:
             body = plain(obj)
             self._known = {object_key(body)}
-            self.handler(self.kind, *object_key(body), body)
+            self._feed(*object_key(body), body)
             # Not the object's own resourceVersion: for a Secret unchanged for long it is
             # older than the API server's watch history, and the watch would be a 410 again.
             # Watching from now replays the object as ADDED, so nothing is missed.
             self._version = ""
+        self.current = True
         self.synced.set()
 
     async def _list(self) -> None:
@@ -152,11 +169,12 @@ class Reflector:
             body = plain(obj)
             key = object_key(body)
             seen.add(key)
-            self.handler(self.kind, key[0], key[1], body)
+            self._feed(key[0], key[1], body)
         for namespace, name in self._known - seen:
-            self.handler(self.kind, namespace, name, None)
+            self._feed(namespace, name, None)
         self._known = seen
         self._version = listing.resourceVersion
+        self.current = True
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -179,7 +197,9 @@ class Reflector:
             },
         )
         self._working = False
-        works = asyncio.get_running_loop().call_later(WORKING_AFTER, self._works)
+        loop = asyncio.get_running_loop()
+        works = loop.call_later(WORKING_AFTER, self._works)
+        current = loop.call_later(CURRENT_AFTER, self._now_current)
         try:
             async with asyncio.timeout(WATCH_IDLE_LIMIT) as idle:
                 async for event, obj in inner.watch(request, on_error=on_error_raise):
@@ -188,8 +208,10 @@ class Reflector:
                         self._works()
                     self._delivered = True
                     self._on_event(event, obj)
+                    self.current = True
         finally:
             works.cancel()
+            current.cancel()
 
     def _on_event(self, event: str, obj: Any) -> None:
         """Apply one watch event; bookmarks only move the resume point."""
@@ -200,7 +222,15 @@ class Reflector:
         key = object_key(body)
         if event == "DELETED":
             self._known.discard(key)
-            self.handler(self.kind, key[0], key[1], None)
+            self._feed(key[0], key[1], None)
         else:
             self._known.add(key)
-            self.handler(self.kind, key[0], key[1], body)
+            self._feed(key[0], key[1], body)
+
+    def _feed(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """Hand one object to the handler; one it fails on is left out (until it changes),
+        not the end of the watch or of the list with it."""
+        try:
+            self.handler(self.kind, namespace, name, body)
+        except Exception:
+            log.exception("%s %s/%s left out: it could not be read", self.kind, namespace, name)
