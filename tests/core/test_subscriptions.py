@@ -8,7 +8,12 @@ import pytest
 
 from kargo_bitbucket.core.decision import WarehouseEntry, decide_push
 from kargo_bitbucket.core.events import Push
-from kargo_bitbucket.core.subscriptions import GitSubscription, git_subscriptions, match_ref
+from kargo_bitbucket.core.subscriptions import (
+    MAX_TAG_REGEXES,
+    GitSubscription,
+    git_subscriptions,
+    match_ref,
+)
 
 REPO = "https://bitbucket.org/acme/app.git"
 
@@ -275,3 +280,34 @@ def test_a_certain_match_wins_over_an_uncertain_one() -> None:
     )
     (verdict,) = decide_push(push, lambda found: [alone])
     assert verdict.refresh and "allowTagsRegexes[0]" in verdict.warnings[0]
+
+
+def test_tag_regexes_past_the_warehouse_budget_are_not_compiled_and_refresh_anyway() -> None:
+    # Each "[^x]{1,1000}0" takes ~5 ms to compile as the object is read: 2,000 of them held
+    # the event loop for seconds at every change of one Warehouse.
+    slow = [f"[^x]{{1,1000}}{n}" for n in range(MAX_TAG_REGEXES + 10)]
+    git = {"repoURL": REPO, "commitSelectionStrategy": "Lexical"}
+    body = {
+        "spec": {
+            "subscriptions": [
+                {"git": {**git, "allowTagsRegexes": slow[:40]}},
+                {"git": {**git, "allowTagsRegexes": slow[40:]}},
+            ]
+        }
+    }
+    first, second = git_subscriptions(body)
+    assert first.problems == ()
+    compiled = [p for p in second.allow if p.regex is not None]
+    assert len(compiled) == MAX_TAG_REGEXES - 40
+    assert second.problems[0].endswith(
+        f"not evaluated: more than {MAX_TAG_REGEXES} tag regexes in the Warehouse"
+    )
+    verdict = match_ref(second, "refs/tags/nothing-matches")
+    assert verdict.matched and verdict.uncertain is not None  # refreshed anyway, as SPEC §6.4
+
+
+def test_a_warehouse_read_again_does_not_compile_its_regexes_again() -> None:
+    body = {"spec": {"subscriptions": [{"git": {"repoURL": REPO, "allowTagsRegexes": ["^v1"]}}]}}
+    (before,) = git_subscriptions(body)
+    (after,) = git_subscriptions(body)
+    assert after.allow[0].regex is before.allow[0].regex
