@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lightkube import AsyncClient, KubeConfig
 
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.kubernetes import secrets
 from kargo_bitbucket.store.kubernetes.secrets import SecretFollower
 from tests.builders import project, secret
 from tests.kube.apiserver import fold_string_data
@@ -83,6 +85,40 @@ def test_a_forbidden_secret_is_named_in_ready_and_reported(
     (problem,) = problems(indexes)
     assert problem.startswith("receiver 'rc': Secret demo/c cannot be read (HTTP 403")
     assert changes
+
+
+def test_a_namespace_naming_more_secrets_than_the_limit_gets_only_the_limit_followed(
+    fake_kube: FakeKubernetes, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One ProjectConfig naming 2,000 absent Secrets opened 2,000 watches, and other projects'
+    # deliveries failed in the 429s that followed.
+    monkeypatch.setattr(secrets, "SECRETS_PER_NAMESPACE", 2)
+    for namespace, name in (("demo", "a"), ("demo", "b"), ("other", "o")):
+        fake_kube.create(fold_string_data(secret(namespace, name, f"value-{name}")))
+    indexes = Indexes(BaseURL.parse("https://h"), "kargo")
+    receivers = (("ra", "a"), ("rb", "b"), ("rc", "c"), ("rd", "d"))
+    indexes.apply("ProjectConfig", "demo", "demo", project("demo", *receivers))
+    indexes.apply("ProjectConfig", "other", "other", project("other", ("ro", "o")))
+    wanted = {("demo", name) for _, name in receivers} | {("other", "o")}
+
+    async def go() -> None:
+        client = AsyncClient(KubeConfig.from_file(kubeconfig), trust_env=False)
+        follower = SecretFollower(client, indexes, _feeder(indexes), lambda: None)
+        try:
+            await follower.follow(wanted, wait=5)
+            assert follower.followed == {("demo", "a"), ("demo", "b"), ("other", "o")}
+            await until(lambda: len(fake_kube.store.open_watches()) == 3, what="three watches")
+        finally:
+            await follower.close()
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    why = "only 2 receiver Secrets a namespace are followed"
+    assert sorted(problems(indexes)) == [
+        f"receiver 'rc': Secret demo/c cannot be read ({why})",
+        f"receiver 'rd': Secret demo/d cannot be read ({why})",
+    ]
+    assert len(indexes.resolution.routes) == 3
 
 
 def _feeder(indexes: Indexes) -> Callable[[str, str, str, Any], None]:

@@ -16,6 +16,10 @@ from kargo_bitbucket.store.kubernetes.reflector import Handler, Reflector
 
 SecretKey = tuple[str, str]
 """(namespace, name) of a Secret."""
+SECRETS_PER_NAMESPACE = 32
+"""Secrets followed per namespace (a watch and a connection each): who may edit one
+ProjectConfig could otherwise have 2,000 followed, and the 429s and stalls they brought made
+other projects' deliveries fail. Receivers on the others are not published, and say why."""
 
 
 class SecretFollower:
@@ -45,10 +49,15 @@ class SecretFollower:
         return set(self._watches)
 
     async def follow(self, wanted: Collection[SecretKey], *, wait: float) -> None:
-        """Watch ``wanted`` and nothing else; wait up to ``wait`` s for new ones to be read."""
+        """Watch ``wanted`` and nothing else, at most ``SECRETS_PER_NAMESPACE`` a namespace
+        (the first by name); wait up to ``wait`` s for new ones to be read."""
+        wanted, over = _within_limit(wanted)
         for key in set(self._watches) - set(wanted):
             self._watches.pop(key).cancel()
             self.indexes.drop_secret(*key)
+        for key in over:
+            why = f"only {SECRETS_PER_NAMESPACE} receiver Secrets a namespace are followed"
+            self.indexes.secret_unreadable(*key, why)
         fresh = []
         for key in set(wanted) - set(self._watches):
             reflector = Reflector(
@@ -85,3 +94,14 @@ class SecretFollower:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _within_limit(wanted: Collection[SecretKey]) -> tuple[list[SecretKey], list[SecretKey]]:
+    """``wanted`` split into the Secrets to follow and those past a namespace's limit."""
+    count: Counter[str] = Counter()
+    kept: list[SecretKey] = []
+    over: list[SecretKey] = []
+    for key in sorted(wanted):
+        count[key[0]] += 1
+        (kept if count[key[0]] <= SECRETS_PER_NAMESPACE else over).append(key)
+    return kept, over
