@@ -44,6 +44,15 @@ def test_later_current_step_still_counts() -> None:
         promotion(phase="Succeeded"),
         promotion(phase="Pending"),
         promotion(current=0),
+        promotion(current=-1),
+        promotion(  # -2 would slice off only the last step: no step is at or before -2
+            current=-2,
+            steps=[
+                {"uses": "git-open-pr", "as": "open"},
+                {"uses": "git-wait-for-pr", "as": "wait"},
+                {"uses": "argocd-update", "as": "sync"},
+            ],
+        ),
         promotion(current=None),
         promotion(current="1"),
         promotion(steps=[{"uses": "git-open-pr", "as": "open"}, {"uses": "git-wait-for-pr"}]),

@@ -107,6 +107,22 @@ def test_receivers_published_in_spec_order_and_missing_secret_named() -> None:
     assert result.routes[f"/bitbucket/{expected}"].owner.scope == "demo"
 
 
+def test_a_ready_message_of_many_problems_fits_the_crds_limit() -> None:
+    # 130 receivers with the longest names and absent Secrets: the joined message was 49 KB,
+    # the API refused the status, and the working receiver was never published.
+    names = [(f"{n:03d}" + "r" * 250, f"missing-{n}") for n in range(130)]
+    config = project_config("demo", ("bb", "s1"), *names)
+    secrets = {("demo", "s1"): {"secret": b"one"}}
+    result = resolve([config], lambda ns, n: secrets.get((ns, n)), BASE, "sys")
+    status = result.statuses[Owner("ProjectConfig", "demo", "demo")]
+    message = status.conditions()[0]["message"]
+    assert len(message.encode()) <= 32_768
+    assert message.startswith("receiver '000r")
+    shown = message.count("; receiver '") + 1
+    assert message.endswith(f"; and {130 - shown} more") and shown > 100
+    assert [r["name"] for r in status.receivers] == ["bb"]
+
+
 def test_a_route_shows_everything_but_its_secret() -> None:
     secrets = {("demo", "s1"): {"secret": b"do-not-print-me"}}
     config = project_config("demo", ("zeta", "s1"))

@@ -36,7 +36,7 @@ def awaited_pr_urls(body: Body) -> frozenset[str]:
     """The PR URL keys a Running Promotion waits on, in steps up to its current step."""
     promotion = PromotionView(body)
     current = promotion.current_step
-    if promotion.phase != RUNNING or current is None:
+    if promotion.phase != RUNNING or current is None or current < 0:  # no step i <= -1
         return frozenset()
     state = promotion.state
     urls = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +16,9 @@ OUR_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
 SECRET_KEY = "secret"
 FAILED_REASON = "SyncWebhookReceiversFailed"
 SYNCED_REASON = "Synced"
+CONDITION_MESSAGE_LIMIT = 32_768
+"""Bytes a condition's message may hold (the CRDs' ``maxLength``): the API refuses the whole
+status past it, and no receiver's URL would be published."""
 
 
 class BaseURLError(ValueError):
@@ -180,7 +183,7 @@ class OwnerStatus:
                     "type": "Ready",
                     "status": "False",
                     "reason": FAILED_REASON,
-                    "message": "; ".join(self.problems),
+                    "message": _listed(self.problems, CONDITION_MESSAGE_LIMIT),
                 },
                 {
                     "type": "Reconciling",
@@ -342,3 +345,23 @@ def resolve(
                 {"name": route.name, "path": route.path, "url": base.url(route.path)}
             )
     return Resolution(routes=routes, statuses=statuses, ignored=ignored)
+
+
+def _listed(problems: Sequence[str], limit: int) -> str:
+    """``problems`` joined by "; ", as many whole ones as fit in ``limit`` UTF-8 bytes with
+    how many more there are (the first is cut if even it does not fit)."""
+    joined = "; ".join(problems)
+    if len(joined.encode()) <= limit:
+        return joined
+    room = limit - len(f"; and {len(problems)} more".encode())
+    shown: list[str] = []
+    used = 0
+    for problem in problems:
+        size = len(problem.encode()) + (2 if shown else 0)
+        if used + size > room:
+            break
+        shown.append(problem)
+        used += size
+    if not shown:
+        shown = [problems[0].encode()[:room].decode(errors="ignore")]
+    return "; ".join(shown) + f"; and {len(problems) - len(shown)} more"
