@@ -88,6 +88,7 @@ def test_missing_base_url_fails_with_what_to_set(helm: Helm) -> None:
         ('metrics.service.port="9090"', "metrics.service.port"),
         ('metrics.service.labels={"team":1}', "metrics.service.labels"),
         ('baseURL="https://kargo.example.com/?x=1"', "baseURL"),
+        ('baseURL="https://kargo.example.com/hooks(v2)"', "baseURL"),
         ('baseURL="CHANGE-ME-to-the-public-URL-Bitbucket-reaches"', "baseURL"),
         ('baseURl="https://kargo.example.com"', "baseURl"),
         ("server.historySize=2000000", "server.historySize"),

@@ -23,7 +23,8 @@ def test_spec_example_hash() -> None:
         ("https://h/", "/bitbucket/", "https://h"),
         ("https://h/webhooks/", "/webhooks/bitbucket/", "https://h"),
         ("https://h/webhooks", "/webhooks/bitbucket/", "https://h"),
-        ("https://h//a//b/", "/a/b/bitbucket/", "https://h"),
+        ("https://h/a//b/", "/a/b/bitbucket/", "https://h"),  # Go's path.Join: one slash
+        ("https://h/x~y_z-1.2/a:b@c$d", "/x~y_z-1.2/a:b@c$d/bitbucket/", "https://h"),
         ("http://h:8080", "/bitbucket/", "http://h:8080"),
         ("http://127.0.0.1:8080", "/bitbucket/", "http://127.0.0.1:8080"),
         ("http://[::1]:8080/", "/bitbucket/", "http://[::1]:8080"),
@@ -61,6 +62,14 @@ def test_base_path_joined_with_single_slashes(base: str, prefix: str, origin: st
         "http://:8080",
         "http://[::1",
         "https://h:99999/x",
+        # Kargo publishes these percent-encoded (a%21b), so Bitbucket would post elsewhere.
+        "https://h/a!b",
+        "https://h/hooks(v2)",
+        "https://h/a{b}",
+        "https://h/a'b",
+        "https://h/a*b",
+        "https://h//webhooks",  # Kargo keeps the leading //
+        "https://h//a//b/",
     ],
 )
 def test_unusable_base_urls_are_rejected(base: str) -> None:

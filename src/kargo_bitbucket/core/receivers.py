@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,9 @@ OUR_PATH = re.compile(r"/bitbucket/[0-9a-f]{64}$")
 SECRET_KEY = "secret"
 FAILED_REASON = "SyncWebhookReceiversFailed"
 SYNCED_REASON = "Synced"
+_PATH_AS_IS = frozenset(string.ascii_letters + string.digits + "-._~$&+,/:;=@")
+"""What Go's ``url.URL`` writes into a path as it is; Kargo's published URL escapes the rest,
+and Bitbucket would then post to a path that is not the one we route."""
 CONDITION_MESSAGE_LIMIT = 32_768
 """Bytes a condition's message may hold (the CRDs' ``maxLength``): the API refuses the whole
 status past it, and no receiver's URL would be published."""
@@ -62,6 +66,13 @@ class BaseURL:
             raise BaseURLError(f"base URL {text!r} must not have a query")
         if parts.fragment or "#" in text:
             raise BaseURLError(f"base URL {text!r} must not have a fragment")
+        if escaped := sorted(set(parts.path) - _PATH_AS_IS):
+            raise BaseURLError(
+                f"base URL {text!r}: Kargo percent-encodes {''.join(escaped)!r} in the URLs it "
+                "publishes; use letters, digits and -._~$&+,:;=@ in the path"
+            )
+        if parts.path.startswith("//"):  # Kargo keeps it, and a client reads a host there
+            raise BaseURLError(f"base URL {text!r}: its path must not begin with //")
         segments: list[str] = []
         for segment in parts.path.split("/"):
             if segment == "..":
