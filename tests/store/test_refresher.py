@@ -168,3 +168,34 @@ def test_a_hung_patch_leaves_time_for_another_attempt_within_the_budget() -> Non
     result = refresh(handler, targets("a"), budget=2.0, attempt_timeout=0.3)
     assert result.refreshed == targets("a")  # within the budget, or it would have failed
     assert calls == 2  # the hung attempt was cut short, not waited out
+
+
+def test_events_waiting_on_a_slow_api_server_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each refresh queued its Events behind the 16 in flight: a slow API server under a
+    # stream of pushes had them pile up without limit.
+    monkeypatch.setattr("kargo_bitbucket.store.kubernetes.refresher.EVENT_BACKLOG", 3)
+    release = asyncio.Event()
+    posted: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.append(json.loads(request.content)["involvedObject"]["name"])
+            await release.wait()
+            return httpx.Response(201, json=json.loads(request.content))
+        return patched(request)
+
+    async def go() -> None:
+        refresher = Refresher(mock_client(handler), "replica-a")
+        for names in (["a", "b"], ["c", "d"], ["e"]):  # c and d would pass the backlog of 3
+            result = await refresher.refresh(targets(*names), "abc", lambda t: "note")
+            assert result.refreshed == targets(*names)  # the patches never wait on Events
+        await until(lambda: len(posted) == 3, what="the Events let through")
+        release.set()
+        await until(lambda: not refresher._event_tasks, what="the Events, written")
+        await refresher.refresh(targets("f"), "abc", lambda t: "note")
+        await until(lambda: not refresher._event_tasks, what="room again")
+
+    asyncio.run(asyncio.wait_for(go(), 20))
+    assert sorted(posted) == ["a", "b", "e", "f"]

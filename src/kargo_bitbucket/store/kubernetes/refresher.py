@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 PATCH_CONCURRENCY = 64
 EVENT_CONCURRENCY = 16
+EVENT_BACKLOG = 1_000
+"""Events waiting to be written at most: past it a refresh leaves none (they are notes; a
+slow API server would otherwise have them pile up in memory, one per refreshed object)."""
 FIRST_RETRY, LONGEST_RETRY = 0.1, 2.0
 """A failed patch is retried after 0.05-0.1 s, then twice as long each time, up to 1-2 s,
 so several attempts fit in the budget."""
@@ -71,6 +74,7 @@ class Refresher:
         self.attempt_timeout = attempt_timeout
         self.emit_events = emit_events
         self._event_tasks: set[asyncio.Task[None]] = set()
+        self._events_waiting = 0
         self._event_limit = asyncio.Semaphore(EVENT_CONCURRENCY)
 
     async def refresh(
@@ -90,7 +94,15 @@ class Refresher:
             if outcome is Outcome.REFRESHED:
                 refreshed.append((target, uid))
         if self.emit_events and note is not None and refreshed:
+            if self._events_waiting + len(refreshed) > EVENT_BACKLOG:
+                log.debug(
+                    "no Event for %d refreshed object(s): %d waiting",
+                    len(refreshed),
+                    self._events_waiting,
+                )
+                return result
             # After the patches, not among them: Events must not slow the answer down.
+            self._events_waiting += len(refreshed)
             task = asyncio.create_task(self._emit_all(refreshed, note), name="events")
             self._event_tasks.add(task)
             task.add_done_callback(self._event_tasks.discard)
@@ -140,12 +152,15 @@ class Refresher:
     async def _emit_all(self, refreshed: list[tuple[Target, str]], note: Note) -> None:
         """A ``WebhookRefresh`` Event on each refreshed object, a few at a time."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await asyncio.gather(
-            *(
-                self._emit(target, self._event(target, uid, note(target), now))
-                for target, uid in refreshed
+        try:
+            await asyncio.gather(
+                *(
+                    self._emit(target, self._event(target, uid, note(target), now))
+                    for target, uid in refreshed
+                )
             )
-        )
+        finally:
+            self._events_waiting -= len(refreshed)
 
     def _event(self, target: Target, uid: str, note: str, now: str) -> bytes:
         involved = {
