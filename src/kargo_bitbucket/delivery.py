@@ -118,15 +118,14 @@ class Deliveries:
         SPEC §4), and leave its record, metrics and log line."""
         started = time.perf_counter()
         received = now_rfc3339(micro=True)  # the record's time and the refresh value
-        if not self.store.available:
-            answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
-            self._finish(route, headers, answer, started, received, signed=False)
-            return answer
         try:
             event = self._check(route, headers, body)
-            if not isinstance(event, Answer):
+            if isinstance(event, Answer):
+                answer = event
+            elif not self.store.available:  # a ping or a refusal needs no store
+                answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
+            else:
                 return await self._refresh(route, headers, event, started, received)
-            answer = event
         except StoreUnavailable:
             answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
         except Exception:

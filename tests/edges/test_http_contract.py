@@ -124,6 +124,13 @@ ROWS = {
     "- store still loading": Row(503, {"error": "not ready, try again"}, store=loading,
                                  answer_headers={"retry-after": "5"}),
     "- store lost its state file": Row(503, {"error": "store unavailable"}, store=lost),
+    # Only the refresh needs the store: a ping or a refusal is answered as ever.
+    "- ping while the store is lost": Row(200, {"msg": "pong"}, event="diagnostics:ping",
+                                          signature=None, store=lost),
+    "- wrong secret while the store is lost": Row(401, {"error": "unauthorized"},
+                                                  signature=sign(PUSH, "other"), store=lost),
+    "- unhandled event while the store is lost": Row(200, {"msg": "event repo:fork ignored"},
+                                                     event="repo:fork", store=lost),
 }  # fmt: skip
 
 
