@@ -169,9 +169,9 @@ class StateFile:
         self.busy_timeout = busy_timeout
         if not create and not self.path.exists():
             raise StateFileError(f"state file {self.path} does not exist")
-        if create:
-            _create_private(self.path)
         try:
+            if create:
+                _create_private(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -182,6 +182,8 @@ class StateFile:
             self.wal = mode == "wal"
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+        except OSError as error:
+            raise StateFileError(f"state file {self.path}: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
             raise StateFileError(f"state file {self.path}: {error}") from error
         self.identity = identity(self.path)
