@@ -108,6 +108,14 @@ def test_a_namespace_naming_more_secrets_than_the_limit_gets_only_the_limit_foll
             await follower.follow(wanted, wait=5)
             assert follower.followed == {("demo", "a"), ("demo", "b"), ("other", "o")}
             await until(lambda: len(fake_kube.store.open_watches()) == 3, what="three watches")
+            # A Secret named since, first by name, does not displace a working receiver.
+            await follower.follow(wanted | {("demo", "0")}, wait=5)
+            assert follower.followed == {("demo", "a"), ("demo", "b"), ("other", "o")}
+            # Those no longer named are forgotten, followed or not.
+            await follower.follow({("other", "o")}, wait=5)
+            assert follower.followed == {("other", "o")}
+            assert indexes._unreadable == {}  # nothing named past a limit is kept
+            await follower.follow(wanted, wait=5)
         finally:
             await follower.close()
             await client.close()

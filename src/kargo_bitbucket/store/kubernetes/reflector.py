@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from lightkube.types import on_error_raise
 from kargo_bitbucket.compat import generic_client
 from kargo_bitbucket.core.objects import ObjectMeta
 from kargo_bitbucket.core.objects import key as object_key
+from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.store.backoff import Backoff, Outage, retry_after, status_code
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ CURRENT_AFTER = 1.0
 """A watch resumed after an error is taken as current once open this long without one: the
 events it missed come first (a refused or unreachable watch fails well within it)."""
 FIRST_RETRY, MAX_BACKOFF = 0.4, 30.0
+LEFT_OUT_LOG_RATE = 5
+"""Lines a second about objects left out (a bug could otherwise log one per object of a list)."""
 """Retries of a failing list or watch wait 0.2-0.4 s, then twice as long each time, up to
 15-30 s: a watch refused for ever costs 2-4 requests a minute, not 3-5 a second."""
 
@@ -70,6 +74,8 @@ class Reflector:
         self.on_restart = on_restart or (lambda kind, reason: None)
         self.on_forbidden = on_forbidden
         self.backoff = backoff or Backoff(FIRST_RETRY, MAX_BACKOFF)
+        self._unexpected = Backoff(FIRST_RETRY, MAX_BACKOFF)
+        self._left_out = Throttle(LEFT_OUT_LOG_RATE)
         what = f"watch of {kind} {namespace}/{name}" if name else f"watch of {kind}"
         self.outage = Outage(log, what, kind=kind, counts=failures)
         self.current = False
@@ -112,7 +118,11 @@ class Reflector:
                     log.error("watch of %s: unexpected error", self.kind, exc_info=error)
                 self._version = None  # listed again: nothing since is taken for granted
                 self.on_restart(self.kind, "error")
-                await self._retry(error)
+                # Still current: were one object nobody can read to make every delivery a
+                # 503, whoever may create it could stop every project's.
+                delay = self._unexpected.delay()
+                self.outage.failed(error, delay)
+                await self._unexpected.sleep(delay)
 
     async def _retry(self, error: Exception) -> None:
         self.current = False
@@ -127,6 +137,7 @@ class Reflector:
         """The watch works: reset the backoff, and say so if it had been failing."""
         self._working = True
         self.backoff.reset()
+        self._unexpected.reset()
         self.outage.recovered()
 
     async def _get(self) -> None:
@@ -233,4 +244,8 @@ class Reflector:
         try:
             self.handler(self.kind, namespace, name, body)
         except Exception:
-            log.exception("%s %s/%s left out: it could not be read", self.kind, namespace, name)
+            if self._left_out.admit(self.kind) is not None:
+                log.exception("%s %s/%s left out: it could not be read", self.kind, namespace, name)
+            if body is not None:  # not matched as it was before either
+                with contextlib.suppress(Exception):
+                    self.handler(self.kind, namespace, name, None)

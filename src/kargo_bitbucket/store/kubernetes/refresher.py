@@ -21,6 +21,7 @@ import orjson
 from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
+from kargo_bitbucket.logs import Throttle
 from kargo_bitbucket.outcomes import Outcome, RefreshOutcome
 from kargo_bitbucket.store.backoff import Backoff
 from kargo_bitbucket.store.base import (
@@ -39,8 +40,8 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 PATCH_CONCURRENCY = 64
 EVENT_CONCURRENCY = 16
 EVENT_BACKLOG = 1_000
-"""Events waiting to be written at most: past it a refresh leaves none (they are notes; a
-slow API server would otherwise have them pile up in memory, one per refreshed object)."""
+"""Events waiting to be written at most: past it refreshed objects get none (they are notes;
+a slow API server would otherwise have them pile up in memory, one per refreshed object)."""
 FIRST_RETRY, LONGEST_RETRY = 0.1, 2.0
 """A failed patch is retried after 0.05-0.1 s, then twice as long each time, up to 1-2 s,
 so several attempts fit in the budget."""
@@ -75,6 +76,7 @@ class Refresher:
         self.emit_events = emit_events
         self._event_tasks: set[asyncio.Task[None]] = set()
         self._events_waiting = 0
+        self._dropped_lines = Throttle(1)
         self._event_limit = asyncio.Semaphore(EVENT_CONCURRENCY)
 
     async def refresh(
@@ -94,19 +96,28 @@ class Refresher:
             if outcome is Outcome.REFRESHED:
                 refreshed.append((target, uid))
         if self.emit_events and note is not None and refreshed:
-            if self._events_waiting + len(refreshed) > EVENT_BACKLOG:
-                log.debug(
-                    "no Event for %d refreshed object(s): %d waiting",
-                    len(refreshed),
+            self._emit_soon(refreshed, note)
+        return result
+
+    def _emit_soon(self, refreshed: list[tuple[Target, str]], note: Note) -> None:
+        """Have the Events written after the answer, as many as EVENT_BACKLOG leaves room for
+        (the others get none, with a log line a second at most)."""
+        room = max(EVENT_BACKLOG - self._events_waiting, 0)
+        if len(refreshed) > room:
+            if self._dropped_lines.admit("events") is not None:
+                log.info(
+                    "no WebhookRefresh Event for %d refreshed object(s): %d are waiting for "
+                    "the API server already",
+                    len(refreshed) - room,
                     self._events_waiting,
                 )
-                return result
+            refreshed = refreshed[:room]
+        if refreshed:
             # After the patches, not among them: Events must not slow the answer down.
             self._events_waiting += len(refreshed)
             task = asyncio.create_task(self._emit_all(refreshed, note), name="events")
             self._event_tasks.add(task)
             task.add_done_callback(self._event_tasks.discard)
-        return result
 
     async def _patch(
         self,

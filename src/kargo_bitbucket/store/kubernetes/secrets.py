@@ -16,10 +16,11 @@ from kargo_bitbucket.store.kubernetes.reflector import Handler, Reflector
 
 SecretKey = tuple[str, str]
 """(namespace, name) of a Secret."""
-SECRETS_PER_NAMESPACE = 32
+SECRETS_PER_NAMESPACE = 100
 """Secrets followed per namespace (a watch and a connection each): who may edit one
 ProjectConfig could otherwise have 2,000 followed, and the 429s and stalls they brought made
-other projects' deliveries fail. Receivers on the others are not published, and say why."""
+other projects' deliveries fail. Receivers on the others are not published, and say why;
+the ones followed already keep their place."""
 
 
 class SecretFollower:
@@ -42,6 +43,8 @@ class SecretFollower:
         self.on_restart = on_restart
         self.failures = failures
         self._watches: dict[SecretKey, asyncio.Task[None]] = {}
+        self._over: set[SecretKey] = set()
+        """Named, but past their namespace's limit: reported, not followed."""
 
     @property
     def followed(self) -> set[SecretKey]:
@@ -51,10 +54,13 @@ class SecretFollower:
     async def follow(self, wanted: Collection[SecretKey], *, wait: float) -> None:
         """Watch ``wanted`` and nothing else, at most ``SECRETS_PER_NAMESPACE`` a namespace
         (the first by name); wait up to ``wait`` s for new ones to be read."""
-        wanted, over = _within_limit(wanted)
+        wanted, over = _within_limit(wanted, self._watches)
         for key in set(self._watches) - set(wanted):
             self._watches.pop(key).cancel()
             self.indexes.drop_secret(*key)
+        for key in self._over - set(over):
+            self.indexes.drop_secret(*key)
+        self._over = set(over)
         for key in over:
             why = f"only {SECRETS_PER_NAMESPACE} receiver Secrets a namespace are followed"
             self.indexes.secret_unreadable(*key, why)
@@ -96,12 +102,15 @@ class SecretFollower:
                 await task
 
 
-def _within_limit(wanted: Collection[SecretKey]) -> tuple[list[SecretKey], list[SecretKey]]:
-    """``wanted`` split into the Secrets to follow and those past a namespace's limit."""
+def _within_limit(
+    wanted: Collection[SecretKey], followed: Collection[SecretKey]
+) -> tuple[list[SecretKey], list[SecretKey]]:
+    """``wanted`` split into the Secrets to follow and those past a namespace's limit, the
+    ones ``followed`` already first (a new one never displaces a working receiver)."""
     count: Counter[str] = Counter()
     kept: list[SecretKey] = []
     over: list[SecretKey] = []
-    for key in sorted(wanted):
+    for key in sorted(wanted, key=lambda k: (k not in followed, k)):
         count[key[0]] += 1
         (kept if count[key[0]] <= SECRETS_PER_NAMESPACE else over).append(key)
     return kept, over
