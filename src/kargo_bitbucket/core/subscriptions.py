@@ -135,9 +135,11 @@ def _patterns(field: str, values: Any, budget: list[int]) -> tuple[Pattern, ...]
         name = f"{field}[{position}]"
         if not isinstance(text, str):
             patterns.append(Pattern(name, str(text), None, "not a string"))
-        elif budget[0] <= 0:
+        elif budget[0] <= 0:  # one problem for all the rest
+            rest = f"{field}[{position}:]"
             problem = f"not evaluated: more than {MAX_TAG_REGEXES} tag regexes in the Warehouse"
-            patterns.append(Pattern(name, text, None, problem))
+            patterns.append(Pattern(rest, "", None, problem))
+            break
         else:
             budget[0] -= 1
             patterns.append(Pattern(name, text, *_regex(text)))
