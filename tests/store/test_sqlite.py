@@ -435,3 +435,10 @@ def test_a_new_state_file_and_its_journal_are_its_owners_only(tmp_path: Path) ->
         os.umask(previous)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert modes["state.db"] == 0o600 and modes["state.db-wal"] == 0o600, modes
+
+
+@pytest.mark.parametrize("path", ["/proc/kargo-bitbucket-test.db", "/proc/none/state.db"])
+def test_a_state_file_that_cannot_be_created_is_a_state_file_error(path: str) -> None:
+    # Not the OSError of its creation (a traceback in apply and serve).
+    with pytest.raises(sqlite_store.StateFileError, match=f"state file {path}: "):
+        StateFile(path)
