@@ -437,6 +437,19 @@ def test_a_new_state_file_and_its_journal_are_its_owners_only(tmp_path: Path) ->
     assert modes["state.db"] == 0o600 and modes["state.db-wal"] == 0o600, modes
 
 
+def test_serve_makes_the_state_files_folder_its_owners_only_too(tmp_path: Path) -> None:
+    # serve claims the file (<state>.serve) before it opens it, and made the folder first.
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "new" / "state.db"
+        with sqlite_store.serve_only_here(path, "test"):
+            StateFile(path).close()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize("path", ["/proc/kargo-bitbucket-test.db", "/proc/none/state.db"])
 def test_a_state_file_that_cannot_be_created_is_a_state_file_error(path: str) -> None:
     # Not the OSError of its creation (a traceback in apply and serve).

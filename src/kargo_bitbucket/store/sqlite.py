@@ -105,7 +105,7 @@ def serve_only_here(path: str | os.PathLike[str], who: str) -> TextIO:
         raise StateFileError(f"state file {path} is a directory")
     try:
         marker = real.with_name(real.name + ".serve")
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the state file's
         handle = marker.open("a+", encoding="utf-8")
     except (OSError, ValueError) as error:
         raise StateFileError(f"state file {path}: {error}") from error
