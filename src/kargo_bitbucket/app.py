@@ -68,6 +68,10 @@ class ClientDisconnected(Exception):
     """The client went away before its body was complete: nobody is left to answer."""
 
 
+CUT_SHORT = Answer.error(500, Result.ERROR, "cut short by shutdown")
+"""What the history says of a delivery the shutdown grace ran out on (it was answered 500)."""
+
+
 class ReceiverEndpoint:
     """Every path that is not a fixed route: a receiver lookup, then the delivery checks.
 
@@ -149,7 +153,14 @@ class ReceiverEndpoint:
             )
             self.deliveries.refused(route, headers, answer, started)
             return
-        answer = await self.deliveries.handle(route, headers, body)
+        except asyncio.CancelledError:
+            self.deliveries.refused(route, headers, CUT_SHORT, started)
+            raise
+        try:
+            answer = await self.deliveries.handle(route, headers, body)
+        except asyncio.CancelledError:  # it leaves no record then
+            self.deliveries.refused(route, headers, CUT_SHORT, started)
+            raise
         await _answer(send, answer.status, answer.body)
 
     async def _refuse(

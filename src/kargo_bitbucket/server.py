@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 from collections.abc import Iterator
@@ -172,7 +173,7 @@ def build_server(
         # Nothing reads the client address that X-Forwarded-For would rewrite; the
         # middleware cost 2-3 µs per delivery (bench/in_process.py).
         proxy_headers=False,
-        timeout_graceful_shutdown=int(shutdown_grace),
+        timeout_graceful_shutdown=math.ceil(shutdown_grace),  # uvicorn's is whole seconds
         timeout_keep_alive=int(KEEP_ALIVE),
     )
     return Server(config, lifecycle, connections)

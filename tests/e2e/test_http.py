@@ -359,12 +359,38 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     assert request(line.split("\t")[2], PUSH, signed(PUSH)).status == 200
 
 
+def test_a_delivery_finishing_within_a_fractional_shutdown_grace_is_refreshed(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    # uvicorn takes whole seconds: --shutdown-grace 0.9 was cut to 0, and every delivery in
+    # flight at SIGTERM got a 500.
+    state = tmp_path / "grace.db"
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
+    server = server_factory(state, "--shutdown-grace", "0.9")
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    path = line.split("\t")[2].removeprefix(server.base)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(PUSH)}\r\n"
+        f"X-Event-Key: repo:push\r\nX-Hub-Signature: {sign(PUSH)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + PUSH[:10])
+    read_before_the_next(server)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # the rest of the body, well inside the grace
+    sock.sendall(PUSH[10:])
+    sock.settimeout(10)
+    answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert server.process.wait(timeout=15) == 0
+
+
 def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(
     tmp_path: Path, server_factory: Any
 ) -> None:
     state = tmp_path / "grace.db"
     cli("apply", "-f", "-", state=state, stdin=demo_manifests())
-    server = server_factory(state, "--shutdown-grace", "1")
+    server = server_factory(state, "--shutdown-grace", "0.9")  # was cut to 0: no grace
     (line,) = cli("urls", state=state).stdout.splitlines()
     path = line.split("\t")[2].removeprefix(server.base)
     sock = socket.create_connection(("127.0.0.1", server.port))
@@ -382,3 +408,5 @@ def test_delivery_outliving_the_shutdown_grace_gets_a_json_500(
     assert server.process.wait(timeout=15) == 0
     assert "Traceback" not in server.logs()
     assert "cut short by shutdown" in server.logs()
+    (record,) = json.loads(cli("deliveries", "-o", "json", state=state).stdout)
+    assert (record["status"], record["message"]) == (500, "cut short by shutdown")
