@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -440,6 +441,28 @@ def test_serve_on_ipv6_prints_urls_that_work(state: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_sigterm_while_serve_applies_its_manifests_exits_0(tmp_path: Path) -> None:
+    # Before the server took the stop signals over, SIGTERM killed the process (exit 143).
+    manifests = tmp_path / "many.yaml"
+    many = [warehouse("demo", f"w{n}", repo=f"https://h/acme/r{n}") for n in range(3000)]
+    manifests.write_text(to_yaml(*many))
+    state = tmp_path / "state.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kargo_bitbucket", "serve", "-f", str(manifests), "--state",
+         str(state), "--listen", f"127.0.0.1:{free_ports(1)[0]}", "--admin-listen", "off"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        eventually(lambda: (tmp_path / "state.db.serve").exists(), what="the claim on the file")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
 
 
 def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:
