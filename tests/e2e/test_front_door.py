@@ -421,9 +421,11 @@ def test_a_head_of_many_empty_headers_is_refused_at_the_count_not_held(door: Ser
         for _ in range(100):
             sock = stack.enter_context(connect(door))
             sock.sendall(head)  # unfinished: no blank line
-            assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
+            # Closed with the rest of the head unread, the 431 can be lost to the kernel's RST.
+            with contextlib.suppress(ConnectionResetError):
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
     assert rss_mib(door) - before < 30
-    assert dropped(door, "too-large") == 100
+    assert dropped(door, "too-large") == 100  # every one refused at the count, none held
     with connect(door) as sock:
         sock.sendall(delivery(door, close=True))
         assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
