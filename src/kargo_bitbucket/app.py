@@ -134,8 +134,9 @@ class ReceiverEndpoint:
         ):
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
-        try:
+        try:  # handle raises none of these but the shutdown's cancellation
             body = await self._read_body(scope, receive)
+            answer = await self.deliveries.handle(route, headers, body)
         except BodyTooLarge:
             answer = Answer.error(413, Result.BODY_TOO_LARGE, self.too_large)
             return await self._refuse(send, route, headers, answer, started)
@@ -153,12 +154,7 @@ class ReceiverEndpoint:
             )
             self.deliveries.refused(route, headers, answer, started)
             return
-        except asyncio.CancelledError:
-            self.deliveries.refused(route, headers, CUT_SHORT, started)
-            raise
-        try:
-            answer = await self.deliveries.handle(route, headers, body)
-        except asyncio.CancelledError:  # it leaves no record then
+        except asyncio.CancelledError:  # cut short: nothing else leaves its record
             self.deliveries.refused(route, headers, CUT_SHORT, started)
             raise
         await _answer(send, answer.status, answer.body)

@@ -144,6 +144,13 @@ def http_url(flag: str, url: str) -> str:
     return url
 
 
+def pushed_refs(refs: list[str]) -> list[str]:
+    """The ``--ref`` values, else a usage error when one is blank."""
+    if any(not ref.strip() for ref in refs):
+        raise UsageError("--ref must not be empty")
+    return refs
+
+
 def kind(text: str) -> str:
     """The canonical kind of a KIND argument, or a usage error listing the accepted ones."""
     try:

@@ -11,6 +11,7 @@ from kargo_bitbucket.cli.common import (
     from_cluster,
     kubernetes_flags,
     print_document,
+    pushed_refs,
     qualified,
     state_flag,
 )
@@ -55,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("explain needs --repo (a push) or --pr (a pull request event)")
     if args.pr and args.ref:
         raise UsageError("--ref goes with --repo")
-    if any(not ref.strip() for ref in args.ref):
-        raise UsageError("--ref must not be empty")
+    pushed_refs(args.ref)
     host, _, path = repository_identity(args.repo or "").partition("/")
     if args.repo and not (host and path):
         raise UsageError(

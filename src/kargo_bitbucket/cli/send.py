@@ -10,6 +10,7 @@ from kargo_bitbucket.cli.common import (
     Failure,
     UsageError,
     http_url,
+    pushed_refs,
     state_flag,
 )
 from kargo_bitbucket.config import MAX_SECONDS, env, positive_seconds
@@ -85,10 +86,9 @@ def _body(args: argparse.Namespace) -> bytes:
             return Path(args.payload).read_bytes()
         except OSError as error:
             raise UsageError(f"--payload {args.payload}: {error.strerror}") from error
-    if any(not ref.strip() for ref in args.ref):
-        raise UsageError("--ref must not be empty")
+    refs = pushed_refs(args.ref)
     try:
-        return build_payload(args.event, repo=args.repo, refs=args.ref or None, pr=args.pr)
+        return build_payload(args.event, repo=args.repo, refs=refs or None, pr=args.pr)
     except PayloadArgumentError as error:
         raise UsageError(f"event {error.event} needs {_FLAGS[error.needs]}") from error
     except ValueError as error:

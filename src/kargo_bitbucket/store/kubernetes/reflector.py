@@ -33,13 +33,15 @@ WORKING_AFTER = 15.0
 A refused one fails within milliseconds, an unreachable server within the client's 10 s
 connect timeout: neither ever counts as working."""
 CURRENT_AFTER = 1.0
-"""A watch resumed after an error is taken as current once open this long without one: the
-events it missed come first (a refused or unreachable watch fails well within it)."""
+"""A watch resumed after an error is taken as current once open this long without one, or
+at its first event: the events it missed come first. A refused watch fails well within it;
+one still connecting to an unreachable server may not (10 s connect timeout), but then the
+refreshes fail too."""
 FIRST_RETRY, MAX_BACKOFF = 0.4, 30.0
-LEFT_OUT_LOG_RATE = 5
-"""Lines a second about objects left out (a bug could otherwise log one per object of a list)."""
 """Retries of a failing list or watch wait 0.2-0.4 s, then twice as long each time, up to
 15-30 s: a watch refused for ever costs 2-4 requests a minute, not 3-5 a second."""
+LEFT_OUT_LOG_RATE = 5
+"""Lines a second about objects left out (a bug could otherwise log one per object of a list)."""
 
 
 def plain(obj: Any) -> dict[str, Any]:

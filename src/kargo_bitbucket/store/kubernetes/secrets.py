@@ -53,7 +53,8 @@ class SecretFollower:
 
     async def follow(self, wanted: Collection[SecretKey], *, wait: float) -> None:
         """Watch ``wanted`` and nothing else, at most ``SECRETS_PER_NAMESPACE`` a namespace
-        (the first by name); wait up to ``wait`` s for new ones to be read."""
+        (those followed already, then the first by name); wait up to ``wait`` s for new ones
+        to be read."""
         wanted, over = _within_limit(wanted, self._watches)
         for key in set(self._watches) - set(wanted):
             self._watches.pop(key).cancel()
