@@ -171,12 +171,7 @@ def create_deep_warehouse(kube: Kube, namespace: str, name: str, depth: int) -> 
     text = json.dumps(warehouse(namespace, name, repo="https://bitbucket.org/other/deep"))
     nested = '{"image": ' + '{"x": ' * depth + "{}" + "}" * depth + "}, "
     text = text.replace('"subscriptions": [', '"subscriptions": [' + nested)
-    answer = kube.http.post(
-        path_of(KARGO, "Warehouse", namespace),
-        content=text,
-        headers={"Content-Type": "application/json"},
-    )
-    assert answer.status_code == 201, answer.text[:300]
+    kube.call("POST", path_of(KARGO, "Warehouse", namespace), text, ok=(201,), read=False)
 
 
 def test_the_deepest_objects_the_api_server_takes_neither_stop_a_watch_nor_the_start(
