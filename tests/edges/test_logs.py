@@ -266,3 +266,18 @@ def test_configure_throttles_uvicorns_own_warnings() -> None:
         logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
     # Five a second: one second boundary crossed at most while logging them.
     assert len(stream.getvalue().splitlines()) <= 2 * logs.SENDER_CAUSED_RATE + 1
+
+
+def test_json_lines_escape_c1_controls_a_sender_wrote() -> None:
+    # kubectl logs shows JSON lines in a terminal: U+009B must not reach it as CSI.
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    log = logging.getLogger("kargo_bitbucket.delivery")
+    logs.line(log, logging.WARNING, "delivery %s", ("missing-signature",), {"event": "e\x9b2J"})
+    log.warning("ref %s", "mai\x85n", extra={"delivery": "é\x9b31m\x80"})
+    text = stream.getvalue()
+    assert all(not 0x80 <= ord(c) <= 0x9F for c in text)
+    assert "e\\u009b2J" in text and "mai\\u0085n" in text and "é\\u009b31m\\u0080" in text
+    first, second = (orjson.loads(line) for line in text.splitlines())
+    assert first["event"] == "e\x9b2J"
+    assert (second["msg"], second["delivery"]) == ("ref mai\x85n", "é\x9b31m\x80")
