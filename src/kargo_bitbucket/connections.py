@@ -33,6 +33,10 @@ FRAMING_LIMIT = HEAD_LIMIT
 PIPELINE_LIMIT = 16
 """Requests one connection may have waiting behind its running one; the next closes it."""
 KEEP_ALIVE = 5.0
+LINGER = 2.0
+"""Seconds a refused connection is read (and what it sends dropped) after its 431."""
+LINGER_BYTES = 16 * HEAD_LIMIT
+"""Bytes a refused connection may still send before it is closed all the same."""
 CAP_LOG_INTERVAL = 10.0
 SWEEP_INTERVAL = 0.5
 TOO_LARGE_BODY = b'{"error":"request header fields too large"}'
@@ -62,21 +66,24 @@ class Watched(Protocol):
     def body_overdue(self) -> None:
         """Its request's body is past the deadline: tell the app, or close if told before."""
 
+    def stop_lingering(self) -> None:
+        """Close it, refused and answered: nothing more is owed to it."""
+
 
 @dataclass(slots=True)
 class Connections:
     """Open webhook connections: their cap, their deadlines, and those dropped.
 
-    Deadlines are swept twice a second from three insertion-ordered tables (heads being
-    read, bodies being read, idle keep-alive connections) instead of a timer per request:
+    Deadlines are swept twice a second from insertion-ordered tables (heads being read,
+    bodies being read, idle keep-alive connections, ...) instead of a timer per request:
     a timer cost about 3 µs more per request, and the body deadline as ``asyncio.timeout``
     in the app about 5 µs (BENCHMARKS.md, "Fast paths"); the whole protocol costs 1.8 µs
     over uvicorn's own (``bench/servers.py --in-process``).
-    At the cap a new connection takes the place of the longest-idle keep-alive one (as
-    nginx does), else of the one that has been sending its head the longest, and is
-    refused with a 503 only when every connection is running a request: 1,100
-    connections held after early answers, or 1,000 silent ones, then lock no delivery
-    out. ``dropped`` counts by reason:
+    At the cap a new connection takes the place of one lingering after its 431, else of the
+    longest-idle keep-alive one (as nginx does), else of the one that has been sending its
+    head the longest, and is refused with a 503 only when every connection is running a
+    request: 1,100 connections held after early answers, or 1,000 silent ones, then lock
+    no delivery out. ``dropped`` counts by reason:
     ``idle-evicted``, ``head-evicted``, ``cap`` (refused), ``too-large`` (request line,
     headers, chunk framing or trailers over their limit, answered 431 unless a request
     is running), ``pipelined`` (more than PIPELINE_LIMIT requests queued),
@@ -99,6 +106,9 @@ class Connections:
     """Keep-alive connections waiting for a next request, oldest first, with since when."""
     writes: dict[Watched, float] = field(default_factory=dict)
     """Connections whose client does not take what is written, oldest first, since when."""
+    lingering: dict[Watched, float] = field(default_factory=dict)
+    """Connections refused with a 431 and half-closed, read until the client closes."""
+    linger: float = LINGER
     dropped: Counter[str] = field(default_factory=Counter)
     _sweeping: bool = False
     _logged: float = float("-inf")
@@ -111,6 +121,9 @@ class Connections:
             self._sweeping = True
             loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
         if self.open < self.limit:
+            return True
+        if self.lingering:
+            next(iter(self.lingering)).stop_lingering()
             return True
         for table, reason in ((self.idle, "idle-evicted"), (self.heads, "head-evicted")):
             if table:
@@ -129,6 +142,7 @@ class Connections:
             (self.bodies, self.body_timeout, lambda c: c.body_overdue()),
             (self.idle, self.keep_alive, lambda c: c.close_now("keep-alive")),
             (self.writes, self.write_timeout, lambda c: c.close_now("write-timeout")),
+            (self.lingering, self.linger, lambda c: c.stop_lingering()),
         )
         for table, timeout, act in deadlines:
             while table:  # each act takes the connection out of the table or renews it
@@ -170,11 +184,12 @@ class _Discarded(list[tuple[bytes, bytes]]):
 def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the connection limits of SPEC §4 that uvicorn lacks."""
     uvicorn_on_header = HttpToolsProtocol.on_header  # called for every header: no super()
-    heads, bodies, idle, writes = (
+    heads, bodies, idle, writes, lingering = (
         connections.heads,
         connections.bodies,
         connections.idle,
         connections.writes,
+        connections.lingering,
     )
 
     class FrontDoorProtocol(HttpToolsProtocol):
@@ -205,6 +220,11 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
           one byte after an early answer held the connection for ever; and
           ``write_timeout`` for a client that does not read what is written to it (the
           connection is then dropped, with what it had not taken).
+        - A 431 is followed by a half-close, and what the client still sends is read and
+          dropped until it closes, for at most ``connections.linger`` seconds and
+          ``LINGER_BYTES`` (nginx's lingering close): closed with the client's bytes
+          unread, the kernel reset the connection, which could destroy the 431 before the
+          client read it.
         - Answers keep the order of the requests: bytes the parser refuses get uvicorn's
           400, and bytes over a limit the 431, only once the requests before them are
           answered (then the connection closes); a request whose body they broke is ended
@@ -235,6 +255,7 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         _too_many = False  # the parser was stopped at a header past HEADER_COUNT_LIMIT
         _last_word: Callable[[], None] | None = None
         """The refusal (400 or 431, then the close) owed once the answers before it are sent."""
+        _lingered: int | None = None  # bytes dropped since the 431; None if not lingering
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if not connections.admit(self.loop):
@@ -277,7 +298,8 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             piece already checked (a pipelined head begun inside the piece that ended the
             request before it is counted from the next piece on: at most twice HEAD_LIMIT);
             nothing more once the connection is closing, or once the parser refused bytes
-            (``send_400_response``), or any went over a limit."""
+            (``send_400_response``), or any went over a limit (what comes after a 431 is
+            counted against ``LINGER_BYTES``)."""
             while self._last_word is None:
                 head = self._head
                 room = HEAD_LIMIT - head if head is not None else FRAMING_LIMIT - self._framing
@@ -292,6 +314,10 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
                 if piece is data or self.transport.is_closing():
                     return
                 data = data[len(piece) :]
+            if self._lingered is not None:
+                self._lingered += len(data)
+                if self._lingered > LINGER_BYTES:
+                    self.stop_lingering()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -382,11 +408,16 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             cycle.message_event.set()
             bodies[self] = time.monotonic()
 
+        def stop_lingering(self) -> None:
+            self._uncount()
+            self.transport.close()
+
         def _uncount(self) -> None:
             heads.pop(self, None)
             bodies.pop(self, None)
             idle.pop(self, None)
             writes.pop(self, None)
+            lingering.pop(self, None)
             if self._counted:
                 self._counted = False
                 connections.open -= 1
@@ -397,8 +428,14 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
             self._end_with(self._too_large)
 
         def _too_large(self) -> None:
-            self.transport.write(TOO_LARGE)
-            self.transport.close()
+            transport = self.transport
+            transport.write(TOO_LARGE)
+            if self._eof or not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()
+            self._lingered = 0
+            lingering[self] = time.monotonic()
 
         def _end_with(self, refusal: Callable[[], None]) -> None:
             """Send ``refusal`` (which closes) after the answers owed before it, reading

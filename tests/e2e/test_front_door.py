@@ -19,6 +19,8 @@ from kargo_bitbucket.connections import (
     HEAD_LIMIT,
     HEADER_COUNT_LIMIT,
     KEEP_ALIVE,
+    LINGER,
+    LINGER_BYTES,
     PIPELINE_LIMIT,
 )
 from tests.builders import PUSH, one_receiver, receiver_path, signed, to_yaml
@@ -421,14 +423,63 @@ def test_a_head_of_many_empty_headers_is_refused_at_the_count_not_held(door: Ser
         for _ in range(100):
             sock = stack.enter_context(connect(door))
             sock.sendall(head)  # unfinished: no blank line
-            # Closed with the rest of the head unread, the 431 can be lost to the kernel's RST.
-            with contextlib.suppress(ConnectionResetError):
-                assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
     assert rss_mib(door) - before < 30
     assert dropped(door, "too-large") == 100  # every one refused at the count, none held
     with connect(door) as sock:
         sock.sendall(delivery(door, close=True))
         assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_still_sending_its_head_reads_its_431_not_a_reset(door: Server) -> None:
+    """Closed with the rest of an oversized head unread, the kernel reset the connection
+    and the client read a reset instead of the 431; now the server half-closes and drops
+    what still comes until the client is done."""
+    head = b"GET /x HTTP/1.1\r\nX-Big: " + b"b" * (4 * HEAD_LIMIT)
+    with connect(door) as sock:
+        for start in range(0, len(head), 8192):  # as a client writes: piece by piece
+            sock.sendall(head[start : start + 8192])
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert answer.endswith(b'{"error":"request header fields too large"}')
+    assert dropped(door, "too-large") == 1
+
+
+def sends_until_reset(sock: socket.socket, piece: bytes, most: int) -> int:
+    """Bytes sent before the server's close made sending fail (at most ``most``), a piece
+    every 10 ms once the socket is writable again."""
+    sent = 0
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        while sent < most:
+            sock.sendall(piece)
+            sent += len(piece)
+            time.sleep(0.01 if len(piece) < 1024 else 0)
+    return sent
+
+
+def test_a_refused_client_that_keeps_sending_is_closed_past_the_linger_bytes(
+    door: Server,
+) -> None:
+    with connect(door) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(b"GET /x HTTP/1.1\r\nX-Big: " + b"b" * HEAD_LIMIT)
+        started = time.monotonic()
+        sent = sends_until_reset(sock, b"b" * 65536, 64 * LINGER_BYTES)
+        assert sent < 3 * LINGER_BYTES  # not read for the whole linger
+        assert time.monotonic() - started < LINGER
+    assert dropped(door, "too-large") == 1
+
+
+def test_a_refused_client_that_neither_finishes_nor_closes_is_closed_after_the_linger(
+    door: Server,
+) -> None:
+    with connect(door) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nX-Big: " + b"b" * HEAD_LIMIT)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")  # and the half-close
+        started = time.monotonic()
+        sends_until_reset(sock, b"b", 10_000)  # dropped until the server closes
+    assert LINGER - 0.1 <= time.monotonic() - started < LINGER + 5
 
 
 def test_a_content_length_of_thousands_of_digits_is_read_as_its_value(door: Server) -> None:
