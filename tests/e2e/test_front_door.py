@@ -532,6 +532,25 @@ def test_at_the_cap_the_longest_silent_connection_makes_room(capped: Server) -> 
         sock.close()
 
 
+def test_at_the_cap_a_connection_lingering_after_its_431_makes_room_first(
+    capped: Server,
+) -> None:
+    idle = [connect(capped) for _ in range(4)]
+    for sock in idle:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+    refused = [connect(capped) for _ in range(4)]
+    for sock in refused:
+        sock.sendall(b"GET /x HTTP/1.1\r\nX-Big: " + b"b" * HEAD_LIMIT)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")  # half-closed, lingering
+    with connect(capped) as sock:
+        sock.sendall(delivery(capped, close=True))
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    assert dropped(capped, "idle-evicted") == 0  # the idle ones were kept
+    for sock in idle + refused:
+        sock.close()
+
+
 def running_request(server: Server) -> socket.socket:
     """A connection whose request runs: its head read by the server (which says so with a
     100 Continue once its app reads the body), its body begun and never finished."""
