@@ -84,10 +84,14 @@ class MemoryStore:
         self.history.record(record)
 
     async def deliveries(
-        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+        self,
+        namespace: str | None = None,
+        receiver: str | None = None,
+        limit: int | None = None,
+        delivery_id: str | None = None,
     ) -> list[DeliveryRecord]:
         """Recent deliveries, newest first."""
-        return await self.history.deliveries(namespace, receiver, limit)
+        return await self.history.deliveries(namespace, receiver, limit, delivery_id)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -1,5 +1,6 @@
-"""Test helpers (not fixtures): the payload corpus, the CLI, HTTP requests, a real server on a
-free loopback port, and waiting on a condition with a deadline."""
+"""Test helpers (not fixtures): the payload corpus, the CLI, HTTP requests (over the network or
+through an ASGI app in process), a real server on a free loopback port, and waiting on a
+condition with a deadline."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,42 @@ async def until(check: Callable[[], Any], timeout: float = 10, what: str = "") -
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
         await asyncio.sleep(0.01)
+
+
+async def call(
+    app: Callable[..., Awaitable[None]],
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, Any]:
+    """One request through an ASGI app, in process (``path`` may carry a query string)."""
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop() if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    payload = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], json.loads(payload)
 
 
 class MemoryTransport:

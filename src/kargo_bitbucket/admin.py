@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from kargo_bitbucket.history import DeliveryRecord, to_json, with_id
+from kargo_bitbucket.history import DeliveryRecord, to_json
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
 
@@ -49,8 +49,7 @@ async def _selected(store: Store, request: Request) -> list[DeliveryRecord]:
         limit = max(1, min(int(request.query_params.get("limit", PAGE_LIMIT)), MAX_LIMIT))
     except ValueError:
         limit = PAGE_LIMIT
-    records = await store.deliveries(namespace, receiver, None if delivery else limit)
-    return with_id(records, delivery)[:limit]
+    return await store.deliveries(namespace, receiver, limit, delivery)
 
 
 def render(records: list[DeliveryRecord], namespace: str | None, receiver: str | None) -> str:

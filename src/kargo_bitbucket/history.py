@@ -81,8 +81,19 @@ def to_json(records: DeliveryRecord | list[DeliveryRecord]) -> bytes:
     return _ENCODE(records)
 
 
+class _DeliveryId(msgspec.Struct):
+    delivery_id: str = ""
+
+
+def delivery_id_of(data: bytes) -> str:
+    """The delivery id in a record's JSON form, without building the record: a lookup by id
+    reads every record it passes."""
+    return _DECODE_ID(data).delivery_id
+
+
 _ENCODE = msgspec.json.Encoder().encode
 _DECODE = msgspec.json.Decoder(DeliveryRecord).decode
+_DECODE_ID = msgspec.json.Decoder(_DeliveryId).decode
 
 
 def newest_first(*streams: Iterable[DeliveryRecord]) -> Iterable[DeliveryRecord]:
@@ -90,25 +101,22 @@ def newest_first(*streams: Iterable[DeliveryRecord]) -> Iterable[DeliveryRecord]
     return heapq.merge(*streams, key=lambda record: record.time, reverse=True)
 
 
-def with_id(records: list[DeliveryRecord], prefix: str | None) -> list[DeliveryRecord]:
-    """The records whose delivery id starts with ``prefix`` (all of them for None)."""
-    if prefix is None:
-        return records
-    return [r for r in records if r.delivery_id.startswith(prefix)]
-
-
 def select(
     records: Iterable[DeliveryRecord],
     namespace: str | None = None,
     receiver: str | None = None,
     limit: int | None = None,
+    delivery_id: str | None = None,
 ) -> list[DeliveryRecord]:
-    """Newest-first records, filtered by owner namespace (``cluster`` for the ClusterConfig)."""
+    """Newest-first records, filtered by owner namespace (``cluster`` for the ClusterConfig),
+    receiver name and delivery id (or its start)."""
     chosen = []
     for record in records:
         if namespace is not None and record.namespace != namespace:
             continue
         if receiver is not None and record.receiver.rpartition("/")[2] != receiver:
+            continue
+        if delivery_id is not None and not record.delivery_id.startswith(delivery_id):
             continue
         chosen.append(record)
         if limit is not None and len(chosen) >= limit:
@@ -132,11 +140,15 @@ class MemoryHistory:
             ring.append(record)
 
     async def deliveries(
-        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+        self,
+        namespace: str | None = None,
+        receiver: str | None = None,
+        limit: int | None = None,
+        delivery_id: str | None = None,
     ) -> list[DeliveryRecord]:
         """Newest first, signed and unsigned together."""
         merged = newest_first(reversed(self._records), reversed(self._unsigned))
-        return select(merged, namespace, receiver, limit)
+        return select(merged, namespace, receiver, limit, delivery_id)
 
     def __len__(self) -> int:
         return len(self._records) + len(self._unsigned)

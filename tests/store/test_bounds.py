@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,41 +23,9 @@ from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
 from tests.builders import delivery_record, push, signed
 from tests.store.support import KEY, config, warehouse
-from tests.support import until
+from tests.support import call, until
 
-ASGI = Callable[..., Awaitable[None]]
 JUST_UNDER_64_KIB = "u" * (64 * 1024 - 200)
-
-
-async def call(
-    app: ASGI, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
-) -> tuple[int, Any]:
-    """One request through an ASGI app, in process."""
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1),
-        "root_path": "",
-    }
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return pending.pop() if pending else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    payload = b"".join(m.get("body", b"") for m in sent[1:])
-    return sent[0]["status"], json.loads(payload)
 
 
 class Served:

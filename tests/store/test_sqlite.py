@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kargo_bitbucket.admin import create_admin_app
+from kargo_bitbucket.cli import parser
+from kargo_bitbucket.config import resolve_env
+from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.history import Candidate
+from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
 from tests.builders import delivery_record
 from tests.store.support import config, started, warehouse
-from tests.support import until
+from tests.support import call, until
 
 
 def names(entries: list[Any]) -> list[tuple[str, str]]:
@@ -346,6 +355,73 @@ def test_history_is_trimmed_in_bulk_but_readers_see_exactly_the_last_n(tmp_path:
     (rows,) = state._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
     assert rows == 3
     assert [r.delivery_id for r in state.deliveries(limit=2)] == ["d299", "d298"]
+
+
+LOOKUP_MEMORY = 4 * 1024 * 1024
+"""Bytes a lookup by id may allocate: far less than the 3,000 records below (~60 MiB built)."""
+
+
+def test_a_delivery_is_looked_up_by_id_without_loading_the_whole_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``deliveries --id`` and ``/deliveries.json?id=`` read the history a page at a time:
+    built whole, 1,000,000 records took 18.5 s and 1.76 GiB for one lookup."""
+    path = tmp_path / "state.db"
+    reasons = [
+        Candidate(
+            kind="Warehouse",
+            namespace="a",
+            name=f"w{i}",
+            outcome="refreshed",
+            reason="branch main matches",
+        )
+        for i in range(50)
+    ]
+    writer = StateFile(path)
+    writer.keep_history(10_000)
+    oldest = [delivery_record("wanted", attempt=str(n), candidates=reasons) for n in (1, 2)]
+    later = [delivery_record(f"other-{i}", candidates=reasons) for i in range(3000)]
+    writer.write_batch([], oldest + later, keep=10_000)
+    writer.write_batch([], [delivery_record("wanted-not", namespace="b")], keep=10_000)
+
+    def peak(lookup: Callable[[], Any]) -> int:
+        tracemalloc.start()
+        try:
+            lookup()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    args = parser().parse_args(
+        ["deliveries", "--id", "wanted", "-n", "a", "-o", "json", "--state", str(path)]
+    )
+    resolve_env(vars(args))
+    assert peak(lambda: args.run(args)) < LOOKUP_MEMORY
+    shown = json.loads(capsys.readouterr().out)
+    assert [(r["delivery_id"], r["attempt"]) for r in shown] == [("wanted", "2"), ("wanted", "1")]
+
+    async def scenario() -> tuple[int, Any]:
+        indexes = Indexes(BaseURL.parse("https://k.example.com"), "sys")
+        store = SqliteStore(StateFile(path), indexes, 10_000)
+        await store.start()
+        try:
+            admin = create_admin_app(store, Metrics())
+            return await call(admin, "GET", "/deliveries.json?id=want&limit=2")
+        finally:
+            await store.close()
+
+    status, listed = (0, None)
+
+    def admin_lookup() -> None:
+        nonlocal status, listed
+        status, listed = asyncio.run(scenario())
+
+    assert peak(admin_lookup) < LOOKUP_MEMORY
+    assert status == 200
+    assert [(r["delivery_id"], r["attempt"]) for r in listed] == [
+        ("wanted-not", "1"),
+        ("wanted", "2"),
+    ]
 
 
 def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) -> None:

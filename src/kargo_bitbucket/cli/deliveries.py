@@ -20,7 +20,7 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
-from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord, with_id
+from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
 from kargo_bitbucket.text import printable
 
@@ -85,11 +85,9 @@ def run(args: argparse.Namespace) -> int:
             hint = "--admin-url reads a running server's history"
             raise StateFileError(f"{error} ({hint})") from error
         try:
-            # all of them to look for an id in
-            records = state.deliveries(args.namespace, args.receiver, None if args.id else wanted)
+            records = state.deliveries(args.namespace, args.receiver, wanted, delivery_id=args.id)
         finally:
             state.close()
-        records = with_id(records, args.id)
     more = len(records) > args.limit
     records = records[: args.limit]
     if args.output != "table":

@@ -138,9 +138,14 @@ class Store(Protocol):
         ...
 
     async def deliveries(
-        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+        self,
+        namespace: str | None = None,
+        receiver: str | None = None,
+        limit: int | None = None,
+        delivery_id: str | None = None,
     ) -> list[DeliveryRecord]:
-        """Recent deliveries, newest first."""
+        """Recent deliveries, newest first; ``delivery_id`` (an id or its start) looks through
+        the whole history."""
         ...
 
     async def close(self) -> None:

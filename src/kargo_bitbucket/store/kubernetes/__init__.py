@@ -185,10 +185,14 @@ class KubernetesStore:
         self.history.record(record)
 
     async def deliveries(
-        self, namespace: str | None = None, receiver: str | None = None, limit: int | None = None
+        self,
+        namespace: str | None = None,
+        receiver: str | None = None,
+        limit: int | None = None,
+        delivery_id: str | None = None,
     ) -> list[DeliveryRecord]:
         """This replica's recent deliveries, newest first."""
-        return await self.history.deliveries(namespace, receiver, limit)
+        return await self.history.deliveries(namespace, receiver, limit, delivery_id)
 
     async def refresh(
         self, targets: Sequence[Target], value: str, note: Note | None = None
