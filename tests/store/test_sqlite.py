@@ -424,6 +424,33 @@ def test_a_delivery_is_looked_up_by_id_without_loading_the_whole_history(
     ]
 
 
+def test_deliveries_dropped_under_a_small_history_stay_dropped_after_a_larger_one(
+    tmp_path: Path,
+) -> None:
+    """Rows are trimmed every TRIM_EVERY records, so some past the size stay in the file
+    until then; a restart with a larger ``--history-size`` must not show them again."""
+    path = tmp_path / "state.db"
+    indexes = Indexes(BaseURL.parse("https://k.example.com"), "sys")
+
+    async def serve(size: int, *records: str) -> list[str]:
+        store = SqliteStore(StateFile(path), indexes, size)
+        await store.start()
+        try:
+            for second, delivery_id in enumerate(records):
+                at = f"2026-12-06T00:00:{second:02d}"
+                store.record(delivery_record(delivery_id, time=f"{at}.0Z"))
+                store.record(
+                    delivery_record(f"{delivery_id}-unsigned", time=f"{at}.5Z", signed=False)
+                )
+            return [r.delivery_id for r in await store.deliveries()]
+        finally:
+            await store.close()
+
+    small = asyncio.run(serve(3, *(f"d{i}" for i in range(40))))
+    assert small == [f"d{i}{kind}" for i in (39, 38, 37) for kind in ("-unsigned", "")]
+    assert asyncio.run(serve(1000)) == small
+
+
 def test_delivery_records_are_written_together_and_none_is_lost(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     reader = StateFile(path)

@@ -436,14 +436,20 @@ class StateFile:
         return found
 
     def keep_history(self, size: int) -> None:
-        """Set the number of deliveries readers see, and drop the older ones now."""
+        """Set the number of deliveries readers see, and drop the older ones now.
+
+        Rows past the window readers saw until now (left between two ``TRIM_EVERY``) go
+        too: a restart with a larger size must not bring dropped deliveries back.
+        """
         with self._transaction() as db:
             for signed, keep in ((True, size), (False, _unsigned_keep(size))):
                 table, key = HISTORY_TABLES[signed]
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, keep))
                 db.execute(
-                    f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,)
+                    f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) "
+                    f"- MIN(?, COALESCE((SELECT value FROM meta WHERE key = '{key}'), ?))",
+                    (keep, keep),
                 )
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, keep))
 
     def deliveries(
         self,
