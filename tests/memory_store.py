@@ -93,5 +93,5 @@ class MemoryStore:
         """Recent deliveries, newest first."""
         return await self.history.deliveries(namespace, receiver, limit, delivery_id)
 
-    async def close(self) -> None:
-        """Nothing to release."""
+    async def close(self, deadline: float | None = None) -> None:
+        """Nothing to release, nor to write."""

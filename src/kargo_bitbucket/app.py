@@ -50,6 +50,9 @@ class Lifecycle:
 
     started: bool = False
     draining: bool = False
+    stop_by: float | None = None
+    """When the shutdown grace ends (``time.monotonic()``), from the stop signal on: the
+    store's close stops waiting for its writes then."""
 
 
 class BodyTooLarge(Exception):
@@ -300,7 +303,7 @@ def create_app(
                 starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starting
-            await store.close()
+            await store.close(lifecycle.stop_by)
 
     health = Starlette(
         routes=[

@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -53,6 +54,9 @@ class Server(UvicornServer):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.draining = True
+        if self.lifecycle.stop_by is None:  # the first signal starts the grace
+            grace = self.config.timeout_graceful_shutdown or 0
+            self.lifecycle.stop_by = time.monotonic() + grace
         super().handle_exit(sig, frame)
 
 

@@ -365,6 +365,37 @@ def test_state_file_locked_by_another_process_is_a_500_inside_bitbucket_timeout(
     assert request(line.split("\t")[2], PUSH, signed(PUSH)).status == 200
 
 
+def test_shutdown_ends_within_its_grace_while_another_process_holds_the_write_lock(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    """Each write waits up to 7 s for the lock: the server used to outlive its grace by
+    that much per batch. Now it exits in time, the delivery cut short answered 500 (never a
+    200 without its refresh), and one line says which history records were not written."""
+    grace = 1
+    state = tmp_path / "locked.db"
+    cli("apply", "-f", "-", state=state, stdin=demo_manifests())
+    server = server_factory(state, "--shutdown-grace", str(grace))
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    with (
+        contextlib.closing(sqlite3.connect(state, isolation_level=None)) as other,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        other.execute("BEGIN IMMEDIATE")
+        delivery = pool.submit(request, line.split("\t")[2], PUSH, signed(PUSH))
+        read_before_the_next(server)
+        stopping = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=30)
+        took = time.monotonic() - stopping
+        answer = delivery.result(timeout=5)
+        other.execute("ROLLBACK")
+    assert code == 0
+    assert took < grace + 2, f"exited {took:.1f} s after SIGTERM"
+    assert (answer.status, answer.json()) == (500, {"error": "internal error"})
+    assert "1 delivery records not written to the history" in server.logs()
+    assert refresh_of(state, "app") is None
+
+
 def test_a_delivery_finishing_within_a_fractional_shutdown_grace_is_refreshed(
     tmp_path: Path, server_factory: Any
 ) -> None:

@@ -148,6 +148,7 @@ class Store(Protocol):
         the whole history."""
         ...
 
-    async def close(self) -> None:
-        """Stop following changes and release resources."""
+    async def close(self, deadline: float | None = None) -> None:
+        """Stop following changes and release resources; at ``deadline``
+        (``time.monotonic()``, the end of the shutdown grace) stop waiting for writes."""
         ...

@@ -10,12 +10,15 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 import orjson
 
@@ -192,6 +195,7 @@ class StateFile:
             raise StateFileError(f"state file {self.path}: {error}") from error
         self.identity = identity(self.path)
         self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
+        self.left_to_exit = False
 
     def _beside(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)
@@ -212,8 +216,10 @@ class StateFile:
         return identity(self.path) == self.identity
 
     def close(self) -> None:
-        """Close the connection."""
-        self._db.close()
+        """Close the connection, unless it was left to the process's exit (``left_to_exit``:
+        a thread given up on at shutdown may still be in it, and closing would wait for it)."""
+        if not self.left_to_exit:
+            self._db.close()
 
     def never_wait_for_locks(self) -> None:
         """Make writes fail at once with SQLITE_BUSY while another connection writes."""
@@ -635,6 +641,58 @@ Pending = tuple[Sequence[Target], str, "asyncio.Future[set[Target]]", StateFile]
 that gets the targets of its burst that exist, and the state file it decided from."""
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class DatabaseThread(Executor):
+    """The store's one database thread: state-file calls run there, in order.
+
+    A daemon thread, where ThreadPoolExecutor's are joined at exit: a call waiting for
+    another process's write lock (the busy timeout, per batch) must not hold the process
+    past its shutdown grace.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
+        self._calls = queue.SimpleQueue()
+        self._shut = self._cancel = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Queue ``fn(*args, **kwargs)`` behind the calls already queued."""
+        if self._shut:
+            raise RuntimeError("the database thread is shut down")
+        future: Future[T] = Future()
+        self._calls.put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """End the thread once the queued calls have run (or, ``cancel_futures``, once the
+        running one has); ``wait`` for that."""
+        if not self._shut:
+            self._shut = True
+            self._calls.put(None)
+        self._cancel |= cancel_futures
+        if wait:
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, run = call
+            if self._cancel:
+                future.cancel()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = run()
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
 class SqliteStore:
     """The embedded backend: indexes fed from the state file, refreshes grouped per burst."""
 
@@ -650,7 +708,7 @@ class SqliteStore:
         self._revision = 0
         self._ready = False
         self._poller: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._executor = DatabaseThread("sqlite")
         self._pending: list[Pending] = []
         self._records_due = False
         self._record_timer: asyncio.TimerHandle | None = None
@@ -922,6 +980,9 @@ class SqliteStore:
             writes = [(target, value) for targets, value, _ in batch for target in targets]
             try:
                 found = await self._write(writes, records)
+            except asyncio.CancelledError:  # close gave up on it: its records are counted there
+                self._records = records + self._records
+                raise
             except Exception as error:  # each delivery waiting on the batch gets it, never hangs
                 if records:  # they wait for another try (the newest history_size of them)
                     self._records = _newest(records + self._records, self.history_size)
@@ -967,13 +1028,17 @@ class SqliteStore:
         """Run a state-file call on the store's single database thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
-    async def close(self) -> None:
-        """Write what is queued; stop polling and checkpointing; release the database thread."""
+    async def close(self, deadline: float | None = None) -> None:
+        """Write what is queued; stop polling and checkpointing; release the database thread.
+
+        At ``deadline`` (``time.monotonic()``; the end of the shutdown grace) it stops
+        waiting, says in one line how many history records were not written, and leaves
+        the database thread and its connection to the process's exit. Only records: a
+        refresh is answered 200 once its transaction has committed, never before.
+        """
         if self._records:
             self._write_records()
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        flushed = self._flusher is None or await _by(deadline, self._flusher)
         if self._record_timer is not None:
             self._record_timer.cancel()
         if self._poller is not None:
@@ -981,11 +1046,33 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self._stop_checkpoints()
-        self._executor.shutdown(wait=True)
+        idle = self._executor.submit(lambda: None)  # runs once the calls before it have
+        if flushed and await _by(deadline, asyncio.wrap_future(idle)):
+            self._executor.shutdown(wait=True)
+        else:
+            await self._give_up()
+        if self._records:
+            log.error(
+                "%d delivery records not written to the history in state file %s: another "
+                "process held its write lock (past the shutdown grace, or the busy timeout)",
+                len(self._records),
+                self.state.path,
+            )
         if self._inline is not None:
             self._inline.close()
         if self.state is not self._given:  # a file reloaded here; the caller closes its own
             self.state.close()
+
+    async def _give_up(self) -> None:
+        """Past the shutdown grace, the database thread may still wait for another process's
+        write lock (up to the busy timeout) or read: leave it and its connection to the
+        process's exit, the records it was writing counted as not written."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()  # its records go back to the queue
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flusher
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.state.left_to_exit = True
 
     async def _stop_checkpoints(self) -> None:
         if self._checkpointer is not None:
@@ -993,6 +1080,14 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
             self._checkpointer = None
+
+
+async def _by(deadline: float | None, task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` until ``deadline`` (``time.monotonic()``; None: as long as it takes);
+    True if it ended, however."""
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    return bool(done)
 
 
 def _named(targets: Sequence[Target]) -> str:

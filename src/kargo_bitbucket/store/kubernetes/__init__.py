@@ -200,8 +200,9 @@ class KubernetesStore:
         """Patch every target concurrently (bounded), retrying inside one time budget."""
         return await self.refresher.refresh(targets, value, note)
 
-    async def close(self) -> None:
-        """Stop watching, hand the Lease over, close the client."""
+    async def close(self, deadline: float | None = None) -> None:
+        """Stop watching, hand the Lease over, close the client (``deadline`` is for stores
+        with writes queued: a refresh here is sent before its delivery is answered)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
