@@ -80,6 +80,9 @@ RECORD_DELAY = 0.05
 VACUUM_SLACK = 1024  # free pages (4 MiB) left alone: history churn reuses its own
 VACUUM_STEP = 2048  # free pages handed back per checkpoint: 20-60 ms of write lock, measured
 INCREMENTAL = 2  # PRAGMA auto_vacuum
+CLOSE_AT_LEAST = 1.0
+"""Seconds close gives the queued writes even when the shutdown grace is over: the records
+of deliveries cut short at its end are written then (a commit takes milliseconds)."""
 HISTORY_PAGE = 1000
 """History rows read at a time when looking a delivery up by id: the whole history at once
 took 1.76 GiB at 1,000,000 records, and between pages the database thread is free."""
@@ -1031,11 +1034,14 @@ class SqliteStore:
     async def close(self, deadline: float | None = None) -> None:
         """Write what is queued; stop polling and checkpointing; release the database thread.
 
-        At ``deadline`` (``time.monotonic()``; the end of the shutdown grace) it stops
-        waiting, says in one line how many history records were not written, and leaves
-        the database thread and its connection to the process's exit. Only records: a
-        refresh is answered 200 once its transaction has committed, never before.
+        At ``deadline`` (``time.monotonic()``; the end of the shutdown grace), or
+        ``CLOSE_AT_LEAST`` seconds from now if that is later, it stops waiting, says in one
+        line how many history records were not written, and leaves the database thread and
+        its connection to the process's exit. Only records: a refresh is answered 200 once
+        its transaction has committed, never before.
         """
+        if deadline is not None:
+            deadline = max(deadline, time.monotonic() + CLOSE_AT_LEAST)
         if self._records:
             self._write_records()
         flushed = self._flusher is None or await _by(deadline, self._flusher)
