@@ -13,7 +13,9 @@ or changes it.
   transport with the kubeconfig's TLS settings; ``user_auth``: wire.py takes the
   ``Authorization`` header from lightkube's own httpx Auth for the user; ``GenericAsyncClient
   ._client``: where that lean path cannot apply, refreshes go through lightkube's own httpx
-  client. Imported when used: embedded mode never loads lightkube.
+  client; ``lightkube.core.decoders``: depth.py replaces its decode helpers (which
+  lightkube's clients look up at each call) with ones that read an object nested deeper
+  than Python decodes. Imported when used: embedded mode never loads lightkube.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "HttpToolsProtocol",
     "RequestResponseCycle",
     "UvicornServer",
+    "decoders",
     "generic_client",
     "http_client",
     "user_auth",
@@ -65,6 +68,9 @@ USES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("lightkube", "lightkube.core.generic_client:GenericAsyncClient", ("prepare_request", "watch")),
     ("lightkube", "lightkube.config.client_adapter:verify_cluster", ()),
     ("lightkube", "lightkube.config.client_adapter:user_auth", ()),
+    ("lightkube", "lightkube.core.decoders:decode_list", ()),
+    ("lightkube", "lightkube.core.decoders:decode_object", ()),
+    ("lightkube", "lightkube.core.decoders:decode_watch_event", ()),
 )
 """(library, module:object, methods). What instances carry (the protocol's loop, transport,
 headers, cycle and pipeline; the cycle's scope, more_body, response_complete,
@@ -76,6 +82,13 @@ def generic_client(client: AsyncClient) -> GenericAsyncClient:
     """lightkube's generic client under ``client``: it can build a watch with bookmarks."""
     inner: GenericAsyncClient = client._client
     return inner
+
+
+def decoders() -> Any:
+    """lightkube's decode helpers module, whose functions its clients look up at each call."""
+    from lightkube.core import decoders as module
+
+    return module
 
 
 def verify_cluster(cluster: Any, user: Any, abs_file: Any) -> ssl.SSLContext | bool | str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import httpx2 as httpx
 import yaml
@@ -13,16 +12,13 @@ from kargo_bitbucket import __version__
 from kargo_bitbucket.core.objects import key
 from kargo_bitbucket.core.receivers import published
 from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.kubernetes.depth import tolerate_deep_objects
 from kargo_bitbucket.store.kubernetes.reflector import plain
 from kargo_bitbucket.store.kubernetes.refresher import EVENT_CONCURRENCY, PATCH_CONCURRENCY
 from kargo_bitbucket.store.kubernetes.resources import RESOURCES
 
 USER_AGENT = f"kargo-bitbucket/{__version__}"
 POOL_SIZE = PATCH_CONCURRENCY + EVENT_CONCURRENCY + 8
-API_MAX_DEPTH = 10_000
-"""How deep the API server lets an object's JSON nest (kube-apiserver 1.35 refuses 10,000
-with "exceeded max depth"): what Kargo's CRDs leave open (an unknown field of a Warehouse's
-subscription, a Promotion step's config) may nest that deep."""
 
 
 class KubernetesConfigError(RuntimeError):
@@ -71,9 +67,8 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
         ) from error
     if single is None or single.user is None:
         raise KubernetesConfigError(f"kubeconfig has no usable context {context or '(current)'}")
-    # Every object the API server stores must decode: lightkube's decoder (msgspec) stops at
-    # Python's recursion limit, 1,000 by default, and one deeper Warehouse killed its watch.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), API_MAX_DEPTH + 1_000))
+    # Every object the API server stores must decode, however deep (see depth.py).
+    tolerate_deep_objects()
     # Keep as many connections alive as patches and Events may run at once: with httpx's
     # default of 20, a 500-Warehouse push opened ~260 new TLS connections (measured).
     transport = httpx.AsyncHTTPTransport(
