@@ -2,15 +2,17 @@
 
 Builds a state file with ``--warehouses`` Warehouses all subscribed to one repository
 (``--shape branch``: each follows its own branch; ``mixed``: 80 % branches, 15 % SemVer
-over 10 constraints, 5 % NewestTag over 5 allow regexes), none of which the push
-matches, and sends ``--pushes`` signed Cloud ``repo:push`` deliveries of ``--refs`` refs
-(half branches, half tags) one after the other, while another thread asks ``/healthz``
-every 10 ms. Prints each push's answer time, the probes' median, p99 and worst latency
-while pushes were in flight, the server's RSS and the state file's size. Goals: each
-answer within 1 s, ``/healthz`` under 50 ms. Everything is on 127.0.0.1.
+over 10 constraints, 5 % NewestTag over 5 allow regexes; ``tags``: each NewestTag with an
+allow regex of its own, as services of a monorepo), none of which the push matches, and
+sends ``--pushes`` signed Cloud ``repo:push`` deliveries of ``--refs`` refs (half
+branches, half tags) one after the other, while another thread asks ``/healthz`` every
+10 ms. Prints each push's answer time, the probes' median, p99 and worst latency while
+pushes were in flight, the server's RSS and the state file's size. Goals: each answer
+within 1 s, ``/healthz`` under 50 ms. Everything is on 127.0.0.1.
 
     .venv/bin/python bench/huge_push.py                      # the working tree
     .venv/bin/python bench/huge_push.py --rev 97c0255 --pushes 1   # a commit, for "before"
+    .venv/bin/python bench/huge_push.py --shape tags --refs 40000 --warehouses 200
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def documents(warehouses: int, shape: str) -> Iterator[str]:
     yield from list(run.manifest_documents(1))[:2]
     for i in range(warehouses):
         git = f"        repoURL: {REPO}\n        branch: release-{i}\n"
+        if shape == "tags":
+            git = (
+                f"        repoURL: {REPO}\n        commitSelectionStrategy: NewestTag\n"
+                f"        allowTagsRegexes: ['^svc-{i}/']\n"
+            )
         if shape == "mixed" and i % 20 >= 16:
             if i % 20 == 19:
                 git = (
@@ -141,7 +148,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refs", type=int, default=10_000)
     parser.add_argument("--warehouses", type=int, default=1_000)
-    parser.add_argument("--shape", choices=("branch", "mixed"), default="mixed")
+    parser.add_argument("--shape", choices=("branch", "mixed", "tags"), default="mixed")
     parser.add_argument("--pushes", type=int, default=5)
     parser.add_argument("--rev", help="measure this commit's src/ (git archive), not the tree")
     parser.add_argument("--cli", type=Path, default=Path(sys.executable).parent / "kargo-bitbucket")
