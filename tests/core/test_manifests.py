@@ -310,6 +310,16 @@ def test_null_optional_fields_are_dropped_like_the_api_server() -> None:
     assert "labels" not in resource.body["metadata"]
 
 
+def test_null_map_values_are_stored_as_empty_strings_like_the_api_server() -> None:
+    meta = "  namespace: demo\n  labels: {a: null}\n  annotations: {b: ~}\n"
+    (warehouse,) = parse(edit(WAREHOUSE, "  namespace: demo\n", meta))
+    assert warehouse.body["metadata"]["labels"] == {"a": ""}
+    assert warehouse.body["metadata"]["annotations"] == {"b": ""}
+    text = SECRET + "stringData:\n  token: null\n"
+    (secret,) = parse(edit(text, "secret: bXlzdXBlcnNlY3JldA==", "secret:"))
+    assert secret.body["data"] == {"secret": "", "token": ""}
+
+
 def test_no_defaults_are_added() -> None:
     (resource,) = parse(WAREHOUSE)
     git = resource.body["spec"]["subscriptions"][0]["git"]

@@ -231,6 +231,17 @@ class AnyOf(Spec):
         return value
 
 
+class NullAsEmpty(Spec):
+    """``null`` read as ``""`` before ``inner`` checks it: the API server stores an empty
+    string for a null map value (labels, annotations, Secret data)."""
+
+    def __init__(self, inner: Spec) -> None:
+        self.inner = inner
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        return self.inner.check("" if value is None else value, path, ctx)
+
+
 _Hook = Callable[[Any, Path, Ctx], None]
 
 
