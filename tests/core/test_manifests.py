@@ -246,29 +246,53 @@ def test_secret_base64_is_normalized_like_go() -> None:
     assert resource.body["data"]["secret"] == "bXlzdXBlcnNlY3JldA=="
 
 
-def test_non_bitbucket_receivers_are_kept_opaque() -> None:
+def test_non_bitbucket_receivers_are_kept_and_their_unknown_fields_noted() -> None:
     text = PROJECT_CONFIG + textwrap.indent(
         "- name: gh\n  github:\n    secretRef: {name: gh-secret}\n    whatever: [1, 2]\n"
-        "- name: gl\n  gitlab: {secretRef: {name: x}}\n",
+        "- name: gl\n  gitlab: {secretRef: {name: x}}\n"
+        "- name: gen\n  generic:\n    secretRef: {name: g}\n    actions:\n"
+        "    - action: Refresh\n      parameters: {a: b}\n"
+        "      targetSelectionCriteria:\n      - kind: Warehouse\n"
+        "        labelSelector: {matchLabels: {app: x}}\n"
+        "        indexSelector:\n          matchIndices:\n"
+        "          - {key: subscribedURLs, operator: Equals, value: 'https://h/r'}\n",
         "  ",
     )
     (resource,) = parse(text)
     receivers = resource.body["spec"]["webhookReceivers"]
-    assert [r["name"] for r in receivers] == ["bb-receiver", "gh", "gl"]
+    assert [r["name"] for r in receivers] == ["bb-receiver", "gh", "gl", "gen"]
     assert receivers[1]["github"]["whatever"] == [1, 2]
-    assert resource.warnings == ()
+    (warning,) = resource.warnings
+    assert "spec.webhookReceivers[1].github.whatever: unknown field, kept" in warning
 
 
-def test_unknown_fields_are_kept_with_a_warning() -> None:
-    text = edit(WAREHOUSE, "      branch: main\n", "      branch: main\n      futureField: 3\n")
-    text += "  shard: east\n  newThing: {a: b}\n"
-    (resource,) = parse(text)
-    assert resource.body["spec"]["newThing"] == {"a": "b"}
-    assert resource.body["spec"]["subscriptions"][0]["git"]["futureField"] == 3
-    assert len(resource.warnings) == 2
-    assert all(len(w.splitlines()) == 1 for w in resource.warnings)
-    assert "spec.subscriptions[0].git.futureField: unknown field" in resource.warnings[0]
-    assert resource.warnings[1].startswith(f"{SRC}: document 1 (Warehouse demo/app): spec.newThing")
+def test_a_receiver_type_newer_than_this_build_is_kept_with_a_warning() -> None:
+    """SPEC §2: other receivers never fail the Bitbucket ones, even under strict checking."""
+    text = PROJECT_CONFIG + "  - name: future\n    bitbucketdc: {secretRef: {name: other}}\n"
+    (resource,) = parse(text, strict=True)
+    receivers = resource.body["spec"]["webhookReceivers"]
+    assert receivers[1] == {"name": "future", "bitbucketdc": {"secretRef": {"name": "other"}}}
+    (warning,) = resource.warnings
+    assert warning == (
+        f"{SRC}: document 1 (ProjectConfig demo/demo): spec.webhookReceivers[1].bitbucketdc: "
+        "receiver type this build does not know (newer Kargo?): kept as is, "
+        "no URL is published for it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("receiver", "got"),
+    [
+        ("{name: r, bitbucketdc: x}", "got none (unknown fields: bitbucketdc)"),
+        ("{name: r, a: {}, b: {}}", "got none (unknown fields: a, b)"),
+        ("{name: r, actions: [{action: Refresh}]}", "got none (unknown fields: actions)"),
+        ("{name: r}", "got none"),
+    ],
+)
+def test_a_receiver_that_is_no_newer_type_is_refused(receiver: str, got: str) -> None:
+    message = error_of(PROJECT_CONFIG + f"  - {receiver}\n")
+    assert "spec.webhookReceivers[1]: must configure exactly one receiver type (" in message
+    assert message.endswith(f"; {got} (line 12)")
 
 
 @pytest.mark.parametrize(
@@ -696,7 +720,7 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         "receiver-duplicate",
         PROJECT_CONFIG,
         "        name: bb-secret\n",
-        "        name: bb-secret\n  - name: bb-receiver\n    github: {secretRef: {name: y}}\n",
+        "        name: bb-secret\n  - name: bb-receiver\n    github: {secretRef: {name: gh}}\n",
         [
             'spec.webhookReceivers[1].name: duplicate receiver name "bb-receiver" '
             "(also spec.webhookReceivers[0])"
@@ -861,6 +885,45 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
             "(Warehouse demo/app): spec.subscriptions[0].git.branch: "
             "duplicate key (first at line 10)",
             "(line 11)",
+        ],
+    ),
+    (
+        "receiver-github-no-secret-ref",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    github: {}\n",
+        ["spec.webhookReceivers[0].github.secretRef: required field is missing"],
+    ),
+    (
+        "receiver-gitlab-secret-name-number",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    gitlab: {secretRef: {name: 7}}\n",
+        ["spec.webhookReceivers[0].gitlab.secretRef.name: must be a string, got number 7"],
+    ),
+    (
+        "receiver-generic-no-actions",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic: {secretRef: {name: g}, actions: []}\n",
+        ["spec.webhookReceivers[0].generic.actions: must have at least 1 item(s)"],
+    ),
+    (
+        "receiver-generic-action",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic: {secretRef: {name: g}, actions: [{action: Promote}]}\n",
+        ['spec.webhookReceivers[0].generic.actions[0].action: must be one of Refresh; got "Pro'],
+    ),
+    (
+        "receiver-generic-criteria-kind",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic:\n      secretRef: {name: g}\n      actions:\n      - action: Refresh\n"
+        "        targetSelectionCriteria: [{name: w}]\n",
+        [
+            "spec.webhookReceivers[0].generic.actions[0].targetSelectionCriteria[0].kind: "
+            "required field is missing"
         ],
     ),
     (

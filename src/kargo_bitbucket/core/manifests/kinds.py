@@ -153,28 +153,92 @@ _CONDITION = Obj(
 
 # -- ProjectConfig / ClusterConfig
 
-_PROVIDERS = (
-    "artifactory",
-    "azure",
-    "bitbucket",
-    "dockerhub",
-    "generic",
-    "gitea",
-    "github",
-    "gitlab",
-    "harbor",
-    "quay",
-)
 _RECEIVER_NAME = Str(min_len=1, rule=dns_subdomain)
 _BITBUCKET = Obj(
     {"secretRef": Obj({"name": Str(min_len=1, rule=dns_subdomain)}, required=("name",))},
     required=("secretRef",),
 )
+# The other types as the CRD has them (their Secret is never read, so its name is not checked).
+_SECRET_REF = Obj({"name": Str()})
+_SECRET_ONLY = Obj({"secretRef": _SECRET_REF}, required=("secretRef",))
+_LABEL_SELECTOR = Obj(
+    {
+        "matchLabels": Map(Str()),
+        "matchExpressions": List(
+            Obj({"key": Str(), "operator": Str(), "values": _STRINGS}, required=("key", "operator"))
+        ),
+    }
+)
+_INDEX_SELECTOR = Obj(
+    {
+        "matchIndices": List(
+            Obj(
+                {
+                    "key": Str(enum=("subscribedURLs", "receiverPaths")),
+                    "operator": Str(),
+                    "value": Str(),
+                },
+                required=("key", "operator", "value"),
+            ),
+            min_items=1,
+        )
+    }
+)
+_GENERIC_ACTION = Obj(
+    {
+        "action": Str(enum=("Refresh",)),
+        "parameters": Map(Str()),
+        "targetSelectionCriteria": List(
+            Obj(
+                {
+                    "kind": Str(enum=("Warehouse",)),
+                    "name": Str(),
+                    "labelSelector": _LABEL_SELECTOR,
+                    "indexSelector": _INDEX_SELECTOR,
+                },
+                required=("kind",),
+            ),
+            min_items=1,
+        ),
+        "whenExpression": Str(),
+    },
+    required=("action",),
+)
+_RECEIVER_TYPES: dict[str, Spec] = {
+    "artifactory": Obj(
+        {"secretRef": _SECRET_REF, "virtualRepoName": Str()}, required=("secretRef",)
+    ),
+    "azure": _SECRET_ONLY,
+    "bitbucket": _BITBUCKET,
+    "dockerhub": _SECRET_ONLY,
+    "generic": Obj(
+        {"secretRef": _SECRET_REF, "actions": List(_GENERIC_ACTION, min_items=1)},
+        required=("secretRef",),
+    ),
+    "gitea": _SECRET_ONLY,
+    "github": _SECRET_ONLY,
+    "gitlab": _SECRET_ONLY,
+    "harbor": _SECRET_ONLY,
+    "quay": _SECRET_ONLY,
+}
+# Fields of a receiver type: one of them beside the receiver's name is a mis-indentation.
+_RECEIVER_TYPE_FIELDS = frozenset(
+    key for spec in _RECEIVER_TYPES.values() if isinstance(spec, Obj) for key in spec.fields
+)
 _OPAQUE_OBJECT = AnyOf("object")
 
 
+def _newer_receiver_type(value: dict[str, Any], unknown: list[str]) -> str | None:
+    """The one unknown key that can only be a receiver type newer than this build (an
+    object, not a field of a known type), or None when the entry looks like a mistake."""
+    if len(unknown) != 1 or unknown[0] in _RECEIVER_TYPE_FIELDS:
+        return None
+    return unknown[0] if isinstance(value[unknown[0]], dict) else None
+
+
 class _Receiver(Spec):
-    """``webhookReceivers[i]``: a name and exactly one receiver type."""
+    """``webhookReceivers[i]``: a name and exactly one receiver type; a single unknown type
+    (newer Kargo) is kept with a warning and publishes nothing (SPEC §2)."""
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if not isinstance(value, dict):
@@ -186,22 +250,29 @@ class _Receiver(Spec):
             here = (*path, key)
             if key == "name":
                 out[key] = _RECEIVER_NAME.check(item, here, ctx)
-            elif key not in _PROVIDERS:
-                ctx.warn(here, "unknown field, kept as is and not checked")
+            elif key not in _RECEIVER_TYPES:
                 unknown.append(key)
                 out[key] = item
             elif item is not None:
-                spec = _BITBUCKET if key == "bitbucket" else _OPAQUE_OBJECT
-                out[key] = spec.check(item, here, ctx)
+                out[key] = _RECEIVER_TYPES[key].check(item, here, ctx)
                 providers.append(key)
         if "name" not in out:
             ctx.fail((*path, "name"), "required field is missing")
-        if len(providers) != 1:
+        newer = None if providers else _newer_receiver_type(value, unknown)
+        if newer is None and len(providers) != 1:
             got = f"{len(providers)}: {', '.join(providers)}" if providers else "none"
             if unknown:
                 got += f" (unknown fields: {', '.join(unknown)})"
-            kinds = ", ".join(_PROVIDERS)
+            kinds = ", ".join(_RECEIVER_TYPES)
             ctx.fail(path, f"must configure exactly one receiver type ({kinds}); got {got}")
+        for key in unknown:
+            note = (
+                "receiver type this build does not know (newer Kargo?): kept as is, "
+                "no URL is published for it"
+                if key == newer
+                else "unknown field, kept as is and not checked"
+            )
+            ctx.warn((*path, key), note)
         return out
 
 
