@@ -20,6 +20,7 @@ from kargo_bitbucket.core.manifests import (
     parse_manifests,
     validate_object,
 )
+from kargo_bitbucket.core.promotions import awaited_pr_urls
 
 SRC = "manifests/demo.yaml"
 
@@ -322,6 +323,41 @@ def test_status_is_open_for_server_written_fields() -> None:
     assert resource.warnings == ()
     assert resource.body["status"]["currentStep"] == 1
     assert resource.body["status"]["state"]["wait"]["pr"]["url"].endswith("/7")
+
+
+@pytest.mark.parametrize("config", ["main", "1", "true", "[]", "[a]", "null"])
+def test_step_config_may_be_any_json(config: str) -> None:
+    """The CRD keeps ``config`` untyped; a wait step with an odd config still waits on its PR."""
+    text = edit(PROMOTION, "    config:\n      prNumber: ${{ outputs['open-pr'].pr.id }}\n", "")
+    (resource,) = parse(text.replace("    as: wait\n", f"    as: wait\n    config: {config}\n"))
+    assert awaited_pr_urls(resource.body) == {"https://bitbucket.org/acme/app/pull-requests/7"}
+
+
+def test_promotion_from_an_origin_with_retry_and_vars() -> None:
+    text = edit(PROMOTION, "  freight: abc123\n", "  origin: {kind: Warehouse, name: app}\n")
+    text = edit(text, "  steps:\n", "  vars: [{name: _x1, value: v}]\n  steps:\n")
+    extra = (
+        "    retry: {errorThreshold: 3, timeout: 10m, backoff: 2}\n    vars: [{name: y, z: 1}]\n"
+    )
+    (resource,) = parse(edit(text, "    as: wait\n", "    as: wait\n" + extra))
+    step = resource.body["spec"]["steps"][1]
+    assert step["retry"] == {"errorThreshold": 3, "timeout": "10m", "backoff": 2}
+    assert [w.split(": ")[2] for w in resource.warnings] == [
+        "spec.steps[1].retry.backoff",
+        "spec.steps[1].vars[0].z",
+    ]
+
+
+def test_unknown_fields_are_kept_with_a_warning() -> None:
+    text = edit(WAREHOUSE, "      branch: main\n", "      branch: main\n      futureField: 3\n")
+    text += "  shard: east\n  newThing: {a: b}\n"
+    (resource,) = parse(text)
+    assert resource.body["spec"]["newThing"] == {"a": "b"}
+    assert resource.body["spec"]["subscriptions"][0]["git"]["futureField"] == 3
+    assert len(resource.warnings) == 2
+    assert all(len(w.splitlines()) == 1 for w in resource.warnings)
+    assert "spec.subscriptions[0].git.futureField: unknown field" in resource.warnings[0]
+    assert resource.warnings[1].startswith(f"{SRC}: document 1 (Warehouse demo/app): spec.newThing")
 
 
 def test_null_optional_fields_are_dropped_like_the_api_server() -> None:
@@ -686,18 +722,126 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         ["spec.steps[1].as: must be a string, got boolean true"],
     ),
     (
-        "step-config-list",
-        PROMOTION,
-        "    config:\n      repoURL",
-        "    config:\n    - repoURL",
-        ["spec.steps[0].config: must be an object, got list"],
-    ),
-    (
         "step-without-uses",
         PROMOTION,
         "  - uses: git-open-pr\n    as: open-pr\n",
         "  - as: open-pr\n",
         ["spec.steps[0].uses: required field is missing"],
+    ),
+    (
+        "step-task-only",
+        PROMOTION,
+        "  - uses: git-open-pr\n    as: open-pr\n",
+        "  - task: {name: open}\n",
+        [
+            "spec.steps[0].uses: required field is missing (a Promotion step must have uses set "
+            "and must not reference a task) (line 10)"
+        ],
+    ),
+    (
+        "step-uses-and-task",
+        PROMOTION,
+        "    as: wait\n",
+        "    as: wait\n    task: {name: t}\n",
+        ["spec.steps[1].task: not allowed (a Promotion step must have uses set and must not"],
+    ),
+    (
+        "promotion-no-stage",
+        PROMOTION,
+        "  stage: prod\n",
+        "",
+        ["(Promotion demo/prod.01h): spec.stage: required field is missing"],
+    ),
+    (
+        "promotion-no-steps",
+        PROMOTION,
+        "  steps:\n",
+        "  other:\n",
+        ["spec.steps: required field is missing"],
+    ),
+    (
+        "promotion-steps-empty",
+        PROMOTION,
+        "  steps:\n",
+        "  steps: []\n  other:\n",
+        ["spec.steps: must have at least 1 item(s) (line 9)"],
+    ),
+    (
+        "promotion-no-freight-no-origin",
+        PROMOTION,
+        "  freight: abc123\n",
+        "",
+        ["(Promotion demo/prod.01h): spec: exactly one of freight or origin must be set (line 7)"],
+    ),
+    (
+        "promotion-freight-and-origin",
+        PROMOTION,
+        "  freight: abc123\n",
+        "  freight: abc123\n  origin: {kind: Warehouse, name: app}\n",
+        ["spec: exactly one of freight or origin must be set"],
+    ),
+    (
+        "promotion-freight-pattern",
+        PROMOTION,
+        "freight: abc123",
+        "freight: ABC_1",
+        ["spec.freight: must be a lowercase RFC 1123 subdomain"],
+    ),
+    (
+        "promotion-freight-long",
+        PROMOTION,
+        "freight: abc123",
+        "freight: " + "a" * 254,
+        ["spec.freight: must be a lowercase RFC 1123 subdomain"],
+    ),
+    (
+        "promotion-origin-kind",
+        PROMOTION,
+        "  freight: abc123\n",
+        "  origin: {kind: Stage, name: app}\n",
+        ['spec.origin.kind: must be one of Warehouse; got "Stage"'],
+    ),
+    (
+        "retry-threshold-string",
+        PROMOTION,
+        "    as: wait\n",
+        "    as: wait\n    retry: {errorThreshold: '3'}\n",
+        ['spec.steps[1].retry.errorThreshold: must be an integer, got string "3"'],
+    ),
+    (
+        "retry-threshold-float",
+        PROMOTION,
+        "    as: wait\n",
+        "    as: wait\n    retry: {errorThreshold: 1.5}\n",
+        ["spec.steps[1].retry.errorThreshold: must be an integer, got number 1.5"],
+    ),
+    (
+        "retry-timeout-number",
+        PROMOTION,
+        "    as: wait\n",
+        "    as: wait\n    retry: {timeout: 5}\n",
+        ["spec.steps[1].retry.timeout: must be a string, got number 5"],
+    ),
+    (
+        "vars-name-pattern",
+        PROMOTION,
+        "  steps:\n",
+        "  vars: [{name: 1x}]\n  steps:\n",
+        ['spec.vars[0].name: must be a letter or _, then letters, digits or _; got "1x"'],
+    ),
+    (
+        "vars-value-number",
+        PROMOTION,
+        "  steps:\n",
+        "  vars: [{name: x, value: 1}]\n  steps:\n",
+        ["spec.vars[0].value: must be a string, got number 1"],
+    ),
+    (
+        "step-vars-name-missing",
+        PROMOTION,
+        "    as: wait\n",
+        "    as: wait\n    vars: [{value: v}]\n",
+        ["spec.steps[1].vars[0].name: required field is missing"],
     ),
     (
         "cluster-config-name",
@@ -794,6 +938,45 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
         "    github: token\n",
         ['spec.webhookReceivers[0].github: must be an object, got string "token"'],
+    ),
+    (
+        "receiver-github-no-secret-ref",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    github: {}\n",
+        ["spec.webhookReceivers[0].github.secretRef: required field is missing"],
+    ),
+    (
+        "receiver-gitlab-secret-name-number",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    gitlab: {secretRef: {name: 7}}\n",
+        ["spec.webhookReceivers[0].gitlab.secretRef.name: must be a string, got number 7"],
+    ),
+    (
+        "receiver-generic-no-actions",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic: {secretRef: {name: g}, actions: []}\n",
+        ["spec.webhookReceivers[0].generic.actions: must have at least 1 item(s)"],
+    ),
+    (
+        "receiver-generic-action",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic: {secretRef: {name: g}, actions: [{action: Promote}]}\n",
+        ['spec.webhookReceivers[0].generic.actions[0].action: must be one of Refresh; got "Pro'],
+    ),
+    (
+        "receiver-generic-criteria-kind",
+        PROJECT_CONFIG,
+        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
+        "    generic:\n      secretRef: {name: g}\n      actions:\n      - action: Refresh\n"
+        "        targetSelectionCriteria: [{name: w}]\n",
+        [
+            "spec.webhookReceivers[0].generic.actions[0].targetSelectionCriteria[0].kind: "
+            "required field is missing"
+        ],
     ),
     (
         "secret-not-base64",
@@ -1068,7 +1251,7 @@ def test_validate_object_on_a_dict() -> None:
                 "apiVersion": "kargo.akuity.io/v1alpha1",
                 "kind": "Promotion",
                 "metadata": {"name": "p", "namespace": "n"},
-                "spec": {},
+                "spec": {"stage": "s", "freight": "f", "steps": [{"uses": "x"}]},
                 "status": {"currentStep": True},
             },
             "status.currentStep: must be an integer, got boolean true",

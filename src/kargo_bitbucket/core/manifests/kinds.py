@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -403,38 +404,59 @@ _WAREHOUSE_STATUS = Obj(
 # -- Promotion
 
 
-def _uses_or_task(out: Any, path: Path, ctx: Ctx) -> None:
-    if "uses" not in out and "task" not in out:
-        ctx.fail((*path, "uses"), "required field is missing (a step needs uses, or a task)")
+_VAR_NAME = re.compile(r"[a-zA-Z_]\w*\Z", re.ASCII)
+
+
+def _var_name(value: str) -> str | None:
+    if _VAR_NAME.match(value):
+        return None
+    return f"must be a letter or _, then letters, digits or _; got {quote(value)}"
+
+
+_VARS = List(Obj({"name": Str(min_len=1, rule=_var_name), "value": Str()}, required=("name",)))
+_STEP_RULE = "a Promotion step must have uses set and must not reference a task"
+
+
+def _uses_not_task(out: Any, path: Path, ctx: Ctx) -> None:
+    """The CRD's rule on a step (``has(self.uses) && !has(self.task)``): the tasks of a
+    Promotion are inflated into steps before it is created."""
+    if "uses" not in out:
+        ctx.fail((*path, "uses"), f"required field is missing ({_STEP_RULE})")
+    if "task" in out:
+        ctx.fail((*path, "task"), f"not allowed ({_STEP_RULE})")
+
+
+def _freight_or_origin(out: Any, path: Path, ctx: Ctx) -> None:
+    """The CRD's rule on the spec (``has(self.freight) != has(self.origin)``)."""
+    if ("freight" in out) == ("origin" in out):
+        ctx.fail(path, "exactly one of freight or origin must be set")
 
 
 _STEP = Obj(
     {
         "uses": Str(min_len=1),
         "as": Str(),
-        "config": AnyOf("object"),
-        "task": Obj(
-            {
-                "name": Str(min_len=1, rule=dns_subdomain),
-                "kind": Str(enum=("PromotionTask", "ClusterPromotionTask")),
-            },
-            required=("name",),
-        ),
-        "retry": AnyOf("object"),
+        "config": AnyOf(),  # any JSON (preserve-unknown-fields without a type)
+        "task": AnyOf(),  # refused by _uses_not_task when set
+        "retry": Obj({"errorThreshold": Int(-(2**31), 2**31 - 1), "timeout": Str()}),
         "inputs": AnyOf(),
-        "vars": _OBJECTS,
+        "vars": _VARS,
         "if": Str(),
         "continueOnError": Bool(),
     },
-    after=_uses_or_task,
+    after=_uses_not_task,
 )
 _PROMOTION_SPEC = Obj(
     {
         "stage": Str(min_len=1, rule=dns_subdomain),
-        "freight": Str(min_len=1),
-        "vars": _OBJECTS,
-        "steps": List(_STEP),
-    }
+        "freight": Str(min_len=1, rule=dns_subdomain),
+        "origin": Obj({"kind": Str(enum=("Warehouse",)), "name": Str()}, required=("kind", "name")),
+        "target": Str(rule=dns_subdomain),
+        "vars": _VARS,
+        "steps": List(_STEP, min_items=1),
+    },
+    required=("stage", "steps"),
+    after=_freight_or_origin,
 )
 _PROMOTION_STATUS = Obj(
     {
