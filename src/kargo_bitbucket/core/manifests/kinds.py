@@ -438,7 +438,7 @@ _STEP = Obj(
         "as": Str(),
         "config": AnyOf(),  # any JSON (preserve-unknown-fields without a type)
         "task": AnyOf(),  # refused by _uses_not_task when set
-        "retry": Obj({"errorThreshold": Int(-(2**31), 2**31 - 1), "timeout": Str()}),
+        "retry": Obj({"errorThreshold": Int(), "timeout": Str()}),
         "inputs": AnyOf(),
         "vars": _VARS,
         "if": Str(),
