@@ -83,7 +83,8 @@ KINDS: dict[str, str] = _spellings()
 #   misspelled filter (brnach:) would silently widen what the Warehouse matches.
 #   status is open: server-written fields are kept without notes.
 # - null in an optional field means absent and is dropped [the API server prunes nulls of
-#   non-nullable fields]; null where a value is required is an error.
+#   non-nullable fields]; null where a value is required is an error, except a map value
+#   (labels, annotations, Secret data), stored as "" [as the API server stores it].
 # - No schema defaults are written [strictSemvers defaults to true in the typed v1.x CRD but is
 #   an optional *bool in the newest types; SPEC 6.3 reads it absent as false]. The only edits:
 #   Secret stringData folded into data, the namespace filled from default_namespace, a
