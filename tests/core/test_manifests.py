@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from kargo_bitbucket.core.manifests import (
     validate_object,
 )
 from kargo_bitbucket.core.promotions import awaited_pr_urls
+from tests.chart.support import tool
 
 SRC = "manifests/demo.yaml"
 
@@ -444,6 +448,105 @@ def test_anchors_and_merge_keys() -> None:
     assert subs[1]["git"] == {"repoURL": "https://bitbucket.org/acme/app.git", "branch": "dev"}
     subs[0]["git"]["branch"] = "changed"
     assert subs[1]["git"]["branch"] == "dev"  # aliases are copies, not shared
+
+
+def test_a_merge_key_after_a_written_key_wins_as_in_kubectl() -> None:
+    """go-yaml v2 applies a mapping's entries in order, so Kubernetes follows develop here."""
+    (resource,) = parse(
+        edit(WAREHOUSE, "branch: main", "branch: main\n      <<: {branch: develop}")
+    )
+    assert resource.body["spec"]["subscriptions"][0]["git"]["branch"] == "develop"
+
+
+# Plain scalars as kubectl (sigs.k8s.io/yaml, go-yaml v2) sends them, checked with
+# `kubectl annotate --local -f F a=b -o json` (test_plain_scalars_match_kubectl runs it).
+PLAIN_SCALARS = [
+    ("y", True),
+    ("Y", True),
+    ("n", False),
+    ("N", False),
+    ("yes", True),
+    ("off", False),
+    ("1.20", 1.2),
+    ("1e3", 1000),
+    ("1E5", 100000),
+    ("1.0e3", 1000),
+    ("1e-3", 0.001),
+    ("0o17", 15),
+    ("017", 15),
+    ("0x1F", 31),
+    ("1_000", 1000),
+    ("0b101", 5),
+    ("09", 9),
+    ("+.5", 0.5),
+    ("1.", 1),
+    ("9223372036854775808", 9223372036854775808.0),
+    ("1:20", "1:20"),
+    ("=", "="),
+    ("1e400", "1e400"),
+    ("0o9", "0o9"),
+    ("tRUE", "tRUE"),
+    ("~", None),
+    ("2020-01-01", "2020-01-01"),
+    ("<<", "<<"),
+]
+
+
+@pytest.mark.parametrize(("token", "value"), PLAIN_SCALARS, ids=[t for t, _ in PLAIN_SCALARS])
+def test_plain_scalars_read_as_kubectl_reads_them(token: str, value: object) -> None:
+    text = edit(PROMOTION, "        url: https://", f"        v: {token}\n        url: https://")
+    (resource,) = parse(text)
+    read = resource.body["status"]["state"]["wait"]["pr"]["v"]
+    assert read == value and type(read) is type(value), read
+
+
+def test_plain_scalars_match_kubectl(tmp_path: Path) -> None:
+    """The table above, against kubectl itself (no cluster: ``annotate --local``)."""
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found in .tools/bin or on PATH (.ci/get-helm installs it)")
+    state = "".join(f"  t{i}: {token}\n" for i, (token, _) in enumerate(PLAIN_SCALARS))
+    path = tmp_path / "scalars.yaml"
+    path.write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\nspec:\n{state}")
+    run = [kubectl, "annotate", "--local", "-f", str(path), "a=b", "-o", "json"]
+    out = subprocess.run(run, capture_output=True, check=True, text=True).stdout
+    # decoded as Kubernetes decodes JSON: int64 when it fits, else a float
+    sent = json.loads(out, parse_int=lambda t: int(t) if -(2**63) <= int(t) < 2**63 else float(t))
+    assert sent["spec"] == {f"t{i}": value for i, (_, value) in enumerate(PLAIN_SCALARS)}
+
+
+def test_keys_read_as_kubectl_writes_them() -> None:
+    text = edit(
+        PROMOTION, "        url: https://", "        y: a\n        1e3: b\n        url: https://"
+    )
+    (resource,) = parse(text)
+    assert {"true": "a", "1000": "b"}.items() <= resource.body["status"]["state"]["wait"][
+        "pr"
+    ].items()
+
+
+@pytest.mark.parametrize(
+    ("token", "got"),
+    [("y", "boolean y"), ("N", "boolean N"), ("1e3", "number 1e3"), ("0o17", "number 0o17")],
+)
+def test_yaml_1_1_words_and_numbers_are_refused_where_text_is_expected(
+    token: str, got: str
+) -> None:
+    """kubectl sends ``branch: y`` as true: refused with the hint, not matched as branch "y"."""
+    message = error_of(edit(WAREHOUSE, "branch: main", f"branch: {token}"))
+    assert f"{W_GIT}.branch: must be a string, got {got} " in message, message
+    assert f'(quote it to keep it as written: "{token}") (line 10)' in message, message
+
+
+@pytest.mark.parametrize("token", ["=", "1:20"])
+def test_equals_sign_and_colon_numbers_are_text_as_in_kubectl(token: str) -> None:
+    (resource,) = parse(edit(WAREHOUSE, "spec:\n", f"spec:\n  shard: {token}\n"))
+    assert resource.body["spec"]["shard"] == token
+
+
+def test_y_is_a_boolean_where_a_boolean_is_expected() -> None:
+    (resource,) = parse(edit(WAREHOUSE, "branch: main", "branch: main\n      strictSemvers: y"))
+    assert resource.body["spec"]["subscriptions"][0]["git"]["strictSemvers"] is True
 
 
 def test_timestamps_stay_strings() -> None:
@@ -1164,9 +1267,10 @@ def test_error_in_second_document_rejects_everything() -> None:
         ("a: !custom {}\n", "document 1: a: unsupported YAML tag !custom"),
         ("a: !!set {x}\n", "unsupported YAML tag tag:yaml.org,2002:set"),
         ("a: .inf\n", "document 1: a: numbers must be finite, got .inf (line 1)"),
-        ("a: " + "9" * 5000 + "\n", "document 1: a: invalid int"),
-        ("a: {b: 99999999999999999999999}\n", "document 1: a.b: integers must fit in 64 bits"),
-        ("a: [-9223372036854775809]\n", "document 1: a[0]: integers must fit in 64 bits"),
+        # Plain, kubectl reads these as text or as floats; a !!int tag insists.
+        ("a: !!int " + "9" * 5000 + "\n", "document 1: a: invalid int"),
+        ("a: {b: !!int 99999999999999999999999}\n", "document 1: a.b: integers must fit in 64"),
+        ("a: [!!int -9223372036854775809]\n", "document 1: a[0]: integers must fit in 64 bits"),
         ('a: !!int ""\n', "document 1: a: invalid int"),
         ('a: "\\ud800"\n', "document 1: "),
         ("? [a]\n: b\n", "document 1: mapping keys must be plain strings"),
