@@ -23,6 +23,7 @@ from kargo_bitbucket.core.manifests import (
     parse_manifests,
     validate_object,
 )
+from kargo_bitbucket.core.manifests.names import annotation_key, qualified_name
 from kargo_bitbucket.core.promotions import awaited_pr_urls
 from tests.chart.support import tool
 
@@ -498,6 +499,15 @@ def test_plain_scalars_read_as_kubectl_reads_them(token: str, value: object) -> 
     (resource,) = parse(text)
     read = resource.body["status"]["state"]["wait"]["pr"]["v"]
     assert read == value and type(read) is type(value), read
+
+
+def test_annotation_keys_are_checked_lower_cased_label_keys_as_written() -> None:
+    """Kubernetes validates ``strings.ToLower(key)`` for annotations only."""
+    assert annotation_key("Example.COM/owner") is None
+    assert qualified_name("Example.COM/owner") == (
+        "the prefix before '/' must be a lowercase DNS subdomain"
+    )
+    assert annotation_key("Bad/Key/x") is not None
 
 
 def test_plain_scalars_match_kubectl(tmp_path: Path) -> None:

@@ -60,6 +60,12 @@ def qualified_name(key: str) -> str | None:
     return None
 
 
+def annotation_key(key: str) -> str | None:
+    """Annotation keys: checked lower-cased, as Kubernetes does (``Example.COM/owner`` is valid
+    for an annotation, not for a label)."""
+    return qualified_name(key.lower())
+
+
 def label_value(value: str) -> str | None:
     if value == "" or (len(value) <= 63 and _QUALIFIED.fullmatch(value)):
         return None
