@@ -508,6 +508,16 @@ def test_annotation_keys_are_checked_lower_cased_label_keys_as_written() -> None
         "the prefix before '/' must be a lowercase DNS subdomain"
     )
     assert annotation_key("Bad/Key/x") is not None
+    owned = WAREHOUSE.replace(
+        "  namespace: demo\n", "  namespace: demo\n  annotations: {Example.COM/owner: me}\n", 1
+    )
+    (warehouse,) = parse_manifests(owned, SRC)
+    assert warehouse.body["metadata"]["annotations"] == {"Example.COM/owner": "me"}
+    labelled = WAREHOUSE.replace(
+        "  namespace: demo\n", "  namespace: demo\n  labels: {Example.COM/owner: me}\n", 1
+    )
+    with pytest.raises(ManifestError, match="lowercase DNS subdomain"):
+        parse_manifests(labelled, SRC)
 
 
 def test_plain_scalars_match_kubectl(tmp_path: Path) -> None:

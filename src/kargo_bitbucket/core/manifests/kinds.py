@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kargo_bitbucket.core.manifests.names import (
+    annotation_key,
     annotations_size,
     branch,
     config_key,
@@ -125,7 +126,7 @@ _METADATA = Obj(
         "name": Str(min_len=1, rule=dns_subdomain),
         "namespace": Str(),  # checked with the kind's scope, see _scope
         "labels": Map(NullAsEmpty(Str(rule=label_value)), key=qualified_name),
-        "annotations": Map(NullAsEmpty(Str()), key=qualified_name, after=annotations_size),
+        "annotations": Map(NullAsEmpty(Str()), key=annotation_key, after=annotations_size),
         "generateName": Str(),
         "uid": Str(),
         "resourceVersion": Str(),
