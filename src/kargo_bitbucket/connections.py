@@ -410,7 +410,10 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
 
         def stop_lingering(self) -> None:
             self._uncount()
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # the client has not taken its 431: a close would wait
+            else:
+                self.transport.close()
 
         def _uncount(self) -> None:
             heads.pop(self, None)

@@ -17,7 +17,7 @@ from kargo_bitbucket.core.decision import (
     pushed_identities,
 )
 from kargo_bitbucket.core.events import Push
-from kargo_bitbucket.core.subscriptions import TAG_CHECKS, match_ref
+from kargo_bitbucket.core.subscriptions import REGEX_CHECKS, TAG_CHECKS, match_ref
 
 REPO = "https://bitbucket.org/acme/app"
 
@@ -160,8 +160,7 @@ def test_a_push_of_more_tags_than_one_delivery_judges_refreshes_the_rest_anyway(
             f"^svc{i}/"]}) for i in range(200)
     ]  # fmt: skip
     verdicts = decide(pushed, *services, warehouse("dev", {"branch": "dev"}))
-    # A tag costs a subscription with one regex two checks (the tag, the regex).
-    judged = TAG_CHECKS // (2 * tags)
+    judged = TAG_CHECKS // ((1 + REGEX_CHECKS) * tags)  # each tag examined, and its regex
     assert [v.name for v in verdicts if not v.refresh] == [
         *(f"svc{i}" for i in range(judged)),
         "dev",  # branch subscriptions cost no tag checks: still judged
@@ -172,6 +171,17 @@ def test_a_push_of_more_tags_than_one_delivery_judges_refreshes_the_rest_anyway(
         f"refreshed anyway: the push's {tags} tags were more than one delivery judges "
         "against every tag subscription"
     }
+
+
+def test_a_push_of_one_tag_judges_every_one_of_many_tag_subscriptions() -> None:
+    """Each subscription pays for the tags it examines: one tag costs each a few checks, not
+    a page of 500, so a small push never runs out (it refreshed 50 that cannot match)."""
+    services = [
+        warehouse(f"svc{i}", {"commitSelectionStrategy": "NewestTag", "allowTagsRegexes": [
+            f"^svc{i}/"]}) for i in range(TAG_CHECKS // 500)
+    ]  # fmt: skip
+    verdicts = decide(("refs/tags/svc3/v1.0.0",), *services)
+    assert [v.name for v in verdicts if v.refresh] == ["svc3"]
 
 
 def test_a_push_naming_thousands_of_clone_links_is_known_by_its_first_ones() -> None:

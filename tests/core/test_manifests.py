@@ -342,7 +342,7 @@ def test_promotion_from_an_origin_with_retry_and_vars() -> None:
     text = edit(PROMOTION, "  freight: abc123\n", "  origin: {kind: Warehouse, name: app}\n")
     text = edit(text, "  steps:\n", "  vars: [{name: _x1, value: v}]\n  steps:\n")
     extra = (
-        "    retry: {errorThreshold: 3, timeout: 10m, backoff: 2}\n    vars: [{name: y, z: 1}]\n"
+        "    retry: {errorThreshold: 3, timeout: 10m, backoff: 2}\n    vars: [{name: yy, z: 1}]\n"
     )
     (resource,) = parse(edit(text, "    as: wait\n", "    as: wait\n" + extra))
     step = resource.body["spec"]["steps"][1]
