@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / ".tools" / "bin"
+"""Where ``.ci/get-helm`` puts helm and kubectl."""
 PORT_TRIES = 3
 PORT_TAKEN = "Address already in use"
 """What ``serve`` says when it cannot listen on a port another process took meanwhile."""
@@ -289,3 +291,9 @@ class MemoryTransport:
 
     def resume_reading(self) -> None:
         pass
+
+
+def tool(name: str) -> str | None:
+    """A command from ``TOOLS``, else from ``PATH``; None if neither has it."""
+    local = TOOLS / name
+    return str(local) if os.access(local, os.X_OK) else shutil.which(name)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.support import Helm, kubectl_run, tool
+from tests.chart.support import Helm, kubectl_run
 from tests.kube.apiserver import KubeApiServer
+from tests.support import tool
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ picking objects out of a render."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +16,6 @@ from tests.support import REPO
 CHART = REPO / "charts" / "kargo-bitbucket"
 VALUES = Path(__file__).parent / "values"
 VALUES_FILES = sorted(VALUES.glob("*.yaml"))
-TOOLS = REPO / ".tools" / "bin"
-
-
-def tool(name: str) -> str | None:
-    local = TOOLS / name
-    return str(local) if os.access(local, os.X_OK) else shutil.which(name)
 
 
 class Helm:

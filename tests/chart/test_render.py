@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.chart.support import CHART, TOOLS, VALUES, VALUES_FILES, Helm, objects, of_kind, one
-from tests.support import REPO
+from tests.chart.support import CHART, VALUES, VALUES_FILES, Helm, objects, of_kind, one
+from tests.support import REPO, TOOLS
 
 BASE_URL = ("--set", "baseURL=https://kargo-webhooks.example.com")
 

@@ -25,7 +25,7 @@ from kargo_bitbucket.core.manifests import (
 )
 from kargo_bitbucket.core.manifests.names import annotation_key, qualified_name
 from kargo_bitbucket.core.promotions import awaited_pr_urls
-from tests.chart.support import tool
+from tests.support import tool
 
 SRC = "manifests/demo.yaml"
 
