@@ -1194,45 +1194,6 @@ ERRORS: list[tuple[str, str, str, str, list[str]]] = [
         ],
     ),
     (
-        "receiver-github-no-secret-ref",
-        PROJECT_CONFIG,
-        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
-        "    github: {}\n",
-        ["spec.webhookReceivers[0].github.secretRef: required field is missing"],
-    ),
-    (
-        "receiver-gitlab-secret-name-number",
-        PROJECT_CONFIG,
-        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
-        "    gitlab: {secretRef: {name: 7}}\n",
-        ["spec.webhookReceivers[0].gitlab.secretRef.name: must be a string, got number 7"],
-    ),
-    (
-        "receiver-generic-no-actions",
-        PROJECT_CONFIG,
-        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
-        "    generic: {secretRef: {name: g}, actions: []}\n",
-        ["spec.webhookReceivers[0].generic.actions: must have at least 1 item(s)"],
-    ),
-    (
-        "receiver-generic-action",
-        PROJECT_CONFIG,
-        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
-        "    generic: {secretRef: {name: g}, actions: [{action: Promote}]}\n",
-        ['spec.webhookReceivers[0].generic.actions[0].action: must be one of Refresh; got "Pro'],
-    ),
-    (
-        "receiver-generic-criteria-kind",
-        PROJECT_CONFIG,
-        "    bitbucket:\n      secretRef:\n        name: bb-secret\n",
-        "    generic:\n      secretRef: {name: g}\n      actions:\n      - action: Refresh\n"
-        "        targetSelectionCriteria: [{name: w}]\n",
-        [
-            "spec.webhookReceivers[0].generic.actions[0].targetSelectionCriteria[0].kind: "
-            "required field is missing"
-        ],
-    ),
-    (
         "duplicate-top-key",
         WAREHOUSE,
         "kind: Warehouse\n",
