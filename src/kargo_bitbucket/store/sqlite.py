@@ -500,15 +500,8 @@ class StateFile:
                 f" - ?, MAX(id)) FROM {table}",
                 (skip,),
             ).fetchone()
-            query = f"SELECT record FROM {table} WHERE id > ? AND id <= ?"
-            filters: list[Any] = []
-            if namespace is not None:
-                query += " AND namespace = ?"
-                filters.append(namespace)
-            if receiver is not None:
-                query += " AND receiver = ?"
-                filters.append(receiver)
-            query += " ORDER BY id DESC"
+            owner, filters = _owned_by(namespace, receiver)
+            query = f"SELECT record FROM {table} WHERE id > ? AND id <= ?{owner} ORDER BY id DESC"
             wanted = limit
             while top is not None and top > floor and wanted != 0:
                 rows = self._db.execute(query, (max(top - HISTORY_PAGE, floor), top, *filters))
@@ -537,14 +530,9 @@ class StateFile:
             f"- COALESCE((SELECT value FROM meta WHERE key = '{key}') - ?, "
             f"(SELECT MAX(id) FROM {table}))"
         )
-        args: list[Any] = [queued]
-        if namespace is not None:
-            query += " AND namespace = ?"
-            args.append(namespace)
-        if receiver is not None:
-            query += " AND receiver = ?"
-            args.append(receiver)
-        query += " ORDER BY id DESC"
+        owner, filters = _owned_by(namespace, receiver)
+        query += f"{owner} ORDER BY id DESC"
+        args: list[Any] = [queued, *filters]
         if limit is not None:
             query += " LIMIT ?"
             args.append(limit)
@@ -586,6 +574,16 @@ def _insert(
     newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
     if newest % TRIM_EVERY < len(records):  # this batch passed a multiple
         db.execute(f"DELETE FROM {table} WHERE id <= ?", (newest - keep,))
+
+
+def _owned_by(namespace: str | None, receiver: str | None) -> tuple[str, list[str]]:
+    """The ``AND`` terms of a history query that keep one owner's namespace and receiver."""
+    terms, args = "", []
+    if namespace is not None:
+        terms, args = " AND namespace = ?", [namespace]
+    if receiver is not None:
+        terms, args = terms + " AND receiver = ?", [*args, receiver]
+    return terms, args
 
 
 def newest_of(records: Iterable[DeliveryRecord], limit: int | None) -> list[DeliveryRecord]:
