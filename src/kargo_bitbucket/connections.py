@@ -67,7 +67,8 @@ class Watched(Protocol):
         """Its request's body is past the deadline: tell the app, or close if told before."""
 
     def stop_lingering(self) -> None:
-        """Close it, refused and answered: nothing more is owed to it."""
+        """Close it and stop counting it, with no reason counted: a connection refused and
+        answered (``close_now`` counts its reason, then does this)."""
 
 
 @dataclass(slots=True)
@@ -390,11 +391,7 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         def close_now(self, reason: str) -> None:
             if self._counted:
                 connections.dropped[reason] += 1
-            self._uncount()
-            if self.transport.get_write_buffer_size():
-                self.transport.abort()  # a close would wait for a client that does not read
-            else:
-                self.transport.close()
+            self.stop_lingering()
 
         def body_overdue(self) -> None:
             bodies.pop(self, None)
@@ -411,7 +408,7 @@ def front_door_protocol(connections: Connections) -> type[HttpToolsProtocol]:
         def stop_lingering(self) -> None:
             self._uncount()
             if self.transport.get_write_buffer_size():
-                self.transport.abort()  # the client has not taken its 431: a close would wait
+                self.transport.abort()  # a close would wait for a client that does not read
             else:
                 self.transport.close()
 
