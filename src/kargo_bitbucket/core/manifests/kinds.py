@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from kargo_bitbucket.core.manifests.names import (
     interval,
     label_value,
     qualified_name,
+    var_name,
 )
 from kargo_bitbucket.core.manifests.schema import (
     DEPTH_SHOWN,
@@ -406,16 +406,7 @@ _WAREHOUSE_STATUS = Obj(
 # -- Promotion
 
 
-_VAR_NAME = re.compile(r"[a-zA-Z_]\w*\Z", re.ASCII)
-
-
-def _var_name(value: str) -> str | None:
-    if _VAR_NAME.match(value):
-        return None
-    return f"must be a letter or _, then letters, digits or _; got {quote(value)}"
-
-
-_VARS = List(Obj({"name": Str(min_len=1, rule=_var_name), "value": Str()}, required=("name",)))
+_VARS = List(Obj({"name": Str(min_len=1, rule=var_name), "value": Str()}, required=("name",)))
 _STEP_RULE = "a Promotion step must have uses set and must not reference a task"
 
 

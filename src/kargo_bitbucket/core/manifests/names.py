@@ -66,6 +66,16 @@ def annotation_key(key: str) -> str | None:
     return qualified_name(key.lower())
 
 
+_VAR_NAME = re.compile(r"[a-zA-Z_]\w*", re.ASCII)
+
+
+def var_name(value: str) -> str | None:
+    """A Promotion's or step's ``vars[].name`` (the CRD's ``^[a-zA-Z_]\\w*$``, read as Go)."""
+    if _VAR_NAME.fullmatch(value):
+        return None
+    return f"must be a letter or _, then letters, digits or _; got {quote(value)}"
+
+
 def label_value(value: str) -> str | None:
     if value == "" or (len(value) <= 63 and _QUALIFIED.fullmatch(value)):
         return None
