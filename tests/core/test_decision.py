@@ -167,10 +167,8 @@ def test_a_push_of_more_tags_than_one_delivery_judges_refreshes_the_rest_anyway(
     ]
     anyway = [v for v in verdicts if v.refresh]
     assert len(anyway) == 200 - judged
-    assert {v.reason for v in anyway} == {
-        f"refreshed anyway: the push's {tags} tags were more than one delivery judges "
-        "against every tag subscription"
-    }
+    for verdict in anyway:  # says why, as SPEC §6.4 asks of a field it cannot evaluate
+        assert verdict.reason.startswith("refreshed anyway: ") and f"{tags} tags" in verdict.reason
 
 
 def test_a_push_of_one_tag_judges_every_one_of_many_tag_subscriptions() -> None:
