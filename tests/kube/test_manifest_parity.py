@@ -66,6 +66,7 @@ CASES = [
     ("vars-name", PROMOTION, "  steps:\n", "  vars: [{name: 1x}]\n  steps:\n", "refused"),
     ("vars-value", PROMOTION, "  steps:\n", "  vars: [{name: x, value: 1}]\n  steps:\n", "refused"),
     ("vars-unknown", PROMOTION, WAIT, WAIT + "    vars: [{name: x, foo: a}]\n", "warned"),
+    ("step-inputs", PROMOTION, WAIT, WAIT + "    inputs: [{name: x, value: a}]\n", "warned"),
     ("config-string", PROMOTION, WAIT, WAIT + "    config: main\n", "accepted"),
     ("config-list", PROMOTION, WAIT, WAIT + "    config: [a, 1]\n", "accepted"),
     ("receivers", RECEIVERS, "", "", "accepted"),

@@ -432,7 +432,6 @@ _STEP = Obj(
         "config": AnyOf(),  # any JSON (preserve-unknown-fields without a type)
         "task": AnyOf(),  # refused by _uses_not_task when set
         "retry": Obj({"errorThreshold": Int(), "timeout": Str()}),
-        "inputs": AnyOf(),
         "vars": _VARS,
         "if": Str(),
         "continueOnError": Bool(),
