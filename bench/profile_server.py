@@ -43,17 +43,26 @@ from pathlib import Path
 
 import run
 
+from kargo_bitbucket.store.sqlite import DatabaseThread
+
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 def idle_lines() -> set[tuple[str, int]]:
-    """(file, line) of Python frames that wait for work: in blocking mode py-spy samples them.
+    """(file, line) of Python frames that wait for work: in blocking mode py-spy samples them
+    (the executors' workers and the embedded store's database thread).
 
     The server runs on the same interpreter as this script, so the line numbers match.
     """
-    lines, first = inspect.getsourcelines(concurrent.futures.thread._worker)
-    path = short_path(inspect.getfile(concurrent.futures.thread))
-    return {(path, first + i) for i, text in enumerate(lines) if "work_queue.get(" in text}
+    waits = set()
+    for function, call in (
+        (concurrent.futures.thread._worker, "work_queue.get("),
+        (DatabaseThread._serve, "self._calls.get("),
+    ):
+        lines, first = inspect.getsourcelines(function)
+        path = short_path(inspect.getfile(function))
+        waits |= {(path, first + i) for i, text in enumerate(lines) if call in text}
+    return waits
 
 
 def short_path(path: str) -> str:
@@ -61,7 +70,7 @@ def short_path(path: str) -> str:
     for prefix in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]):
         if path.startswith(prefix + "/"):
             return path[len(prefix) + 1 :]
-    return path.replace(str(run.PROJECT) + "/", "")
+    return path.replace(str(run.PROJECT / "src") + "/", "").replace(str(run.PROJECT) + "/", "")
 
 
 def frame_key(frame: str) -> tuple[str, str]:
