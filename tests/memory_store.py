@@ -47,8 +47,7 @@ class MemoryStore:
         """True unless a test says the store is still loading."""
         return self.loaded
 
-    @property
-    def available(self) -> bool:
+    def can_refresh(self, kind: str) -> bool:
         """True unless a test says the store lost its backing (the state file vanished)."""
         return not self.lost
 

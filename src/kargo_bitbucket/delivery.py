@@ -23,6 +23,7 @@ from kargo_bitbucket.bounds import (
 )
 from kargo_bitbucket.core import events
 from kargo_bitbucket.core.decision import (
+    Kind,
     Verdict,
     decide_pull_request,
     judge_push,
@@ -122,7 +123,7 @@ class Deliveries:
             event = self._check(route, headers, body)
             if isinstance(event, Answer):
                 answer = event
-            elif not self.store.available:  # a ping or a refusal needs no store
+            elif not self.store.can_refresh(_kind(event)):  # a ping or a refusal needs no store
                 answer = Answer.error(503, Result.STORE_UNAVAILABLE, STORE_UNAVAILABLE)
             else:
                 return await self._refresh(route, headers, event, started, received)
@@ -335,6 +336,11 @@ async def _judge_in_slices(judged: Iterator[Verdict | None]) -> list[Verdict]:
             await asyncio.sleep(0)
             pause = time.perf_counter() + JUDGING_SLICE
     return verdicts
+
+
+def _kind(event: events.Push | events.PullRequestClosed) -> Kind:
+    """The kind an event refreshes: Warehouses on a push, Promotions on a closed PR."""
+    return "Warehouse" if isinstance(event, events.Push) else "Promotion"
 
 
 def _level(status: int) -> int:

@@ -18,12 +18,23 @@ from typing import Any
 
 import pytest
 
-from tests.builders import KARGO, PUSH, one_receiver, project, secret, signed, warehouse
+from tests.builders import (
+    KARGO,
+    PUSH,
+    one_receiver,
+    project,
+    promotion,
+    secret,
+    signed,
+    warehouse,
+)
 from tests.kube.fakeapi import FakeKubernetes
 from tests.kube.support import Replicas, published_url
 from tests.support import Server, eventually, free_ports, request
 
 BITBUCKET_TIMEOUT = 10.0  # seconds Bitbucket waits for an answer: the promise under load too
+PR = "https://bitbucket.org/acme/app/pull-requests/7"
+PR_MERGED = json.dumps({"pullrequest": {"links": {"html": {"href": PR}}}}).encode()
 
 
 def seed(fake: FakeKubernetes, docs: Iterable[dict[str, Any]]) -> None:
@@ -288,3 +299,31 @@ def test_while_a_watch_fails_pushes_are_answered_503_not_from_a_stale_cache(
         what="the watch back",
     )
     assert sorted(after.json()["refreshed"]) == ["demo/app", "demo/late"]
+
+
+def test_a_failing_promotion_watch_stops_pull_request_events_only(
+    fake_kube: FakeKubernetes, demo: Any
+) -> None:
+    # Every delivery was answered 503 while the watch of any Kargo kind failed: an outage of
+    # the Promotion watch alone stopped every push.
+    def merged() -> Any:
+        return request(demo.url, PR_MERGED, signed(PR_MERGED, event="pullrequest:fulfilled"))
+
+    fake_kube.create(promotion("demo", "release", PR))
+    eventually(lambda: merged().json().get("refreshed") == ["demo/release"], what="the Promotion")
+    fake_kube.fail("watch", "/promotions", 503, times=1000)
+    fake_kube.drop_watches()
+    refused = eventually(lambda: (a := merged()).status == 503 and a, what="a 503 for the PR")
+    assert refused.json() == {"error": "store unavailable"}
+    fake_kube.create(warehouse("demo", "late"))
+    pushed = eventually(
+        lambda: (
+            (a := request(demo.url, PUSH, signed(PUSH))).status == 200
+            and "demo/late" in a.json()["refreshed"]
+        ),
+        what="pushes answered while the Promotion watch fails",
+    )
+    assert pushed
+    assert merged().status == 503, "the Promotion cache is not current"
+    fake_kube.clear_faults()
+    eventually(lambda: merged().status == 200, timeout=40, what="the Promotion watch back")

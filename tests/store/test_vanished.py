@@ -38,11 +38,11 @@ def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
             os.replace(garbage, path)
             with pytest.raises(StoreUnavailable):  # the write batch sees it at once
                 await store.refresh([w1], "v2")
-            assert not store.available
+            assert not store.can_refresh("Warehouse")
             await until(lambda: "refused" in caplog.text)  # SQLite's words vary: whose journal
-            assert not store.available
+            assert not store.can_refresh("Warehouse")
             os.replace(good, path)
-            await until(lambda: store.available)
+            await until(lambda: store.can_refresh("Warehouse"))
             assert [e.name for e in store.indexes.warehouses("a")] == ["w2"]
             assert (await store.refresh([w2], "v3")).refreshed == [w2]
         finally:
@@ -81,9 +81,9 @@ def test_a_state_file_that_cannot_be_looked_at_answers_unavailable_then_comes_ba
         try:
             with pytest.raises(StoreUnavailable):
                 await asyncio.wait_for(store.refresh([w1], "v1"), 5)
-            assert not store.available
+            assert not store.can_refresh("Warehouse")
             denied = False
-            await until(lambda: store.available)
+            await until(lambda: store.can_refresh("Warehouse"))
             assert (await store.refresh([w1], "v2")).refreshed == [w1]
         finally:
             await store.close()

@@ -114,9 +114,9 @@ class Store(Protocol):
         """True once every kind has been loaded into the indexes."""
         ...
 
-    @property
-    def available(self) -> bool:
-        """True while refreshes can be made durable; False answers deliveries 503."""
+    def can_refresh(self, kind: str) -> bool:
+        """True while refreshes of ``kind`` can be made durable, judged from a current cache;
+        False answers the deliveries that refresh that kind 503."""
         ...
 
     async def start(self) -> None:

@@ -726,10 +726,9 @@ class SqliteStore:
         """True once the state file has been loaded and receivers published."""
         return self._ready
 
-    @property
-    def available(self) -> bool:
-        """False from the moment the state file is seen deleted or replaced until a file at
-        its path has been loaded (``_poll``)."""
+    def can_refresh(self, kind: str) -> bool:
+        """False, for every kind, from the moment the state file is seen deleted or replaced
+        until a file at its path has been loaded (``_poll``)."""
         return self._available
 
     async def start(self) -> None:

@@ -122,18 +122,20 @@ class KubernetesStore:
             )
             for kind, resource in RESOURCES.items()
         ]
+        self._reflectors = {reflector.kind: reflector for reflector in self.reflectors}
 
     @property
     def ready(self) -> bool:
         """True once every kind has been listed and the referenced Secrets read."""
         return self._ready
 
-    @property
-    def available(self) -> bool:
-        """True while the caches are current: every kind listed, and no watch failing or
-        resuming (a push answered from a cache missing what changed meanwhile would be a
-        200 that refreshed too little; a 503 has Bitbucket try again)."""
-        return self._ready and all(r.current for r in self.reflectors)
+    def can_refresh(self, kind: str) -> bool:
+        """True while the cache of ``kind`` is current: listed, and its watch neither failing
+        nor resuming (a push answered from a Warehouse cache missing what changed meanwhile
+        would be a 200 that refreshed too little; a 503 has Bitbucket try again). Another
+        kind's failing watch does not stop it: a Promotion watch's outage leaves pushes
+        answered."""
+        return self._ready and self._reflectors[kind].current
 
     async def start(self) -> None:
         """Start every watch; become ready when the initial lists and Secrets are in."""
