@@ -166,6 +166,12 @@ def describe(record: DeliveryRecord) -> str:
         lines.append(f"  {c.outcome:<13} {c.kind} {qualified(c.namespace, c.name)}: {c.reason}")
     if record.omitted_candidates:
         lines.append(f"  and {record.omitted_candidates} more candidates")
-    if record.status == 200 and record.repository and not record.candidates:
-        lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
+    if record.status == 200 and not record.candidates:
+        if record.pr_url:
+            lines.append(
+                "  no Running Promotion in the receiver's scope waits on this pull request"
+                " in a git-wait-for-pr step"
+            )
+        elif record.repository:
+            lines.append("  no Warehouse in the receiver's scope subscribes to this repository")
     return "\n".join(printable(line) for line in lines)
