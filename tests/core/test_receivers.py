@@ -263,3 +263,26 @@ def test_receivers_of_the_same_name_are_each_published_once() -> None:
     rendered = status.render({}, 1, "2026-01-01T00:00:00Z")["webhookReceivers"]
     assert [r["path"] for r in rendered] == [r.path for r in result.routes.values()]
     assert len({r["path"] for r in rendered}) == 2
+
+
+def test_not_ready_gives_the_ready_condition_message_only_when_false() -> None:
+    from kargo_bitbucket.core.receivers import not_ready
+
+    def config(name: str, *conditions: dict[str, str]) -> dict[str, object]:
+        return {
+            "kind": "ProjectConfig",
+            "metadata": {"name": name, "namespace": "demo"},
+            "status": {"conditions": list(conditions)},
+        }
+
+    missing = {
+        "type": "Ready",
+        "status": "False",
+        "message": "receiver 'bb': Secret demo/x not found",
+    }
+    assert not_ready(config("demo", missing)) == "receiver 'bb': Secret demo/x not found"
+    assert not_ready(config("demo", {"type": "Ready", "status": "True", "message": "ok"})) is None
+    assert not_ready(config("demo")) is None
+    assert not_ready(config("demo", {"type": "Reconciling", "status": "False"})) is None
+    # Kargo reads only the ProjectConfig named as its namespace; another one says nothing.
+    assert not_ready(config("stray", missing)) is None

@@ -472,6 +472,21 @@ def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:
     assert "kargo-bitbucket serve" in result.stderr
 
 
+def test_urls_says_why_a_receiver_is_not_published(state: Path, server_factory: Any) -> None:
+    """With its Secret missing, serve publishes nothing and says why in the Ready condition;
+    urls says so too, rather than pointing at serve (which ran)."""
+    cli("apply", "-f", str(EXAMPLE / "projectconfig.yaml"), state=state)
+    server = server_factory(state)
+    assert request(server.base + "/readyz", method="GET").status == 200
+    result = cli("urls", state=state)
+    assert result.stdout == ""
+    assert (
+        "kargo-demo: not published: receiver 'bitbucket': "
+        "Secret kargo-demo/bitbucket-webhook not found" in result.stderr
+    )
+    assert "kargo-bitbucket serve" not in result.stderr
+
+
 def test_log_level_after_the_command(state: Path, server_factory: Any) -> None:
     """`serve --log-level warning` is where people (and Kubernetes args) put it."""
     cli("apply", "-f", str(EXAMPLE), state=state)

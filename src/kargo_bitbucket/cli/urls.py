@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from kargo_bitbucket.cli.common import connect, from_cluster, kubernetes_flags, state_flag
-from kargo_bitbucket.core.receivers import published
+from kargo_bitbucket.core.receivers import not_ready, owner_of, published
 from kargo_bitbucket.store.sqlite import StateFile
 
 
@@ -18,28 +18,33 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print namespace (or cluster), receiver name and URL of every published receiver."""
+    """Print namespace (or cluster), receiver name and URL of every published receiver;
+    on stderr, why a ProjectConfig or ClusterConfig left a receiver out (its ``Ready``
+    condition), so that a missing line does not send people looking for the wrong cause."""
     if args.kubernetes:
         from kargo_bitbucket.store.kubernetes import published_receivers
 
-        for owner, name, url in from_cluster(published_receivers(connect(args))):
-            print(f"{owner}\t{name}\t{url}")
-        return 0
-    state = StateFile(args.state, create=False)
-    try:
-        lines = [
-            "\t".join(entry)
-            for kind in ("ClusterConfig", "ProjectConfig")
-            for obj in state.get(kind)
-            for entry in published(obj)
-        ]
-    finally:
-        state.close()
-    for line in lines:
-        print(line)
-    if not lines:
+        lines, problems = from_cluster(published_receivers(connect(args)))
+        where = "the cluster"
+    else:
+        state = StateFile(args.state, create=False)
+        lines, problems = [], []
+        try:
+            for kind in ("ClusterConfig", "ProjectConfig"):
+                for obj in state.get(kind):
+                    lines += published(obj)
+                    if (problem := not_ready(obj)) is not None:
+                        problems.append((owner_of(obj).label, problem))
+        finally:
+            state.close()
+        where = str(args.state)
+    for owner, name, url in lines:
+        print(f"{owner}\t{name}\t{url}")
+    for owner, problem in problems:
+        print(f"kargo-bitbucket: {owner}: not published: {problem}", file=sys.stderr)
+    if not lines and not problems:
         print(
-            f"kargo-bitbucket: no receiver published in {args.state} yet "
+            f"kargo-bitbucket: no receiver published in {where} yet "
             "(`kargo-bitbucket serve` publishes them)",
             file=sys.stderr,
         )

@@ -282,6 +282,19 @@ def published(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def not_ready(config: Mapping[str, Any]) -> str | None:
+    """The message of a config's ``Ready`` condition when it is ``False`` (a receiver left
+    unpublished: its Secret or key missing, a path collision), else None."""
+    if not owner_of(config).honoured:
+        return None
+    for condition in sequence(ConfigView(config).status.get("conditions")):
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            if condition.get("status") == "False":
+                return str(condition.get("message") or condition.get("reason") or "not ready")
+            return None
+    return None
+
+
 def resolve(
     configs: Iterable[Mapping[str, Any]],
     secrets: SecretLookup,
