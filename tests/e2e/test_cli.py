@@ -534,6 +534,19 @@ def test_a_malformed_kubeconfig_is_one_line_not_a_traceback(
         assert said in line
 
 
+def test_a_kubeconfig_list_is_refused_in_one_line_that_says_why(
+    tmp_path: Path, state: Path
+) -> None:
+    """kubectl merges KUBECONFIG=a:b; this reads one file, and said "a:b not found"."""
+    listed = f"{tmp_path / 'a'}:{tmp_path / 'b'}"
+    for env in ({"KUBECONFIG": listed}, {}):
+        flag = [] if env else ["--kubeconfig", listed]
+        result = cli("urls", "--kubernetes", *flag, state=state, check=False, env=env)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "lists several files" in line and "--kubeconfig FILE" in line
+
+
 def test_unknown_option_prints_the_commands_usage(state: Path) -> None:
     stderr = usage_error(state, "get", "wh", "--bogus")
     assert stderr.startswith("usage: kargo-bitbucket get ")

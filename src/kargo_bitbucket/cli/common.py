@@ -82,7 +82,8 @@ def kubernetes_flags(parser: argparse.ArgumentParser) -> None:
         "--kubeconfig",
         default=os.environ.get("KUBECONFIG"),
         metavar="FILE",
-        help="kubeconfig file (default $KUBECONFIG; without one, the in-cluster service account)",
+        help="kubeconfig file (default $KUBECONFIG, which must name one file; without it, the"
+        " in-cluster service account, else ~/.kube/config)",
     )
     parser.add_argument(
         "--context", metavar="NAME", help="kubeconfig context to use (default: its current one)"

@@ -48,6 +48,12 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
 
     from kargo_bitbucket.compat import verify_cluster
 
+    if kubeconfig and os.pathsep in kubeconfig and not os.path.exists(kubeconfig):
+        # kubectl merges a $KUBECONFIG list; this reads one file, and would say "not found".
+        raise KubernetesConfigError(
+            f"cannot load Kubernetes credentials: {kubeconfig!r} lists several files "
+            "(kubectl merges a $KUBECONFIG list, this reads one): pass --kubeconfig FILE"
+        )
     try:
         config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
         single = config.get(context_name=context)
