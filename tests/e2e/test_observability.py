@@ -175,7 +175,11 @@ def test_explain_reasons_without_refreshing(served: Server) -> None:
     assert "would refresh Warehouse demo/on-develop" in out
     assert "would refresh Warehouse demo/semver-1" in out
     assert 'would not refresh Warehouse demo/allow-release: branch "develop" is not a tag' in out
+    assert "look it up with `kargo-bitbucket deliveries`" in out
+    assert "Without -n" not in out
     assert cli("get", "wh", "-n", "demo", "-o", "json", state=served.state).stdout == before
+    everywhere = cli("explain", "--repo", REPO, "--ref", "develop", state=served.state).stdout
+    assert "a ProjectConfig receiver refreshes only its own namespace (-n PROJECT)" in everywhere
     none = cli("explain", "--repo", "https://bitbucket.org/acme/nothing", state=served.state)
     assert "no Warehouse subscribes to bitbucket.org/acme/nothing" in none.stdout
     unknown = cli("explain", "--repo", REPO, "-n", "demo", "-o", "json", state=served.state)

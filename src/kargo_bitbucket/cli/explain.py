@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
         )
         return 0
-    _print(explanation)
+    _print(explanation, args.namespace)
     return 0
 
 
@@ -103,7 +103,7 @@ def _load(args: argparse.Namespace) -> Indexes:
     return indexes
 
 
-def _print(explanation: Explanation) -> None:
+def _print(explanation: Explanation, namespace: str | None) -> None:
     if not explanation.verdicts:
         print(explanation.empty)
     for v in explanation.verdicts:
@@ -113,6 +113,12 @@ def _print(explanation: Explanation) -> None:
             print(f"  warning: {warning}")
     if explanation.would_refresh:
         print(
-            "If a real event did not refresh it, the delivery never arrived: "
-            "`kargo-bitbucket hooks check` shows each repository's webhook."
+            "If a real event did not refresh one marked 'would refresh', look it up with "
+            "`kargo-bitbucket deliveries`; if it is not there, it never reached this "
+            "receiver: `kargo-bitbucket hooks check` shows each repository's webhook."
         )
+        if namespace is None:
+            print(
+                "Without -n this covers every namespace, as a ClusterConfig receiver does; "
+                "a ProjectConfig receiver refreshes only its own namespace (-n PROJECT)."
+            )
