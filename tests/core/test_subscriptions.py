@@ -347,7 +347,8 @@ def test_a_regex_larger_than_its_memory_is_refused_at_once_and_refreshes_anyway(
     assert rss_mib() - before < 16
     assert all(p.regex is None for p in subscription.allow)
     assert subscription.problems[0] == (
-        f"allowTagsRegexes[0]: regex {huge[0]!r} not evaluated: larger than the "
+        # quoted as written, one backslash, so it can be pasted back into the manifest
+        "allowTagsRegexes[0]: regex '^\\p{L}{1,200}$' not evaluated: larger than the "
         f"{REGEX_MEMORY >> 20} MiB a regex may use"
     )
     verdict = match_ref(subscription, "refs/tags/v1")
@@ -381,3 +382,25 @@ def test_a_group_name_go_refuses_makes_the_regex_invalid(pattern: str) -> None:
 @pytest.mark.parametrize("pattern", ["(?P<n>x)", "(?P<_1>x)", "(?<n>x)", "^v\\d+\\.\\d+$"])
 def test_group_names_go_takes_compile(pattern: str) -> None:
     assert _regex(pattern)[1] is None
+
+
+def test_a_broken_regex_is_quoted_as_written_with_control_characters_escaped() -> None:
+    (subscription,) = git_subscriptions(
+        {
+            "spec": {
+                "subscriptions": [
+                    {
+                        "git": {
+                            "repoURL": REPO,
+                            "commitSelectionStrategy": "NewestTag",
+                            "allowTagsRegexes": ["\\d+(", "\x1b["],
+                        }
+                    }
+                ]
+            }
+        }
+    )
+    first, second = subscription.problems
+    assert first.startswith("allowTagsRegexes[0]: invalid regex '\\d+(': ")
+    assert second.startswith("allowTagsRegexes[1]: invalid regex '\\x1b[': ")
+    assert "\x1b" not in second

@@ -113,7 +113,7 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
         try:
             constraint = Constraint.parse(constraint_text)
         except SemverError as error:
-            constraint_error = f"invalid constraint {constraint_text!r}: {error}"
+            constraint_error = f"invalid constraint {_quoted(constraint_text)}: {error}"
     deprecated = tuple(name for name in ("allowTags", "ignoreTags") if git.get(name))
     branch = git.get("branch")
     return GitSubscription(
@@ -157,7 +157,7 @@ def _patterns(field: str, values: Any, budget: list[int]) -> tuple[Pattern, ...]
 def _regex(text: str) -> tuple[Any | None, str | None]:
     """``text`` compiled by RE2 with Go's syntax, or why it cannot be."""
     if _has_any_byte_escape(text):
-        return None, f"invalid regex {text!r}: \\C is not Go syntax"
+        return None, f"invalid regex {_quoted(text)}: \\C is not Go syntax"
     try:
         regex = re2.compile(text, options=_RE2_OPTIONS)
     except re2.error as error:
@@ -166,11 +166,21 @@ def _regex(text: str) -> tuple[Any | None, str | None]:
             message = message.decode(errors="replace")
         if "pattern too large" in str(message):
             mib = REGEX_MEMORY >> 20
-            return None, f"regex {text!r} not evaluated: larger than the {mib} MiB a regex may use"
-        return None, f"invalid regex {text!r}: {message}"
+            return (
+                None,
+                f"regex {_quoted(text)} not evaluated: larger than the {mib} MiB a regex may use",
+            )
+        return None, f"invalid regex {_quoted(text)}: {message}"
     if not all(name.isascii() for name in regex.groupindex):
-        return None, f"invalid regex {text!r}: a group name that is not ASCII (Go's syntax)"
+        return None, f"invalid regex {_quoted(text)}: a group name that is not ASCII (Go's syntax)"
     return regex, None
+
+
+def _quoted(text: str) -> str:
+    """``text`` in single quotes as the user wrote it (``^\\p{L}`` stays one backslash, so
+    it can be pasted back into YAML), only non-printable characters escaped (``\\x1b``)."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return f"'{shown}'"
 
 
 def _has_any_byte_escape(pattern: str) -> bool:
