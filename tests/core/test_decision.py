@@ -49,7 +49,8 @@ def by_definition(entry: WarehouseEntry, refs: tuple[str, ...]) -> tuple[bool, s
 gits = st.fixed_dictionaries(
     {},
     optional={
-        "branch": st.sampled_from(["main", "dev", "release"]),
+        # 1.2 and True: what a cluster holds for an unquoted `branch: 1.20` or `branch: y`
+        "branch": st.sampled_from(["main", "dev", "release", 1.2, True]),
         "commitSelectionStrategy": st.sampled_from(
             ["NewestFromBranch", "SemVer", "NewestTag", "Lexical", "Digest"]
         ),
@@ -93,6 +94,25 @@ def test_verdicts_are_those_of_every_ref_against_every_subscription(
         )
         assert verdict.reason == "; ".join(expected) + (more.group(0) if more else "")
         assert len(verdict.reason) <= 512
+
+
+def test_a_branch_that_is_not_a_string_refreshes_on_any_branch_push_with_a_warning() -> None:
+    """The API server takes `branch: 1.20` as the number 1.2 (Kargo's CRD leaves
+    subscriptions untyped); it used to be read as no branch at all, i.e. main or master."""
+    entry = warehouse("w", {"branch": 1.2})
+    (verdict,) = decide(("refs/tags/v1", "refs/heads/1.20"), entry)
+    assert verdict.refresh
+    assert verdict.reason == 'branch "1.20" refreshes anyway: branch cannot be evaluated'
+    (warning,) = verdict.warnings
+    assert warning == (
+        "Warehouse p/w spec.subscriptions[0].git.branch: not a string (1.2; quote it in the "
+        "manifest); refreshed anyway"
+    )
+    (tag_only,) = decide(("refs/tags/v1",), entry)
+    assert not tag_only.refresh
+    assert tag_only.reason == (
+        'tag "v1" is not a branch (subscription branch, which cannot be evaluated)'
+    )
 
 
 def test_the_first_matching_ref_in_push_order_names_the_reason() -> None:

@@ -70,6 +70,9 @@ class GitSubscription:
     allow: tuple[Pattern, ...]
     ignore: tuple[Pattern, ...]
     deprecated: tuple[str, ...]
+    branch_error: str | None = None
+    """Why ``branch`` cannot be evaluated (set, but not a string: the API server takes
+    ``branch: 1.20`` as a number, as Kargo's CRD leaves subscriptions untyped)."""
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -78,6 +81,8 @@ class GitSubscription:
         if self.constraint_error:
             found.append(f"semverConstraint: {self.constraint_error}")
         found.extend(f"{name}: deprecated field is not evaluated" for name in self.deprecated)
+        if self.branch_error:
+            found.append(f"branch: {self.branch_error}")
         if self.strategy not in TAG_STRATEGIES and self.strategy != BRANCH_STRATEGY:
             found.append(f"commitSelectionStrategy: unknown strategy {self.strategy!r}")
         return tuple(found)
@@ -116,6 +121,10 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
             constraint_error = f"invalid constraint {_quoted(constraint_text)}: {error}"
     deprecated = tuple(name for name in ("allowTags", "ignoreTags") if git.get(name))
     branch = git.get("branch")
+    branch_error = None
+    if branch is not None and not isinstance(branch, str):
+        shown = "true" if branch is True else "false" if branch is False else str(branch)
+        branch_error = f"not a string ({_cut(shown)}; quote it in the manifest)"
     return GitSubscription(
         index=index,
         repo_url=repo_url,
@@ -129,6 +138,7 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
         allow=_patterns("allowTagsRegexes", git.get("allowTagsRegexes"), budget),
         ignore=_patterns("ignoreTagsRegexes", git.get("ignoreTagsRegexes"), budget),
         deprecated=deprecated,
+        branch_error=branch_error,
     )
 
 
@@ -286,6 +296,11 @@ def first_matches(subscription: GitSubscription, pushed: PushedRefs) -> FirstMat
     refs = pushed.refs
     if subscription.strategy == BRANCH_STRATEGY:
         position = pushed.position
+        if subscription.branch_error:
+            first = next((at for at, r in enumerate(refs) if r.startswith(BRANCH_PREFIX)), None)
+            if first is None:
+                return _NO_MATCH
+            return FirstMatches(None, _match_branch(subscription, refs[first]))
         if subscription.branch:
             first = position.get(BRANCH_PREFIX + subscription.branch)
         else:
@@ -392,8 +407,14 @@ def _match_branch(subscription: GitSubscription, ref: str) -> RefVerdict:
         if subscription.branch
         else 'default branch "main" or "master"'
     )
+    if subscription.branch_error:
+        described = "subscription branch, which cannot be evaluated"
     if not ref.startswith(BRANCH_PREFIX):
         return RefVerdict(False, f"{_describe(ref)} is not a branch ({described})")
+    if subscription.branch_error:
+        return RefVerdict(
+            True, f"{_describe(ref)} refreshes anyway: branch cannot be evaluated", "branch"
+        )
     branch = ref[len(BRANCH_PREFIX) :]
     if branch in wanted:
         return RefVerdict(True, f'branch "{branch}" matches {described}')
