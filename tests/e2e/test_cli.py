@@ -485,6 +485,10 @@ def test_urls_says_why_a_receiver_is_not_published(state: Path, server_factory: 
         "Secret kargo-demo/bitbucket-webhook not found" in result.stderr
     )
     assert "kargo-bitbucket serve" not in result.stderr
+    server.stop()
+    printed = server.process.stdout.read()  # type: ignore[union-attr]
+    assert "receiver problem in kargo-demo: receiver 'bitbucket': Secret" in printed
+    assert "no receivers published: fix the problems above with kargo-bitbucket apply" in printed
 
 
 def test_log_level_after_the_command(state: Path, server_factory: Any) -> None:

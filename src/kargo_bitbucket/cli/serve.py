@@ -300,15 +300,19 @@ def _announce(settings: ServeSettings, store: SqliteStore | None = None) -> None
         return
     resolution = store.indexes.resolution
     routes = list(resolution.routes.values())
+    problems = 0
     for owner, status in resolution.statuses.items():
         for problem in status.problems:
             print(f"receiver problem in {owner.label}: {problem}", flush=True)
+            problems += 1
     if not routes:
-        print(
-            "no receivers published: apply a ProjectConfig with a bitbucket receiver "
-            "and its Secret",
-            flush=True,
+        fix = (
+            "fix the problems above with kargo-bitbucket apply; kargo-bitbucket urls then "
+            "lists the URLs"
+            if problems
+            else "apply a ProjectConfig with a bitbucket receiver and its Secret"
         )
+        print(f"no receivers published: {fix}", flush=True)
         return
     for owner, status in resolution.statuses.items():
         for receiver in status.receivers:
