@@ -166,3 +166,30 @@ def test_a_replica_that_does_not_lead_writes_nothing() -> None:
 
     asyncio.run(go())
     assert seen == []
+
+
+def test_a_write_by_another_controller_seen_while_ours_is_in_flight_is_not_forgotten() -> None:
+    """Our PATCH's answer came back after the watch had delivered our write and then another
+    controller's (which dropped our entry): remembering the answer over them made the
+    publisher believe our entry was there, and nothing wrote it again."""
+    versions: list[str] = []
+    run: Run
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        versions.append(json.loads(request.content)["metadata"]["resourceVersion"])
+        answer = written(request, 8 if len(versions) == 1 else 10)
+        if len(versions) == 1:  # the watch runs ahead of this answer
+            run.publisher.observe(OWNER, json.loads(answer.content))
+            other = {"webhookReceivers": [{"name": "gh", "path": "/github/1", "url": "u1"}]}
+            newer = {**observed(), "metadata": {**observed()["metadata"], "resourceVersion": "9"}}
+            run.publisher.observe(OWNER, {**newer, "status": other})
+        return answer
+
+    async def go() -> None:
+        nonlocal run
+        run = Run(handler)
+        await run.publish()
+        await run.publish()  # as the rerouter does after the watch's events
+
+    asyncio.run(go())
+    assert versions == ["7", "9"]

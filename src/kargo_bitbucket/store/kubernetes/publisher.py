@@ -88,8 +88,8 @@ class StatusPublisher:
         asyncio.get_running_loop().call_later(delay, self.retry)
 
     async def _publish(self, owner: Owner, status: OwnerStatus) -> None:
-        config = self._configs.get(owner, {})
-        view = ConfigView(config)
+        seen = self._configs.get(owner)
+        view = ConfigView(seen or {})
         meta = view.meta
         current = view.status
         rendered = status.render(current, meta.generation, now_rfc3339())
@@ -111,6 +111,10 @@ class StatusPublisher:
                 patch_type=PatchType.MERGE,
             )
         # Our own write: remember it now, not when its watch event arrives, or a reroute
-        # in between would see stale status and write the same thing again.
-        self._configs[owner] = plain(patched)
+        # in between would see stale status and write the same thing again; but only if the
+        # watch delivered nothing for this config meanwhile. What it delivered may be another
+        # controller's later write, dropping our entry: our answer over it would hide that
+        # for good. An older event kept instead costs one 409 and a retry.
+        if self._configs.get(owner) is seen:
+            self._configs[owner] = plain(patched)
         log.info("published receivers of %s %s", owner.kind, owner.label)
