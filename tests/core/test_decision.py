@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from hypothesis import given, settings
@@ -113,6 +114,29 @@ def test_a_branch_that_is_not_a_string_refreshes_on_any_branch_push_with_a_warni
     assert tag_only.reason == (
         'tag "v1" is not a branch (subscription branch, which cannot be evaluated)'
     )
+
+
+class CountedRefs(tuple[str, ...]):
+    """Pushed refs that count how many times they are read from the start."""
+
+    reads = 0
+
+    def __iter__(self) -> Iterator[str]:
+        CountedRefs.reads += 1
+        return super().__iter__()
+
+
+def test_branches_that_cannot_be_evaluated_read_the_push_once_not_once_each() -> None:
+    """SPEC §4: a delivery's cost is bounded whatever refs times candidates. Each subscription
+    whose branch is not a string looked through the refs for the first branch: 30,000 tags
+    pushed to 1,000 such Warehouses took 2.3 s."""
+    pushed = CountedRefs((*(f"refs/tags/v1.{i}.0" for i in range(1_000)), "refs/heads/1.20"))
+    entries = [warehouse(f"w{i}", {"branch": 1.2}) for i in range(100)]
+    CountedRefs.reads = 0
+    verdicts = decide(pushed, *entries)
+    assert all(v.refresh for v in verdicts) and len(verdicts) == 100
+    assert verdicts[0].reason == 'branch "1.20" refreshes anyway: branch cannot be evaluated'
+    assert CountedRefs.reads <= 2  # indexed once, and searched for a branch once
 
 
 def test_the_first_matching_ref_in_push_order_names_the_reason() -> None:

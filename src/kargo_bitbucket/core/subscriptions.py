@@ -236,12 +236,21 @@ class PushedRefs:
     subscriptions called ``match_ref`` 10 million times: 9.4 s (issue 9).
     """
 
-    __slots__ = ("_judged", "_tags", "_versions", "checks_left", "position", "refs")
+    __slots__ = (
+        "_first_branch",
+        "_judged",
+        "_tags",
+        "_versions",
+        "checks_left",
+        "position",
+        "refs",
+    )
 
     def __init__(self, refs: tuple[str, ...]) -> None:
         self.refs = refs
         self.position = dict(zip(refs, range(len(refs)), strict=True))
         self._tags: list[str] | None = None
+        self._first_branch: int | None = -1  # -1: not looked for yet
         self._versions: dict[tuple[str, bool], Version | None] = {}
         self._judged: dict[tuple[Any, ...], FirstMatches] = {}
         self.checks_left = TAG_CHECKS
@@ -252,6 +261,16 @@ class PushedRefs:
         if self._tags is None:
             self._tags = [ref[len(TAG_PREFIX) :] for ref in self.refs if ref.startswith(TAG_PREFIX)]
         return self._tags
+
+    @property
+    def first_branch(self) -> int | None:
+        """The position of the first pushed branch, or None; looked for once per push, not
+        once per subscription whose branch cannot be evaluated."""
+        if self._first_branch == -1:
+            self._first_branch = next(
+                (at for at, ref in enumerate(self.refs) if ref.startswith(BRANCH_PREFIX)), None
+            )
+        return self._first_branch
 
     def version(self, tag: str, strict: bool) -> Version | None:
         """The tag as a semantic version, or None; parsed once per push."""
@@ -297,7 +316,7 @@ def first_matches(subscription: GitSubscription, pushed: PushedRefs) -> FirstMat
     if subscription.strategy == BRANCH_STRATEGY:
         position = pushed.position
         if subscription.branch_error:
-            first = next((at for at, r in enumerate(refs) if r.startswith(BRANCH_PREFIX)), None)
+            first = pushed.first_branch
             if first is None:
                 return _NO_MATCH
             return FirstMatches(None, _match_branch(subscription, refs[first]))
