@@ -105,15 +105,26 @@ def test_a_branch_that_is_not_a_string_refreshes_on_any_branch_push_with_a_warni
     assert verdict.refresh
     assert verdict.reason == 'branch "1.20" refreshes anyway: branch cannot be evaluated'
     (warning,) = verdict.warnings
-    assert warning == (
-        "Warehouse p/w spec.subscriptions[0].git.branch: not a string (1.2; quote it in the "
-        "manifest); refreshed anyway"
-    )
+    assert warning.startswith("Warehouse p/w spec.subscriptions[0].git.branch: ")
+    assert "1.2" in warning and "quote" in warning and warning.endswith("refreshed anyway")
+    assert '"1.2"' not in warning  # what was written (1.20) is lost: no name to paste back
     (tag_only,) = decide(("refs/tags/v1",), entry)
     assert not tag_only.refresh
     assert tag_only.reason == (
         'tag "v1" is not a branch (subscription branch, which cannot be evaluated)'
     )
+
+
+def test_a_tag_subscription_is_not_warned_about_its_branch() -> None:
+    """Kargo ignores ``branch`` when it follows tags: a refresh-anyway warning of another
+    field must not also blame it."""
+    entry = warehouse(
+        "w", {"branch": 1.2, "commitSelectionStrategy": "SemVer", "semverConstraint": "x>"}
+    )
+    (verdict,) = decide(("refs/tags/v1.0.0",), entry)
+    assert verdict.refresh
+    (warning,) = verdict.warnings
+    assert ".semverConstraint: " in warning and ".branch" not in warning
 
 
 class CountedRefs(tuple[str, ...]):

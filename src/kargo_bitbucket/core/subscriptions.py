@@ -121,15 +121,12 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
             constraint_error = f"invalid constraint {_quoted(constraint_text)}: {error}"
     deprecated = tuple(name for name in ("allowTags", "ignoreTags") if git.get(name))
     branch = git.get("branch")
-    branch_error = None
-    if branch is not None and not isinstance(branch, str):
-        shown = "true" if branch is True else "false" if branch is False else str(branch)
-        branch_error = f"not a string ({_cut(shown)}; quote it in the manifest)"
+    strategy = str(git.get("commitSelectionStrategy") or BRANCH_STRATEGY)
     return GitSubscription(
         index=index,
         repo_url=repo_url,
         identity=repository_identity(repo_url),
-        strategy=str(git.get("commitSelectionStrategy") or BRANCH_STRATEGY),
+        strategy=strategy,
         branch=branch if isinstance(branch, str) and branch else None,
         constraint=constraint,
         constraint_error=constraint_error,
@@ -138,8 +135,23 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
         allow=_patterns("allowTagsRegexes", git.get("allowTagsRegexes"), budget),
         ignore=_patterns("ignoreTagsRegexes", git.get("ignoreTagsRegexes"), budget),
         deprecated=deprecated,
-        branch_error=branch_error,
+        branch_error=_branch_error(branch) if strategy == BRANCH_STRATEGY else None,
     )
+
+
+def _branch_error(branch: Any) -> str | None:
+    """Why a ``branch`` that is not text cannot be evaluated: YAML read it unquoted (the
+    cluster holds ``1.2`` for ``branch: 1.20``, ``true`` for ``branch: y``), and what was
+    written is lost, so the message cannot name the branch."""
+    if branch is None or isinstance(branch, str):
+        return None
+    if isinstance(branch, bool):
+        held = f"the boolean {str(branch).lower()}"
+    elif isinstance(branch, int | float):
+        held = f"the number {branch}"
+    else:
+        held = "an object" if isinstance(branch, Mapping) else "a list"
+    return f"not a string but {_cut(held)}: quote the branch name in the manifest, as written"
 
 
 def _patterns(field: str, values: Any, budget: list[int]) -> tuple[Pattern, ...]:
