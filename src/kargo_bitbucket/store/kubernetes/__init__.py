@@ -109,8 +109,8 @@ class KubernetesStore:
             on_restart=self._count_restart,
             failures=self.api_failures,
         )
-        self.reflectors = [
-            Reflector(
+        self.reflectors = {
+            kind: Reflector(
                 client,
                 resource,
                 kind,
@@ -121,8 +121,7 @@ class KubernetesStore:
                 backoff=Backoff(FIRST_RETRY, KIND_RETRY_CAP),
             )
             for kind, resource in RESOURCES.items()
-        ]
-        self._reflectors = {reflector.kind: reflector for reflector in self.reflectors}
+        }
 
     @property
     def ready(self) -> bool:
@@ -135,13 +134,13 @@ class KubernetesStore:
         would be a 200 that refreshed too little; a 503 has Bitbucket try again). Another
         kind's failing watch does not stop it: a Promotion watch's outage leaves pushes
         answered."""
-        return self._ready and self._reflectors[kind].current
+        return self._ready and self.reflectors[kind].current
 
     async def start(self) -> None:
         """Start every watch; become ready when the initial lists and Secrets are in."""
-        for reflector in self.reflectors:
-            self._spawn(reflector.run(), f"watch-{reflector.kind}")
-        await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
+        for kind, reflector in self.reflectors.items():
+            self._spawn(reflector.run(), f"watch-{kind}")
+        await asyncio.gather(*(r.synced.wait() for r in self.reflectors.values()))
         await self._follow_secrets(wait=10)
         self.indexes.reroute()
         self._spawn(self._rerouter(), "rerouter")
