@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from kargo_bitbucket.cli.common import connect, from_cluster, kubernetes_flags, state_flag
-from kargo_bitbucket.core.receivers import not_ready, owner_of, published
+from kargo_bitbucket.core.receivers import publications
 from kargo_bitbucket.store.sqlite import StateFile
 
 
@@ -28,15 +28,11 @@ def run(args: argparse.Namespace) -> int:
         where = "the cluster"
     else:
         state = StateFile(args.state, create=False)
-        lines, problems = [], []
         try:
-            for kind in ("ClusterConfig", "ProjectConfig"):
-                for obj in state.get(kind):
-                    lines += published(obj)
-                    if (problem := not_ready(obj)) is not None:
-                        problems.append((owner_of(obj).label, problem))
+            configs = [*state.get("ClusterConfig"), *state.get("ProjectConfig")]
         finally:
             state.close()
+        lines, problems = publications(configs)
         where = str(args.state)
     for owner, name, url in lines:
         print(f"{owner}\t{name}\t{url}")

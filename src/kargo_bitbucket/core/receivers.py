@@ -295,6 +295,20 @@ def not_ready(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def publications(
+    configs: Iterable[Mapping[str, Any]],
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """What ``urls`` shows of ``configs``: (owner label, receiver name, URL) of every published
+    Bitbucket receiver, and (owner label, message) of each config that left one out."""
+    found: list[tuple[str, str, str]] = []
+    left_out: list[tuple[str, str]] = []
+    for config in configs:
+        found += published(config)
+        if (problem := not_ready(config)) is not None:
+            left_out.append((owner_of(config).label, problem))
+    return found, left_out
+
+
 def resolve(
     configs: Iterable[Mapping[str, Any]],
     secrets: SecretLookup,

@@ -10,7 +10,7 @@ from lightkube import AsyncClient
 
 from kargo_bitbucket import __version__
 from kargo_bitbucket.core.objects import key
-from kargo_bitbucket.core.receivers import not_ready, owner_of, published
+from kargo_bitbucket.core.receivers import publications
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.kubernetes.depth import tolerate_deep_objects
 from kargo_bitbucket.store.kubernetes.reflector import plain
@@ -107,16 +107,11 @@ async def load_indexes(client: AsyncClient, indexes: Indexes) -> Indexes:
 async def published_receivers(
     client: AsyncClient,
 ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """(owner, receiver name, URL) from every ProjectConfig's and ClusterConfig's status,
-    and (owner, message) of each whose ``Ready`` condition says a receiver is left out."""
-    found: list[tuple[str, str, str]] = []
-    problems: list[tuple[str, str]] = []
+    """``publications`` of every ProjectConfig and ClusterConfig in the cluster."""
+    configs = []
     for kind in ("ClusterConfig", "ProjectConfig"):
         namespace = "*" if kind == "ProjectConfig" else None
         async for obj in client.list(RESOURCES[kind], namespace=namespace):
-            body = plain(obj)
-            found += published(body)
-            if (problem := not_ready(body)) is not None:
-                problems.append((owner_of(body).label, problem))
+            configs.append(plain(obj))
     await client.close()
-    return found, problems
+    return publications(configs)
