@@ -4,7 +4,14 @@ import hashlib
 
 import pytest
 
-from kargo_bitbucket.core.receivers import BaseURL, BaseURLError, Owner, published, resolve
+from kargo_bitbucket.core.receivers import (
+    BaseURL,
+    BaseURLError,
+    Owner,
+    not_ready,
+    published,
+    resolve,
+)
 
 SPEC_EXAMPLE_HASH = "75f9b18441bbe62d4440dc0a405621bc2fa35bb4f31c2ddb48e72764d2ceb1d0"
 
@@ -266,8 +273,6 @@ def test_receivers_of_the_same_name_are_each_published_once() -> None:
 
 
 def test_not_ready_gives_the_ready_condition_message_only_when_false() -> None:
-    from kargo_bitbucket.core.receivers import not_ready
-
     def config(name: str, *conditions: dict[str, str]) -> dict[str, object]:
         return {
             "kind": "ProjectConfig",

@@ -316,14 +316,13 @@ def test_a_failing_promotion_watch_stops_pull_request_events_only(
     refused = eventually(lambda: (a := merged()).status == 503 and a, what="a 503 for the PR")
     assert refused.json() == {"error": "store unavailable"}
     fake_kube.create(warehouse("demo", "late"))
-    pushed = eventually(
+    eventually(
         lambda: (
             (a := request(demo.url, PUSH, signed(PUSH))).status == 200
             and "demo/late" in a.json()["refreshed"]
         ),
         what="pushes answered while the Promotion watch fails",
     )
-    assert pushed
     assert merged().status == 503, "the Promotion cache is not current"
     fake_kube.clear_faults()
     eventually(lambda: merged().status == 200, timeout=40, what="the Promotion watch back")
