@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kargo_bitbucket.core.decision import Verdict, decide_pull_request, decide_push
 from kargo_bitbucket.core.events import Push
@@ -14,10 +14,12 @@ from kargo_bitbucket.store.index import Indexes
 
 @dataclass(frozen=True)
 class Explanation:
-    """One verdict per candidate; ``empty`` says why there is none."""
+    """One verdict per candidate; ``empty`` says why there is none; ``notes`` what a
+    candidate Warehouse holds that is ignored (unknown fields), by (namespace, name)."""
 
     verdicts: list[Verdict]
     empty: str
+    notes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def would_refresh(self) -> bool:
@@ -36,7 +38,12 @@ def explain_push(
         f"no Warehouse{' in ' + namespace if namespace else ''} subscribes "
         f"to {repository_identity(repo)} (compared by repository identity)"
     )
-    return Explanation(verdicts, empty)
+    notes = {}
+    for verdict in verdicts:
+        entry = indexes.warehouse(verdict.namespace, verdict.name)
+        if entry is not None and entry.ignored:
+            notes[verdict.namespace, verdict.name] = entry.ignored
+    return Explanation(verdicts, empty, notes)
 
 
 def explain_pull_request(indexes: Indexes, pr: str, namespace: str | None = None) -> Explanation:

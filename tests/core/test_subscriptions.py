@@ -249,6 +249,51 @@ def test_problems_name_fields() -> None:
     assert any(p.startswith("allowTags: deprecated") for p in problems)
 
 
+def test_an_unknown_field_is_a_note_naming_the_field_it_may_misspell() -> None:
+    """Kargo's CRD leaves subscriptions untyped, so the API server keeps ``brnach:``; Kargo
+    ignores it, and so does matching: only the note tells the typo."""
+    typo = sub(brnach="release")
+    assert typo.notes == (
+        "spec.subscriptions[0].git.brnach: unknown field, ignored as Kargo ignores it; "
+        "did you mean branch?",
+    )
+    assert typo.problems == ()
+    assert matches(typo, "refs/heads/main") and not matches(typo, "refs/heads/release")
+    assert sub(colour="blue").notes == (
+        "spec.subscriptions[0].git.colour: unknown field, ignored as Kargo ignores it",
+    )
+
+
+def test_kargos_git_subscription_fields_have_no_notes() -> None:
+    documented = {  # Kargo's GitSubscription, as its API reference lists it
+        "branch": "main",
+        "commitSelectionStrategy": "NewestFromBranch",
+        "strictSemvers": True,
+        "semverConstraint": "^1.0.0",
+        "allowTagsRegexes": ["^v"],
+        "ignoreTagsRegexes": ["rc"],
+        "expressionFilter": "true",
+        "includePaths": ["apps/"],
+        "excludePaths": ["docs/"],
+        "insecureSkipTLSVerify": False,
+        "discoveryLimit": 20,
+    }
+    assert sub(**documented).notes == ()
+
+
+def test_many_unknown_fields_are_named_up_to_three_and_counted() -> None:
+    many = sub(**{f"extra{i}": i for i in range(5)}, **{"x" * 500: 1})
+    assert [note.split(":")[0] for note in many.notes] == [
+        "spec.subscriptions[0].git.extra0",
+        "spec.subscriptions[0].git.extra1",
+        "spec.subscriptions[0].git.extra2",
+        "spec.subscriptions[0].git",
+    ]
+    assert many.notes[-1].endswith(": 3 more unknown fields not listed")
+    long = sub(**{"y" * 500: 1}).notes[0]
+    assert len(long) < 200 and "…" in long
+
+
 def test_only_git_subscriptions_with_a_url_count() -> None:
     body = {
         "spec": {

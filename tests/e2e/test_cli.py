@@ -691,15 +691,33 @@ MISSPELT = WAREHOUSE.replace("branch:", "brnach:") % {"name": "typo", "branch": 
 
 def test_misspelt_subscription_field_is_rejected_unless_validate_warn(state: Path) -> None:
     stderr = usage_error(state, "apply", "-f", "-", stdin=MISSPELT)
-    assert "spec.subscriptions[0].git.brnach: unknown field" in stderr
+    assert "spec.subscriptions[0].git.brnach: unknown field; did you mean branch?" in stderr
     assert "--validate=warn" in stderr
     assert not state.exists()
     relaxed = cli("apply", "--validate=warn", "-f", "-", state=state, stdin=MISSPELT)
     assert "warehouse/demo/typo created" in relaxed.stdout
-    assert "brnach: unknown field, kept" in relaxed.stderr
+    assert "brnach: unknown field, kept as is and not checked; did you mean branch?" in (
+        relaxed.stderr
+    )
     elsewhere = MISSPELT.replace("brnach:", "branch:").replace("spec:", "colour: red\nspec:")
     loose = cli("apply", "-f", "-", state=state, stdin=elsewhere)
     assert "colour: unknown field, kept" in loose.stderr
+
+
+def test_explain_notes_the_unknown_fields_of_each_candidate(state: Path) -> None:
+    """A typo kept with --validate=warn (or by a cluster's API server) widens what matches:
+    explain says so under the Warehouse it concerns, in every output."""
+    cli("apply", "--validate=warn", "-f", "-", state=state, stdin=MISSPELT)
+    args = ("explain", "--repo", "https://bitbucket.org/acme/app", "--ref", "main")
+    table = cli(*args, state=state).stdout.splitlines()
+    at = table.index(next(line for line in table if "Warehouse demo/typo" in line))
+    assert table[at + 1] == (
+        "  note: Warehouse demo/typo spec.subscriptions[0].git.brnach: unknown field, "
+        "ignored as Kargo ignores it; did you mean branch?"
+    )
+    (candidate,) = json.loads(cli(*args, "-o", "json", state=state).stdout)
+    assert candidate["refresh"] is True
+    assert candidate["notes"] == [table[at + 1].removeprefix("  note: ")]
 
 
 def test_deliveries_escape_control_characters_and_speak_yaml(

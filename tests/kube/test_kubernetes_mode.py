@@ -165,6 +165,43 @@ def test_new_changed_and_deleted_warehouses_are_seen_through_the_watch(
     eventually(lambda: names_refreshed(demo[1]) == {f"{ns}/late", f"{ns}/dev"}, what="watch events")
 
 
+def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_explain(
+    kube_api: KubeApiServer,
+    kube_namespace: str,
+    receiver_kubeconfig: Receiver,
+    demo: tuple[Server, str],
+) -> None:
+    """Kargo's CRD leaves subscriptions untyped, so ``brnach: develop`` is stored as is and
+    the Warehouse follows main, as in Kargo; the log says so when the watch brings it, once
+    however often it is written, and ``explain --kubernetes`` under its verdict."""
+    ns, (server, _) = kube_namespace, demo
+    kube_api.admin.create(warehouse(ns, "typo", branch=None, brnach="develop"))
+    note = (
+        f"Warehouse {ns}/typo spec.subscriptions[0].git.brnach: unknown field, ignored as "
+        "Kargo ignores it; did you mean branch?"
+    )
+    eventually(lambda: note in server.logs(), what="the warning")
+    kube_api.admin.patch(KARGO, "Warehouse", ns, "typo", {"metadata": {"labels": {"a": "b"}}})
+    kube_api.admin.create(warehouse(ns, "marker", branch=None, brnach2="x"))
+    eventually(lambda: f"{ns}/marker" in server.logs(), what="a later Warehouse's warning")
+    assert server.logs().count(note) == 1
+    explained = cli(
+        "explain",
+        "--kubernetes",
+        "--kubeconfig",
+        str(receiver_kubeconfig.kubeconfig),
+        "--repo",
+        builders.REPO,
+        "--ref",
+        "main",
+        "-n",
+        ns,
+        state=server.state,
+    )
+    assert f"would refresh     Warehouse {ns}/typo: " in explained.stdout
+    assert f"  note: {note}" in explained.stdout.splitlines()
+
+
 def create_deep_warehouse(kube: Kube, namespace: str, name: str, depth: int) -> None:
     """A Warehouse whose first subscription nests ``depth`` objects deep (Kargo's CRD keeps
     unknown fields there; the API server takes up to 10,000 levels in all)."""

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kargo_bitbucket.core.receivers import BaseURL
-from kargo_bitbucket.store.index import Indexes
-from tests.builders import project, secret
+from kargo_bitbucket.store.index import NOTES_RATE, Indexes
+from tests.builders import project, secret, warehouse
 
 
-def indexes() -> Indexes:
+def indexes(clock: Callable[[], float] = time.monotonic) -> Indexes:
     return Indexes(
-        BaseURL.parse("https://kargo.example.com"), "kargo-system-resources", serving=True
+        BaseURL.parse("https://kargo.example.com"),
+        "kargo-system-resources",
+        serving=True,
+        clock=clock,
     )
 
 
@@ -82,3 +87,53 @@ def test_only_new_problems_are_warned_about_and_only_while_serving(
     one_shot.put_config(project("demo", ("bb", "one")))
     one_shot.reroute()
     assert warnings(caplog) == []
+
+
+def test_what_a_warehouse_holds_that_is_not_evaluated_is_a_warning_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a cluster nothing checks subscriptions before us (Kargo's CRD leaves them
+    untyped): a misspelt ``brnach:`` or a broken regex is said when the Warehouse is read,
+    not first at a push, and not again when a relist or a status write feeds it anew."""
+    index = indexes()
+    caplog.set_level(logging.INFO, "kargo_bitbucket")
+    typo = warehouse("demo", "app", brnach="release")
+    index.put_warehouse(typo)
+    assert warnings(caplog) == [
+        "Warehouse demo/app spec.subscriptions[0].git.brnach: unknown field, ignored as Kargo "
+        "ignores it; did you mean branch?"
+    ]
+    index.put_warehouse({**typo, "status": {"observedGeneration": 2}})
+    assert warnings(caplog) == []
+    both = warehouse("demo", "app", brnach="release", allowTagsRegexes=["("])
+    index.put_warehouse(both)
+    (line,) = warnings(caplog)
+    assert line.startswith("Warehouse demo/app spec.subscriptions[0].git.allowTagsRegexes[0]: ")
+    assert line.endswith("pushes to its repository will refresh it without this check")
+    index.drop_warehouse("demo", "app")
+    index.put_warehouse(typo)
+    assert len(warnings(caplog)) == 1  # deleted and created again: new
+
+
+def test_one_shot_indexes_log_nothing_about_warehouses(caplog: pytest.LogCaptureFixture) -> None:
+    one_shot = Indexes(BaseURL.parse("https://kargo.example.com"), "kargo-system-resources")
+    caplog.set_level(logging.INFO, "kargo_bitbucket")
+    one_shot.put_warehouse(warehouse("demo", "app", brnach="release"))
+    assert warnings(caplog) == []
+
+
+def test_warehouse_warnings_are_paced_and_the_held_back_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100,000 templated Warehouses with one odd field do not log 100,000 lines at a start."""
+    now = [1000.0]
+    index = indexes(lambda: now[0])
+    caplog.set_level(logging.INFO, "kargo_bitbucket")
+    for i in range(NOTES_RATE + 5):
+        index.put_warehouse(warehouse("demo", f"app{i}", brnach="release"))
+    assert len(warnings(caplog)) == NOTES_RATE
+    now[0] += 1
+    index.put_warehouse(warehouse("demo", "late", brnach="release"))
+    (line,) = warnings(caplog)
+    assert line.startswith("Warehouse demo/late ")
+    assert line.endswith("(5 more such lines not logged)")

@@ -13,8 +13,8 @@ from kargo_bitbucket.cli.common import (
     state_flag,
     validate_flag,
 )
+from kargo_bitbucket.core.decision import WarehouseEntry
 from kargo_bitbucket.core.manifests import Resource
-from kargo_bitbucket.core.subscriptions import git_subscriptions
 from kargo_bitbucket.store.sqlite import StateFile
 
 
@@ -51,13 +51,6 @@ def _warn_unevaluable(resources: Sequence[Resource]) -> None:
     for resource in resources:
         for warning in resource.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        if resource.kind != "Warehouse":
-            continue
-        for subscription in git_subscriptions(resource.body):
-            for problem in subscription.problems:
-                print(
-                    f"warning: Warehouse {resource.namespace}/{resource.name} "
-                    f"spec.subscriptions[{subscription.index}].git.{problem}; "
-                    "pushes to its repository will refresh it without this check",
-                    file=sys.stderr,
-                )
+        if resource.kind == "Warehouse":
+            for line in WarehouseEntry.from_body(resource.body).unevaluable:
+                print(f"warning: {line}", file=sys.stderr)

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                     "refresh": v.refresh,
                     "reason": v.reason,
                     "warnings": list(v.warnings),
+                    "notes": list(explanation.notes.get((v.namespace, v.name), ())),
                 }
                 for v in explanation.verdicts
             ],
@@ -111,6 +112,8 @@ def _print(explanation: Explanation, namespace: str | None) -> None:
         print(f"{verb:<17} {v.kind} {qualified(v.namespace, v.name)}: {v.reason}")
         for warning in v.warnings:
             print(f"  warning: {warning}")
+        for note in explanation.notes.get((v.namespace, v.name), ()):
+            print(f"  note: {note}")
     if explanation.would_refresh:
         print(
             "If a real event did not refresh one marked 'would refresh', look it up with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,21 +30,45 @@ class WarehouseEntry:
     namespace: str
     name: str
     subscriptions: tuple[GitSubscription, ...]
+    notes: tuple[str, ...] = ()
+    """What a person should know of this Warehouse before a push: ``unevaluable`` and
+    ``ignored``, worded once (a server logs the new ones at every change of the object)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WarehouseEntry:
         """Compile a Warehouse body once, when it enters the index."""
         meta = ObjectMeta.of(body)
-        return cls(
+        entry = cls(
             namespace=meta.namespace,
             name=meta.name,
             subscriptions=git_subscriptions(body),
         )
+        if not any(s.unknown_count or s.problems for s in entry.subscriptions):
+            return entry
+        return dataclasses.replace(entry, notes=(*entry.unevaluable, *entry.ignored))
 
     @property
     def identities(self) -> frozenset[str]:
         """Repository identities this Warehouse is subscribed to."""
         return frozenset(s.identity for s in self.subscriptions)
+
+    @property
+    def unevaluable(self) -> tuple[str, ...]:
+        """A line for each field that cannot be evaluated, naming the Warehouse and the field:
+        a push to its repository refreshes it without that check (SPEC §6.4)."""
+        return tuple(
+            f"Warehouse {self.namespace}/{self.name} spec.subscriptions[{s.index}].git."
+            f"{problem}; pushes to its repository will refresh it without this check"
+            for s in self.subscriptions
+            for problem in s.problems
+        )
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """A line for each unknown field, naming the Warehouse and the field: ignored, as Kargo
+        ignores it, so a misspelt filter leaves the subscription wider than meant."""
+        where = f"Warehouse {self.namespace}/{self.name}"
+        return tuple(f"{where} {note}" for s in self.subscriptions for note in s.notes)
 
 
 Kind = Literal["Warehouse", "Promotion"]

@@ -11,6 +11,8 @@ import msgspec
 import re2
 
 from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.manifests.kinds import GIT_FIELDS
+from kargo_bitbucket.core.manifests.schema import did_you_mean, fmt_path
 from kargo_bitbucket.core.objects import Body, WarehouseView
 from kargo_bitbucket.core.semver import Constraint, SemverError, Version, parse_version
 
@@ -38,6 +40,8 @@ and it happens as the object is read: 2,000 of them held the event loop 9-25 s a
 change of the object (a label, a status write)."""
 REGEX_CACHE = 1024
 """Compiled regexes kept by text, so that a changed Warehouse does not compile its own again."""
+UNKNOWN_SHOWN = 3
+"""Unknown fields of one subscription named in its notes; the rest are counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,11 @@ class GitSubscription:
     branch_error: str | None = None
     """Why ``branch`` cannot be evaluated (set, but not a string: the API server takes
     ``branch: 1.20`` as a number, as Kargo's CRD leaves subscriptions untyped)."""
+    unknown: tuple[str, ...] = ()
+    """The first UNKNOWN_SHOWN fields that Kargo's Git subscription does not have (a
+    misspelt ``brnach:``, which the API server keeps, Kargo's CRD leaving subscriptions
+    untyped); ignored, as Kargo ignores them."""
+    unknown_count: int = 0
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -86,6 +95,20 @@ class GitSubscription:
         if self.strategy not in TAG_STRATEGIES and self.strategy != BRANCH_STRATEGY:
             found.append(f"commitSelectionStrategy: unknown strategy {self.strategy!r}")
         return tuple(found)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Each unknown field, by its path in the Warehouse, with the field it may misspell."""
+        notes = [
+            f"{fmt_path(('spec', 'subscriptions', self.index, 'git', name))}: unknown field, "
+            f"ignored as Kargo ignores it{did_you_mean(name, GIT_FIELDS)}"
+            for name in self.unknown
+        ]
+        more = self.unknown_count - len(self.unknown)
+        if more:
+            where = fmt_path(("spec", "subscriptions", self.index, "git"))
+            notes.append(f"{where}: {more} more unknown field{'s' if more > 1 else ''} not listed")
+        return tuple(notes)
 
 
 class RefVerdict(msgspec.Struct, frozen=True):
@@ -120,6 +143,7 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
         except SemverError as error:
             constraint_error = f"invalid constraint {_quoted(constraint_text)}: {error}"
     deprecated = tuple(name for name in ("allowTags", "ignoreTags") if git.get(name))
+    unknown = [name for name in git if name not in GIT_FIELDS]
     branch = git.get("branch")
     strategy = str(git.get("commitSelectionStrategy") or BRANCH_STRATEGY)
     return GitSubscription(
@@ -136,6 +160,8 @@ def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscr
         ignore=_patterns("ignoreTagsRegexes", git.get("ignoreTagsRegexes"), budget),
         deprecated=deprecated,
         branch_error=_branch_error(branch) if strategy == BRANCH_STRATEGY else None,
+        unknown=tuple(_cut(str(name)) for name in unknown[:UNKNOWN_SHOWN]) if unknown else (),
+        unknown_count=len(unknown),
     )
 
 

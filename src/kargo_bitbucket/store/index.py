@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kargo_bitbucket.core.decision import WarehouseEntry
@@ -13,8 +14,14 @@ from kargo_bitbucket.core.objects import key as object_key
 from kargo_bitbucket.core.objects import secret_data
 from kargo_bitbucket.core.promotions import awaited_pr_urls, pr_url_key
 from kargo_bitbucket.core.receivers import BaseURL, Resolution, Route, resolve
+from kargo_bitbucket.logs import Throttle
 
 log = logging.getLogger(__name__)
+
+NOTES_RATE = 20
+"""Lines a second saying what a Warehouse holds that cannot be evaluated or is unknown: a
+cluster of 100,000 templated Warehouses with one odd field would otherwise log 100,000
+lines at every start."""
 
 Key = tuple[str, str]
 """(namespace, name) of an object; namespace is "" for cluster-scoped objects."""
@@ -35,12 +42,21 @@ def decode_secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
 class Indexes:
     """What a delivery reads, kept current by a store's change feed; no delivery scans."""
 
-    def __init__(self, base: BaseURL, system_namespace: str, *, serving: bool = False) -> None:
+    def __init__(
+        self,
+        base: BaseURL,
+        system_namespace: str,
+        *,
+        serving: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``serving``: a server's indexes, which say in the log what keeps a receiver from
-        being published (one-shot commands print their own account)."""
+        being published and what a Warehouse holds that is not evaluated (one-shot commands
+        print their own account); ``clock`` paces those lines."""
         self.base = base
         self.system_namespace = system_namespace
         self.serving = serving
+        self._notes = Throttle(NOTES_RATE, clock)
         self.clear()
 
     def clear(self) -> None:
@@ -86,6 +102,9 @@ class Indexes:
         """Index (or re-index) a Warehouse under every repository it subscribes to."""
         entry = WarehouseEntry.from_body(body)
         key = (entry.namespace, entry.name)
+        if self.serving:
+            old = self._warehouses.get(key)
+            self._log_notes(entry, old.notes if old is not None else ())
         self.drop_warehouse(*key)
         self._warehouses[key] = entry
         for identity in entry.identities:
@@ -93,6 +112,17 @@ class Indexes:
                 entry.name
             )
         return entry
+
+    def _log_notes(self, entry: WarehouseEntry, before: tuple[str, ...]) -> None:
+        """A warning for each note the Warehouse has newly (a relist or a status write logs
+        nothing again), at most NOTES_RATE a second; the next says how many were not."""
+        for note in entry.notes:
+            if note in before:
+                continue
+            held = self._notes.admit("warehouse")
+            if held is not None:
+                more = f" ({held} more such lines not logged)" if held else ""
+                log.warning("%s%s", note, more)
 
     def drop_warehouse(self, namespace: str, name: str) -> None:
         """Forget a Warehouse."""
@@ -108,6 +138,10 @@ class Indexes:
                 for name in names:
                     keys[(namespace, name)] = None
         return [self._warehouses[key] for key in sorted(keys)]
+
+    def warehouse(self, namespace: str, name: str) -> WarehouseEntry | None:
+        """One indexed Warehouse, if it is indexed."""
+        return self._warehouses.get((namespace, name))
 
     def warehouses(self, scope: str | None) -> list[WarehouseEntry]:
         """Every indexed Warehouse in ``scope`` (for one-off listings, never per delivery)."""

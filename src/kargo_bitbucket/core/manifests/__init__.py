@@ -7,6 +7,7 @@ checks are written in, ``names`` the Kubernetes name rules, ``kinds`` Kargo's ki
 from kargo_bitbucket.core.manifests.kinds import (
     ACCEPTED_KINDS,
     API_VERSIONS,
+    GIT_FIELDS,
     KARGO_API_VERSION,
     KINDS,
     NAMESPACED,
@@ -24,6 +25,7 @@ from kargo_bitbucket.core.manifests.schema import (
 __all__ = [
     "ACCEPTED_KINDS",
     "API_VERSIONS",
+    "GIT_FIELDS",
     "KARGO_API_VERSION",
     "KINDS",
     "NAMESPACED",

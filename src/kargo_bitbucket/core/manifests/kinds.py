@@ -337,6 +337,8 @@ _GIT = Obj(
     unknown="strict",
     after=_old_regex_spelling,
 )
+GIT_FIELDS = frozenset(_GIT.fields)
+"""The fields of Kargo's Git subscription (``spec.subscriptions[i].git``)."""
 _IMAGE = Obj(
     {
         "repoURL": Str(min_len=1),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 MAX_NODES = 500_000  # values per document after expanding YAML aliases
@@ -56,6 +57,12 @@ def quote(text: str, limit: int = 80) -> str:
     """A short, quoted rendering of a user string."""
     shown = json.dumps(text[:limit], ensure_ascii=False)
     return shown + "…" if len(text) > limit else shown
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean branch?`` for a misspelt ``brnach``; empty when no known name is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def fmt_path(path: Path) -> str:
@@ -266,14 +273,15 @@ class Obj(Spec):
         for key, item in value.items():
             spec = self.fields.get(key)
             if spec is None:
+                hint = did_you_mean(key, self.fields)
                 if self.unknown == "strict" and ctx.strict:
                     ctx.fail(
                         (*path, key),
-                        "unknown field (a misspelled filter would widen the subscription)",
+                        f"unknown field{hint} (a misspelled filter would widen the subscription)",
                         UnknownFieldError,
                     )
                 if self.unknown in ("warn", "strict"):
-                    ctx.warn((*path, key), "unknown field, kept as is and not checked")
+                    ctx.warn((*path, key), f"unknown field, kept as is and not checked{hint}")
                 out[key] = item
             elif item is not None or key in self.required:
                 out[key] = spec.check(item, (*path, key), ctx)
