@@ -15,6 +15,7 @@ from kargo_bitbucket.core.objects import (
     key,
     secret_data,
 )
+from kargo_bitbucket.core.subscriptions import git_subscriptions
 
 CONFIG = {
     "kind": "ProjectConfig",
@@ -53,7 +54,7 @@ def test_any_field_of_the_wrong_type_reads_as_absent(value: Any) -> None:
         for body in maps:
             assert key(body) == ("", "") and ObjectMeta.of(body).generation == 1
             assert list(ConfigView(body).receivers) == list(ConfigView(body).published) == []
-            assert list(WarehouseView(body).git_subscriptions) == []
+            assert list(WarehouseView(body).git) == []
             assert PromotionView(body).steps == [] and not PromotionView(body).state
             assert not secret_data(body)
     if wrong_for(value, str):
@@ -65,12 +66,12 @@ def test_any_field_of_the_wrong_type_reads_as_absent(value: Any) -> None:
         assert spec.secret_name == ""
         assert PromotionView({"status": {"phase": value}}).phase == ""
         git = {"spec": {"subscriptions": [{"git": {"repoURL": value}}]}}
-        assert list(WarehouseView(git).git_subscriptions) == []
+        assert git_subscriptions(git) == ()
     if wrong_for(value, list):
         lists = {"webhookReceivers": value, "subscriptions": value, "steps": value}
         body = {"spec": lists, "status": {"webhookReceivers": value}}
         assert list(ConfigView(body).receivers) == list(ConfigView(body).published) == []
-        assert list(WarehouseView(body).git_subscriptions) == []
+        assert list(WarehouseView(body).git) == []
         assert PromotionView(body).steps == []
     if wrong_for(value, int) and value:
         assert ObjectMeta.of({"metadata": {"generation": value}}).generation == 1
@@ -83,10 +84,12 @@ def test_warehouse_view_keeps_the_position_of_each_git_subscription() -> None:
             "subscriptions": [
                 {"image": {"repoURL": "nginx"}},
                 {"git": {"repoURL": "https://bitbucket.org/a/b", "branch": "main"}},
+                {"git": "not an object"},
+                {"git": {"repoUrl": "https://bitbucket.org/a/b"}},
             ]
         }
     }
-    assert [i for i, _ in WarehouseView(body).git_subscriptions] == [1]
+    assert [i for i, _ in WarehouseView(body).git] == [1, 3]
 
 
 def test_promotion_view_reads_its_progress() -> None:

@@ -294,6 +294,36 @@ def test_many_unknown_fields_are_named_up_to_three_and_counted() -> None:
     assert len(long) < 200 and "…" in long
 
 
+def test_a_git_subscription_without_a_url_is_a_note_that_no_push_reaches_it() -> None:
+    body = {
+        "metadata": {"namespace": "p", "name": "w"},
+        "spec": {
+            "subscriptions": [
+                {"git": {"repoUrl": REPO, "branch": "main"}},
+                {"git": {"repoURL": 5}},
+                {"git": {"branch": "main"}},
+                {"git": {"repoURL": REPO}},
+            ]
+        },
+    }
+    entry = WarehouseEntry.from_body(body)
+    assert [s.index for s in entry.subscriptions] == [3]
+    assert entry.notes == (
+        "Warehouse p/w spec.subscriptions[0].git.repoURL: missing (misspelt as repoUrl?), "
+        "so no push refreshes this subscription",
+        "Warehouse p/w spec.subscriptions[1].git.repoURL: not a string, so no push "
+        "refreshes this subscription",
+        "Warehouse p/w spec.subscriptions[2].git.repoURL: missing, so no push refreshes "
+        "this subscription",
+    )
+    assert (
+        WarehouseEntry.from_body(
+            {**body, "spec": {"subscriptions": [{"git": {"repoURL": REPO}}]}}
+        ).notes
+        == ()
+    )
+
+
 def test_only_git_subscriptions_with_a_url_count() -> None:
     body = {
         "spec": {

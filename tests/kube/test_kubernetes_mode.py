@@ -173,7 +173,8 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
 ) -> None:
     """Kargo's CRD leaves subscriptions untyped, so ``brnach: develop`` is stored as is and
     the Warehouse follows main, as in Kargo; the log says so when the watch brings it, once
-    however often it is written, and ``explain --kubernetes`` under its verdict."""
+    however often it is written, and ``explain --kubernetes`` under its verdict. A
+    ``repoUrl:`` leaves a subscription no push reaches: the log says that too."""
     ns, (server, _) = kube_namespace, demo
     kube_api.admin.create(warehouse(ns, "typo", branch=None, brnach="develop"))
     note = (
@@ -181,6 +182,17 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
         "Kargo ignores it; did you mean branch?"
     )
     eventually(lambda: note in server.logs(), what="the warning")
+    no_url = warehouse(ns, "no-url")
+    git = no_url["spec"]["subscriptions"][0]["git"]
+    git["repoUrl"] = git.pop("repoURL")
+    kube_api.admin.create(no_url)
+    eventually(
+        lambda: (
+            f"Warehouse {ns}/no-url spec.subscriptions[0].git.repoURL: missing (misspelt "
+            "as repoUrl?), so no push refreshes this subscription" in server.logs()
+        ),
+        what="the warning about a subscription without a repository URL",
+    )
     kube_api.admin.patch(KARGO, "Warehouse", ns, "typo", {"metadata": {"labels": {"a": "b"}}})
     kube_api.admin.create(warehouse(ns, "marker", branch=None, brnach2="x"))
     eventually(lambda: f"{ns}/marker" in server.logs(), what="a later Warehouse's warning")

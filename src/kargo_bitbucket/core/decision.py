@@ -18,8 +18,8 @@ from kargo_bitbucket.core.subscriptions import (
     Steps,
     first_matches,
     first_tag_matches,
-    git_subscriptions,
     match_ref,
+    read_git,
 )
 
 
@@ -31,21 +31,20 @@ class WarehouseEntry:
     name: str
     subscriptions: tuple[GitSubscription, ...]
     notes: tuple[str, ...] = ()
-    """What a person should know of this Warehouse before a push: ``unevaluable`` and
-    ``ignored``, worded once (a server logs the new ones at every change of the object)."""
+    """What a person should know of this Warehouse before a push: its Git subscriptions
+    without a repository URL, ``unevaluable`` and ``ignored``, worded once (a server logs
+    the new ones at every change of the object)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WarehouseEntry:
         """Compile a Warehouse body once, when it enters the index."""
         meta = ObjectMeta.of(body)
-        entry = cls(
-            namespace=meta.namespace,
-            name=meta.name,
-            subscriptions=git_subscriptions(body),
-        )
-        if not any(s.unknown_count or s.problems for s in entry.subscriptions):
+        subscriptions, unreachable = read_git(body)
+        entry = cls(namespace=meta.namespace, name=meta.name, subscriptions=subscriptions)
+        if not unreachable and not any(s.unknown_count or s.problems for s in subscriptions):
             return entry
-        return dataclasses.replace(entry, notes=(*entry.unevaluable, *entry.ignored))
+        lost = tuple(f"Warehouse {entry.namespace}/{entry.name} {note}" for note in unreachable)
+        return dataclasses.replace(entry, notes=(*lost, *entry.unevaluable, *entry.ignored))
 
     @property
     def identities(self) -> frozenset[str]:

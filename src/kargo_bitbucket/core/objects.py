@@ -131,13 +131,12 @@ class WarehouseView:
     raw: Body
 
     @property
-    def git_subscriptions(self) -> Iterator[tuple[int, Body]]:
-        """(position in ``spec.subscriptions``, its ``git``) of each subscription with a
-        string ``repoURL``."""
+    def git(self) -> Iterator[tuple[int, Body]]:
+        """(position in ``spec.subscriptions``, its ``git``) of each Git subscription."""
         spec = mapping(self.raw.get("spec"))
         for index, subscription in enumerate(sequence(spec.get("subscriptions"))):
             git = mapping(subscription).get("git")
-            if isinstance(git, Mapping) and isinstance(git.get("repoURL"), str):
+            if isinstance(git, Mapping):
                 yield index, git
 
 

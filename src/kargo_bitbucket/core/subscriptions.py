@@ -12,7 +12,7 @@ import re2
 
 from kargo_bitbucket.core.identity import repository_identity
 from kargo_bitbucket.core.manifests.kinds import GIT_FIELDS
-from kargo_bitbucket.core.manifests.schema import did_you_mean, fmt_path
+from kargo_bitbucket.core.manifests.schema import closest, did_you_mean, fmt_path
 from kargo_bitbucket.core.objects import Body, WarehouseView
 from kargo_bitbucket.core.semver import Constraint, SemverError, Version, parse_version
 
@@ -124,8 +124,31 @@ class RefVerdict(msgspec.Struct, frozen=True):
 
 def git_subscriptions(warehouse: Body) -> tuple[GitSubscription, ...]:
     """The Git subscriptions of a Warehouse body, compiled once for every later push."""
+    return read_git(warehouse)[0]
+
+
+def read_git(warehouse: Body) -> tuple[tuple[GitSubscription, ...], tuple[str, ...]]:
+    """``git_subscriptions``, and a note for each Git subscription no push can concern for
+    want of a string ``repoURL`` (a misspelt ``repoUrl:``, which the API server keeps)."""
     budget = [MAX_TAG_REGEXES]
-    return tuple(_compile(i, git, budget) for i, git in WarehouseView(warehouse).git_subscriptions)
+    compiled = []
+    unreachable = []
+    for index, git in WarehouseView(warehouse).git:
+        if isinstance(git.get("repoURL"), str):
+            compiled.append(_compile(index, git, budget))
+        else:
+            unreachable.append(_without_url(index, git))
+    return tuple(compiled), tuple(unreachable)
+
+
+def _without_url(index: int, git: Mapping[str, Any]) -> str:
+    """Why no push can concern a Git subscription that has no string ``repoURL``."""
+    where = fmt_path(("spec", "subscriptions", index, "git", "repoURL"))
+    if "repoURL" in git:
+        return f"{where}: not a string, so no push refreshes this subscription"
+    close = closest("repoURL", (name for name in git if isinstance(name, str)))
+    misspelt = f" (misspelt as {_cut(close)}?)" if close else ""
+    return f"{where}: missing{misspelt}, so no push refreshes this subscription"
 
 
 def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscription:

@@ -60,9 +60,17 @@ def quote(text: str, limit: int = 80) -> str:
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``; did you mean branch?`` for a misspelt ``brnach``; empty when no known name is close."""
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-    return f"; did you mean {close[0]}?" if close else ""
+    """``; did you mean branch?`` for a misspelt ``brnach`` (or ``repoURL`` for ``repoUrl``:
+    case is not compared); empty when no known name is close."""
+    close = closest(name, known)
+    return f"; did you mean {close}?" if close else ""
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` is most likely a misspelling of, if one is close enough."""
+    by_lower = {candidate.lower(): candidate for candidate in sorted(candidates, reverse=True)}
+    close = difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.75)
+    return by_lower[close[0]] if close else None
 
 
 def fmt_path(path: Path) -> str:
