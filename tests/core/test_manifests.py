@@ -20,6 +20,7 @@ from kargo_bitbucket.core.manifests import (
     UnknownFieldError,
     UnknownKindError,
     canonical_kind,
+    parse_documents,
     parse_manifests,
     validate_object,
 )
@@ -1232,6 +1233,35 @@ def test_error_in_second_document_rejects_everything() -> None:
     bad = edit(SECRET, "name: bb-secret", "name: 5")
     message = error_of(WAREHOUSE + "---\n" + bad)
     assert message.startswith(f"{SRC}: document 2 (Secret): metadata.name: must be a string")
+
+
+def test_parse_documents_gives_one_error_per_invalid_document_and_the_valid_objects() -> None:
+    wrong_type = edit(WAREHOUSE, "branch: main", "branch: 1.20")
+    no_name = edit(SECRET, "name: bb-secret", "name: 5")
+    misspelt = edit(edit(WAREHOUSE, "branch:", "brnach:"), "name: app", "name: typo")
+    text = "---\n".join([wrong_type, PROJECT_CONFIG, no_name, misspelt, "kind: List\nitems: 3\n"])
+    resources, errors = parse_documents(text, SRC, strict=True)
+    assert [r.kind for r in resources] == ["ProjectConfig"]
+    assert [str(e).split(": ")[1] for e in errors] == [
+        "document 1 (Warehouse demo/app)",
+        "document 3 (Secret)",
+        "document 4 (Warehouse demo/typo)",
+        "document 5",
+    ]
+    assert [type(e) for e in errors].count(UnknownFieldError) == 1
+    assert str(errors[0]).endswith("(line 10)")
+
+
+def test_parse_documents_stops_a_text_at_its_yaml_syntax_error() -> None:
+    wrong_type = edit(WAREHOUSE, "branch: main", "branch: 1.20")
+    text = "---\n".join([wrong_type, "a: [1, 2\n", wrong_type, PROJECT_CONFIG])
+    resources, errors = parse_documents(text, SRC)
+    assert resources == []
+    assert [str(e).split(": ")[1] for e in errors] == [
+        "document 1 (Warehouse demo/app)",
+        "document 2",
+    ]
+    assert "line 13, column 1: " in str(errors[1])
 
 
 @pytest.mark.parametrize(

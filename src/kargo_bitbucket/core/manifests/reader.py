@@ -310,13 +310,34 @@ def _is_list_kind(data: Any) -> bool:
 def parse_manifests(
     text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
 ) -> list[Resource]:
-    """Every object of a multi-document YAML text, checked; all-or-nothing.
+    """Every object of a multi-document YAML text, checked; all-or-nothing: the first
+    invalid document's error is raised (``parse_documents`` gives every one).
 
     ``strict`` refuses unknown fields inside ``spec.subscriptions`` (kubectl's
     ``--validate=strict``); otherwise they are kept with a warning.
     """
-    _check_flow_depth(text, source)
+    resources, errors = parse_documents(text, source, default_namespace, strict=strict)
+    if errors:
+        raise errors[0]
+    return resources
+
+
+def parse_documents(
+    text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
+) -> tuple[list[Resource], list[ManifestError]]:
+    """The objects of a text's valid documents, and one error for each invalid one.
+
+    A document's first problem is its error, and reading goes on with the next document,
+    as kubectl reports each object it cannot apply. A YAML syntax error (or nesting past
+    MAX_DEPTH) ends the text: what follows it cannot be trusted to split into the same
+    documents. ``strict`` is as for ``parse_manifests``.
+    """
+    try:
+        _check_flow_depth(text, source)
+    except ManifestError as error:
+        return [], [error]
     resources: list[Resource] = []
+    errors: list[ManifestError] = []
     document = 1
     loader: _Loader | None = None
     try:
@@ -328,13 +349,19 @@ def parse_manifests(
                     break
                 node = loader.get_node()
             except Exception as error:
-                raise _yaml_error(source, document, error, text) from None
-            resources.extend(_document(loader, node, source, document, default_namespace, strict))
+                errors.append(_yaml_error(source, document, error, text))
+                break
+            try:
+                resources.extend(
+                    _document(loader, node, source, document, default_namespace, strict)
+                )
+            except ManifestError as error:
+                errors.append(error)
             document += 1
     finally:
         if loader is not None:
             loader.dispose()
-    return resources
+    return resources, errors
 
 
 def _check_flow_depth(text: str, source: str) -> None:
