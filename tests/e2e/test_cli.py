@@ -167,6 +167,84 @@ def test_bad_manifests_are_rejected_whole(
     assert items(state, "wh") == before
 
 
+def bad_warehouses(*names: str) -> str:
+    """Warehouses whose ``branch: 1.20`` is a number: one invalid document each."""
+    return "---\n".join(WAREHOUSE % {"name": name, "branch": "1.20"} for name in names)
+
+
+def refused(state: Path, *args: str, stdin: str | None = None) -> list[str]:
+    """The stderr lines of a command that must be refused whole, as a usage error."""
+    lines = usage_error(state, *args, stdin=stdin).splitlines()
+    assert all(line.startswith("kargo-bitbucket: ") for line in lines), lines
+    return lines
+
+
+def test_every_invalid_document_of_every_file_is_reported(tmp_path: Path, state: Path) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    before = items(state, "wh")
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    good = WAREHOUSE % {"name": "good", "branch": "main"}
+    (folder / "a.yaml").write_text(
+        bad_warehouses("a1") + "---\n" + good + "---\n" + bad_warehouses("a3")
+    )
+    (folder / "b.yaml").write_text(bad_warehouses("b1"))
+    warned = WAREHOUSE.replace("spec:", "colour: red\nspec:")  # valid, with a warning
+    (folder / "c.yaml").write_text(warned % {"name": "also-good", "branch": "main"})
+    lines = refused(state, "apply", "-f", str(folder))
+    where = [("a.yaml", 1, "a1", 9), ("a.yaml", 3, "a3", 29), ("b.yaml", 1, "b1", 9)]
+    assert len(lines) == len(where), lines
+    for line, (file, document, name, source_line) in zip(lines, where, strict=True):
+        named = f"{folder / file}: document {document} (Warehouse demo/{name}): "
+        assert f"{named}spec.subscriptions[0].git.branch: must be a string" in line
+        assert line.endswith(f"(line {source_line})")
+    assert "colour" not in "".join(lines)  # nothing applied: no warnings, only the errors
+    assert items(state, "wh") == before
+
+
+def test_a_yaml_syntax_error_ends_its_file_not_the_others(tmp_path: Path, state: Path) -> None:
+    first, second = tmp_path / "1.yaml", tmp_path / "2.yaml"
+    first.write_text(
+        WAREHOUSE % {"name": "w", "branch": "[unclosed"} + "---\n" + bad_warehouses("x")
+    )
+    second.write_text(bad_warehouses("w2"))
+    lines = refused(state, "apply", "-f", str(first), "-f", str(second))
+    assert len(lines) == 2, lines
+    assert f"{first}: document 1: line " in lines[0]
+    assert f"{second}: document 1 (Warehouse demo/w2): spec.subscriptions[0].git.branch" in lines[1]
+    assert not state.exists()
+
+
+def test_past_twenty_invalid_documents_one_line_counts_the_rest(state: Path) -> None:
+    many = bad_warehouses(*(f"w{n}" for n in range(25)))
+    lines = refused(state, "apply", "-f", "-", stdin=many)
+    assert len(lines) == 21, lines
+    assert [f": document {n + 1} (" in line for n, line in enumerate(lines[:20])] == [True] * 20
+    assert lines[20] == "kargo-bitbucket: ... and 5 more invalid documents"
+
+
+def test_unknown_fields_of_several_documents_are_all_reported_with_the_hint_once(
+    state: Path,
+) -> None:
+    lines = refused(state, "apply", "-f", "-", stdin=MISSPELT + "---\n" + MISSPELT)
+    unknown = [line for line in lines if "spec.subscriptions[0].git.brnach: unknown field" in line]
+    assert [line.split(": ")[2] for line in unknown] == [
+        "document 1 (Warehouse demo/typo)",
+        "document 2 (Warehouse demo/typo)",
+    ], lines
+    assert "".join(lines).count("--validate=warn") == 1, lines
+    assert not state.exists()
+
+
+def test_serve_reports_every_invalid_document_and_does_not_start(state: Path) -> None:
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    lines = refused(state, "serve", "--listen", listen, "-f", "-", stdin=bad_warehouses("s1", "s2"))
+    assert len(lines) == 2, lines
+    assert "<stdin>: document 1 (Warehouse demo/s1): spec.subscriptions" in lines[0]
+    assert "<stdin>: document 2 (Warehouse demo/s2): spec.subscriptions" in lines[1]
+    assert not state.exists()
+
+
 def test_unevaluable_subscription_is_stored_with_a_warning(state: Path) -> None:
     manifest = WAREHOUSE % {"name": "w", "branch": "main"}
     manifest = manifest.replace(

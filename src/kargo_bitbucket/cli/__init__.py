@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = args.run(args)
         sys.stdout.flush()
-    except (UsageError, ManifestError, ConfigError, StateFileError) as error:
+    except UsageError as error:
+        message, *more = error.lines
+        fail(message, USAGE_ERROR, *more)
+    except (ManifestError, ConfigError, StateFileError) as error:
         fail(str(error), USAGE_ERROR)
     except Failure as error:
         fail(str(error), FAILURE)

@@ -16,11 +16,12 @@ import yaml
 from kargo_bitbucket.config import default_state
 from kargo_bitbucket.core.manifests import (
     ACCEPTED_KINDS,
+    ManifestError,
     Resource,
     UnknownFieldError,
     UnknownKindError,
     canonical_kind,
-    parse_manifests,
+    parse_documents,
 )
 from kargo_bitbucket.text import http_url_problem
 
@@ -31,22 +32,29 @@ T = TypeVar("T")
 
 FAILURE = 1
 USAGE_ERROR = 2
+ERRORS_SHOWN = 20  # invalid documents listed one per line; past them, one line counts the rest
 SECONDS_FORM = "a number of seconds above 0 and at most 86400, e.g. 10 or 2.5"
 OUTPUT_HELP = "output format (default table)"
 KIND_HELP = f"object kind: {ACCEPTED_KINDS}"
 
 
 class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit 2."""
+    """Bad input from the user: one line on stderr (one per problem, for several), exit 2."""
+
+    def __init__(self, message: str, *more: str) -> None:
+        super().__init__(message)
+        self.lines = (message, *more)
 
 
 class Failure(Exception):
     """A runtime failure (unreachable server, refusing API): one line on stderr, exit 1."""
 
 
-def fail(message: str, code: int) -> NoReturn:
-    """Print one ``kargo-bitbucket: ...`` line on stderr and exit with ``code``."""
-    print(f"kargo-bitbucket: {message}", file=sys.stderr)
+def fail(message: str, code: int, *more: str) -> NoReturn:
+    """Print a ``kargo-bitbucket: ...`` line on stderr for ``message`` and each of ``more``,
+    and exit with ``code``."""
+    for line in (message, *more):
+        print(f"kargo-bitbucket: {line}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -174,15 +182,38 @@ def print_document(document: Any, output: str) -> None:
 
 
 def load_manifests(paths: Sequence[str], validate: str = "warn") -> list[Resource]:
-    """Read and check every document of every path; nothing is returned unless all are valid."""
+    """Read and check every document of every path; nothing is returned unless all are valid.
+
+    Every path is read first (one that cannot be is the usage error, alone); then every
+    invalid document of every file is a line of one usage error (``_invalid_documents``).
+    """
+    sources = [source for path in paths for source in _read_sources(path)]
     resources: list[Resource] = []
-    for path in paths:
-        for source, text in _read_sources(path):
-            try:
-                resources.extend(parse_manifests(text, source, strict=validate == "strict"))
-            except UnknownFieldError as error:
-                raise UsageError(f"{error}; --validate=warn keeps it") from error
+    errors: list[ManifestError] = []
+    for source, text in sources:
+        found, invalid = parse_documents(text, source, strict=validate == "strict")
+        resources.extend(found)
+        errors.extend(invalid)
+    if errors:
+        raise _invalid_documents(errors)
     return resources
+
+
+def _invalid_documents(errors: Sequence[ManifestError]) -> UsageError:
+    """One line per invalid document, at most ERRORS_SHOWN and then a count of the rest;
+    the way to keep unknown fields is said once: on the line of the only error, else on a
+    line of its own at the end."""
+    lines = [str(error) for error in errors[:ERRORS_SHOWN]]
+    if len(errors) > ERRORS_SHOWN:
+        lines.append(f"... and {len(errors) - ERRORS_SHOWN} more invalid documents")
+    if any(isinstance(error, UnknownFieldError) for error in errors):
+        if len(errors) == 1:
+            lines[0] += "; --validate=warn keeps it"
+        else:
+            lines.append(
+                "--validate=warn keeps unknown fields inside spec.subscriptions, with a warning"
+            )
+    return UsageError(*lines)
 
 
 def _read_sources(path: str) -> list[tuple[str, str]]:
