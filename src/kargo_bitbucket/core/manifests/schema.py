@@ -283,11 +283,8 @@ class Obj(Spec):
             if spec is None:
                 hint = did_you_mean(key, self.fields)
                 if self.unknown == "strict" and ctx.strict:
-                    ctx.fail(
-                        (*path, key),
-                        f"unknown field{hint} (a misspelled filter would widen the subscription)",
-                        UnknownFieldError,
-                    )
+                    why = hint or " (a misspelled filter would widen the subscription)"
+                    ctx.fail((*path, key), f"unknown field{why}", UnknownFieldError)
                 if self.unknown in ("warn", "strict"):
                     ctx.warn((*path, key), f"unknown field, kept as is and not checked{hint}")
                 out[key] = item
