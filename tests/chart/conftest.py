@@ -43,12 +43,13 @@ def helm_admin(helm: Helm, cluster_admin: Path) -> Helm:
 
 
 @pytest.fixture(scope="session")
-def servicemonitor_crd(kubectl: str, cluster_admin: Path) -> None:
-    """The stand-in ServiceMonitor CRD, established."""
-    crd = Path(__file__).parent / "servicemonitor-crd.yaml"
-    for args in (
-        ["apply", "--server-side", "-f", str(crd)],
-        ["wait", "--for", "condition=established", "--timeout=60s", "-f", str(crd)],
-    ):
-        result = kubectl_run(kubectl, cluster_admin, args)
-        assert result.returncode == 0, result.stderr
+def monitoring_crds(kubectl: str, cluster_admin: Path) -> None:
+    """The stand-in ServiceMonitor and PrometheusRule CRDs, established."""
+    for name in ("servicemonitor-crd.yaml", "prometheusrule-crd.yaml"):
+        crd = Path(__file__).parent / name
+        for args in (
+            ["apply", "--server-side", "-f", str(crd)],
+            ["wait", "--for", "condition=established", "--timeout=60s", "-f", str(crd)],
+        ):
+            result = kubectl_run(kubectl, cluster_admin, args)
+            assert result.returncode == 0, result.stderr

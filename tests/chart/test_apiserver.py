@@ -56,7 +56,7 @@ def test_every_values_file_passes_a_server_side_dry_run(
     kube_api: KubeApiServer,
     kube_namespace: str,
     cluster_admin: Path,
-    servicemonitor_crd: None,
+    monitoring_crds: None,
 ) -> None:
     rendered = helm.template(values, release="dry", namespace=kube_namespace)
     docs = objects(rendered)

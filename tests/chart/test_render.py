@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from kargo_bitbucket.metrics import Metrics
+from kargo_bitbucket.outcomes import Outcome, Result
 from tests.chart.support import CHART, VALUES, VALUES_FILES, Helm, objects, of_kind, one
 from tests.support import REPO, TOOLS
 
@@ -119,6 +122,10 @@ def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, 
         (
             ["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"],
             "needs metrics.service.enabled",
+        ),
+        (
+            ["metrics.enabled=false", "metrics.prometheusRule.enabled=true"],
+            "metrics.prometheusRule.enabled needs metrics.enabled",
         ),
     ],
 )
@@ -405,3 +412,75 @@ def test_clusters_older_than_1_30_are_refused(helm: Helm) -> None:
     result = helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.29.5", check=False)
     assert result.returncode != 0 and "kubeVersion" in result.stderr
     assert helm.run("template", str(CHART), *BASE_URL, "--kube-version", "1.30.0").returncode == 0
+
+
+def exported() -> dict[str, set[str]]:
+    """Each sample name the receiver exports, with its label names: a scrape of metrics that
+    counted one of everything."""
+    metrics = Metrics(
+        sizes=lambda: {"Warehouse": 1},
+        restarts=lambda: {("Warehouse", "expired"): 1},
+        api_failures=lambda: {("Warehouse", "forbidden"): 1},
+        closed_connections=lambda: [("cap", 1)],
+    )
+    metrics.count_delivery("repo:push", Result.REFRESHED, 0.01)
+    metrics.count_refresh("Warehouse", Outcome.FAILED)
+    metrics.count_signature_failure("invalid", "demo/bitbucket")
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def test_alerts_read_only_metrics_labels_and_results_the_receiver_exports(helm: Helm) -> None:
+    docs = objects(helm.template(VALUES / "everything.yaml", release="r", namespace="platform"))
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) == {
+        "KargoBitbucketRefreshesFailing",
+        "KargoBitbucketDeliveriesFailing",
+        "KargoBitbucketWebhookSecretMismatch",
+        "KargoBitbucketKubernetesAPIFailing",
+        "KargoBitbucketDown",
+    }
+    scraped = exported()
+    target_labels = {"namespace", "job"}  # what the Prometheus Operator's scrape adds
+    results = {str(r) for r in Result} | {str(o) for o in Outcome}
+    for name, alert in alerts.items():
+        expr = alert["expr"]
+        assert 'namespace="platform"' in expr, name
+        for metric in re.findall(r"\bkargo_bitbucket_\w+", expr):
+            assert metric in scraped, f"{name}: {metric} is not exported"
+            used = set(re.findall(r"(\w+)=~?\"", expr)) | {
+                label.strip()
+                for group in re.findall(r"by \(([^)]*)\)", expr)
+                for label in group.split(",")
+            }
+            assert used <= scraped[metric] | target_labels, f"{name}: {used}"
+        for values in re.findall(r'result=~?"([^"]*)"', expr):
+            assert set(values.split("|")) <= results, f"{name}: {values}"
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+    assert {a.get("for") for a in alerts.values()} == {"15m", None}
+    assert "for" not in alerts["KargoBitbucketWebhookSecretMismatch"]
+    assert (
+        "{{ $labels.receiver }}"
+        in alerts["KargoBitbucketWebhookSecretMismatch"]["annotations"]["summary"]
+    )  # Prometheus's templating, not Helm's
+    assert (
+        selected({"app.kubernetes.io/component": "metrics"}, docs) == ["webhooks-metrics"]
+        and 'job="webhooks-metrics"' in alerts["KargoBitbucketDown"]["expr"]
+    )
+
+
+def test_alerts_are_off_by_default_and_down_needs_the_service_monitor(helm: Helm) -> None:
+    assert not of_kind(objects(helm.template(None, *BASE_URL)), "PrometheusRule")
+    rule = one(
+        objects(helm.template(None, *BASE_URL, "--set", "metrics.prometheusRule.enabled=true")),
+        "PrometheusRule",
+    )
+    alerts = [r["alert"] for r in rule["spec"]["groups"][0]["rules"]]
+    assert "KargoBitbucketDown" not in alerts and len(alerts) == 4
