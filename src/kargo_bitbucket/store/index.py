@@ -104,7 +104,7 @@ class Indexes:
         key = (entry.namespace, entry.name)
         if self.serving:
             old = self._warehouses.get(key)
-            self._log_notes(entry, old.notes if old is not None else ())
+            self._log_notes(entry, frozenset(old.notes) if old is not None else frozenset())
         self.drop_warehouse(*key)
         self._warehouses[key] = entry
         for identity in entry.identities:
@@ -113,9 +113,10 @@ class Indexes:
             )
         return entry
 
-    def _log_notes(self, entry: WarehouseEntry, before: tuple[str, ...]) -> None:
+    def _log_notes(self, entry: WarehouseEntry, before: frozenset[str]) -> None:
         """A warning for each note the Warehouse has newly (a relist or a status write logs
-        nothing again), at most NOTES_RATE a second; the next says how many were not."""
+        nothing again), at most NOTES_RATE a second; the next says how many were not.
+        ``before`` is a set: a Warehouse of 20,000 notes compared as tuples took 30 s."""
         for note in entry.notes:
             if note in before:
                 continue
