@@ -101,7 +101,7 @@ class GitSubscription:
         """Each unknown field, by its path in the Warehouse, with the field it may misspell."""
         notes = [
             f"{fmt_path(('spec', 'subscriptions', self.index, 'git', name))}: unknown field, "
-            f"ignored as Kargo ignores it{did_you_mean(name, GIT_FIELDS)}"
+            f"ignored as Kargo ignores it{_git_hint(name)}"
             for name in self.unknown
         ]
         more = self.unknown_count - len(self.unknown)
@@ -149,6 +149,14 @@ def _without_url(index: int, git: Mapping[str, Any]) -> str:
     close = closest("repoURL", (name for name in git if isinstance(name, str)))
     misspelt = f" (misspelt as {_cut(close)}?)" if close else ""
     return f"{where}: missing{misspelt}, so no push refreshes this subscription"
+
+
+@functools.lru_cache(maxsize=REGEX_CACHE)
+def _git_hint(name: str) -> str:
+    """``did_you_mean`` among the Git subscription's fields, once per name: a Warehouse's
+    notes are worded again at each change of it (a status write), and templated Warehouses
+    repeat one typo (10,000 subscriptions with three misspelt fields took 1.3 s a change)."""
+    return did_you_mean(name, GIT_FIELDS)
 
 
 def _compile(index: int, git: Mapping[str, Any], budget: list[int]) -> GitSubscription:
