@@ -294,6 +294,21 @@ def test_many_unknown_fields_are_named_up_to_three_and_counted() -> None:
     assert len(long) < 200 and "…" in long
 
 
+def test_notes_escape_the_control_characters_of_a_field_name() -> None:
+    """explain prints notes on a terminal as they are: a C1 CSI (U+009B), a line separator
+    or a right-to-left override in a key the API server kept must come out escaped."""
+    odd = sub(**{"br\x9bnach\u2028\u202e": "x"}).notes[0]
+    assert odd.isprintable(), odd
+    assert odd.startswith('spec.subscriptions[0].git["br\\x9bnach\\u2028\\u202e"]: ')
+    body = {
+        "metadata": {"namespace": "p", "name": "w"},
+        "spec": {"subscriptions": [{"git": {"repoU\x9bRL": REPO}}]},
+    }
+    (lost,) = WarehouseEntry.from_body(body).notes
+    assert lost.isprintable(), lost
+    assert "(misspelt as repoU\\x9bRL?)" in lost
+
+
 def test_a_git_subscription_without_a_url_is_a_note_that_no_push_reaches_it() -> None:
     body = {
         "metadata": {"namespace": "p", "name": "w"},

@@ -100,8 +100,10 @@ class GitSubscription:
     def notes(self) -> tuple[str, ...]:
         """Each unknown field, by its path in the Warehouse, with the field it may misspell."""
         notes = [
-            f"{fmt_path(('spec', 'subscriptions', self.index, 'git', name))}: unknown field, "
-            f"ignored as Kargo ignores it{_git_hint(name)}"
+            _escaped(
+                f"{fmt_path(('spec', 'subscriptions', self.index, 'git', name))}: unknown "
+                f"field, ignored as Kargo ignores it{_git_hint(name)}"
+            )
             for name in self.unknown
         ]
         more = self.unknown_count - len(self.unknown)
@@ -147,7 +149,7 @@ def _without_url(index: int, git: Mapping[str, Any]) -> str:
     if "repoURL" in git:
         return f"{where}: not a string, so no push refreshes this subscription"
     close = closest("repoURL", (name for name in git if isinstance(name, str)))
-    misspelt = f" (misspelt as {_cut(close)}?)" if close else ""
+    misspelt = f" (misspelt as {_escaped(_cut(close))}?)" if close else ""
     return f"{where}: missing{misspelt}, so no push refreshes this subscription"
 
 
@@ -258,8 +260,16 @@ def _regex(text: str) -> tuple[Any | None, str | None]:
 def _quoted(text: str) -> str:
     """``text`` in single quotes as the user wrote it (``^\\p{L}`` stays one backslash, so
     it can be pasted back into YAML), only non-printable characters escaped (``\\x1b``)."""
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return f"'{shown}'"
+    return f"'{_escaped(text)}'"
+
+
+def _escaped(text: str) -> str:
+    """``text`` with non-printable characters escaped (``\\x9b``, ``\\u202e``): a field
+    name reaches explain's terminal as it is (U+009B is a CSI there; U+202E turns the
+    line around)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _has_any_byte_escape(pattern: str) -> bool:
