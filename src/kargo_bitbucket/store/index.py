@@ -57,6 +57,7 @@ class Indexes:
         self.system_namespace = system_namespace
         self.serving = serving
         self._notes = Throttle(NOTES_RATE, clock)
+        self._holding = False  # lines held back since the last one logged: said once
         self.clear()
 
     def clear(self) -> None:
@@ -115,15 +116,27 @@ class Indexes:
 
     def _log_notes(self, entry: WarehouseEntry, before: frozenset[str]) -> None:
         """A warning for each note the Warehouse has newly (a relist or a status write logs
-        nothing again), at most NOTES_RATE a second; the next says how many were not.
+        nothing again), at most NOTES_RATE a second; the next says how many were not. The
+        first held back is said at once: at a start, no next line may come for days.
         ``before`` is a set: a Warehouse of 20,000 notes compared as tuples took 30 s."""
         for note in entry.notes:
             if note in before:
                 continue
             held = self._notes.admit("warehouse")
-            if held is not None:
-                more = f" ({held} more such lines not logged)" if held else ""
-                log.warning("%s%s", note, more)
+            if held is None:
+                if not self._holding:
+                    self._holding = True
+                    log.warning(
+                        "more than %d lines a second about Warehouses' subscriptions: the "
+                        "rest of this second's are not logged (the next line logged counts "
+                        "them); `kargo-bitbucket explain --repo URL` shows each under its "
+                        "Warehouse",
+                        NOTES_RATE,
+                    )
+                continue
+            self._holding = False
+            more = f" ({held} more such lines not logged)" if held else ""
+            log.warning("%s%s", note, more)
 
     def drop_warehouse(self, namespace: str, name: str) -> None:
         """Forget a Warehouse."""
