@@ -318,6 +318,25 @@ def test_strict_refuses_unknown_fields_inside_subscriptions(subscription: str, f
     assert f"spec.subscriptions[0].{field}: unknown field" in resource.warnings[0]
 
 
+def test_a_misspelt_required_field_is_not_offered_to_validate_warn() -> None:
+    """``repoUrl:`` with no ``repoURL``: --validate=warn would refuse it as missing, so the
+    strict error is not the UnknownFieldError whose message says --validate=warn keeps it,
+    and the missing field names the misspelling."""
+    text = WAREHOUSE.split("  subscriptions:")[0] + (
+        "  subscriptions:\n    - git: {repoUrl: https://h/a/b}\n"
+    )
+    with pytest.raises(ManifestError, match=r"git\.repoUrl: unknown field; did you mean") as e:
+        parse(text, strict=True)
+    assert not isinstance(e.value, UnknownFieldError)
+    with pytest.raises(
+        ManifestError, match=r'repoURL: required field is missing \(misspelt as "repoUrl"\?\)'
+    ):
+        parse(text)
+    both = text.replace("{repoUrl:", "{repoURL: https://h/a/c, repoUrl:")
+    with pytest.raises(UnknownFieldError):  # kept with --validate=warn, with a warning
+        parse(both, strict=True)
+
+
 def test_strict_keeps_unknown_fields_elsewhere_with_a_warning() -> None:
     (resource,) = parse(WAREHOUSE + "  newThing: {a: b}\n", strict=True)
     assert resource.body["spec"]["newThing"] == {"a": "b"}

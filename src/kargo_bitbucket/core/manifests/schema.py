@@ -284,7 +284,11 @@ class Obj(Spec):
                 hint = did_you_mean(key, self.fields)
                 if self.unknown == "strict" and ctx.strict:
                     why = hint or " (a misspelled filter would widen the subscription)"
-                    ctx.fail((*path, key), f"unknown field{why}", UnknownFieldError)
+                    # A misspelt required field (repoUrl:) is refused with --validate=warn
+                    # too: not the UnknownFieldError whose message offers that flag.
+                    missed = closest(key, self.required)
+                    error = ManifestError if missed and missed not in value else UnknownFieldError
+                    ctx.fail((*path, key), f"unknown field{why}", error)
                 if self.unknown in ("warn", "strict"):
                     ctx.warn((*path, key), f"unknown field, kept as is and not checked{hint}")
                 out[key] = item
@@ -293,7 +297,12 @@ class Obj(Spec):
             # else: null in an optional field means absent (the API server prunes it)
         for key in self.required:
             if key not in out:
-                ctx.fail((*path, key), "required field is missing")
+                unknown = (
+                    name for name in out if isinstance(name, str) and name not in self.fields
+                )
+                misspelt = closest(key, unknown)
+                also = f" (misspelt as {quote(misspelt)}?)" if misspelt else ""
+                ctx.fail((*path, key), f"required field is missing{also}")
         if self.after:
             self.after(out, path, ctx)
         return out
