@@ -128,9 +128,8 @@ class Indexes:
                     self._holding = True
                     log.warning(
                         "more than %d lines a second about Warehouses' subscriptions: the "
-                        "rest of this second's are not logged (the next line logged counts "
-                        "them); `kargo-bitbucket explain --repo URL` shows each under its "
-                        "Warehouse",
+                        "rest of this second's are not logged, now or later (the next line "
+                        "logged counts them)",
                         NOTES_RATE,
                     )
                 continue
