@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from kargo_bitbucket.config import ConfigError
+from kargo_bitbucket.core.text import http_url_problem, plain
 from kargo_bitbucket.core.webhooks import CLOUD
-from kargo_bitbucket.text import http_url_problem, plain
 
 CREDENTIALS_ENV = "KARGO_BITBUCKET_CREDENTIALS"
 SECRET_NAME = "kargo-bitbucket-credentials"

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from kargo_bitbucket.bitbucket_api import BitbucketClient, BitbucketError
+from kargo_bitbucket.core.text import printable
 from kargo_bitbucket.core.webhooks import (
     CLOUD,
     CREATE,
@@ -37,7 +38,6 @@ from kargo_bitbucket.core.webhooks import (
 )
 from kargo_bitbucket.credentials import Credentials
 from kargo_bitbucket.inventory import Inventory
-from kargo_bitbucket.text import printable
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Protocol, TextIO
 import orjson
 
 from kargo_bitbucket.bounds import LOG_FIELD_LIMIT, clip
-from kargo_bitbucket.text import printable
+from kargo_bitbucket.core.text import printable
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",

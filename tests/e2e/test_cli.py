@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.builders import secret, to_yaml, warehouse
+from tests.builders import project, secret, to_yaml, warehouse
 from tests.support import REPO, cli, eventually, free_ports, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
@@ -833,3 +833,51 @@ def test_unknown_paths_are_counted_and_logged(state: Path, server_factory: Any) 
     eventually(counted, what="three unknown paths counted")
     lines = [x for x in server.logs().splitlines() if "unknown path" in x]
     assert len(lines) == 1 and "/wp-login.php" in lines[0]
+
+
+def test_lint_lists_what_the_receiver_reads_differently_and_exits_1(state: Path) -> None:
+    """Every note of every Warehouse, by namespace and name, then each config that left a
+    receiver out (its Ready condition, as serve wrote it); -n keeps one namespace and the
+    ClusterConfig."""
+    unpublished = project("demo", ("bb", "bb"))
+    unpublished["status"] = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "SyncWebhookReceiversFailed",
+                "message": "receiver 'bb': Secret demo/bb not found",
+                "lastTransitionTime": "2026-12-08T00:00:00Z",
+            }
+        ]
+    }
+    broken = warehouse("other", "tags", commitSelectionStrategy="NewestTag", allowTagsRegexes=["("])
+    manifests = to_yaml(
+        warehouse("demo", "fine"),
+        warehouse("demo", "typo", brnach="release"),
+        broken,
+        unpublished,
+    )
+    cli("apply", "--validate=warn", "-f", "-", state=state, stdin=manifests)
+    result = cli("lint", state=state, check=False)
+    assert result.returncode == 1, result.stderr
+    typo, regex, config = result.stdout.splitlines()
+    assert typo == (
+        "Warehouse demo/typo spec.subscriptions[0].git.brnach: unknown field, ignored as "
+        "Kargo ignores it; did you mean branch?"
+    )
+    assert regex.startswith("Warehouse other/tags spec.subscriptions[0].git.allowTagsRegexes[0]")
+    assert regex.endswith("pushes to its repository will refresh it without this check")
+    assert config == (
+        "ProjectConfig demo: receivers not all published: receiver 'bb': Secret demo/bb not found"
+    )
+    only_other = cli("lint", "-n", "other", state=state, check=False)
+    assert (only_other.returncode, only_other.stdout.splitlines()) == (1, [regex])
+
+
+def test_lint_says_when_there_is_nothing_to_report(state: Path) -> None:
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(warehouse("demo", "fine")))
+    result = cli("lint", state=state)
+    assert result.stdout == (
+        "nothing to report: 1 Warehouse(s) read as written, no receiver left out\n"
+    )

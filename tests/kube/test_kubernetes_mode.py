@@ -174,7 +174,8 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     """Kargo's CRD leaves subscriptions untyped, so ``brnach: develop`` is stored as is and
     the Warehouse follows main, as in Kargo; the log says so when the watch brings it, once
     however often it is written, and ``explain --kubernetes`` under its verdict. A
-    ``repoUrl:`` leaves a subscription no push reaches: the log says that too."""
+    ``repoUrl:`` leaves a subscription no push reaches: the log says that too. ``lint
+    --kubernetes`` lists them all, with the receiver's RBAC."""
     ns, (server, _) = kube_namespace, demo
     kube_api.admin.create(warehouse(ns, "typo", branch=None, brnach="develop"))
     note = (
@@ -212,6 +213,24 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     )
     assert f"would refresh     Warehouse {ns}/typo: " in explained.stdout
     assert f"  note: {note}" in explained.stdout.splitlines()
+    linted = cli(
+        "lint",
+        "--kubernetes",
+        "--kubeconfig",
+        str(receiver_kubeconfig.kubeconfig),
+        "-n",
+        ns,
+        state=server.state,
+        check=False,
+    )
+    assert linted.returncode == 1, linted.stderr
+    assert linted.stdout.splitlines() == [
+        f"Warehouse {ns}/marker spec.subscriptions[0].git.brnach2: unknown field, ignored as "
+        "Kargo ignores it; did you mean branch?",
+        f"Warehouse {ns}/no-url spec.subscriptions[0].git.repoURL: missing (misspelt as "
+        "repoUrl?), so no push refreshes this subscription",
+        note,
+    ]
 
 
 def create_deep_warehouse(kube: Kube, namespace: str, name: str, depth: int) -> None:

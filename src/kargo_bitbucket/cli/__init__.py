@@ -21,6 +21,7 @@ from kargo_bitbucket.cli import (
     explain,
     get,
     hooks,
+    lint,
     secret,
     send,
     serve,
@@ -49,10 +50,11 @@ COMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
     ("send", send, "sign and POST a realistic Bitbucket delivery"),
     ("deliveries", deliveries, "recent deliveries and why each candidate was (not) refreshed"),
     ("explain", explain, "dry run: what a push or PR event would refresh, and why"),
+    ("lint", lint, "what the receiver reads differently from what Warehouses and configs say"),
     ("hooks", hooks, "check or create the Bitbucket webhooks every receiver needs"),
     ("secret", secret, "print a new random secret and its Secret manifest"),
 )
-_DESCRIPTIONS = {"get": get.DESCRIPTION}
+_DESCRIPTIONS = {"get": get.DESCRIPTION, "lint": lint.DESCRIPTION}
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -20,9 +20,9 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
+from kargo_bitbucket.core.text import printable
 from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
-from kargo_bitbucket.text import printable
 
 DEFAULT_LIMIT = 20
 

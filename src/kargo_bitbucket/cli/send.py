@@ -15,10 +15,10 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.config import MAX_SECONDS, env, positive_seconds
 from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
+from kargo_bitbucket.core.text import plain
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
-from kargo_bitbucket.text import plain
 
 _FLAGS = {"repo": "--repo", "pr": "--pr"}
 

@@ -15,6 +15,7 @@ from kargo_bitbucket.core.manifests.kinds import GIT_FIELDS
 from kargo_bitbucket.core.manifests.schema import closest, did_you_mean, fmt_path
 from kargo_bitbucket.core.objects import Body, WarehouseView
 from kargo_bitbucket.core.semver import Constraint, SemverError, Version, parse_version
+from kargo_bitbucket.core.text import printable
 
 BRANCH_STRATEGY = "NewestFromBranch"
 TAG_STRATEGIES = frozenset({"SemVer", "Lexical", "NewestTag"})
@@ -100,7 +101,7 @@ class GitSubscription:
     def notes(self) -> tuple[str, ...]:
         """Each unknown field, by its path in the Warehouse, with the field it may misspell."""
         notes = [
-            _escaped(
+            printable(
                 f"{fmt_path(('spec', 'subscriptions', self.index, 'git', name))}: unknown "
                 f"field, ignored as Kargo ignores it{_git_hint(name)}"
             )
@@ -149,7 +150,7 @@ def _without_url(index: int, git: Mapping[str, Any]) -> str:
     if "repoURL" in git:
         return f"{where}: not a string, so no push refreshes this subscription"
     close = closest("repoURL", (name for name in git if isinstance(name, str)))
-    misspelt = f" (misspelt as {_escaped(_cut(close))}?)" if close else ""
+    misspelt = f" (misspelt as {printable(_cut(close))}?)" if close else ""
     return f"{where}: missing{misspelt}, so no push refreshes this subscription"
 
 
@@ -260,16 +261,7 @@ def _regex(text: str) -> tuple[Any | None, str | None]:
 def _quoted(text: str) -> str:
     """``text`` in single quotes as the user wrote it (``^\\p{L}`` stays one backslash, so
     it can be pasted back into YAML), only non-printable characters escaped (``\\x1b``)."""
-    return f"'{_escaped(text)}'"
-
-
-def _escaped(text: str) -> str:
-    """``text`` with non-printable characters escaped (``\\x9b``, ``\\u202e``): a field
-    name reaches explain's terminal as it is (U+009B is a CSI there; U+202E turns the
-    line around)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return f"'{printable(text)}'"
 
 
 def _has_any_byte_escape(pattern: str) -> bool:

@@ -129,7 +129,7 @@ class Indexes:
                     log.warning(
                         "more than %d lines a second about Warehouses' subscriptions: the "
                         "rest of this second's are not logged, now or later (the next line "
-                        "logged counts them)",
+                        "logged counts them; `kargo-bitbucket lint` lists them all)",
                         NOTES_RATE,
                     )
                 continue
