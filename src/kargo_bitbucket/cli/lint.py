@@ -13,8 +13,10 @@ DESCRIPTION = (
     "fields of Warehouses' Git subscriptions it does not know (a misspelt brnach:, which "
     "Kargo ignores and a cluster keeps) or cannot evaluate (the Warehouse is then refreshed "
     "on every push to its repository), the Git subscriptions without a repoURL (no push "
-    "reaches them), and the receivers a ProjectConfig or ClusterConfig left unpublished "
-    "(its Ready condition, as serve last wrote it). Exit 1 when there is any."
+    "reaches them), the receivers a ProjectConfig or ClusterConfig left unpublished "
+    "(its Ready condition, as serve last wrote it), and the configs Kargo ignores (a "
+    "ProjectConfig not named after its namespace), whose receivers route nowhere. Exit 1 "
+    "when there is any."
 )
 
 

@@ -121,6 +121,15 @@ class Owner:
         ignored, as Kargo ignores it."""
         return self.name == self.honoured_name
 
+    @property
+    def ignored(self) -> str:
+        """What to say of an owner that is not ``honoured`` (serve's log, lint)."""
+        where = f"{self.namespace}/" if self.namespace else ""
+        return (
+            f"{self.kind} {where}{self.name} is ignored, as Kargo ignores it: only the one "
+            f"named {self.honoured_name!r} is read"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

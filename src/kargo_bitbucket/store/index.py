@@ -262,13 +262,7 @@ def _log_changes(before: Resolution, after: Resolution) -> None:
                 "receivers of %s %s not all published: %s", owner.kind, owner.label, problems
             )
     for owner in set(after.ignored) - set(before.ignored):
-        log.warning(
-            "%s %s%s is ignored, as Kargo ignores it: only the one named %r is read",
-            owner.kind,
-            f"{owner.namespace}/" if owner.namespace else "",
-            owner.name,
-            owner.honoured_name,
-        )
+        log.warning("%s", owner.ignored)
 
 
 def _in_scope(
