@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kargo_bitbucket.core.payloads import build_payload
-from tests.builders import project, secret, to_yaml, warehouse
+from tests.builders import cluster_config, project, secret, to_yaml, warehouse
 from tests.support import REPO, cli, eventually, free_ports, request
 
 EXAMPLE = REPO / "examples" / "kargo-demo"
@@ -881,3 +881,32 @@ def test_lint_says_when_there_is_nothing_to_report(state: Path) -> None:
     assert result.stdout == (
         "nothing to report: 1 Warehouse(s) read as written, no receiver left out\n"
     )
+
+
+def test_lint_n_keeps_the_cluster_config_and_its_help_says_so(state: Path) -> None:
+    """The ClusterConfig's receivers serve every namespace, so a receiver it left out is
+    one -n NS's pushes miss: listed under any -n, and the help for -n says so rather than
+    "only this namespace's receivers"."""
+    config = cluster_config(("bb", "bb"))
+    config["status"] = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "SyncWebhookReceiversFailed",
+                "message": "receiver 'bb': Secret kargo-system-resources/bb not found",
+                "lastTransitionTime": "2026-12-08T00:00:00Z",
+            }
+        ]
+    }
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(warehouse("demo", "fine"), config))
+    result = cli("lint", "-n", "demo", state=state, check=False)
+    assert (result.returncode, result.stdout.splitlines()) == (
+        1,
+        [
+            "ClusterConfig cluster: receivers not all published: receiver 'bb': Secret "
+            "kargo-system-resources/bb not found"
+        ],
+    )
+    usage = " ".join(cli("lint", "--help", state=state).stdout.split())
+    assert "and the ClusterConfig's, which serve every namespace" in usage

@@ -23,7 +23,10 @@ DESCRIPTION = (
 def register(parser: argparse.ArgumentParser) -> None:
     """Add lint's arguments."""
     parser.add_argument(
-        "-n", "--namespace", help="only this namespace's Warehouses and receivers (default: all)"
+        "-n",
+        "--namespace",
+        help="only this namespace's Warehouses and receivers, and the ClusterConfig's, which "
+        "serve every namespace (default: all)",
     )
     state_flag(parser)
     kubernetes_flags(parser)
