@@ -175,7 +175,8 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     the Warehouse follows main, as in Kargo; the log says so when the watch brings it, once
     however often it is written, and ``explain --kubernetes`` under its verdict. A
     ``repoUrl:`` leaves a subscription no push reaches: the log says that too. ``lint
-    --kubernetes`` lists them all, with the receiver's RBAC."""
+    --kubernetes`` lists them all, with the receiver's RBAC, and a ProjectConfig Kargo
+    ignores (not named after its namespace), which only the log said."""
     ns, (server, _) = kube_namespace, demo
     kube_api.admin.create(warehouse(ns, "typo", branch=None, brnach="develop"))
     note = (
@@ -213,6 +214,14 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     )
     assert f"would refresh     Warehouse {ns}/typo: " in explained.stdout
     assert f"  note: {note}" in explained.stdout.splitlines()
+    misnamed = project(ns, ("bb", "bb"))
+    misnamed["metadata"]["name"] = "config"  # the API server keeps it; Kargo ignores it
+    kube_api.admin.create(misnamed)
+    ignored = (
+        f"ProjectConfig {ns}/config is ignored, as Kargo ignores it: only the one named "
+        f"{ns!r} is read"
+    )
+    eventually(lambda: ignored in server.logs(), what="the ignored config's warning")
     linted = cli(
         "lint",
         "--kubernetes",
@@ -230,6 +239,7 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
         f"Warehouse {ns}/no-url spec.subscriptions[0].git.repoURL: missing (misspelt as "
         "repoUrl?), so no push refreshes this subscription",
         note,
+        ignored,
     ]
 
 
