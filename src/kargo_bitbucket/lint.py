@@ -3,31 +3,39 @@
 In a cluster nothing checks a Warehouse's subscriptions before the receiver reads them
 (Kargo's CRD leaves them untyped), and ``serve`` logs each such note only when it reads the
 Warehouse, at most NOTES_RATE a second: ``kargo-bitbucket lint`` lists them all, with the
-receivers a ProjectConfig or ClusterConfig left unpublished, and the configs Kargo ignores
+receivers a ProjectConfig or ClusterConfig leaves unpublished and the configs Kargo ignores
 (``Owner.honoured``), whose receivers route nowhere.
 """
 
 from __future__ import annotations
 
-from kargo_bitbucket.core.receivers import not_ready, owner_of
+from kargo_bitbucket.core.receivers import Owner
 from kargo_bitbucket.store.index import Indexes
 
 
 def findings(indexes: Indexes, namespace: str | None = None) -> list[str]:
     """One line for each note of each Warehouse in ``namespace`` (None: all), by namespace
-    and name; then one for each config Kargo ignores or whose ``Ready`` condition says it
-    left a receiver out (the ClusterConfig's count in every namespace, its receivers
-    serving them all)."""
+    and name; then, from the receivers as resolved now (not as ``serve`` last published
+    them), one for each config Kargo ignores and each receiver left unpublished. The
+    ClusterConfig's count in every namespace: its receivers serve them all."""
     warehouses = sorted(indexes.warehouses(namespace), key=lambda w: (w.namespace, w.name))
     lines = [note for warehouse in warehouses for note in warehouse.notes]
-    for config in indexes.configs():
-        owner = owner_of(config)
-        if namespace is not None and owner.scope not in (None, namespace):
-            continue
-        if not owner.honoured:
-            lines.append(owner.ignored)  # no Ready condition: serve writes none there
-            continue
-        problem = not_ready(config)
-        if problem is not None:
-            lines.append(f"{owner.kind} {owner.label}: receivers not all published: {problem}")
+    resolution = indexes.resolution
+
+    def concerned(owner: Owner) -> bool:
+        return namespace is None or owner.scope in (None, namespace)
+
+    for owner in sorted(resolution.ignored, key=_order):
+        if concerned(owner):
+            lines.append(owner.ignored)
+    for owner, status in sorted(resolution.statuses.items(), key=lambda item: _order(item[0])):
+        if concerned(owner):
+            lines += [
+                f"receivers of {owner.kind} {owner.label} not all published: {problem}"
+                for problem in status.problems
+            ]
     return lines
+
+
+def _order(owner: Owner) -> tuple[str, str, str]:
+    return owner.kind, owner.namespace, owner.name

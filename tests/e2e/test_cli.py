@@ -836,27 +836,15 @@ def test_unknown_paths_are_counted_and_logged(state: Path, server_factory: Any) 
 
 
 def test_lint_lists_what_the_receiver_reads_differently_and_exits_1(state: Path) -> None:
-    """Every note of every Warehouse, by namespace and name, then each config that left a
-    receiver out (its Ready condition, as serve wrote it); -n keeps one namespace and the
-    ClusterConfig."""
-    unpublished = project("demo", ("bb", "bb"))
-    unpublished["status"] = {
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "False",
-                "reason": "SyncWebhookReceiversFailed",
-                "message": "receiver 'bb': Secret demo/bb not found",
-                "lastTransitionTime": "2026-12-08T00:00:00Z",
-            }
-        ]
-    }
+    """Every note of every Warehouse, by namespace and name, then each receiver left out as
+    resolved now (no serve needed, and a Secret applied since counts); -n keeps one
+    namespace."""
     broken = warehouse("other", "tags", commitSelectionStrategy="NewestTag", allowTagsRegexes=["("])
     manifests = to_yaml(
         warehouse("demo", "fine"),
         warehouse("demo", "typo", brnach="release"),
         broken,
-        unpublished,
+        project("demo", ("bb", "bb")),
     )
     cli("apply", "--validate=warn", "-f", "-", state=state, stdin=manifests)
     result = cli("lint", state=state, check=False)
@@ -868,11 +856,12 @@ def test_lint_lists_what_the_receiver_reads_differently_and_exits_1(state: Path)
     )
     assert regex.startswith("Warehouse other/tags spec.subscriptions[0].git.allowTagsRegexes[0]")
     assert regex.endswith("pushes to its repository will refresh it without this check")
-    assert config == (
-        "ProjectConfig demo: receivers not all published: receiver 'bb': Secret demo/bb not found"
-    )
+    assert config.startswith("receivers of ProjectConfig demo not all published: receiver 'bb'")
+    assert "demo/bb" in config
     only_other = cli("lint", "-n", "other", state=state, check=False)
     assert (only_other.returncode, only_other.stdout.splitlines()) == (1, [regex])
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(secret("demo", "bb")))
+    assert cli("lint", "-n", "demo", state=state, check=False).stdout.splitlines() == [typo]
 
 
 def test_lint_says_when_there_is_nothing_to_report(state: Path) -> None:
@@ -888,23 +877,12 @@ def test_lint_n_keeps_the_cluster_config_and_its_help_says_so(state: Path) -> No
     one -n NS's pushes miss: listed under any -n, and the help for -n says so rather than
     "only this namespace's receivers"."""
     config = cluster_config(("bb", "bb"))
-    config["status"] = {
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "False",
-                "reason": "SyncWebhookReceiversFailed",
-                "message": "receiver 'bb': Secret kargo-system-resources/bb not found",
-                "lastTransitionTime": "2026-12-08T00:00:00Z",
-            }
-        ]
-    }
     cli("apply", "-f", "-", state=state, stdin=to_yaml(warehouse("demo", "fine"), config))
     result = cli("lint", "-n", "demo", state=state, check=False)
     assert (result.returncode, result.stdout.splitlines()) == (
         1,
         [
-            "ClusterConfig cluster: receivers not all published: receiver 'bb': Secret "
+            "receivers of ClusterConfig cluster not all published: receiver 'bb': Secret "
             "kargo-system-resources/bb not found"
         ],
     )

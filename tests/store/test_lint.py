@@ -35,6 +35,10 @@ def test_a_config_kargo_ignores_is_a_finding_in_its_namespace() -> None:
         "ClusterConfig default is ignored, as Kargo ignores it: only the one named "
         "'cluster' is read"
     )
-    assert findings(index) == [cluster_line, project_line]
+    missing = (
+        "receivers of ProjectConfig proj3 not all published: receiver 'bb': Secret "
+        "proj3/bb-secret not found"
+    )
+    assert findings(index) == [cluster_line, project_line, missing]
     assert findings(index, "proj2") == [cluster_line, project_line]
-    assert findings(index, "proj3") == [cluster_line]
+    assert findings(index, "proj3") == [cluster_line, missing]

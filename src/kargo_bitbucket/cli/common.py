@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import orjson
 import yaml
 
-from kargo_bitbucket.config import default_state
+from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE, default_state, env
 from kargo_bitbucket.core.manifests import (
     ACCEPTED_KINDS,
     ManifestError,
@@ -80,6 +80,15 @@ def state_flag(parser: argparse.ArgumentParser) -> None:
         default=default_state(),
         metavar="FILE",
         help="state file (env KARGO_BITBUCKET_STATE; default .kargo-bitbucket/state.db)",
+    )
+
+
+def system_namespace_flag(parser: argparse.ArgumentParser) -> None:
+    """``--system-namespace``: where the ClusterConfig's receiver Secrets live."""
+    parser.add_argument(
+        "--system-namespace",
+        default=env("SYSTEM_NAMESPACE", DEFAULT_SYSTEM_NAMESPACE),
+        help=f"namespace of the ClusterConfig's Secrets (default {DEFAULT_SYSTEM_NAMESPACE})",
     )
 
 

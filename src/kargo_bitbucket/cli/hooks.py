@@ -17,8 +17,9 @@ from kargo_bitbucket.cli.common import (
     http_url,
     kubernetes_flags,
     state_flag,
+    system_namespace_flag,
 )
-from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE, env
+from kargo_bitbucket.config import env
 from kargo_bitbucket.core.receivers import BaseURL, BaseURLError
 from kargo_bitbucket.credentials import Credentials, parse, read_file
 from kargo_bitbucket.inventory import inventory, load_cluster, load_state
@@ -93,11 +94,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Data Center hooks also get mirror:repo_synchronized (repositories behind mirrors)",
     )
-    parser.add_argument(
-        "--system-namespace",
-        default=env("SYSTEM_NAMESPACE", DEFAULT_SYSTEM_NAMESPACE),
-        help=f"namespace of the ClusterConfig's Secrets (default {DEFAULT_SYSTEM_NAMESPACE})",
-    )
+    system_namespace_flag(parser)
     parser.add_argument(
         "-o", "--output", choices=["table", "json"], default="table", help=OUTPUT_HELP
     )

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from kargo_bitbucket.cli.common import kubernetes_flags, read_indexes, state_flag
+from kargo_bitbucket.cli.common import (
+    connect,
+    from_cluster,
+    kubernetes_flags,
+    state_flag,
+    system_namespace_flag,
+)
 from kargo_bitbucket.core.text import printable
+from kargo_bitbucket.inventory import load_cluster, load_state
 from kargo_bitbucket.lint import findings
 
 DESCRIPTION = (
@@ -13,10 +20,10 @@ DESCRIPTION = (
     "fields of Warehouses' Git subscriptions it does not know (a misspelt brnach:, which "
     "Kargo ignores and a cluster keeps) or cannot evaluate (the Warehouse is then refreshed "
     "on every push to its repository), the Git subscriptions without a repoURL (no push "
-    "reaches them), the receivers a ProjectConfig or ClusterConfig left unpublished "
-    "(its Ready condition, as serve last wrote it), and the configs Kargo ignores (a "
-    "ProjectConfig not named after its namespace), whose receivers route nowhere. Exit 1 "
-    "when there is any."
+    "reaches them), the receivers a ProjectConfig or ClusterConfig leaves unpublished (a "
+    "missing Secret or key, a path claimed twice: resolved now, from the Secrets they "
+    "name), and the configs Kargo ignores (a ProjectConfig not named after its namespace), "
+    "whose receivers route nowhere. Exit 1 when there is any."
 )
 
 
@@ -28,6 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="only this namespace's Warehouses and receivers, and the ClusterConfig's, which "
         "serve every namespace (default: all)",
     )
+    system_namespace_flag(parser)
     state_flag(parser)
     kubernetes_flags(parser)
     parser.set_defaults(run=run)
@@ -35,10 +43,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one line per finding; say so when there is none."""
-    indexes = read_indexes(args)
+    if args.kubernetes:
+        load = load_cluster(lambda: connect(args), args.system_namespace, None)
+        indexes, _ = from_cluster(load)
+    else:
+        indexes = load_state(args.state, args.system_namespace)
     lines = findings(indexes, args.namespace)
     for line in lines:
-        print(printable(line))  # a Ready message is whatever the status says
+        print(printable(line))  # names in a config are whatever it says
     if lines:
         return 1
     count = len(indexes.warehouses(args.namespace))
