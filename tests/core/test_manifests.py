@@ -385,6 +385,18 @@ def test_unknown_fields_are_kept_with_a_warning() -> None:
     assert resource.warnings[1].startswith(f"{SRC}: document 1 (Warehouse demo/app): spec.newThing")
 
 
+def test_a_warning_escapes_what_would_turn_a_terminal_line_around() -> None:
+    """A key with U+202E (right-to-left override) or U+200B is printed escaped, as a
+    control character is: the line reads as written."""
+    text = edit(
+        WAREHOUSE, "      branch: main\n", '      branch: main\n      "br\\u202ex\\u200b": 3\n'
+    )
+    (resource,) = parse(text)
+    (warning,) = resource.warnings
+    assert "\u202e" not in warning and "\u200b" not in warning
+    assert 'git["br\\u202ex\\u200b"]: unknown field' in warning
+
+
 def test_null_optional_fields_are_dropped_like_the_api_server() -> None:
     text = edit(WAREHOUSE, "      branch: main\n", "      branch:\n      strictSemvers: ~\n")
     text = edit(text, "  namespace: demo\n", "  namespace: demo\n  labels: null\n")

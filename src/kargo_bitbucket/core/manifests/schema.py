@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
+from kargo_bitbucket.core.text import printable
+
 MAX_NODES = 500_000  # values per document after expanding YAML aliases
 MAX_DEPTH = 200  # nesting levels
 DEPTH_SHOWN = 3  # path segments a "nested too deep" error names
@@ -42,15 +44,14 @@ class UnknownKindError(ValueError):
 
 # ---------------------------------------------------------------------------- text helpers
 
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 SURROGATE = re.compile("[\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _BRACKET_KEY = re.compile(r"[A-Za-z0-9_.\-/~@:+]+\Z")
 
 
 def one_line(text: str) -> str:
-    """Escape every character that would break a line or a terminal."""
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """Escape every character that would break a line or a terminal (``printable``)."""
+    return printable(text)
 
 
 def quote(text: str, limit: int = 80) -> str:
