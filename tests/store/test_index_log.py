@@ -144,20 +144,18 @@ def test_warehouse_warnings_are_paced_and_the_held_back_counted(
     assert line.endswith("(5 more such lines not logged)")
 
 
-def test_a_status_write_to_a_warehouse_of_many_notes_costs_linear_time(
+def test_a_status_write_to_a_warehouse_of_many_notes_logs_none_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Each note is looked up among the old ones in a set: as a tuple, a status write to a
-    Warehouse of 40,000 notes compared 800 million strings (8 s on the event loop)."""
-    index = indexes()
+    """30,000 notes in one Warehouse: paced at its first read, none again at a status write.
+    (Compared as a tuple, that write took 8 s on the event loop; ``_log_notes`` takes the
+    old notes as a frozenset. The clock stands still: the pacing is not the subject.)"""
+    index = indexes(lambda: 1000.0)
     caplog.set_level(logging.INFO, "kargo_bitbucket")
     git = {"repoURL": "https://bitbucket.org/acme/app", "brnach": "x", "zzz": 1, "yyy": 2}
     body = warehouse("demo", "app")
     body["spec"]["subscriptions"] = [{"git": {**git, "n": n}} for n in range(10_000)]
     index.put_warehouse(body)
     assert len(warnings(caplog)) == NOTES_RATE + 1  # and the line saying the rest are held back
-    started = time.perf_counter()
     index.put_warehouse({**body, "status": {"observedGeneration": 2}})
-    elapsed = time.perf_counter() - started
     assert warnings(caplog) == []
-    assert elapsed < 4, elapsed  # 8 s with a tuple
