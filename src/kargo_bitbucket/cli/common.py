@@ -28,8 +28,6 @@ from kargo_bitbucket.core.text import http_url_problem
 if TYPE_CHECKING:
     from lightkube import AsyncClient
 
-    from kargo_bitbucket.store.index import Indexes
-
 T = TypeVar("T")
 
 FAILURE = 1
@@ -155,28 +153,6 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(load)
     except (ApiError, httpx2.HTTPError) as error:
         raise Failure(f"cannot read from the Kubernetes API: {error}") from error
-
-
-def read_indexes(args: argparse.Namespace) -> Indexes:
-    """The objects of ``--state`` or, with ``--kubernetes``, of the cluster, indexed as
-    ``serve`` indexes them (for one-shot commands: ``explain``, ``lint``)."""
-    from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
-    from kargo_bitbucket.core.receivers import BaseURL
-    from kargo_bitbucket.store.index import Indexes
-    from kargo_bitbucket.store.sqlite import StateFile, load_indexes
-
-    indexes = Indexes(BaseURL.parse("http://one-shot.invalid"), DEFAULT_SYSTEM_NAMESPACE)
-    if args.kubernetes:
-        from kargo_bitbucket.store.kubernetes import load_indexes as load_cluster
-
-        from_cluster(load_cluster(connect(args), indexes))
-        return indexes
-    state = StateFile(args.state, create=False)
-    try:
-        load_indexes(state, indexes)
-    finally:
-        state.close()
-    return indexes
 
 
 def http_url(flag: str, url: str) -> str:

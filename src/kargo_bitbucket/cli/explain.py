@@ -7,15 +7,20 @@ import argparse
 from kargo_bitbucket.cli.common import (
     OUTPUT_HELP,
     UsageError,
+    connect,
+    from_cluster,
     kubernetes_flags,
     print_document,
     pushed_refs,
     qualified,
-    read_indexes,
     state_flag,
 )
+from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
 from kargo_bitbucket.core.identity import repository_identity
+from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.dry_run import Explanation, explain_pull_request, explain_push
+from kargo_bitbucket.store.index import Indexes
+from kargo_bitbucket.store.sqlite import StateFile, load_indexes
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             f"--repo {args.repo!r}: not a repository URL "
             "(https://host/owner/repo, ssh://git@host/owner/repo or git@host:owner/repo)"
         )
-    indexes = read_indexes(args)
+    indexes = _load(args)
     if args.repo:
         explanation = explain_push(indexes, args.repo, args.ref, args.namespace)
     else:
@@ -82,6 +87,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(explanation, args.namespace)
     return 0
+
+
+def _load(args: argparse.Namespace) -> Indexes:
+    indexes = Indexes(BaseURL.parse("http://explain.invalid"), DEFAULT_SYSTEM_NAMESPACE)
+    if args.kubernetes:
+        from kargo_bitbucket.store.kubernetes import load_indexes as load_cluster
+
+        from_cluster(load_cluster(connect(args), indexes))
+        return indexes
+    state = StateFile(args.state, create=False)
+    try:
+        load_indexes(state, indexes)
+    finally:
+        state.close()
+    return indexes
 
 
 def _print(explanation: Explanation, namespace: str | None) -> None:
