@@ -29,11 +29,8 @@ def findings(indexes: Indexes, namespace: str | None = None) -> list[str]:
         if concerned(owner):
             lines.append(owner.ignored)
     for owner, status in sorted(resolution.statuses.items(), key=lambda item: _order(item[0])):
-        if concerned(owner):
-            lines += [
-                f"receivers of {owner.kind} {owner.label} not all published: {problem}"
-                for problem in status.problems
-            ]
+        if concerned(owner) and status.problems:
+            lines.append(owner.unpublished(status.problems))
     return lines
 
 

@@ -121,6 +121,10 @@ class Owner:
         ignored, as Kargo ignores it."""
         return self.name == self.honoured_name
 
+    def unpublished(self, problems: Iterable[str]) -> str:
+        """What to say of an owner that left receivers out, and why (serve's log, lint)."""
+        return f"receivers of {self.kind} {self.label} not all published: {'; '.join(problems)}"
+
     @property
     def ignored(self) -> str:
         """What to say of an owner that is not ``honoured`` (serve's log, lint)."""

@@ -41,6 +41,8 @@ and it happens as the object is read: 2,000 of them held the event loop 9-25 s a
 change of the object (a label, a status write)."""
 REGEX_CACHE = 1024
 """Compiled regexes kept by text, so that a changed Warehouse does not compile its own again."""
+HINT_CACHE = 1024
+"""Unknown Git field names whose "did you mean" is kept (templated Warehouses repeat one)."""
 UNKNOWN_SHOWN = 3
 """Unknown fields of one subscription named in its notes; the rest are counted."""
 
@@ -154,7 +156,7 @@ def _without_url(index: int, git: Mapping[str, Any]) -> str:
     return f"{where}: missing{misspelt}, so no push refreshes this subscription"
 
 
-@functools.lru_cache(maxsize=REGEX_CACHE)
+@functools.lru_cache(maxsize=HINT_CACHE)
 def _git_hint(name: str) -> str:
     """``did_you_mean`` among the Git subscription's fields, once per name: a Warehouse's
     notes are worded again at each change of it (a status write), and templated Warehouses

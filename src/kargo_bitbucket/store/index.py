@@ -257,10 +257,7 @@ def _log_changes(before: Resolution, after: Resolution) -> None:
         old = before.statuses.get(owner)
         new = [p for p in status.problems if old is None or p not in old.problems]
         if new:
-            problems = "; ".join(new)
-            log.warning(
-                "receivers of %s %s not all published: %s", owner.kind, owner.label, problems
-            )
+            log.warning("%s", owner.unpublished(new))
     for owner in set(after.ignored) - set(before.ignored):
         log.warning("%s", owner.ignored)
 
