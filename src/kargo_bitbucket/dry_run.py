@@ -15,7 +15,8 @@ from kargo_bitbucket.store.index import Indexes
 @dataclass(frozen=True)
 class Explanation:
     """One verdict per candidate; ``empty`` says why there is none; ``notes`` what a
-    candidate Warehouse holds that is ignored (unknown fields), by (namespace, name)."""
+    candidate Warehouse holds that is ignored (unknown fields, and other subscriptions
+    naming the repository under a misspelt key), by (namespace, name)."""
 
     verdicts: list[Verdict]
     empty: str
@@ -34,16 +35,50 @@ def explain_push(
     pushed = tuple(split_ref(ref)[0] for ref in refs) or None
     push = Push(repo_urls=(repo,), refs=pushed)
     verdicts = decide_push(push, lambda found: indexes.warehouses_for(found, namespace))
+    identity = repository_identity(repo)
+    verdicts += _misspelt(indexes, identity, namespace, {(v.namespace, v.name) for v in verdicts})
     empty = (
         f"no Warehouse{' in ' + namespace if namespace else ''} subscribes "
-        f"to {repository_identity(repo)} (compared by repository identity)"
+        f"to {identity} (compared by repository identity)"
     )
     notes = {}
     for verdict in verdicts:
         entry = indexes.warehouse(verdict.namespace, verdict.name)
-        if entry is not None and entry.ignored:
-            notes[verdict.namespace, verdict.name] = entry.ignored
+        if entry is None:
+            continue
+        where = f"Warehouse {entry.namespace}/{entry.name}"
+        shown = (
+            *(
+                f"{where} {u.note}"
+                for u in entry.unreachable
+                if u.meant == identity and u.note != verdict.reason
+            ),
+            *entry.ignored,
+        )
+        if shown:
+            notes[verdict.namespace, verdict.name] = shown
     return Explanation(verdicts, empty, notes)
+
+
+def _misspelt(
+    indexes: Indexes, identity: str, namespace: str | None, judged: set[tuple[str, str]]
+) -> list[Verdict]:
+    """A verdict on each Warehouse not judged whose subscription names the repository under a
+    misspelt key (``repoUrl:``): the API server keeps it, and no push ever refreshes it."""
+    verdicts = []
+    for entry in sorted(indexes.warehouses(namespace), key=lambda w: (w.namespace, w.name)):
+        meant = next((u for u in entry.unreachable if u.meant == identity), None)
+        if meant is not None and (entry.namespace, entry.name) not in judged:
+            verdicts.append(
+                Verdict(
+                    kind="Warehouse",
+                    namespace=entry.namespace,
+                    name=entry.name,
+                    refresh=False,
+                    reason=meant.note,
+                )
+            )
+    return verdicts
 
 
 def explain_pull_request(indexes: Indexes, pr: str, namespace: str | None = None) -> Explanation:

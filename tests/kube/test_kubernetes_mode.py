@@ -174,7 +174,8 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     """Kargo's CRD leaves subscriptions untyped, so ``brnach: develop`` is stored as is and
     the Warehouse follows main, as in Kargo; the log says so when the watch brings it, once
     however often it is written, and ``explain --kubernetes`` under its verdict. A
-    ``repoUrl:`` leaves a subscription no push reaches: the log says that too. ``lint
+    ``repoUrl:`` leaves a subscription no push reaches: the log says that too, and explain
+    names it among the candidates of a push to the repository it names. ``lint
     --kubernetes`` lists them all, with the receiver's RBAC, and a ProjectConfig Kargo
     ignores (not named after its namespace), which only the log said."""
     ns, (server, _) = kube_namespace, demo
@@ -214,6 +215,10 @@ def test_a_misspelt_subscription_field_the_api_server_keeps_is_said_in_log_and_e
     )
     assert f"would refresh     Warehouse {ns}/typo: " in explained.stdout
     assert f"  note: {note}" in explained.stdout.splitlines()
+    assert (
+        f"would not refresh Warehouse {ns}/no-url: spec.subscriptions[0].git.repoURL: missing "
+        "(misspelt as repoUrl?), so no push refreshes this subscription"
+    ) in explained.stdout.splitlines()
     misnamed = project(ns, ("bb", "bb"))
     misnamed["metadata"]["name"] = "config"  # the API server keeps it; Kargo ignores it
     kube_api.admin.create(misnamed)

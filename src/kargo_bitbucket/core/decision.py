@@ -16,6 +16,7 @@ from kargo_bitbucket.core.subscriptions import (
     GitSubscription,
     PushedRefs,
     Steps,
+    Unreachable,
     first_matches,
     first_tag_matches,
     match_ref,
@@ -34,6 +35,9 @@ class WarehouseEntry:
     """What a person should know of this Warehouse before a push: its Git subscriptions
     without a repository URL, ``unevaluable`` and ``ignored``, worded once (a server logs
     the new ones at every change of the object)."""
+    unreachable: tuple[Unreachable, ...] = ()
+    """Its Git subscriptions without a repository URL, which ``explain`` matches by the
+    repository a misspelt key names."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WarehouseEntry:
@@ -43,8 +47,10 @@ class WarehouseEntry:
         entry = cls(namespace=meta.namespace, name=meta.name, subscriptions=subscriptions)
         if not unreachable and not any(s.unknown_count or s.problems for s in subscriptions):
             return entry
-        lost = tuple(f"Warehouse {entry.namespace}/{entry.name} {note}" for note in unreachable)
-        return dataclasses.replace(entry, notes=(*lost, *entry.unevaluable, *entry.ignored))
+        where = f"Warehouse {entry.namespace}/{entry.name}"
+        lost = tuple(f"{where} {u.note}" for u in unreachable)
+        notes = (*lost, *entry.unevaluable, *entry.ignored)
+        return dataclasses.replace(entry, notes=notes, unreachable=unreachable)
 
     @property
     def identities(self) -> frozenset[str]:

@@ -132,9 +132,19 @@ def git_subscriptions(warehouse: Body) -> tuple[GitSubscription, ...]:
     return read_git(warehouse)[0]
 
 
-def read_git(warehouse: Body) -> tuple[tuple[GitSubscription, ...], tuple[str, ...]]:
-    """``git_subscriptions``, and a note for each Git subscription no push can concern for
-    want of a string ``repoURL`` (a misspelt ``repoUrl:``, which the API server keeps)."""
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """A Git subscription no push can concern for want of a string ``repoURL``: why, and the
+    identity of the repository its nearest key names (a misspelt ``repoUrl:``), else ""."""
+
+    index: int
+    note: str
+    meant: str = ""
+
+
+def read_git(warehouse: Body) -> tuple[tuple[GitSubscription, ...], tuple[Unreachable, ...]]:
+    """``git_subscriptions``, and each Git subscription no push can concern for want of a
+    string ``repoURL`` (a misspelt ``repoUrl:``, which the API server keeps)."""
     budget = [MAX_TAG_REGEXES]
     compiled = []
     unreachable = []
@@ -146,14 +156,18 @@ def read_git(warehouse: Body) -> tuple[tuple[GitSubscription, ...], tuple[str, .
     return tuple(compiled), tuple(unreachable)
 
 
-def _without_url(index: int, git: Mapping[str, Any]) -> str:
+def _without_url(index: int, git: Mapping[str, Any]) -> Unreachable:
     """Why no push can concern a Git subscription that has no string ``repoURL``."""
     where = fmt_path(("spec", "subscriptions", index, "git", "repoURL"))
     if "repoURL" in git:
-        return f"{where}: not a string, so no push refreshes this subscription"
+        return Unreachable(index, f"{where}: not a string, so no push refreshes this subscription")
     close = closest("repoURL", (name for name in git if isinstance(name, str)))
-    misspelt = f" (misspelt as {printable(_cut(close))}?)" if close else ""
-    return f"{where}: missing{misspelt}, so no push refreshes this subscription"
+    if not close:
+        return Unreachable(index, f"{where}: missing, so no push refreshes this subscription")
+    misspelt = printable(_cut(close))
+    note = f"{where}: missing (misspelt as {misspelt}?), so no push refreshes this subscription"
+    value = git[close]
+    return Unreachable(index, note, repository_identity(value) if isinstance(value, str) else "")
 
 
 @functools.lru_cache(maxsize=HINT_CACHE)
