@@ -7,8 +7,8 @@ bench/in_process.py (the front door protocol, the real ``App``, a ``SqliteStore`
 then counts with ``sys.settrace`` the opcodes of one round of 16 deliveries, by function.
 The floor and floor-observed apps are counted the same way. Opcodes are not time: a call
 into C is one opcode however long it runs, and fewer opcodes can still be slower (the
-reverted ``b9badf5`` in BENCHMARKS.md: 20 fewer, 0.27 µs slower), so time a change with
-in_process.py too; over the hot path as a whole they averaged 14 ns each.
+reverted ``b9badf5``: 20 fewer, 0.27 µs slower), so time a change with in_process.py too;
+over the hot path as a whole they averaged 14 ns each.
 
     .venv/bin/python bench/opcodes.py            # totals and ours' 40 busiest functions
     .venv/bin/python bench/opcodes.py --top 0    # totals only
