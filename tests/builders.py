@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kargo_bitbucket.core.manifests import Resource
+from kargo_bitbucket.core.manifests import Resource, parse_documents
 from kargo_bitbucket.history import DeliveryRecord
 
 KARGO = "kargo.akuity.io/v1alpha1"
@@ -217,3 +217,13 @@ def delivery_record(delivery_id: str = "d", namespace: str = "a", **fields: Any)
             **fields,
         }
     )
+
+
+def parse_manifests(
+    text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
+) -> list[Resource]:
+    """``parse_documents``, all or nothing: the first invalid document's error is raised."""
+    resources, errors = parse_documents(text, source, default_namespace, strict=strict)
+    if errors:
+        raise errors[0]
+    return resources

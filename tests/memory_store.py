@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
-from kargo_bitbucket.core.manifests import parse_manifests
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import DeliveryRecord, MemoryHistory
 from kargo_bitbucket.store.base import Note, RefreshResult, Target
 from kargo_bitbucket.store.index import Indexes
+from tests.builders import parse_manifests
 
 BASE_URL = "http://testserver"
 

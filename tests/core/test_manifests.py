@@ -21,11 +21,11 @@ from kargo_bitbucket.core.manifests import (
     UnknownKindError,
     canonical_kind,
     parse_documents,
-    parse_manifests,
     validate_object,
 )
 from kargo_bitbucket.core.manifests.names import annotation_key, qualified_name
 from kargo_bitbucket.core.promotions import awaited_pr_urls
+from tests.builders import parse_manifests
 from tests.support import tool
 
 SRC = "manifests/demo.yaml"

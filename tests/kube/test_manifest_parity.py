@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kargo_bitbucket.core.manifests import ManifestError, parse_manifests
+from kargo_bitbucket.core.manifests import ManifestError
+from tests.builders import parse_manifests
 from tests.kube.apiserver import KubeApiServer, object_path
 from tests.kube.support import new_namespace
 

@@ -15,7 +15,7 @@ from kargo_bitbucket.core.manifests.kinds import (
     canonical_kind,
     validate_object,
 )
-from kargo_bitbucket.core.manifests.reader import parse_documents, parse_manifests
+from kargo_bitbucket.core.manifests.reader import parse_documents
 from kargo_bitbucket.core.manifests.schema import (
     ManifestError,
     UnknownFieldError,
@@ -35,6 +35,5 @@ __all__ = [
     "UnknownKindError",
     "canonical_kind",
     "parse_documents",
-    "parse_manifests",
     "validate_object",
 ]

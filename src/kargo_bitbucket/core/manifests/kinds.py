@@ -509,7 +509,7 @@ _SCHEMAS: dict[str, Obj] = {
 
 
 def validate_object(body: Any, where: str, default_namespace: str | None = None) -> Resource:
-    """Check one parsed object (the same checks as ``parse_manifests``) and normalize it."""
+    """Check one parsed object (the same checks as ``parse_documents``) and normalize it."""
     ctx = Ctx(where, None, ())
     return validate(_plain(body, ctx), ctx, default_namespace, None)
 

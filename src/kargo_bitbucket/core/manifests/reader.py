@@ -307,21 +307,6 @@ def _is_list_kind(data: Any) -> bool:
     return kind == "List" or (kind.endswith("List") and kind[:-4] in KIND_TABLE)
 
 
-def parse_manifests(
-    text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
-) -> list[Resource]:
-    """Every object of a multi-document YAML text, checked; all-or-nothing: the first
-    invalid document's error is raised (``parse_documents`` gives every one).
-
-    ``strict`` refuses unknown fields inside ``spec.subscriptions`` (kubectl's
-    ``--validate=strict``); otherwise they are kept with a warning.
-    """
-    resources, errors = parse_documents(text, source, default_namespace, strict=strict)
-    if errors:
-        raise errors[0]
-    return resources
-
-
 def parse_documents(
     text: str, source: str, default_namespace: str | None = None, *, strict: bool = False
 ) -> tuple[list[Resource], list[ManifestError]]:
@@ -330,7 +315,8 @@ def parse_documents(
     A document's first problem is its error, and reading goes on with the next document,
     as kubectl reports each object it cannot apply. A YAML syntax error (or nesting past
     MAX_DEPTH) ends the text: what follows it cannot be trusted to split into the same
-    documents. ``strict`` is as for ``parse_manifests``.
+    documents. ``strict`` refuses unknown fields inside ``spec.subscriptions`` (kubectl's
+    ``--validate=strict``); otherwise they are kept with a warning.
     """
     try:
         _check_flow_depth(text, source)
