@@ -137,7 +137,6 @@ class Unreachable:
     """A Git subscription no push can concern for want of a string ``repoURL``: why, and the
     identity of the repository its nearest key names (a misspelt ``repoUrl:``), else ""."""
 
-    index: int
     note: str
     meant: str = ""
 
@@ -160,14 +159,14 @@ def _without_url(index: int, git: Mapping[str, Any]) -> Unreachable:
     """Why no push can concern a Git subscription that has no string ``repoURL``."""
     where = fmt_path(("spec", "subscriptions", index, "git", "repoURL"))
     if "repoURL" in git:
-        return Unreachable(index, f"{where}: not a string, so no push refreshes this subscription")
+        return Unreachable(f"{where}: not a string, so no push refreshes this subscription")
     close = closest("repoURL", (name for name in git if isinstance(name, str)))
     if not close:
-        return Unreachable(index, f"{where}: missing, so no push refreshes this subscription")
+        return Unreachable(f"{where}: missing, so no push refreshes this subscription")
     misspelt = printable(_cut(close))
     note = f"{where}: missing (misspelt as {misspelt}?), so no push refreshes this subscription"
     value = git[close]
-    return Unreachable(index, note, repository_identity(value) if isinstance(value, str) else "")
+    return Unreachable(note, repository_identity(value) if isinstance(value, str) else "")
 
 
 @functools.lru_cache(maxsize=HINT_CACHE)
