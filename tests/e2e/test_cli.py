@@ -888,3 +888,25 @@ def test_lint_n_keeps_the_cluster_config_and_its_help_says_so(state: Path) -> No
     )
     usage = " ".join(cli("lint", "--help", state=state).stdout.split())
     assert "and the ClusterConfig's, which serve every namespace" in usage
+
+
+def test_serve_kubernetes_says_before_connecting_when_it_would_publish_this_machines_address(
+    state: Path, tmp_path: Path
+) -> None:
+    """A run to try or debug beside a deployment, without --base-url, publishes receiver URLs
+    at http://127.0.0.1:8080 into the cluster whenever it holds the Lease: it says so before
+    it connects. With --base-url or --no-publish there is nothing to say."""
+    missing = str(tmp_path / "no-kubeconfig")
+    defaulted = cli("serve", "--kubernetes", "--kubeconfig", missing, state=state, check=False)
+    assert defaulted.stdout.startswith(
+        "note: receivers are published at http://127.0.0.1:8080 (the default base URL, from "
+        "--listen), which only this machine reaches"
+    )
+    assert "pass --base-url with the URL Bitbucket reaches, or --no-publish" in defaulted.stdout
+    assert "cannot load Kubernetes credentials" in defaulted.stderr
+    for chosen in (["--no-publish"], ["--base-url", "https://hooks.example.com"]):
+        run = cli(
+            "serve", "--kubernetes", "--kubeconfig", missing, *chosen, state=state, check=False
+        )
+        assert run.stdout == "", chosen
+        assert "cannot load Kubernetes credentials" in run.stderr

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
+from urllib.parse import urlsplit
 
 import uvloop
 
@@ -46,7 +47,7 @@ from kargo_bitbucket.config import (
 )
 from kargo_bitbucket.core.payloads import is_cloud_url
 from kargo_bitbucket.core.subscriptions import BRANCH_STRATEGY
-from kargo_bitbucket.core.webhooks import unaddressable
+from kargo_bitbucket.core.webhooks import is_local, unaddressable
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, MAX_HISTORY_SIZE
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes
@@ -187,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "-f applies manifests to the state file; with --kubernetes use kubectl apply"
             )
+        if not args.no_publish and args.base_url is None:
+            _warn_local_default(settings)
         return _run(settings, _kubernetes_store(args, indexes), lambda: _announce(settings))
     resources = load_manifests(args.files, args.validate) if args.files else []
     who = f"pid {os.getpid()}, receivers at {settings.base_url.origin}"
@@ -203,6 +206,21 @@ def run(args: argparse.Namespace) -> int:
             return _run(settings, store, lambda: _announce(settings, store))
         finally:
             state.close()
+
+
+def _warn_local_default(settings: ServeSettings) -> None:
+    """Say, before anything is published, that a cluster is about to get receiver URLs at the
+    default base URL when that is this machine's own (a run to try or debug beside a
+    deployment, which takes over publishing whenever it holds the Lease)."""
+    origin = settings.base_url.origin
+    if is_local(urlsplit(origin).hostname or ""):
+        print(
+            f"note: receivers are published at {origin} (the default base URL, from --listen), "
+            "which only this machine reaches, into the cluster's ProjectConfig and "
+            "ClusterConfig statuses whenever this process holds the Lease, in place of a "
+            "deployment's URLs: pass --base-url with the URL Bitbucket reaches, or --no-publish",
+            flush=True,
+        )
 
 
 def _stop_before_serving(signum: int, frame: FrameType | None) -> None:
