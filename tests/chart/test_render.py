@@ -93,6 +93,9 @@ def test_missing_base_url_fails_with_what_to_set(helm: Helm) -> None:
         ('baseURL="https://kargo.example.com/?x=1"', "baseURL"),
         ('baseURL="https://kargo.example.com/hooks(v2)"', "baseURL"),
         ('baseURL="CHANGE-ME-to-the-public-URL-Bitbucket-reaches"', "baseURL"),
+        # The server refuses credentials in the base URL (it is published): pods would crash.
+        ('baseURL="https://hooks@kargo.example.com"', "baseURL"),
+        ('baseURL="https://user:pass@kargo.example.com/webhooks"', "baseURL"),
         ('baseURl="https://kargo.example.com"', "baseURl"),
         ("server.historySize=2000000", "server.historySize"),
         ("server.bodyTimeout=100000", "server.bodyTimeout"),

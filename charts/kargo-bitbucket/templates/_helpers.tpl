@@ -61,8 +61,8 @@ annotations:
 {{/* The base URL, refused when missing or not one the server accepts. */}}
 {{- define "kargo-bitbucket.baseURL" -}}
 {{- $url := required "baseURL is required: the public URL Bitbucket reaches the receiver at, e.g. --set baseURL=https://kargo-webhooks.example.com (every receiver URL is <baseURL>/bitbucket/<hash>)" .Values.baseURL }}
-{{- if and $url (not (regexMatch "^https?://[^/?#%\\s]+(/([-A-Za-z0-9._~$&+,:;=@][-A-Za-z0-9._~$&+,:;=@/]*)?)?$" $url)) }}
-{{- fail (printf "baseURL %q is not an http(s) URL without query, fragment, percent-escapes or a path Kargo would escape (letters, digits and -._~$&+,:;=@ only, not beginning with //)" $url) }}
+{{- if and $url (not (regexMatch "^https?://[^/?#%@\\s]+(/([-A-Za-z0-9._~$&+,:;=@][-A-Za-z0-9._~$&+,:;=@/]*)?)?$" $url)) }}
+{{- fail (printf "baseURL %q is not an http(s) URL without credentials, query, fragment, percent-escapes or a path Kargo would escape (letters, digits and -._~$&+,:;=@ only, not beginning with //)" $url) }}
 {{- end }}
 {{- $port := trimPrefix ":" (regexFind ":[^:\\]]*$" (urlParse $url).host) }}
 {{- if and $port (or (not (regexMatch "^[0-9]{1,5}$" $port)) (gt (atoi $port) 65535)) }}
