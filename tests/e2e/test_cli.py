@@ -629,6 +629,28 @@ def test_a_kubeconfig_list_is_refused_in_one_line_that_says_why(
         assert "lists several files" in line and "--kubeconfig FILE" in line
 
 
+def test_an_empty_kubeconfig_variable_means_the_default_file_as_for_kubectl(
+    tmp_path: Path, state: Path
+) -> None:
+    """``KUBECONFIG=`` (set, empty) said "Configuration file  not found"; kubectl reads
+    ~/.kube/config then, and so does this."""
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    result = cli(
+        "urls", "--kubernetes", state=state, check=False, env={"KUBECONFIG": "", "HOME": str(home)}
+    )
+    assert "not found" not in result.stderr, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kargo-bitbucket: cannot read from the Kubernetes API"), line
+    assert result.returncode == 1
+
+
 def test_unknown_option_prints_the_commands_usage(state: Path) -> None:
     stderr = usage_error(state, "get", "wh", "--bogus")
     assert stderr.startswith("usage: kargo-bitbucket get ")

@@ -45,6 +45,7 @@ class UserAgentTransport(httpx.AsyncBaseTransport):
 def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
     """A client from ``--kubeconfig``/``--context``, else in-cluster, else ``$KUBECONFIG``."""
     from lightkube import ConfigError, KubeConfig
+    from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG
 
     from kargo_bitbucket.compat import verify_cluster
 
@@ -55,7 +56,15 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
             "(kubectl merges a $KUBECONFIG list, this reads one): pass --kubeconfig FILE"
         )
     try:
-        config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+        if kubeconfig:
+            config = KubeConfig.from_file(kubeconfig)
+        else:
+            # $KUBECONFIG unset or empty (a non-empty one is the default of --kubeconfig).
+            # lightkube's from_env would open "" for an empty one; kubectl reads the default.
+            try:
+                config = KubeConfig.from_service_account()
+            except ConfigError:
+                config = KubeConfig.from_file(DEFAULT_KUBECONFIG)
         single = config.get(context_name=context)
     except (ConfigError, OSError, ValueError) as error:
         raise KubernetesConfigError(f"cannot load Kubernetes credentials: {error}") from error
