@@ -114,8 +114,15 @@ async def load_cluster(
             try:
                 indexes.put_secret(plain(await client.get(Secret, name=name, namespace=namespace)))
             except ApiError as error:
-                if error.status.code != 404:
-                    indexes.secret_unreadable(namespace, name, f"{error.status.code} from the API")
+                code = error.status.code
+                if code in (401, 403):
+                    # Not the receiver's RBAC: this command's (a user who may list Kargo's
+                    # objects but not get Secrets), while serve may read and publish it.
+                    why = f"{code} from the API: the credentials this command runs with"
+                    why += " may not get it"
+                    indexes.secret_unreadable(namespace, name, why)
+                elif code != 404:
+                    indexes.secret_unreadable(namespace, name, f"{code} from the API")
         document = None
         if credentials_secret is not None:
             namespace, name = credentials_secret

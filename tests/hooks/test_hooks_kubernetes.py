@@ -68,3 +68,40 @@ def test_sync_reads_the_cluster_and_the_credentials_secret(
         )
         assert missing.returncode == 2
         assert "Secret kargo/absent not found" in missing.stderr
+
+
+def test_a_secret_the_commands_own_credentials_cannot_read_says_so(
+    kube: tuple[FakeKubernetes, Path], tmp_path: Path
+) -> None:
+    """``lint``/``hooks --kubernetes`` read receiver Secrets with the caller's credentials:
+    a user who may list Kargo's objects but not get Secrets got "receivers ... not all
+    published: ... cannot be read (403 from the API)", while ``serve`` had published them.
+    The line now says whose credentials were refused."""
+    fake_kube, kubeconfig = kube
+    seed(
+        fake_kube,
+        [
+            project("demo", ("bb", "bb-secret")),
+            secret("demo", "bb-secret", "first-secret"),
+            warehouse("demo", "deploy", repo=WAREHOUSES["deploy"]),
+        ],
+    )
+    fake_kube.fail("get", r"/secrets/bb-secret$", 403, times=2)
+    args = ("--kubernetes", "--kubeconfig", str(kubeconfig))
+    state = tmp_path / "unused.db"
+    refused = (
+        "receiver 'bb': Secret demo/bb-secret cannot be read (403 from the API: the "
+        "credentials this command runs with may not get it)"
+    )
+    linted = cli("lint", *args, state=state, check=False)
+    assert linted.returncode == 1, linted.stderr
+    assert linted.stdout.splitlines() == [
+        f"receivers of ProjectConfig demo not all published: {refused}"
+    ]
+    credentials = tmp_path / "credentials.yaml"
+    credentials.write_text(json.dumps({"bb.example.com": {"token": "t0ken"}}))
+    checked = cli(
+        "hooks", "check", *args, "--credentials", str(credentials), "--base-url", BASE,
+        state=state, check=False,
+    )  # fmt: skip
+    assert f"receiver problem in demo: {refused}" in checked.stderr, checked.stderr
