@@ -157,6 +157,25 @@ def test_deliveries_from_the_admin_listener(served: Server) -> None:
     assert any(r["delivery_id"] == "delivery-under-test" for r in json.loads(out))
 
 
+def test_admin_url_may_be_the_page_serve_prints(served: Server) -> None:
+    """serve prints 'metrics and delivery history on http://HOST:9090/deliveries'; given
+    as --admin-url, that URL read .../deliveries/deliveries.json and said "Not Found"."""
+    for page in ("/deliveries", "/deliveries/", "/deliveries.json", "/metrics"):
+        out = cli(
+            "deliveries", "--admin-url", served.admin + page, "-o", "json", state=served.state
+        ).stdout
+        assert any(r["delivery_id"] == "delivery-under-test" for r in json.loads(out)), page
+
+
+def test_admin_url_of_the_webhook_port_says_which_port_to_use(served: Server) -> None:
+    """The webhook port (the Service's, port-forwarded for /readyz) has no history."""
+    result = cli("deliveries", "--admin-url", served.base, state=served.state, check=False)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"kargo-bitbucket: cannot read {served.base}/deliveries.json")
+    assert "not an admin listener" in line and "9090" in line, line
+
+
 def test_explain_reasons_without_refreshing(served: Server) -> None:
     before = cli("get", "wh", "-n", "demo", "-o", "json", state=served.state).stdout
     out = cli(

@@ -59,6 +59,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+ADMIN_PAGES = ("/deliveries.json", "/deliveries", "/metrics")
+"""Pages of the admin listener a given --admin-url may end with (its base is what counts)."""
+
+
 def _limit(text: str) -> int:
     try:
         value = int(text)
@@ -133,13 +137,27 @@ def _fetch(args: argparse.Namespace, limit: int) -> list[DeliveryRecord]:
             if v
         }
     )
-    url = f"{http_url('--admin-url', args.admin_url).rstrip('/')}/deliveries.json?{query}"
+    base = http_url("--admin-url", args.admin_url).rstrip("/")
+    # serve prints its admin listener as ".../deliveries": take that, or a page of it.
+    for page in ADMIN_PAGES:
+        if base.endswith(page):
+            base = base.removesuffix(page)
+            break
+    url = f"{base}/deliveries.json?{query}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             data = orjson.loads(response.read())
         return [DeliveryRecord.from_dict(item) for item in data]
     except (msgspec.ValidationError, TypeError) as error:
         raise Failure(f"{url} is not a list of deliveries: {error}") from error
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise Failure(f"cannot read {url}: {error.reason}") from error
+        raise Failure(
+            f"cannot read {url}: Not Found (not an admin listener: --admin-url takes the "
+            "address serve prints after 'metrics and delivery history on', port 9090 in "
+            "the chart, not the webhook port)"
+        ) from error
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise Failure(f"cannot read {url}: {getattr(error, 'reason', error)}") from error
 
