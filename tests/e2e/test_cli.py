@@ -651,6 +651,53 @@ def test_an_empty_kubeconfig_variable_means_the_default_file_as_for_kubectl(
     assert result.returncode == 1
 
 
+def test_an_api_server_without_kargos_crds_is_one_line_naming_the_crd(
+    tmp_path: Path, state: Path
+) -> None:
+    """A cluster without Kargo (or without its ClusterConfig CRD) answers a list with a plain
+    "404 page not found"; the commands printed httpx's two lines (the second a link to MDN)."""
+    import http.server
+    import threading
+
+    class NotServed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"404 page not found\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotServed)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: k, cluster: {{server: 'http://127.0.0.1:{api.server_port}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    try:
+        for command in (
+            ("urls",),
+            ("lint",),
+            ("explain", "--repo", "https://bitbucket.org/acme/app"),
+            ("hooks", "check", "--credentials", str(kubeconfig)),
+        ):
+            result = cli(
+                *command, "--kubernetes", "--kubeconfig", str(kubeconfig), state=state, check=False
+            )
+            assert result.returncode == 1, result.stderr
+            (line,) = result.stderr.splitlines()
+            assert line.startswith("kargo-bitbucket: cannot read from the Kubernetes API: "), line
+            assert ".kargo.akuity.io" in line and "install Kargo" in line, line
+    finally:
+        api.shutdown()
+
+
 def test_unknown_option_prints_the_commands_usage(state: Path) -> None:
     stderr = usage_error(state, "get", "wh", "--bogus")
     assert stderr.startswith("usage: kargo-bitbucket get ")

@@ -152,7 +152,25 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(load)
     except (ApiError, httpx2.HTTPError) as error:
-        raise Failure(f"cannot read from the Kubernetes API: {error}") from error
+        raise api_failure(error) from error
+
+
+def api_failure(error: Exception) -> Failure:
+    """One line for a failed read of the cluster; a Kargo kind the server does not serve (a
+    plain 404, which httpx words in two lines) names its CRD and what to do."""
+    import httpx2
+
+    if not isinstance(error, httpx2.HTTPStatusError):
+        return Failure(f"cannot read from the Kubernetes API: {error}")
+    request, code = error.request, error.response.status_code
+    asked = f"HTTP {code} for {request.method} {request.url.path}"
+    if code == 404 and request.url.path.startswith("/apis/kargo.akuity.io/"):
+        crd = f"{request.url.path.rstrip('/').rsplit('/', 1)[-1]}.kargo.akuity.io"
+        return Failure(
+            f"cannot read from the Kubernetes API: it does not serve {crd} ({asked}): install "
+            f"Kargo, in a version with ProjectConfig and ClusterConfig (kubectl get crd {crd})"
+        )
+    return Failure(f"cannot read from the Kubernetes API: {asked}")
 
 
 def http_url(flag: str, url: str) -> str:

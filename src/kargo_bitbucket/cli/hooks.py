@@ -11,8 +11,8 @@ from kargo_bitbucket import hooks
 from kargo_bitbucket.cli.common import (
     OUTPUT_HELP,
     CommandParser,
-    Failure,
     UsageError,
+    api_failure,
     connect,
     http_url,
     kubernetes_flags,
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             indexes, document = asyncio.run(load_cluster(client, args.system_namespace, secret_ref))
         except (ApiError, httpx2.HTTPError) as error:
-            raise Failure(f"cannot read from the Kubernetes API: {error}") from error
+            raise api_failure(error) from error
     else:
         indexes = load_state(args.state, args.system_namespace)
     if args.credentials:
