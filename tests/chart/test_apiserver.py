@@ -217,6 +217,20 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
         assert not status.get("webhookReceivers")
 
 
+@pytest.mark.parametrize("path", ["/", "/hooks/"])
+def test_the_notes_give_receiver_urls_as_the_server_publishes_them(
+    path: str, helm_admin: Helm, release_namespace: str
+) -> None:
+    """A baseURL ending in "/" (as pasted from a browser) gave 'Receiver URLs are
+    https://host//bitbucket/<hash>'; the server publishes https://host/bitbucket/<hash>."""
+    notes = helm_admin.run(
+        "install", "notes", str(CHART), "-n", release_namespace, "--dry-run=server",
+        "--set", f"baseURL={BASE_URL}{path}",
+    ).stdout  # fmt: skip
+    published = BaseURL.parse(BASE_URL + path).url(BaseURL.parse(BASE_URL + path).path)
+    assert f"Receiver URLs are {published}/bitbucket/<hash>," in notes, notes
+
+
 def test_the_network_policy_is_narrowed_to_the_api_servers_endpoints_when_found(
     helm_admin: Helm,
     kubectl: str,
