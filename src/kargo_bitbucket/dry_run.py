@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,10 @@ class Explanation:
     def would_refresh(self) -> bool:
         """Whether any candidate would be refreshed."""
         return any(v.refresh for v in self.verdicts)
+
+
+_PR_PAGE = re.compile(r"(.+/pull-requests/[0-9]+)[/?#].")
+"""A browser's URL of a pull request's page (``.../pull-requests/42/diff``)."""
 
 
 def explain_push(
@@ -84,4 +89,10 @@ def _misspelt(
 def explain_pull_request(indexes: Indexes, pr: str, namespace: str | None = None) -> Explanation:
     """A merged or declined pull request ``pr``."""
     verdicts = decide_pull_request(pr, indexes.promotions_waiting_on(pr, namespace))
-    return Explanation(verdicts, f"no Running Promotion waits on {pr} in a git-wait-for-pr step")
+    empty = f"no Running Promotion waits on {pr} in a git-wait-for-pr step"
+    if page := _PR_PAGE.match(pr.strip()):
+        empty += (
+            f" (a pull request's URL ends with its number, as git-open-pr gives it and "
+            f"Bitbucket sends it: --pr {page[1]})"
+        )
+    return Explanation(verdicts, empty)

@@ -7,7 +7,7 @@ from typing import Any
 
 from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
 from kargo_bitbucket.core.receivers import BaseURL
-from kargo_bitbucket.dry_run import explain_push
+from kargo_bitbucket.dry_run import explain_pull_request, explain_push
 from kargo_bitbucket.store.index import Indexes
 from tests.builders import REPO, warehouse
 
@@ -57,3 +57,13 @@ def test_a_candidate_with_a_second_subscription_under_a_misspelt_key_has_it_as_a
     assert "release" in verdict.reason
     second = LOST.replace("[0]", "[1]")
     assert explained.notes["team", "both"] == (f"Warehouse team/both {second}",)
+
+
+def test_a_pull_request_page_copied_from_the_browser_is_pointed_at_its_url() -> None:
+    """``.../pull-requests/42/diff`` is what a browser shows; git-open-pr and Bitbucket's
+    payloads give ``.../pull-requests/42``, which is what Promotions wait on."""
+    pr = "https://bitbucket.example.com/projects/P/repos/app/pull-requests/42"
+    for page in (f"{pr}/diff", f"{pr}/overview?w=1"):
+        empty = explain_pull_request(loaded(), page).empty
+        assert empty.endswith(f"Bitbucket sends it: --pr {pr})"), empty
+    assert "(" not in explain_pull_request(loaded(), pr).empty

@@ -43,7 +43,8 @@ class UserAgentTransport(httpx.AsyncBaseTransport):
 
 
 def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
-    """A client from ``--kubeconfig``/``--context``, else in-cluster, else ``$KUBECONFIG``."""
+    """A client from ``--kubeconfig``/``--context`` (whose default is a non-empty
+    ``$KUBECONFIG``), else in-cluster, else ``~/.kube/config``."""
     from lightkube import ConfigError, KubeConfig
     from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG
 
