@@ -120,6 +120,7 @@ def test_schema_rejects_wrong_values_naming_the_field(helm: Helm, setting: str, 
         (["server.shutdownGrace=30"], "terminationGracePeriodSeconds (30) must exceed"),
         (["extraArgs[0]=--shutdown-grace=60"], "plus the shutdown grace (60 s)"),
         (["baseURL=https://kargo.example.com:99999"], "has an invalid port"),
+        (["baseURL=https://kargo.example.com:80:80"], "has an invalid port"),
         (["metrics.port=8080"], "metrics.port must not be 8080"),
         (["metrics.enabled=false", "metrics.serviceMonitor.enabled=true"], "needs metrics.enabled"),
         (

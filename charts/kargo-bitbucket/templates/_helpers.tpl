@@ -64,7 +64,9 @@ annotations:
 {{- if and $url (not (regexMatch "^https?://[^/?#%@\\s]+(/([-A-Za-z0-9._~$&+,:;=@][-A-Za-z0-9._~$&+,:;=@/]*)?)?$" $url)) }}
 {{- fail (printf "baseURL %q is not an http(s) URL without credentials, query, fragment, percent-escapes or a path Kargo would escape (letters, digits and -._~$&+,:;=@ only, not beginning with //)" $url) }}
 {{- end }}
-{{- $port := trimPrefix ":" (regexFind ":[^:\\]]*$" (urlParse $url).host) }}
+{{- $host := (urlParse $url).host }}
+{{- /* An IPv6 literal's port follows its last colon; any other host's, its first. */}}
+{{- $port := trimPrefix ":" (regexFind (ternary ":[^:\\]]*$" ":.*$" (hasPrefix "[" $host)) $host) }}
 {{- if and $port (or (not (regexMatch "^[0-9]{1,5}$" $port)) (gt (atoi $port) 65535)) }}
 {{- fail (printf "baseURL %q has an invalid port (0-65535)" $url) }}
 {{- end }}
