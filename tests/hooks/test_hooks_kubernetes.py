@@ -105,3 +105,26 @@ def test_a_secret_the_commands_own_credentials_cannot_read_says_so(
         state=state, check=False,
     )  # fmt: skip
     assert f"receiver problem in demo: {refused}" in checked.stderr, checked.stderr
+
+
+def test_a_refused_read_keeps_the_api_servers_reason_in_its_one_line(
+    kube: tuple[FakeKubernetes, Path], tmp_path: Path
+) -> None:
+    """A 403 says which user may not do what (``... is forbidden: User "alice" cannot list
+    ...``); the one line of ``lint``/``hooks --kubernetes`` keeps it beside the request."""
+    fake_kube, kubeconfig = kube
+    args = ("--kubernetes", "--kubeconfig", str(kubeconfig))
+    state = tmp_path / "unused.db"
+    fake_kube.fail("list", r"/warehouses$", 403)
+    linted = cli("lint", *args, state=state, check=False)
+    assert linted.returncode == 1, linted.stderr
+    (line,) = linted.stderr.splitlines()
+    assert "injected fault (403)" in line and "HTTP 403 for GET /apis/" in line, line
+    fake_kube.fail("get", r"/secrets/kargo-bitbucket-credentials$", 403)
+    checked = cli(
+        "hooks", "check", *args, "--base-url", BASE, state=state,
+        env={"POD_NAMESPACE": "kargo"}, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 1, checked.stderr
+    (line,) = checked.stderr.splitlines()
+    assert "injected fault (403)" in line and "/secrets/kargo-bitbucket-credentials" in line, line

@@ -156,9 +156,12 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
 
 
 def api_failure(error: Exception) -> Failure:
-    """One line for a failed read of the cluster; a Kargo kind the server does not serve (a
-    plain 404, which httpx words in two lines) names its CRD and what to do."""
+    """One line for a failed read of the cluster: the request, with the API server's own
+    reason when it gives one (a 403's names the user and the verb refused); a Kargo kind the
+    server does not serve (a plain 404, which httpx words in two lines) names its CRD and
+    what to do."""
     import httpx2
+    from lightkube import ApiError
 
     if not isinstance(error, httpx2.HTTPStatusError):
         return Failure(f"cannot read from the Kubernetes API: {error}")
@@ -170,6 +173,8 @@ def api_failure(error: Exception) -> Failure:
             f"cannot read from the Kubernetes API: it does not serve {crd} ({asked}): install "
             f"Kargo, in a version with ProjectConfig and ClusterConfig (kubectl get crd {crd})"
         )
+    if isinstance(error, ApiError) and (reason := " ".join((error.status.message or "").split())):
+        asked = f"{reason} ({asked})"
     return Failure(f"cannot read from the Kubernetes API: {asked}")
 
 
