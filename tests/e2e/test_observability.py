@@ -159,8 +159,10 @@ def test_deliveries_from_the_admin_listener(served: Server) -> None:
 
 def test_admin_url_may_be_the_page_serve_prints(served: Server) -> None:
     """serve prints 'metrics and delivery history on http://HOST:9090/deliveries'; given
-    as --admin-url, that URL read .../deliveries/deliveries.json and said "Not Found"."""
-    for page in ("/deliveries", "/deliveries/", "/deliveries.json", "/metrics"):
+    as --admin-url, that URL read .../deliveries/deliveries.json and said "Not Found"; a
+    page's query (a browser's address bar) made the URL read ".../deliveries?x/deliveries.json"."""
+    pages = ("/deliveries", "/deliveries/", "/deliveries.json", "/metrics")
+    for page in (*pages, "/deliveries?namespace=demo", "/deliveries.json?limit=1#top"):
         out = cli(
             "deliveries", "--admin-url", served.admin + page, "-o", "json", state=served.state
         ).stdout

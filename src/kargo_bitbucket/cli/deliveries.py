@@ -137,8 +137,10 @@ def _fetch(args: argparse.Namespace, limit: int) -> list[DeliveryRecord]:
             if v
         }
     )
-    base = http_url("--admin-url", args.admin_url).rstrip("/")
-    # serve prints its admin listener as ".../deliveries": take that, or a page of it.
+    # serve prints its admin listener as ".../deliveries": take that, or a page of it as a
+    # browser shows it (a query or fragment is the page's, not the listener's).
+    parts = urllib.parse.urlsplit(http_url("--admin-url", args.admin_url))
+    base = urllib.parse.urlunsplit(parts._replace(query="", fragment="")).rstrip("/")
     for page in ADMIN_PAGES:
         if base.endswith(page):
             base = base.removesuffix(page)
