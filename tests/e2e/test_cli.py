@@ -973,6 +973,12 @@ def test_serve_kubernetes_says_before_connecting_when_it_would_publish_this_mach
     )
     assert "pass --base-url with the URL Bitbucket reaches, or --no-publish" in defaulted.stdout
     assert "cannot load Kubernetes credentials" in defaulted.stderr
+    # An empty KARGO_BITBUCKET_BASE_URL (a manifest's `value: ""`) leaves the default too.
+    emptied = cli(
+        "serve", "--kubernetes", "--kubeconfig", missing, state=state, check=False,
+        env={"KARGO_BITBUCKET_BASE_URL": ""},
+    )  # fmt: skip
+    assert emptied.stdout == defaulted.stdout
     for chosen in (["--no-publish"], ["--base-url", "https://hooks.example.com"]):
         run = cli(
             "serve", "--kubernetes", "--kubeconfig", missing, *chosen, state=state, check=False

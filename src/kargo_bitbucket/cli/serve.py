@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "-f applies manifests to the state file; with --kubernetes use kubectl apply"
             )
-        if not args.no_publish and args.base_url is None:
+        if not args.no_publish and not args.base_url:
             _warn_local_default(settings)
         return _run(settings, _kubernetes_store(args, indexes), lambda: _announce(settings))
     resources = load_manifests(args.files, args.validate) if args.files else []
