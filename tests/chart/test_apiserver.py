@@ -217,7 +217,7 @@ def test_install_upgrade_and_a_push_as_the_charts_service_account(
         assert not status.get("webhookReceivers")
 
 
-@pytest.mark.parametrize("path", ["/", "/hooks/"])
+@pytest.mark.parametrize("path", ["/", "/hooks/", "/hooks//"])
 def test_the_notes_give_receiver_urls_as_the_server_publishes_them(
     path: str, helm_admin: Helm, release_namespace: str
 ) -> None:
