@@ -424,6 +424,25 @@ def test_send_exit_codes(state: Path, server_factory: Any) -> None:
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 
+def test_send_says_what_to_do_about_a_wrong_secret_or_url(state: Path, server_factory: Any) -> None:
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    server_factory(state)
+    (line,) = cli("urls", state=state).stdout.splitlines()
+    url = line.split("\t")[2]
+    push = ("--event", "repo:push", "--repo", "https://bitbucket.org/acme/guestbook")
+    wrong = cli("send", "--url", url, "--secret", "wrong", *push, state=state, check=False)
+    assert wrong.returncode == 1 and wrong.stdout.splitlines()[0] == "401"
+    assert "--secret-from NAMESPACE/NAME" in wrong.stderr
+    rotated = url[:-1] + ("0" if url[-1] != "0" else "1")
+    gone = cli("send", "--url", rotated, "--secret", "x", *push, state=state, check=False)
+    assert gone.returncode == 1 and gone.stdout.splitlines()[0] == "404"
+    assert "`kargo-bitbucket urls`" in gone.stderr
+    ok = cli(
+        "send", "--url", url, "--secret-from", "kargo-demo/bitbucket-webhook", *push, state=state
+    )
+    assert ok.stderr == ""
+
+
 def test_serve_says_when_it_publishes_an_address_no_one_can_send_to(
     state: Path, server_factory: Any
 ) -> None:

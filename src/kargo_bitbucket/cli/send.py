@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from kargo_bitbucket.cli.common import (
@@ -21,6 +22,13 @@ from kargo_bitbucket.store.index import decode_secret_data
 from kargo_bitbucket.store.sqlite import StateFile, StateFileError
 
 _FLAGS = {"repo": "--repo", "pr": "--pr"}
+# What to do about the answers a user's own mistake gets, rather than leave the bare body.
+_HINTS = {
+    401: "the receiver's Secret holds another secret: pass its value with --secret, or "
+    "--secret-from NAMESPACE/NAME to read it from the state file",
+    404: "no receiver at this URL: compare it with `kargo-bitbucket urls` (a new secret "
+    "gives a receiver a new URL)",
+}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise Failure(str(error)) from error
     print(reply.status)
     print(reply.text)
+    if (hint := _HINTS.get(reply.status)) is not None:
+        print(f"kargo-bitbucket: {hint}", file=sys.stderr)
     return 0 if reply.ok else FAILURE
 
 
