@@ -569,6 +569,18 @@ def test_urls_before_any_serve_says_who_publishes_them(state: Path) -> None:
     assert "kargo-bitbucket serve" in result.stderr
 
 
+def test_urls_names_a_config_applied_after_serve_last_ran(state: Path, server_factory: Any) -> None:
+    """One config published, one applied since with no serve running: the second is named
+    on stderr, not silently missing from the list."""
+    cli("apply", "-f", str(EXAMPLE), state=state)
+    server_factory(state).stop()
+    cli("apply", "-f", "-", state=state, stdin=to_yaml(cluster_config(("cc-bb", "cc-secret"))))
+    result = cli("urls", state=state)
+    assert result.stdout.startswith("kargo-demo\tbitbucket\t")
+    assert "cluster: not published: no status yet" in result.stderr
+    assert "`kargo-bitbucket serve`" in result.stderr
+
+
 def test_urls_says_why_a_receiver_is_not_published(state: Path, server_factory: Any) -> None:
     """With its Secret missing, serve publishes nothing and says why in the Ready condition;
     urls says so too, rather than pointing at serve (which ran)."""

@@ -317,9 +317,23 @@ def publications(
     left_out: list[tuple[str, str]] = []
     for config in configs:
         found += published(config)
-        if (problem := not_ready(config)) is not None:
+        if (problem := not_ready(config) or _never_published(config)) is not None:
             left_out.append((owner_of(config).label, problem))
     return found, left_out
+
+
+def _never_published(config: Mapping[str, Any]) -> str | None:
+    """Why a config with Bitbucket receivers has no status at all: applied while no
+    ``serve`` ran, so its receivers have no URL yet (rather than leave them unmentioned)."""
+    view = ConfigView(config)
+    if not owner_of(config).honoured or not any(r.is_bitbucket for r in view.receivers):
+        return None
+    if any(True for _ in view.published) or any(
+        isinstance(c, Mapping) and c.get("type") == "Ready"
+        for c in sequence(view.status.get("conditions"))
+    ):
+        return None
+    return "no status yet: nothing has published its receivers (`kargo-bitbucket serve` does)"
 
 
 def resolve(
