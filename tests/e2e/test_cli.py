@@ -118,6 +118,25 @@ def test_delete(state: Path) -> None:
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
+def test_apply_warns_of_a_project_config_whose_receiver_secret_is_not_applied(
+    state: Path,
+) -> None:
+    """kubectl users apply a ProjectConfig and forget its Secret, or apply them in two
+    commands: the apply that leaves a receiver out says so (serve would leave it out, and
+    its log and lint said so only later); once the Secret is there, nothing is said."""
+    config = to_yaml(project("demo", ("bb", "bb-secret")))
+    alone = cli("apply", "-f", "-", state=state, stdin=config)
+    assert alone.stdout == "projectconfig/demo/demo created\n"
+    assert alone.stderr == (
+        "warning: receivers of ProjectConfig demo not all published: receiver 'bb': Secret "
+        "demo/bb-secret not found\n"
+    )
+    both = cli("apply", "-f", "-", state=state, stdin=to_yaml(secret("demo", "bb-secret")))
+    assert both.stderr == ""
+    again = cli("apply", "-f", "-", state=state, stdin=config)
+    assert again.stdout == "projectconfig/demo/demo unchanged\n" and again.stderr == ""
+
+
 def test_apply_keeps_status_and_refresh_unless_manifest_sets_them(state: Path) -> None:
     cli("apply", "-f", str(EXAMPLE / "promotion.yaml"), state=state)
     promotion = yaml.safe_load((EXAMPLE / "promotion.yaml").read_text())
