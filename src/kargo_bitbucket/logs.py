@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import itertools
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any, BinaryIO, Protocol, TextIO
 import orjson
 
 from kargo_bitbucket.bounds import LOG_FIELD_LIMIT, clip
-from kargo_bitbucket.core.text import printable
+from kargo_bitbucket.core.text import json_c1_escaped, printable
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",
@@ -127,24 +126,12 @@ def _cut(fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_C1 = re.compile(rb"\xc2[\x80-\x9f]")
-"""C1 control characters in UTF-8, which JSON leaves as they are: U+009B is a terminal's CSI."""
-
-
-def _escape_c1(control: re.Match[bytes]) -> bytes:
-    """``\\u009b`` for U+009B (``\\xc2\\x9b``): the second byte is the code point."""
-    return b"\\u%04x" % control[0][1]
-
-
 def _json(stamp: str, level: str, logger: str, message: str, fields: dict[str, Any]) -> bytes:
     """``{"time","level","logger","msg",...fields}`` on one line; C1 controls escaped as
     JSON escapes C0 ones, so that ``kubectl logs`` in a terminal shows what a sender wrote
     (a header's bytes 0x80-0x9F reach us as latin-1) instead of obeying it."""
     line = {"time": stamp, "level": level, "logger": logger, "msg": message, **fields}
-    rendered = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
-    if rendered.isascii():
-        return rendered
-    return _C1.sub(_escape_c1, rendered)
+    return json_c1_escaped(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def _text(created: float, level: str, message: str, fields: dict[str, Any]) -> str:

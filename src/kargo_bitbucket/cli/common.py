@@ -23,7 +23,7 @@ from kargo_bitbucket.core.manifests import (
     canonical_kind,
     parse_documents,
 )
-from kargo_bitbucket.core.text import http_url_problem
+from kargo_bitbucket.core.text import http_url_problem, json_c1_escaped
 
 if TYPE_CHECKING:
     from lightkube import AsyncClient
@@ -206,9 +206,11 @@ def qualified(namespace: str, name: str) -> str:
 
 
 def print_document(document: Any, output: str) -> None:
-    """Print ``document`` as indented JSON or as YAML."""
+    """Print ``document`` as indented JSON or as YAML; either escapes the control
+    characters a sender wrote (YAML by itself, JSON its C1 ones here)."""
     if output == "json":
-        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        rendered = json_c1_escaped(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+        sys.stdout.write(rendered.decode() + "\n")
     else:
         sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
 

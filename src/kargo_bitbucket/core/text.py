@@ -3,6 +3,7 @@ request, and escaped before it reaches a terminal."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 
@@ -35,3 +36,21 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+_C1 = re.compile(rb"\xc2[\x80-\x9f]")
+"""C1 control characters in UTF-8, which JSON leaves as they are: U+009B is a terminal's CSI."""
+
+
+def _escape_c1(control: re.Match[bytes]) -> bytes:
+    """``\\u009b`` for U+009B (``\\xc2\\x9b``): the second byte is the code point."""
+    return b"\\u%04x" % control[0][1]
+
+
+def json_c1_escaped(rendered: bytes) -> bytes:
+    """UTF-8 JSON with its C1 control characters escaped as JSON escapes C0 ones: the same
+    document, which a terminal shows instead of obeying (a header's bytes 0x80-0x9F reach
+    us as latin-1)."""
+    if rendered.isascii():
+        return rendered
+    return _C1.sub(_escape_c1, rendered)
