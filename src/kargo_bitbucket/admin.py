@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from kargo_bitbucket.core.text import json_c1_escaped, printable
 from kargo_bitbucket.history import DeliveryRecord, to_json
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store.base import Store
@@ -55,7 +56,7 @@ async def _selected(store: Store, request: Request) -> list[DeliveryRecord]:
 def render(records: list[DeliveryRecord], namespace: str | None, receiver: str | None) -> str:
     """The deliveries page: one row per delivery, its candidates and reasons inside."""
     shown = " ".join(
-        f"{label} {escape(value)}"
+        f"{label} {_shown(value)}"
         for label, value in (("namespace", namespace), ("receiver", receiver))
         if value
     )
@@ -88,31 +89,43 @@ def _row(record: DeliveryRecord) -> str:
     )
     if record.omitted_refs:
         refs += f" and {record.omitted_refs} more"
-    attempt = f" (attempt {escape(record.attempt)})" if record.attempt else ""
+    attempt = f" (attempt {_shown(record.attempt)})" if record.attempt else ""
     candidates = "".join(
         f"<li><span class={'ok' if c.outcome == 'refreshed' else 'dim'}>"
-        f"{escape(c.outcome)}</span> {escape(c.kind)} "
-        f"<b>{escape(c.namespace + '/' + c.name if c.namespace else c.name)}</b>: "
-        f"{escape(c.reason)}</li>"
+        f"{_shown(c.outcome)}</span> {_shown(c.kind)} "
+        f"<b>{_shown(c.namespace + '/' + c.name if c.namespace else c.name)}</b>: "
+        f"{_shown(c.reason)}</li>"
         for c in record.candidates
     )
     if record.omitted_candidates:
         candidates += f"<li class=dim>and {record.omitted_candidates} more</li>"
-    detail = f"<br><span class=dim>{escape(record.detail)}</span>" if record.detail else ""
+    detail = f"<br><span class=dim>{_shown(record.detail)}</span>" if record.detail else ""
     unsigned = " <span class=dim>(unsigned)</span>" if not record.signed else ""
     return (
         "<tr>"
-        f"<td>{escape(record.time.replace('T', ' ').rstrip('Z'))}</td>"
-        f"<td>{escape(record.receiver)}</td>"
-        f"<td>{escape(record.event)}</td>"
-        f"<td><code>{escape(record.delivery_id)}</code>{attempt}</td>"
-        f"<td>{escape(target)}</td>"
-        f"<td>{escape(refs)}</td>"
-        f"<td class={'ok' if good else 'bad'}>{record.status} {escape(record.message)}"
+        f"<td>{_shown(record.time.replace('T', ' ').rstrip('Z'))}</td>"
+        f"<td>{_shown(record.receiver)}</td>"
+        f"<td>{_shown(record.event)}</td>"
+        f"<td><code>{_shown(record.delivery_id)}</code>{attempt}</td>"
+        f"<td>{_shown(target)}</td>"
+        f"<td>{_shown(refs)}</td>"
+        f"<td class={'ok' if good else 'bad'}>{record.status} {_shown(record.message)}"
         f"{unsigned} <span class=dim>{record.duration_ms:.1f} ms</span>{detail}</td>"
         f"<td class=reasons>{'<ul>' + candidates + '</ul>' if candidates else '—'}</td>"
         "</tr>"
     )
+
+
+def listing(records: list[DeliveryRecord]) -> bytes:
+    """``/deliveries.json``: C1 controls a sender wrote escaped, as JSON escapes C0 ones."""
+    return json_c1_escaped(to_json(records))
+
+
+def _shown(text: str) -> str:
+    """Text from a record or the query string for the page: control characters escaped
+    (``\\x9b``) as ``kargo-bitbucket deliveries`` shows them, so that ``curl /deliveries``
+    in a terminal cannot obey them; then HTML-escaped."""
+    return escape(printable(text))
 
 
 INDEX = (
@@ -138,7 +151,7 @@ def create_admin_app(store: Store, metrics: Metrics) -> Starlette:
         return HTMLResponse(render(records, *_filters(request)))
 
     async def deliveries_json(request: Request) -> Response:
-        return Response(to_json(await _selected(store, request)), media_type="application/json")
+        return Response(listing(await _selected(store, request)), media_type="application/json")
 
     return Starlette(
         routes=[
