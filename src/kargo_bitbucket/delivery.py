@@ -141,7 +141,9 @@ class Deliveries:
 
     def refused(self, route: Route, headers: Headers, answer: Answer, started: float) -> None:
         """Record, count and log a request to a receiver refused before its body was read."""
-        self._finish(route, headers, answer, started, now_rfc3339(micro=True), signed=False)
+        self._finish(
+            route, headers, answer, started, now_rfc3339(micro=True), signed=False, answered=False
+        )
 
     def _check(
         self, route: Route, headers: Headers, body: bytes
@@ -272,9 +274,12 @@ class Deliveries:
         started: float,
         received: str,
         signed: bool,
+        answered: bool = True,
     ) -> None:
         """What a request to a receiver answered before any refresh leaves: history,
-        metrics, one log line.
+        metrics, one log line. Only ``answered`` ones (whose body was read, ``started``
+        then) are timed in the latency histogram: a refusal while the body was awaited
+        (408, 499, busy) lasts as long as its sender holds it.
 
         Unsigned requests go to the history's separate ring, and at most
         ``UNSIGNED_LOG_RATE`` of them a second per receiver to the log: only lines the
@@ -300,7 +305,8 @@ class Deliveries:
         self.store.record(record)
         result = answer.result
         if self.metrics is not None:
-            self.metrics.count_delivery(event_label(record.event), result, duration)
+            timed = duration if answered else None  # a refusal's lasted as its sender chose
+            self.metrics.count_delivery(event_label(record.event), result, timed)
             if result is Result.MISSING_SIGNATURE or result is Result.BAD_SIGNATURE:
                 reason = "missing" if result is Result.MISSING_SIGNATURE else "invalid"
                 self.metrics.count_signature_failure(reason, route.label)

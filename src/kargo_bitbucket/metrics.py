@@ -62,9 +62,12 @@ class Metrics(Collector):
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
-    def count_delivery(self, event: str, result: str, duration: float) -> None:
-        """One answered delivery: its event and result, and how long it took."""
+    def count_delivery(self, event: str, result: str, duration: float | None) -> None:
+        """One answered delivery: its event and result, and how long it took from its body
+        being read (None for a refusal before that: its sender chose how long it took)."""
         self.deliveries[event, result] += 1
+        if duration is None:
+            return
         self._buckets[bisect_left(BUCKETS, duration)] += 1
         self._duration_sum += duration
 

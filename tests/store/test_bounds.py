@@ -16,9 +16,11 @@ from kargo_bitbucket.admin import create_admin_app
 from kargo_bitbucket.app import create_app
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import BaseURL
+from kargo_bitbucket.delivery import Answer, read_headers
 from kargo_bitbucket.history import UNSIGNED_HISTORY_SIZE, DeliveryRecord, MemoryHistory
 from kargo_bitbucket.logs import JsonFormatter
 from kargo_bitbucket.metrics import Metrics
+from kargo_bitbucket.outcomes import Result
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
 from tests.builders import delivery_record, push, signed
@@ -260,3 +262,27 @@ def test_a_file_made_before_auto_vacuum_is_converted_and_reclaimed_while_serving
     reader = StateFile(path, create=False)
     assert reader._db.execute("PRAGMA auto_vacuum").fetchone() == (2,)
     reader.close()
+
+
+def test_a_refusal_while_its_body_was_awaited_stays_out_of_the_answer_latency(
+    tmp_path: Path,
+) -> None:
+    """A 408 or 499 lasts as long as its sender holds the body (up to --body-timeout): an
+    unsigned sender must not fill the latency histogram's 10 s bucket, which is the time
+    from a body being read to its answer. The refusal is still counted and recorded."""
+
+    async def scenario(served: Served) -> None:
+        deliveries = served.app.receivers.deliveries
+        route = served.store.indexes.route(served.path)
+        assert route is not None
+        answer = Answer.error(408, Result.BODY_TIMEOUT, "request body not received in time")
+        deliveries.refused(route, read_headers([]), answer, time.perf_counter() - 9.5)
+        status, _ = await served.post(b"{}")  # a 401, timed from its body being read
+        assert status == 401
+        metrics = served.metrics
+        assert metrics.deliveries[("other", Result.BODY_TIMEOUT)] == 1
+        assert sum(metrics._buckets) == 1 and metrics._duration_sum < 1
+        (_, refused) = await served.store.deliveries()
+        assert refused.status == 408 and refused.duration_ms >= 9500
+
+    serve(tmp_path, scenario)
