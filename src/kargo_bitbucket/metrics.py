@@ -17,6 +17,14 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 BUCKET_LABELS = (*(repr(float(bound)) for bound in BUCKETS), "+Inf")
 
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+ALERTED_REFRESHES = tuple(
+    (kind, result)
+    for kind in ("Warehouse", "Promotion")
+    for result in ("refreshed", "gone", "failed")
+)
+"""Refresh series shown from the start, at 0: an alert's ``increase()`` misses the first
+count of a series that first appears at 1."""
+SIGNATURE_REASONS = ("missing", "invalid")
 
 
 def event_label(event_key: str) -> str:
@@ -48,11 +56,15 @@ class Metrics(Collector):
         restarts: Callable[[], Mapping[tuple[str, str], int]] = dict,
         api_failures: Callable[[], Mapping[tuple[str, str], int]] = dict,
         closed_connections: Callable[[], Iterable[tuple[str, int]]] = tuple,
+        receivers: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.sizes = sizes
         self.restarts = restarts
         self.api_failures = api_failures
         self.closed_connections = closed_connections
+        self.receivers = receivers
+        """The configured receivers' ``namespace/name``: their signature failures are
+        shown from the start, at 0, as ``ALERTED_REFRESHES`` are."""
         self.deliveries: Counter[tuple[str, str]] = Counter()
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self.signature_failures: Counter[tuple[str, str]] = Counter()
@@ -105,17 +117,20 @@ class Metrics(Collector):
             buckets=buckets,
             sum_value=self._duration_sum,
         )
+        refreshes = dict.fromkeys(ALERTED_REFRESHES, 0) | self.refreshes
         yield _counter(
             "kargo_bitbucket_refreshes",
             "Refresh patches, by kind and result (refreshed, gone, failed)",
             ["kind", "result"],
-            self.refreshes.items(),
+            refreshes.items(),
         )
+        configured = ((r, n) for n in self.receivers() for r in SIGNATURE_REASONS)
+        failures = dict.fromkeys(configured, 0) | self.signature_failures
         yield _counter(
             "kargo_bitbucket_signature_failures",
             "Deliveries refused for their signature (missing or invalid), by receiver",
             ["reason", "receiver"],
-            self.signature_failures.items(),
+            failures.items(),
         )
         yield _counter(
             "kargo_bitbucket_unknown_path_requests",

@@ -76,3 +76,21 @@ def test_unknown_event_keys_share_one_label_value() -> None:
     assert event_label(" Repo:Push ") == "repo:push"
     assert event_label("repo:push-but-not-really") == "other"
     assert event_label("x" * 1000) == "other"
+
+
+def test_alerted_counters_start_at_zero_for_every_receiver_and_kind() -> None:
+    """The PrometheusRule alerts on ``increase(...) > 0``: a series that first appears at 1
+    shows no increase, so the first refused signature (which should alert at once) or
+    failed refresh after a start would go unnoticed unless its series is already at 0."""
+    metrics = Metrics(receivers=lambda: ["demo/hook"])
+    name = "kargo_bitbucket_signature_failures_total"
+    for reason in ("missing", "invalid"):
+        assert value(metrics, name, reason=reason, receiver="demo/hook") == 0
+    for kind in ("Warehouse", "Promotion"):
+        for result in ("refreshed", "gone", "failed"):
+            assert value(metrics, "kargo_bitbucket_refreshes_total", kind=kind, result=result) == 0
+    metrics.count_signature_failure("invalid", "demo/hook")
+    metrics.count_refresh("Warehouse", "failed", 2)
+    assert value(metrics, name, reason="invalid", receiver="demo/hook") == 1
+    assert value(metrics, name, reason="missing", receiver="demo/hook") == 0
+    assert value(metrics, "kargo_bitbucket_refreshes_total", kind="Warehouse", result="failed") == 2

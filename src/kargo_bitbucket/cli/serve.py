@@ -274,6 +274,7 @@ def _run(settings: ServeSettings, store: Store, announce: Callable[[], None]) ->
             lambda: store.watch_restarts,
             lambda: store.api_failures,
             connections.dropped.items,
+            lambda: [route.label for route in store.indexes.resolution.routes.values()],
         )
         admin = build_admin_server(create_admin_app(store, metrics), *settings.admin)
 
