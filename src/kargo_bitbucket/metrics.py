@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from kargo_bitbucket.core.events import HANDLED_EVENTS
+from kargo_bitbucket.outcomes import Outcome
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"diagnostics:ping"}
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -20,7 +21,7 @@ Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 ALERTED_REFRESHES = tuple(
     (kind, result)
     for kind in ("Warehouse", "Promotion")
-    for result in ("refreshed", "gone", "failed")
+    for result in (Outcome.REFRESHED, Outcome.GONE, Outcome.FAILED)
 )
 """Refresh series shown from the start, at 0: an alert's ``increase()`` misses the first
 count of a series that first appears at 1."""
