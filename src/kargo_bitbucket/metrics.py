@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from kargo_bitbucket.core.events import HANDLED_EVENTS
-from kargo_bitbucket.outcomes import Outcome
+from kargo_bitbucket.outcomes import Outcome, Result
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"diagnostics:ping"}
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -25,6 +25,13 @@ ALERTED_REFRESHES = tuple(
 )
 """Refresh series shown from the start, at 0: an alert's ``increase()`` misses the first
 count of a series that first appears at 1."""
+ALERTED_DELIVERIES = tuple(
+    (event, result)
+    for event in sorted(HANDLED_EVENTS)
+    for result in (Result.REFRESH_FAILED, Result.ERROR, Result.STORE_UNAVAILABLE)
+)
+"""Delivery series the failing-deliveries alert reads, shown from the start at 0 as
+``ALERTED_REFRESHES`` are."""
 SIGNATURE_REASONS = ("missing", "invalid")
 
 
@@ -101,11 +108,12 @@ class Metrics(Collector):
 
     def collect(self) -> Iterable[Family]:
         """Every family, read at scrape time."""
+        deliveries = dict.fromkeys(ALERTED_DELIVERIES, 0) | self.deliveries
         yield _counter(
             "kargo_bitbucket_deliveries",
             "Deliveries answered, by event key and result",
             ["event", "result"],
-            self.deliveries.items(),
+            deliveries.items(),
         )
         cumulative = 0
         buckets = []

@@ -94,3 +94,16 @@ def test_alerted_counters_start_at_zero_for_every_receiver_and_kind() -> None:
     assert value(metrics, name, reason="invalid", receiver="demo/hook") == 1
     assert value(metrics, name, reason="missing", receiver="demo/hook") == 0
     assert value(metrics, "kargo_bitbucket_refreshes_total", kind="Warehouse", result="failed") == 2
+
+
+def test_failed_deliveries_start_at_zero_for_every_handled_event() -> None:
+    """The failing-deliveries alert reads these results: their first count after a start
+    must show as an increase too."""
+    metrics = Metrics()
+    name = "kargo_bitbucket_deliveries_total"
+    for event in ("repo:push", "repo:refs_changed", "pullrequest:fulfilled", "pr:declined"):
+        for result in ("refresh-failed", "error", "store-unavailable"):
+            assert value(metrics, name, event=event, result=result) == 0
+    assert value(metrics, name, event="other", result="error") is None
+    metrics.count_delivery("repo:push", "refresh-failed", 0.01)
+    assert value(metrics, name, event="repo:push", result="refresh-failed") == 1
