@@ -142,7 +142,7 @@ class Deliveries:
     def refused(self, route: Route, headers: Headers, answer: Answer, started: float) -> None:
         """Record, count and log a request to a receiver refused before its body was read."""
         self._finish(
-            route, headers, answer, started, now_rfc3339(micro=True), signed=False, answered=False
+            route, headers, answer, started, now_rfc3339(micro=True), signed=False, body_read=False
         )
 
     def _check(
@@ -274,10 +274,10 @@ class Deliveries:
         started: float,
         received: str,
         signed: bool,
-        answered: bool = True,
+        body_read: bool = True,
     ) -> None:
         """What a request to a receiver answered before any refresh leaves: history,
-        metrics, one log line. Only ``answered`` ones (whose body was read, ``started``
+        metrics, one log line. Only those whose body was read (``body_read``, ``started``
         then) are timed in the latency histogram: a refusal while the body was awaited
         (408, 499, busy) lasts as long as its sender holds it.
 
@@ -305,7 +305,7 @@ class Deliveries:
         self.store.record(record)
         result = answer.result
         if self.metrics is not None:
-            timed = duration if answered else None  # a refusal's lasted as its sender chose
+            timed = duration if body_read else None  # a refusal's lasted as its sender chose
             self.metrics.count_delivery(event_label(record.event), result, timed)
             if result is Result.MISSING_SIGNATURE or result is Result.BAD_SIGNATURE:
                 reason = "missing" if result is Result.MISSING_SIGNATURE else "invalid"
