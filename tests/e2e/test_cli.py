@@ -679,6 +679,24 @@ def test_a_kubeconfig_list_is_refused_in_one_line_that_says_why(
         assert "lists several files" in line and "--kubeconfig FILE" in line
 
 
+def test_a_kubeconfig_list_of_one_file_and_empty_entries_reads_that_file(
+    tmp_path: Path, state: Path
+) -> None:
+    """kubectl skips the empty entries of ``KUBECONFIG=file:`` (a shell's trailing
+    separator); this refused it as a list of several files."""
+    path = tmp_path / "config"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    for listed in (f"{path}:", f":{path}", f"{path}::"):
+        result = cli("urls", "--kubernetes", state=state, check=False, env={"KUBECONFIG": listed})
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("kargo-bitbucket: cannot read from the Kubernetes API"), line
+
+
 def test_an_empty_kubeconfig_variable_means_the_default_file_as_for_kubectl(
     tmp_path: Path, state: Path
 ) -> None:

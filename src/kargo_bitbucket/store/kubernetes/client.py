@@ -51,11 +51,15 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
     from kargo_bitbucket.compat import verify_cluster
 
     if kubeconfig and os.pathsep in kubeconfig and not os.path.exists(kubeconfig):
-        # kubectl merges a $KUBECONFIG list; this reads one file, and would say "not found".
-        raise KubernetesConfigError(
-            f"cannot load Kubernetes credentials: {kubeconfig!r} lists several files "
-            "(kubectl merges a $KUBECONFIG list, this reads one): pass --kubeconfig FILE"
-        )
+        # kubectl merges a $KUBECONFIG list, skipping empty entries (``file:``); this reads
+        # one file, and would say "not found" of the list.
+        files = [entry for entry in kubeconfig.split(os.pathsep) if entry]
+        if len(files) != 1:
+            raise KubernetesConfigError(
+                f"cannot load Kubernetes credentials: {kubeconfig!r} lists several files "
+                "(kubectl merges a $KUBECONFIG list, this reads one): pass --kubeconfig FILE"
+            )
+        kubeconfig = files[0]
     try:
         if kubeconfig:
             config = KubeConfig.from_file(kubeconfig)
