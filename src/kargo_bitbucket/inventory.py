@@ -115,14 +115,12 @@ async def load_cluster(
                 indexes.put_secret(plain(await client.get(Secret, name=name, namespace=namespace)))
             except ApiError as error:
                 code = error.status.code
-                if code in (401, 403):
-                    # Not the receiver's RBAC: this command's (a user who may list Kargo's
-                    # objects but not get Secrets), while serve may read and publish it.
-                    why = f"{code} from the API: the credentials this command runs with"
-                    why += " may not get it"
+                if code != 404:
+                    # A 401/403 is this command's credentials (a user who may list Kargo's
+                    # objects but not get Secrets), not serve's, which may read it.
+                    mine = ": the credentials this command runs with may not get it"
+                    why = f"{code} from the API{mine if code in (401, 403) else ''}"
                     indexes.secret_unreadable(namespace, name, why)
-                elif code != 404:
-                    indexes.secret_unreadable(namespace, name, f"{code} from the API")
         document = None
         if credentials_secret is not None:
             namespace, name = credentials_secret

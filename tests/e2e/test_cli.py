@@ -700,8 +700,8 @@ def test_a_kubeconfig_list_of_one_file_and_empty_entries_reads_that_file(
 def test_an_empty_kubeconfig_variable_means_the_default_file_as_for_kubectl(
     tmp_path: Path, state: Path
 ) -> None:
-    """``KUBECONFIG=`` (set, empty) said "Configuration file  not found"; kubectl reads
-    ~/.kube/config then, and so does this."""
+    """``KUBECONFIG=`` (set, empty) said "Configuration file  not found", and ``KUBECONFIG=:``
+    "lists several files"; kubectl reads ~/.kube/config then, and so does this."""
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text(
@@ -710,12 +710,12 @@ def test_an_empty_kubeconfig_variable_means_the_default_file_as_for_kubectl(
         "users: [{name: u, user: {token: t}}]\n"
         "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
     )
-    result = cli(
-        "urls", "--kubernetes", state=state, check=False, env={"KUBECONFIG": "", "HOME": str(home)}
-    )
-    assert "not found" not in result.stderr, result.stderr
-    (line,) = result.stderr.splitlines()
-    assert line.startswith("kargo-bitbucket: cannot read from the Kubernetes API"), line
+    for empty in ("", ":"):
+        env = {"KUBECONFIG": empty, "HOME": str(home)}
+        result = cli("urls", "--kubernetes", state=state, check=False, env=env)
+        assert "not found" not in result.stderr, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("kargo-bitbucket: cannot read from the Kubernetes API"), line
     assert result.returncode == 1
 
 

@@ -152,10 +152,10 @@ def from_cluster(load: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(load)
     except (ApiError, httpx2.HTTPError) as error:
-        raise api_failure(error) from error
+        raise _api_failure(error) from error
 
 
-def api_failure(error: Exception) -> Failure:
+def _api_failure(error: Exception) -> Failure:
     """One line for a failed read of the cluster: the request, with the API server's own
     reason when it gives one (a 403's names the user and the verb refused); a Kargo kind the
     server does not serve (a plain 404, which httpx words in two lines) names its CRD and

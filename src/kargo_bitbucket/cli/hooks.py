@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from typing import TYPE_CHECKING
 
@@ -12,8 +11,8 @@ from kargo_bitbucket.cli.common import (
     OUTPUT_HELP,
     CommandParser,
     UsageError,
-    api_failure,
     connect,
+    from_cluster,
     http_url,
     kubernetes_flags,
     state_flag,
@@ -106,17 +105,12 @@ def run(args: argparse.Namespace) -> int:
     api_urls = _api_urls(args.api_url)
     document = None
     if args.kubernetes:
-        import httpx2
-        from lightkube import ApiError
 
         def client() -> AsyncClient:
             return connect(args)
 
         secret_ref = None if args.credentials else _secret_ref(args.credentials_secret)
-        try:
-            indexes, document = asyncio.run(load_cluster(client, args.system_namespace, secret_ref))
-        except (ApiError, httpx2.HTTPError) as error:
-            raise api_failure(error) from error
+        indexes, document = from_cluster(load_cluster(client, args.system_namespace, secret_ref))
     else:
         indexes = load_state(args.state, args.system_namespace)
     if args.credentials:

@@ -54,17 +54,17 @@ def connect(kubeconfig: str | None, context: str | None) -> AsyncClient:
         # kubectl merges a $KUBECONFIG list, skipping empty entries (``file:``); this reads
         # one file, and would say "not found" of the list.
         files = [entry for entry in kubeconfig.split(os.pathsep) if entry]
-        if len(files) != 1:
+        if len(files) > 1:
             raise KubernetesConfigError(
                 f"cannot load Kubernetes credentials: {kubeconfig!r} lists several files "
                 "(kubectl merges a $KUBECONFIG list, this reads one): pass --kubeconfig FILE"
             )
-        kubeconfig = files[0]
+        kubeconfig = files[0] if files else None
     try:
         if kubeconfig:
             config = KubeConfig.from_file(kubeconfig)
         else:
-            # $KUBECONFIG unset or empty (a non-empty one is the default of --kubeconfig).
+            # $KUBECONFIG unset, empty or only separators (else it is --kubeconfig's default).
             # lightkube's from_env would open "" for an empty one; kubectl reads the default.
             try:
                 config = KubeConfig.from_service_account()
