@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 HOST = "127.0.0.1"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bitbucket-payloads"
@@ -17,6 +19,17 @@ PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
+
+
+def state_file_module() -> ModuleType:
+    """``kargo_bitbucket.store.state_file``, or ``store.sqlite`` in a ``--rev`` from before
+    the state file was moved out of it: one bench runs on either."""
+    try:
+        return importlib.import_module("kargo_bitbucket.store.state_file")
+    except ModuleNotFoundError as error:
+        if error.name != "kargo_bitbucket.store.state_file":
+            raise
+        return importlib.import_module("kargo_bitbucket.store.sqlite")
 
 
 def free_port() -> int:

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import run  # noqa: E402
-from common import CORPUS, clean_env  # noqa: E402
+from common import CORPUS, clean_env, state_file_module  # noqa: E402
 
 SECRET = "in-process-bench"
 CONNECTIONS = 16
@@ -155,6 +155,7 @@ def ablate(parts: list[str]) -> None:
     from kargo_bitbucket.outcomes import Result
     from kargo_bitbucket.store import sqlite
 
+    state_file = state_file_module()
     for part in parts:
         if part == "log":
             logs.line = lambda *args, **kwargs: None  # type: ignore[assignment]
@@ -171,11 +172,11 @@ def ablate(parts: list[str]) -> None:
             for count in ("count_delivery", "count_refresh", "count_signature_failure"):
                 setattr(metrics.Metrics, count, lambda self, *args: None)
         elif part == "history-rows":
-            sqlite._insert = lambda db, table, records, keep: None  # type: ignore[assignment]
+            state_file._insert = lambda db, table, records, keep: None  # type: ignore[attr-defined]
         elif part == "writes":
-            sqlite.StateFile.write_batch = (  # type: ignore[method-assign]
-                lambda self, batch, records=(), keep=0: {target for target, _ in batch}
-            )
+            state_file.StateFile.write_batch = lambda self, batch, records=(), keep=0: {
+                target for target, _ in batch
+            }
         elif part == "handle":
 
             async def answer_fixed(self: Any, route: Any, headers: Any, body: bytes) -> Any:
@@ -202,12 +203,13 @@ async def ours(
     from kargo_bitbucket.metrics import Metrics
     from kargo_bitbucket.store.base import REFRESH_BUDGET
     from kargo_bitbucket.store.index import Indexes
-    from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+    from kargo_bitbucket.store.sqlite import SqliteStore
 
+    state_file = state_file_module()
     ablate(parts)
     logs.configure("info", stderr_like(log_file), json=True)
     indexes = Indexes(BaseURL.parse("http://127.0.0.1:8080"), "kargo")
-    store = SqliteStore(StateFile(state, busy_timeout=REFRESH_BUDGET), indexes, 1000)
+    store = SqliteStore(state_file.StateFile(state, busy_timeout=REFRESH_BUDGET), indexes, 1000)
     connections = Connections(1000, 10.0)
     metrics = Metrics(
         indexes.counts,

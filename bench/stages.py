@@ -78,7 +78,8 @@ async def steps(state: Path, body: bytes) -> tuple[dict[str, Callable[[], object
     from kargo_bitbucket.outcomes import Outcome
     from kargo_bitbucket.store.base import RefreshResult, Target, now_rfc3339
     from kargo_bitbucket.store.index import Indexes
-    from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+    from kargo_bitbucket.store.sqlite import SqliteStore
+    from kargo_bitbucket.store.state_file import StateFile
 
     logs.configure("info", io.TextIOWrapper(Discard(), "utf-8", write_through=True), json=True)
     indexes = Indexes(BaseURL.parse("http://127.0.0.1:8080"), "kargo")

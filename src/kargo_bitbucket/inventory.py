@@ -83,7 +83,7 @@ def inventory(indexes: Indexes, base: BaseURL | None) -> Inventory:
 
 def load_state(path: Any, system_namespace: str) -> Indexes:
     """Indexes from the embedded state file."""
-    from kargo_bitbucket.store.sqlite import StateFile, load_indexes
+    from kargo_bitbucket.store.state_file import StateFile, load_indexes
 
     state = StateFile(path, create=False)
     try:

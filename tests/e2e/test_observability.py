@@ -316,7 +316,7 @@ def test_memory_history_stays_bounded() -> None:
 
 
 def test_state_file_history_stays_bounded(tmp_path: Path) -> None:
-    from kargo_bitbucket.store.sqlite import StateFile
+    from kargo_bitbucket.store.state_file import StateFile
 
     state = StateFile(tmp_path / "h.db")
     for chunk in range(10):

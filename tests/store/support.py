@@ -8,7 +8,8 @@ from pathlib import Path
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+from kargo_bitbucket.store.sqlite import SqliteStore
+from kargo_bitbucket.store.state_file import StateFile
 from tests import builders
 
 KEY = b"key"  # the shared secret of the receiver ``config`` makes

@@ -23,7 +23,8 @@ from kargo_bitbucket.logs import JsonFormatter
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.outcomes import Result
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+from kargo_bitbucket.store.sqlite import SqliteStore
+from kargo_bitbucket.store.state_file import StateFile
 from tests.builders import delivery_record, push, signed
 from tests.store.support import KEY, config, warehouse
 from tests.support import call, until

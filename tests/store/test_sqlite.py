@@ -24,9 +24,11 @@ from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.history import Candidate
 from kargo_bitbucket.metrics import Metrics
 from kargo_bitbucket.store import sqlite as sqlite_store
+from kargo_bitbucket.store import state_file
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile
+from kargo_bitbucket.store.sqlite import SqliteStore
+from kargo_bitbucket.store.state_file import StateFile
 from tests.builders import delivery_record
 from tests.store.support import config, started, warehouse
 from tests.support import call, until
@@ -256,7 +258,7 @@ def test_generation_counts_spec_changes(tmp_path: Path) -> None:
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
-    from kargo_bitbucket.store.sqlite import StateFileError
+    from kargo_bitbucket.store.state_file import StateFileError
 
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite" * 100)
@@ -346,7 +348,7 @@ def test_history_is_trimmed_in_bulk_but_readers_see_exactly_the_last_n(tmp_path:
         shown = state.deliveries()
         assert [r.delivery_id for r in shown] == [f"d{j}" for j in range(i, max(i - 10, -1), -1)]
         (rows,) = state._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
-        assert rows <= 10 + sqlite_store.TRIM_EVERY
+        assert rows <= 10 + state_file.TRIM_EVERY
     # Filters apply within the last 10, not to older rows still in the file.
     assert [r.delivery_id for r in state.deliveries(namespace="a")] == [
         f"d{j}" for j in (299, 297, 295, 293, 291)
@@ -545,7 +547,7 @@ def test_serve_makes_the_state_files_folder_its_owners_only_too(tmp_path: Path) 
     previous = os.umask(0o022)
     try:
         path = tmp_path / "new" / "state.db"
-        with sqlite_store.serve_only_here(path, "test"):
+        with state_file.serve_only_here(path, "test"):
             StateFile(path).close()
     finally:
         os.umask(previous)
@@ -556,5 +558,5 @@ def test_serve_makes_the_state_files_folder_its_owners_only_too(tmp_path: Path) 
 @pytest.mark.parametrize("path", ["/proc/kargo-bitbucket-test.db", "/proc/none/state.db"])
 def test_a_state_file_that_cannot_be_created_is_a_state_file_error(path: str) -> None:
     # Not the OSError of its creation (a traceback in apply and serve).
-    with pytest.raises(sqlite_store.StateFileError, match=f"state file {path}: "):
+    with pytest.raises(state_file.StateFileError, match=f"state file {path}: "):
         StateFile(path)

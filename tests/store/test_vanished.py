@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.state_file import StateFile
 from tests.store.support import config, started, warehouse
 from tests.support import until
 

@@ -37,7 +37,7 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.config import ConfigError, FromEnv, choice, resolve_env
 from kargo_bitbucket.core.manifests import ManifestError
-from kargo_bitbucket.store.sqlite import StateFileError
+from kargo_bitbucket.store.state_file import StateFileError
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_LEVEL_HELP = "log level (env KARGO_BITBUCKET_LOG_LEVEL; default info)"

@@ -18,7 +18,7 @@ from kargo_bitbucket.config import DEFAULT_SYSTEM_NAMESPACE
 from kargo_bitbucket.core.decision import WarehouseEntry
 from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.inventory import load_state
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.state_file import StateFile
 
 
 def register(parser: argparse.ArgumentParser) -> None:

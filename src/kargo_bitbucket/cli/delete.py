@@ -13,7 +13,7 @@ from kargo_bitbucket.cli.common import (
     qualified,
     state_flag,
 )
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.state_file import StateFile
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.core.text import printable
 from kargo_bitbucket.history import MAX_HISTORY_SIZE, DeliveryRecord
-from kargo_bitbucket.store.sqlite import StateFile, StateFileError
+from kargo_bitbucket.store.state_file import StateFile, StateFileError
 
 DEFAULT_LIMIT = 20
 

@@ -20,7 +20,7 @@ from kargo_bitbucket.core.identity import repository_identity
 from kargo_bitbucket.core.receivers import BaseURL
 from kargo_bitbucket.dry_run import Explanation, explain_pull_request, explain_push
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import StateFile, load_indexes
+from kargo_bitbucket.store.state_file import StateFile, load_indexes
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from kargo_bitbucket.cli.delete import namespace_of
 from kargo_bitbucket.core.manifests import ACCEPTED_KINDS
 from kargo_bitbucket.core.subscriptions import git_subscriptions
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.state_file import StateFile
 
 REDACTED = "<redacted>"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"

@@ -19,7 +19,7 @@ from kargo_bitbucket.core.payloads import PayloadArgumentError, build_payload
 from kargo_bitbucket.core.text import plain
 from kargo_bitbucket.sender import UnreachableError, is_cloud_event, send
 from kargo_bitbucket.store.index import decode_secret_data
-from kargo_bitbucket.store.sqlite import StateFile, StateFileError
+from kargo_bitbucket.store.state_file import StateFile, StateFileError
 
 _FLAGS = {"repo": "--repo", "pr": "--pr"}
 # What to do about the answers a user's own mistake gets, rather than leave the bare body.

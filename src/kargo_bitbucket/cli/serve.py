@@ -51,7 +51,8 @@ from kargo_bitbucket.core.webhooks import is_local, unaddressable
 from kargo_bitbucket.history import DEFAULT_HISTORY_SIZE, MAX_HISTORY_SIZE
 from kargo_bitbucket.store.base import REFRESH_BUDGET, Store
 from kargo_bitbucket.store.index import Indexes
-from kargo_bitbucket.store.sqlite import SqliteStore, StateFile, StateFileServed, serve_only_here
+from kargo_bitbucket.store.sqlite import SqliteStore
+from kargo_bitbucket.store.state_file import StateFile, StateFileServed, serve_only_here
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import sys
 
 from kargo_bitbucket.cli.common import connect, from_cluster, kubernetes_flags, state_flag
 from kargo_bitbucket.core.receivers import publications
-from kargo_bitbucket.store.sqlite import StateFile
+from kargo_bitbucket.store.state_file import StateFile
 
 
 def register(parser: argparse.ArgumentParser) -> None:
