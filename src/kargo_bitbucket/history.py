@@ -18,6 +18,11 @@ in a ring of their own: anyone can send them, and they must not push signed deli
 out of the history."""
 
 
+def unsigned_size(size: int) -> int:
+    """How many unsigned requests are kept beside a history of ``size`` deliveries."""
+    return min(size, UNSIGNED_HISTORY_SIZE)
+
+
 class Candidate(msgspec.Struct, kw_only=True):
     """One object a delivery considered, and the sentence saying what happened to it."""
 
@@ -131,7 +136,7 @@ class MemoryHistory:
     def __init__(self, size: int = DEFAULT_HISTORY_SIZE) -> None:
         size = max(size, 0)
         self._records: deque[DeliveryRecord] = deque(maxlen=size)
-        self._unsigned: deque[DeliveryRecord] = deque(maxlen=min(size, UNSIGNED_HISTORY_SIZE))
+        self._unsigned: deque[DeliveryRecord] = deque(maxlen=unsigned_size(size))
 
     def record(self, record: DeliveryRecord) -> None:
         """Remember a delivery, forgetting the oldest of its ring past the bound."""

@@ -22,6 +22,7 @@ from kargo_bitbucket.history import (
     DeliveryRecord,
     newest_first,
     select,
+    unsigned_size,
 )
 from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import Note, RefreshResult, StoreUnavailable, Target
@@ -30,7 +31,6 @@ from kargo_bitbucket.store.state_file import (
     Identity,
     StateFile,
     StateFileError,
-    _unsigned_keep,
     identity,
     newest_of,
 )
@@ -44,11 +44,10 @@ RECORD_DELAY = 0.05
 CLOSE_AT_LEAST = 1.0
 """Seconds close gives the queued writes even when the shutdown grace is over: the records
 of deliveries cut short at its end are written then (a commit takes milliseconds)."""
-WATCHED_KINDS = ("Secret", "ProjectConfig", "ClusterConfig", "Warehouse", "Promotion")
 
 
 def _newest(records: list[DeliveryRecord], keep: int) -> list[DeliveryRecord]:
-    """The last ``keep`` signed and last ``_unsigned_keep(keep)`` unsigned of queued records,
+    """The last ``keep`` signed and last ``unsigned_size(keep)`` unsigned of queued records,
     in their order: what readers would see of them."""
     signed = unsigned = 0
     chosen = []
@@ -56,7 +55,7 @@ def _newest(records: list[DeliveryRecord], keep: int) -> list[DeliveryRecord]:
         if record.signed and signed < keep:
             signed += 1
             chosen.append(record)
-        elif not record.signed and unsigned < _unsigned_keep(keep):
+        elif not record.signed and unsigned < unsigned_size(keep):
             unsigned += 1
             chosen.append(record)
     chosen.reverse()

@@ -20,11 +20,11 @@ from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.core.receivers import Owner, OwnerStatus
 from kargo_bitbucket.history import (
     DEFAULT_HISTORY_SIZE,
-    UNSIGNED_HISTORY_SIZE,
     DeliveryRecord,
     delivery_id_of,
     newest_first,
     to_json,
+    unsigned_size,
 )
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, Target, now_rfc3339
 from kargo_bitbucket.store.index import Indexes
@@ -409,7 +409,7 @@ class StateFile:
                 _insert(db, "deliveries", signed, keep)
                 if len(signed) < len(records):
                     unsigned = [r for r in records if not r.signed]
-                    _insert(db, "unsigned_deliveries", unsigned, _unsigned_keep(keep))
+                    _insert(db, "unsigned_deliveries", unsigned, unsigned_size(keep))
             for target, value in dict(batch).items():
                 updated = db.execute(
                     "UPDATE objects SET refresh = ? WHERE kind = ? AND namespace = ? AND name = ?",
@@ -426,7 +426,7 @@ class StateFile:
         too: a restart with a larger size must not bring dropped deliveries back.
         """
         with self._transaction() as db:
-            for signed, keep in ((True, size), (False, _unsigned_keep(size))):
+            for signed, keep in ((True, size), (False, unsigned_size(size))):
                 table, key = HISTORY_TABLES[signed]
                 db.execute(
                     f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) "
@@ -565,11 +565,6 @@ def newest_of(records: Iterable[DeliveryRecord], limit: int | None) -> list[Deli
     """The ``limit`` newest of records gathered from several windows, newest first (the
     order within each window is kept: ``sorted`` is stable)."""
     return sorted(records, key=lambda record: record.time, reverse=True)[:limit]
-
-
-def _unsigned_keep(keep: int) -> int:
-    """How many unsigned requests are kept beside ``keep`` deliveries."""
-    return min(keep, UNSIGNED_HISTORY_SIZE)
 
 
 def _assemble(
