@@ -1,14 +1,29 @@
-"""A state file deleted or replaced while serving: 503 until it is back, never a lost 200."""
+"""A state file deleted or replaced while serving: 503 until it is back, never a lost 200.
+A full disk: the commands that read still work, those that write say so in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.builders import one_receiver, push, signed, to_yaml
 from tests.support import Response, Server, cli, eventually, request
+
+FULL_DISK = (
+    "import resource, runpy, signal;"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1));"
+    "runpy.run_module('kargo_bitbucket', run_name='__main__')"
+)
+"""``kargo-bitbucket`` as on a full disk: no file it writes can grow past its first byte.
+SQLite then says ``disk I/O error`` (EFBIG) where a full filesystem (ENOSPC) gives ``database
+or disk is full``; either way every write to the state file fails and every read can pass."""
 
 
 def manifests(*warehouses: str) -> str:
@@ -78,3 +93,35 @@ def test_state_file_replaced_by_another_is_loaded_while_serving(tmp_path: Path) 
         assert refreshed(state, "w3") is not None
     finally:
         server.stop()
+
+
+def on_full_disk(
+    *args: str, state: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KARGO_BITBUCKET_STATE": str(state)},
+    )
+
+
+@contextlib.contextmanager
+def served_by_another(state: Path) -> Iterator[None]:
+    """A connection reading ``state`` throughout, as serve's: its journal files stay."""
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        db.execute("SELECT COUNT(*) FROM objects").fetchone()
+        yield
+
+
+def test_commands_that_read_work_on_a_full_disk(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests("w1"))
+    with served_by_another(state):
+        shown = on_full_disk("get", "warehouse", "w1", "-n", "demo", "-o", "json", state=state)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["metadata"]["name"] == "w1"
+        for command in ("urls", "deliveries"):
+            assert on_full_disk(command, state=state).returncode == 0, command

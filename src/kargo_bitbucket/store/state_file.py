@@ -8,6 +8,7 @@ import copy
 import fcntl
 import itertools
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS unsigned_deliveries (
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', 0);
 """
+TABLES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
+"""The tables and indexes ``SCHEMA`` creates."""
 
 WAL_LIMIT = 1000  # pages, as SQLite's own automatic checkpoint
 RESTART_WAIT = 0.1  # seconds a RESTART checkpoint may hold up writers (waiting for readers)
@@ -162,11 +165,17 @@ class StateFile:
             )
             # Free pages can then be handed back (``vacuum``): the file's size follows what it
             # holds. Only a new file takes it here; ``start_vacuuming`` converts an old one.
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # Setting it writes the file's header even when it is set already: on a full disk
+            # or a read-only file, an existing file is only read here.
+            if self._db.execute("PRAGMA page_count").fetchone() == (0,):
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             self.wal = mode == "wal"
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            # Its INSERT takes the write lock, whether it adds or not: a file that cannot be
+            # written to is refused here to writers (serve, apply), not to readers.
+            if create or not self._has_schema():
+                self._db.executescript(SCHEMA)
         except OSError as error:
             raise StateFileError(f"state file {self.path}: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
@@ -174,6 +183,13 @@ class StateFile:
         self.identity = identity(self.path)
         self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
         self.left_to_exit = False
+
+    def _has_schema(self) -> bool:
+        """Whether every table and index of ``SCHEMA`` is in the file, with its counter."""
+        found = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+        if not found.issuperset(TABLES):
+            return False
+        return self._db.execute("SELECT 1 FROM meta WHERE key = 'rv'").fetchone() is not None
 
     def _beside(self, suffix: str) -> Path:
         return self.path.with_name(self.path.name + suffix)
