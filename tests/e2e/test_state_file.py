@@ -125,3 +125,25 @@ def test_commands_that_read_work_on_a_full_disk(tmp_path: Path) -> None:
         assert json.loads(shown.stdout)["metadata"]["name"] == "w1"
         for command in ("urls", "deliveries"):
             assert on_full_disk(command, state=state).returncode == 0, command
+
+
+def test_apply_and_delete_on_a_full_disk_fail_in_one_line_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests("w1"))
+    with served_by_another(state):
+        applied = on_full_disk("apply", "-f", "-", state=state, stdin=manifests("w1", "w2"))
+        deleted = on_full_disk("delete", "warehouse", "w1", "-n", "demo", state=state)
+        for result in (applied, deleted):
+            assert result.returncode == 1, result.stderr
+            (line,) = result.stderr.splitlines()
+            assert line == f"kargo-bitbucket: state file {state}: cannot write: disk I/O error"
+    assert [
+        w["metadata"]["name"]
+        for w in json.loads(cli("get", "warehouses", "-A", "-o", "json", state=state).stdout)[
+            "items"
+        ]
+    ] == ["w1"]
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

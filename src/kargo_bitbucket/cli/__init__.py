@@ -37,7 +37,7 @@ from kargo_bitbucket.cli.common import (
 )
 from kargo_bitbucket.config import ConfigError, FromEnv, choice, resolve_env
 from kargo_bitbucket.core.manifests import ManifestError
-from kargo_bitbucket.store.state_file import StateFileError
+from kargo_bitbucket.store.state_file import StateFileError, StateFileUnwritable
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_LEVEL_HELP = "log level (env KARGO_BITBUCKET_LOG_LEVEL; default info)"
@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except UsageError as error:
         message, *more = error.lines
         fail(message, USAGE_ERROR, *more)
+    except StateFileUnwritable as error:
+        fail(str(error), FAILURE)
     except (ManifestError, ConfigError, StateFileError) as error:
         fail(str(error), USAGE_ERROR)
     except Failure as error:

@@ -77,6 +77,18 @@ class StateFileError(RuntimeError):
     """The state file cannot be opened or is not ours."""
 
 
+class StateFileUnwritable(StateFileError):
+    """The state file cannot be written now: the disk is full, it or its folder is read-only,
+    an I/O error, another process's write lock held past the busy timeout. A runtime failure,
+    where the other ``StateFileError``s are a wrong path or file."""
+
+
+CANNOT_WRITE = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY}
+)
+"""The primary result codes of a write that failed on the machine's side, not the file's."""
+
+
 class StateFileServed(RuntimeError):
     """Another ``serve`` serves this state file."""
 
@@ -179,6 +191,8 @@ class StateFile:
         except OSError as error:
             raise StateFileError(f"state file {self.path}: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
+            if error.sqlite_errorcode & 0xFF in CANNOT_WRITE:
+                raise StateFileUnwritable(f"state file {self.path}: {error}") from error
             raise StateFileError(f"state file {self.path}: {error}") from error
         self.identity = identity(self.path)
         self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
@@ -280,6 +294,18 @@ class StateFile:
                 self._db.execute("ROLLBACK")
             raise
 
+    @contextlib.contextmanager
+    def _command(self) -> Iterator[sqlite3.Connection]:
+        """A command's write transaction (apply, delete): one that fails for want of space,
+        permission or the lock raises ``StateFileUnwritable`` naming the file, for one line."""
+        try:
+            with self._transaction() as db:
+                yield db
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF not in CANNOT_WRITE:
+                raise
+            raise StateFileUnwritable(f"state file {self.path}: cannot write: {error}") from error
+
     def _next_rv(self, db: sqlite3.Connection) -> int:
         """Bump and return the change counter (inside a transaction)."""
         row = db.execute("UPDATE meta SET value = value + 1 WHERE key = 'rv' RETURNING value")
@@ -293,7 +319,7 @@ class StateFile:
         the manifest sets them (SPEC §10).
         """
         outcomes = []
-        with self._transaction() as db:
+        with self._command() as db:
             for resource in resources:
                 outcomes.append((resource, self._apply_one(db, resource)))
         return outcomes
@@ -349,7 +375,7 @@ class StateFile:
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete one object; False when it did not exist."""
         key = (kind, namespace, name)
-        with self._transaction() as db:
+        with self._command() as db:
             gone = db.execute(
                 "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", key
             ).rowcount
