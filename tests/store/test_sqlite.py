@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -560,3 +561,41 @@ def test_a_state_file_that_cannot_be_created_is_a_state_file_error(path: str) ->
     # Not the OSError of its creation (a traceback in apply and serve).
     with pytest.raises(state_file.StateFileError, match=f"state file {path}: "):
         StateFile(path)
+
+
+def test_a_checkpoint_failing_each_second_is_logged_once_and_its_end_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk fails the checkpoint at every try: one warning, not one a second."""
+    path = tmp_path / "state.db"
+    failing = threading.Event()
+    failing.set()
+    tries: list[bool] = []
+    checkpoint = StateFile.checkpoint
+
+    def full(state: StateFile, wal_limit: int = state_file.WAL_LIMIT) -> None:
+        tries.append(failing.is_set())
+        if failing.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        checkpoint(state, wal_limit)
+
+    monkeypatch.setattr(StateFile, "checkpoint", full)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.001)
+    caplog.set_level(logging.INFO, logger="kargo_bitbucket.store.sqlite")
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            await until(lambda: tries.count(True) >= 20, what="20 failed checkpoints")
+            failing.clear()
+            await until(lambda: tries.count(False) >= 2, what="2 checkpoints after")
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert lines == [
+        f"checkpoint of state file {path} failing (database or disk is "
+        "full); retried each second, the WAL file growing until it works",
+        f"checkpoint of state file {path} works again after {tries.count(True)} failed attempt(s)",
+    ]

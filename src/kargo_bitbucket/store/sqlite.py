@@ -189,6 +189,7 @@ class SqliteStore:
             except StateFileError as error:
                 log.warning("commits keep checkpointing the state file: %s", error)
                 return
+            failed = 0  # in a row: a full disk fails every try, said once and at its end
             try:
                 await self._run(self.state.leave_checkpoints_to_caller)
                 if self._inline is not None:
@@ -199,7 +200,22 @@ class SqliteStore:
                         await loop.run_in_executor(thread, state.vacuum)
                         await loop.run_in_executor(thread, state.checkpoint)
                     except sqlite3.Error as error:
-                        log.warning("state file checkpoint failed: %s", error)
+                        failed += 1
+                        if failed == 1:
+                            log.warning(
+                                "checkpoint of state file %s failing (%s); retried each second, "
+                                "the WAL file growing until it works",
+                                state.path,
+                                error,
+                            )
+                        continue
+                    if failed:
+                        log.info(
+                            "checkpoint of state file %s works again after %d failed attempt(s)",
+                            state.path,
+                            failed,
+                        )
+                    failed = 0
             finally:
                 await loop.run_in_executor(thread, state.close)
 
