@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -599,3 +600,42 @@ def test_a_checkpoint_failing_each_second_is_logged_once_and_its_end_once(
         "full); retried each second, the WAL file growing until it works",
         f"checkpoint of state file {path} works again after {tries.count(True)} failed attempt(s)",
     ]
+
+
+def test_records_a_full_disk_refuses_are_tried_again_each_retry_not_in_a_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records waited RECORD_DELAY (50 ms) between tries: with the disk full and nothing
+    arriving, serve spent 17 % of a core writing its backlog again and again."""
+    path = tmp_path / "state.db"
+    reader = StateFile(path)
+    full = threading.Event()
+    full.set()
+    tries: list[float] = []
+    write_batch = StateFile.write_batch
+
+    def on_full_disk(state: StateFile, batch: Any, records: Any = (), keep: int = 10) -> Any:
+        tries.append(time.monotonic())
+        if full.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        return write_batch(state, batch, records, keep)
+
+    monkeypatch.setattr(StateFile, "write_batch", on_full_disk)
+    monkeypatch.setattr(sqlite_store, "RECORD_RETRY", 0.2, raising=False)
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            for i in range(sqlite_store.RECORD_BATCH * 2):
+                store.record(delivery_record(f"d{i}"))
+            await until(lambda: len(tries) >= 3, what="3 tries")
+            full.clear()
+            await until(
+                lambda: len(reader.deliveries()) == sqlite_store.RECORD_BATCH * 2,
+                what="every record written once there is room",
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert min(b - a for a, b in itertools.pairwise(tries[:3])) >= 0.19
