@@ -639,3 +639,51 @@ def test_records_a_full_disk_refuses_are_tried_again_each_retry_not_in_a_loop(
 
     asyncio.run(scenario())
     assert min(b - a for a, b in itertools.pairwise(tries[:3])) >= 0.19
+
+
+def test_a_start_on_a_full_disk_is_not_ready_and_becomes_ready_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve on a full disk logged a traceback ("store failed to start") and answered 503
+    until restarted, space freed or not."""
+    path = tmp_path / "state.db"
+    StateFile(path).apply([*config("a"), warehouse("a", "w1")])
+    full = threading.Event()
+    full.set()
+    tries = 0
+    write_status = StateFile.write_status
+
+    def on_full_disk(state: StateFile, *args: Any) -> bool:
+        nonlocal tries
+        if full.is_set():
+            tries += 1
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        return write_status(state, *args)
+
+    monkeypatch.setattr(StateFile, "write_status", on_full_disk)
+    monkeypatch.setattr(sqlite_store, "START_RETRY", 0.01, raising=False)
+    caplog.set_level(logging.INFO, logger="kargo_bitbucket.store.sqlite")
+
+    async def scenario() -> None:
+        store = SqliteStore(StateFile(path), Indexes(BaseURL.parse("https://k.example.com"), "s"))
+        starting = asyncio.create_task(store.start())
+        try:
+            await until(lambda: tries >= 3 or starting.done(), what="3 tries")
+            assert not store.ready
+            full.clear()
+            await asyncio.wait_for(starting, 10)
+            assert store.ready
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    (published,) = StateFile(path).get("ProjectConfig")
+    assert [r["name"] for r in published["status"]["webhookReceivers"]] == ["r"]
+    lines = [r.getMessage() for r in caplog.records if "written" in r.getMessage()]
+    assert lines == [
+        f"state file {path} cannot be written (database or disk is full): not ready, "
+        "deliveries are answered 503 until it can; tried again each second",
+        f"state file {path} can be written again: ready after {tries} failed attempt(s)",
+    ]

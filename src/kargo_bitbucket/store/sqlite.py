@@ -28,6 +28,7 @@ from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import Note, RefreshResult, StoreUnavailable, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.state_file import (
+    CANNOT_WRITE,
     Identity,
     StateFile,
     StateFileError,
@@ -45,6 +46,8 @@ RECORD_RETRY = 1.0
 """Seconds before records a failed write kept (a full disk, say) are tried again; meanwhile
 new ones join them without a write each (at RECORD_DELAY the backlog's retries took 17 % of
 a core with nothing arriving)."""
+START_RETRY = 1.0
+"""Seconds between tries to start on a state file that cannot be written."""
 CLOSE_AT_LEAST = 1.0
 """Seconds close gives the queued writes even when the shutdown grace is over: the records
 of deliveries cut short at its end are written then (a commit takes milliseconds)."""
@@ -162,9 +165,36 @@ class SqliteStore:
         return self._available
 
     async def start(self) -> None:
-        """Load the whole state, publish receivers, then poll for other processes' changes."""
-        await self.sync()
-        await self._serve_from_state()
+        """Load the whole state, publish receivers, then poll for other processes' changes.
+
+        Starting writes (receivers' status, the history window): on a state file that cannot
+        be written (a full disk) it is tried again each ``START_RETRY``, not ready meanwhile,
+        said once, and ready by itself once it can be written.
+        """
+        failed = 0
+        while True:
+            try:
+                await self.sync(anew=failed > 0)  # republish all: the last try stopped midway
+                await self._serve_from_state()
+                break
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF not in CANNOT_WRITE:
+                    raise
+                failed += 1
+                if failed == 1:
+                    log.error(
+                        "state file %s cannot be written (%s): not ready, deliveries are "
+                        "answered 503 until it can; tried again each second",
+                        self.state.path,
+                        error,
+                    )
+            await asyncio.sleep(START_RETRY)
+        if failed:
+            log.warning(
+                "state file %s can be written again: ready after %d failed attempt(s)",
+                self.state.path,
+                failed,
+            )
         self._ready = True
         self._poller = asyncio.create_task(self._poll(), name="state-file-poller")
 
