@@ -617,7 +617,9 @@ def test_records_a_full_disk_refuses_are_tried_again_each_retry_not_in_a_loop(
     def on_full_disk(state: StateFile, batch: Any, records: Any = (), keep: int = 10) -> Any:
         tries.append(time.monotonic())
         if full.is_set():
-            raise sqlite3.OperationalError("database or disk is full")
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
         return write_batch(state, batch, records, keep)
 
     monkeypatch.setattr(StateFile, "write_batch", on_full_disk)
@@ -686,4 +688,29 @@ def test_a_start_on_a_full_disk_is_not_ready_and_becomes_ready_once_there_is_roo
         f"state file {path} cannot be written (database or disk is full): not ready, "
         "deliveries are answered 503 until it can; tried again each second",
         f"state file {path} can be written again: ready after {tries} failed attempt(s)",
+    ]
+
+
+def test_records_a_full_disk_kept_from_the_history_at_shutdown_are_said_to_be_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line blamed another process's write lock, whatever had refused the records."""
+    path = tmp_path / "state.db"
+
+    def on_full_disk(*args: Any) -> Any:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise error
+
+    async def scenario() -> None:
+        store = await started(path)
+        monkeypatch.setattr(StateFile, "write_batch", on_full_disk)
+        store.record(delivery_record("d1"))
+        store.record(delivery_record("d2"))
+        await store.close()
+
+    asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"2 delivery records not written to the history in state file {path}: "
+        "database or disk is full"
     ]

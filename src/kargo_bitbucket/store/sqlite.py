@@ -144,7 +144,7 @@ class SqliteStore:
         self._executor = DatabaseThread("sqlite")
         self._pending: list[Pending] = []
         self._records_due = False
-        self._records_failing = False  # the last write of records failed
+        self._records_failure: str | None = None  # why the last write of records failed
         self._record_timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._inline: StateFile | None = None
@@ -357,7 +357,7 @@ class SqliteStore:
         self._records.append(record)
         if len(self._records) > 2 * (self.history_size + UNSIGNED_HISTORY_SIZE):
             self._records = _newest(self._records, self.history_size)  # the file is away
-        if len(self._records) >= RECORD_BATCH and not self._records_failing:
+        if len(self._records) >= RECORD_BATCH and self._records_failure is None:
             self._write_records()
         else:
             self._write_records_soon()
@@ -462,13 +462,14 @@ class SqliteStore:
             except Exception as error:  # each delivery waiting on the batch gets it, never hangs
                 if records:  # they wait for another try (the newest history_size of them)
                     self._records = _newest(records + self._records, self.history_size)
-                    self._records_failing = True
+                    self._records_failure = str(error)
                     self._write_records_soon(RECORD_RETRY)
                 for _, _, future in batch:
                     if not future.done():  # its delivery may have been cancelled meanwhile
                         future.set_exception(error)
                 continue
-            self._records_failing &= not records
+            if records:
+                self._records_failure = None
             for _, _, future in batch:
                 if not future.done():
                     future.set_result(found)
@@ -534,10 +535,12 @@ class SqliteStore:
             await self._give_up()
         if self._records:
             log.error(
-                "%d delivery records not written to the history in state file %s: another "
-                "process held its write lock (past the shutdown grace, or the busy timeout)",
+                "%d delivery records not written to the history in state file %s: %s",
                 len(self._records),
                 self.state.path,
+                self._records_failure
+                or "another process held its write lock (past the shutdown grace, or the busy "
+                "timeout)",
             )
         if self._inline is not None:
             self._inline.close()
