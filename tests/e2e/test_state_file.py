@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.builders import one_receiver, push, signed, to_yaml
 from tests.support import Response, Server, cli, eventually, request
 
@@ -91,6 +93,58 @@ def test_state_file_replaced_by_another_is_loaded_while_serving(tmp_path: Path) 
         answer = eventually(reloaded, timeout=15, what="the replacement loaded")  # polled each 1 s
         assert answer.json()["refreshed"] == ["demo/w3"]
         assert refreshed(state, "w3") is not None
+    finally:
+        server.stop()
+
+
+def refresh_in_file(state: Path, name: str) -> str | None:
+    """The refresh value of ``name`` read by a connection opened now (no ``serve`` code)."""
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        row = db.execute(
+            "SELECT refresh FROM objects WHERE kind = 'Warehouse' AND name = ?", (name,)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_journal_file_removed_answers_503_then_the_file_is_reloaded(
+    tmp_path: Path, suffix: str
+) -> None:
+    """``rm state.db-wal`` on a full disk: serve kept committing to the unlinked WAL, which
+    other processes no longer saw. Now: one 503, the old WAL checkpointed, 200 again."""
+    state = tmp_path / "state.db"
+    server, deliver = served(state, "w1")
+    try:
+        assert deliver().status == 200
+        before = refreshed(state, "w1")
+        assert before is not None
+        (tmp_path / f"state.db{suffix}").unlink()
+        answer = deliver()
+        assert (answer.status, answer.json()) == (503, {"error": "store unavailable"})
+        eventually(lambda: "is back: reloaded" in server.logs(), what="the file reloaded")
+        # The 200 before the rm was kept (or the 503's later value: it committed too).
+        assert (refresh_in_file(state, "w1") or "") >= before
+        answer = eventually(lambda: (a := deliver()).status == 200 and a, what="a 200")
+        assert answer.json()["refreshed"] == ["demo/w1"]
+        assert refresh_in_file(state, "w1") != before
+        logs = server.logs()
+        assert logs.count("its journal files (-wal, -shm) were removed") == 1, logs
+    finally:
+        server.stop()
+
+
+def test_other_commands_on_the_served_file_never_make_it_look_removed(tmp_path: Path) -> None:
+    """``get`` and ``apply`` open and close connections of their own, and serve checkpoints
+    all along: none of it replaces the journal files serve opened."""
+    state = tmp_path / "state.db"
+    server, deliver = served(state, "w1")
+    try:
+        for n in range(10):
+            assert deliver().status == 200
+            assert refreshed(state, "w1") is not None
+            cli("apply", "-f", "-", state=state, stdin=manifests("w1", f"x{n}"))
+            assert deliver().status == 200
+        assert "journal files" not in server.logs()
     finally:
         server.stop()
 

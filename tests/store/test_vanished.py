@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from kargo_bitbucket.core.manifests import Resource
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
 from kargo_bitbucket.store.state_file import StateFile
 from tests.store.support import config, started, warehouse
 from tests.support import until
+
+
+def logged(
+    caplog: pytest.LogCaptureFixture, scenario: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Run ``scenario`` with the store's log lines, INFO and up, in ``caplog``."""
+    with caplog.at_level(logging.INFO, "kargo_bitbucket"):
+        asyncio.run(scenario())
+
+
+def seeded(path: Path, *warehouses: Resource) -> None:
+    """A state file with ``warehouses`` in namespace ``a``, its connection closed: one left
+    to the garbage collector would hold the journal files open in this process."""
+    seed = StateFile(path)
+    seed.apply([*config("a"), *warehouses])
+    seed.close()
+
+
+def refresh_in_file(path: Path, name: str) -> str | None:
+    """The refresh value of Warehouse a/``name`` as a connection opened now reads it."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (value,) = db.execute(
+            "SELECT refresh FROM objects WHERE kind = 'Warehouse' AND namespace = 'a' AND name = ?",
+            (name,),
+        ).fetchone()
+    return cast("str | None", value)
 
 
 def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
@@ -48,8 +78,7 @@ def test_garbage_moved_over_the_file_is_refused_then_a_good_file_is_loaded(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.INFO, "kargo_bitbucket"):
-        asyncio.run(scenario())
+    logged(caplog, scenario)
     assert caplog.text.count("was deleted, replaced or made unreadable while serving") == 1
     assert caplog.text.count("refused") == 1  # once, not at every poll
     reader = StateFile(path, create=False)
@@ -89,3 +118,94 @@ def test_a_state_file_that_cannot_be_looked_at_answers_unavailable_then_comes_ba
             await store.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_journal_file_removed_answers_unavailable_then_the_file_is_reloaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, suffix: str
+) -> None:
+    """``rm state.db-wal`` while serving: the connections kept writing to the unlinked WAL,
+    which other processes no longer saw. The next commit notices it; closing the
+    connections checkpoints the old WAL into the file, reloaded with journal files anew."""
+    path = tmp_path / "state.db"
+    seeded(path, warehouse("a", "w1"), warehouse("a", "w2"))
+    w1, w2 = Target("Warehouse", "a", "w1"), Target("Warehouse", "a", "w2")
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            assert (await store.refresh([w1], "v1")).refreshed == [w1]
+            (tmp_path / f"state.db{suffix}").unlink()
+            with pytest.raises(StoreUnavailable):  # the commit after it sees it
+                await store.refresh([w2], "v2")
+            assert not store.can_refresh("Warehouse")
+            await until(lambda: store.can_refresh("Warehouse"))
+            assert refresh_in_file(path, "w1") == "v1"  # the old WAL's, checkpointed at close
+            assert (await store.refresh([w2], "v3")).refreshed == [w2]
+        finally:
+            await store.close()
+
+    logged(caplog, scenario)
+    assert caplog.text.count("its journal files (-wal, -shm) were removed") == 1
+    assert "is back: reloaded" in caplog.text
+    assert refresh_in_file(path, "w2") == "v3"
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_journal_file_removed_is_noticed_by_the_poll_without_deliveries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, suffix: str
+) -> None:
+    path = tmp_path / "state.db"
+    seeded(path, warehouse("a", "w1"))
+    w1 = Target("Warehouse", "a", "w1")
+
+    async def scenario() -> None:
+        store = await started(path)
+        try:
+            assert (await store.refresh([w1], "v1")).refreshed == [w1]
+            (tmp_path / f"state.db{suffix}").unlink()
+            await until(lambda: "is back: reloaded" in caplog.text)  # lost and reloaded at once
+            assert store.can_refresh("Warehouse")
+            assert refresh_in_file(path, "w1") == "v1"
+            assert (await store.refresh([w1], "v2")).refreshed == [w1]
+        finally:
+            await store.close()
+
+    logged(caplog, scenario)
+    assert caplog.text.count("its journal files (-wal, -shm) were removed") == 1
+
+
+def test_journal_removed_while_another_connection_holds_it_is_reloaded_once_that_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process (``deliveries`` reading, say) still holds the old journal when serve
+    lets it go: serve's close is not the last, so the old WAL is not checkpointed and the
+    ``-shm`` left at the path still describes it, which fails the reload. That is no
+    foreign file to refuse for good: it is tried again until the other one closes (its
+    close checkpoints the old WAL)."""
+    path = tmp_path / "state.db"
+    seeded(path, warehouse("a", "w1"), warehouse("a", "w2"))
+    w1, w2 = Target("Warehouse", "a", "w1"), Target("Warehouse", "a", "w2")
+
+    async def scenario() -> None:
+        store = await started(path)
+        other = sqlite3.connect(path)
+        try:
+            assert (await store.refresh([w1], "v1")).refreshed == [w1]
+            other.execute("SELECT COUNT(*) FROM objects").fetchone()
+            (tmp_path / "state.db-wal").unlink()
+            with pytest.raises(StoreUnavailable):
+                await store.refresh([w2], "v2")
+            await until(lambda: "cannot be reloaded yet" in caplog.text)
+            assert not store.can_refresh("Warehouse")
+            other.close()
+            await until(lambda: store.can_refresh("Warehouse"))
+            assert refresh_in_file(path, "w1") == "v1"
+            assert (await store.refresh([w2], "v3")).refreshed == [w2]
+        finally:
+            other.close()
+            await store.close()
+
+    logged(caplog, scenario)
+    assert caplog.text.count("cannot be reloaded yet") == 1  # not at every poll
+    assert "refused" not in caplog.text

@@ -152,6 +152,7 @@ class SqliteStore:
         self._given = state
         self._available = True
         self._rejected: Identity = None
+        self._retrying = False  # reloading the file we served, its journal files removed
         self._released = False
 
     @property
@@ -160,8 +161,8 @@ class SqliteStore:
         return self._ready
 
     def can_refresh(self, kind: str) -> bool:
-        """False, for every kind, from the moment the state file is seen deleted or replaced
-        until a file at its path has been loaded (``_poll``)."""
+        """False, for every kind, from the moment the state file, or its journal files, are
+        seen deleted or replaced until a file at its path has been loaded (``_poll``)."""
         return self._available
 
     async def start(self) -> None:
@@ -275,7 +276,8 @@ class SqliteStore:
 
     async def _poll(self) -> None:
         """Follow changes made by other processes (``apply`` while serving), and notice a
-        state file deleted or replaced under us within ``POLL_INTERVAL``."""
+        state file (or its journal files) deleted or replaced under us within
+        ``POLL_INTERVAL``."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
@@ -294,6 +296,14 @@ class SqliteStore:
         if not self._available:
             return
         self._available = False
+        if self.state.file_is_at_path():  # the journal files it opened are not
+            log.error(
+                "state file %s: its journal files (-wal, -shm) were removed or replaced while "
+                "serving: deliveries are answered 503 until it is reloaded with new ones, "
+                "within a second (stop serve before removing them)",
+                self.state.path,
+            )
+            return
         log.error(
             "state file %s was deleted, replaced or made unreadable while serving: deliveries "
             "are answered 503 until a state file is back at that path (kargo-bitbucket apply "
@@ -317,14 +327,29 @@ class SqliteStore:
             self._released = False
             await self.sync(anew=True)
         except (StateFileError, sqlite3.DatabaseError) as error:
-            # A journal left beside a foreign file can pass the open and fail the first read:
-            # refused once, like a file that fails the open, not retried at every poll.
             if not self._released:
                 await self._release()
-            self._rejected = found
             reason = error.__cause__ or error
+            if found == self.state.identity:
+                # The file we served, its journal files removed: another process may still
+                # hold the old ones (its close checkpoints them), or the disk is full.
+                # Tried again at every poll, said once.
+                if not self._retrying:
+                    self._retrying = True
+                    log.error(
+                        "state file %s cannot be reloaded yet: %s; deliveries are still "
+                        "answered 503, tried again every %g s",
+                        path,
+                        reason,
+                        POLL_INTERVAL,
+                    )
+                return
+            # A journal left beside a foreign file can pass the open and fail the first read:
+            # refused once, like a file that fails the open, not retried at every poll.
+            self._rejected = found
             log.error("state file %s refused: %s; deliveries are still answered 503", path, reason)
             return
+        self._retrying = False
         await self._serve_from_state()
         self._available = True
         log.warning(
@@ -484,8 +509,9 @@ class SqliteStore:
         process holds the write lock (``apply``, a checkpoint) does the batch go to the
         database thread, to wait there for the lock without stalling the loop.
 
-        Once committed, the file written must still be the one at the path (one stat):
-        else the refreshes went to a deleted file and their deliveries are answered 503.
+        Once committed, the file written and its journal files must still be the ones at
+        the path (three stats): else the refreshes went to a deleted file, or a WAL no other
+        process reads, and their deliveries are answered 503.
         """
         state, inline = self.state, self._inline
         found: set[Target] | None = None

@@ -130,7 +130,7 @@ Identity = tuple[int, int] | None
 """(device, inode) of the file at a path; None when there is none."""
 
 
-def identity(path: Path) -> Identity:
+def identity(path: str | os.PathLike[str]) -> Identity:
     """Which file is at ``path`` now: compared with the one opened, it tells a file that was
     deleted (``rm state.db*``) or replaced (a new one moved over it) while open. None when
     there is none, or none this process may look at (its directory's permissions changed)."""
@@ -139,6 +139,14 @@ def identity(path: Path) -> Identity:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def _close(db: sqlite3.Connection | None) -> None:
+    """Close the connection of an open that failed now, not when it is collected: left open,
+    it holds this process's view of the journal files (SQLite shares one per file within a
+    process), which the next open of the file would reuse, stale."""
+    if db is not None:
+        db.close()
 
 
 def _create_private(path: Path) -> None:
@@ -169,10 +177,11 @@ class StateFile:
         self.busy_timeout = busy_timeout
         if not create and not self.path.exists():
             raise StateFileError(f"state file {self.path} does not exist")
+        db: sqlite3.Connection | None = None
         try:
             if create:
                 _create_private(self.path)
-            self._db = sqlite3.connect(
+            self._db = db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             # Free pages can then be handed back (``vacuum``): the file's size follows what it
@@ -189,13 +198,20 @@ class StateFile:
             if create or not self._has_schema():
                 self._db.executescript(SCHEMA)
         except OSError as error:
+            _close(db)
             raise StateFileError(f"state file {self.path}: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
+            _close(db)
             if error.sqlite_errorcode & 0xFF in CANNOT_WRITE:
                 raise StateFileUnwritable(f"state file {self.path}: {error}") from error
             raise StateFileError(f"state file {self.path}: {error}") from error
         self.identity = identity(self.path)
         self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
+        self._journal_at = [  # what journal_is_own compares, its paths made once (3 us each)
+            (os.fspath(self._beside(suffix)), opened)
+            for suffix, opened in self._journal.items()
+            if opened is not None
+        ]
         self.left_to_exit = False
 
     def _has_schema(self) -> bool:
@@ -211,8 +227,9 @@ class StateFile:
     def remove_own_journal(self) -> None:
         """Once closed, delete the WAL and shared-memory files this connection left at the
         path: SQLite would otherwise read them as the journal of a file put there since.
-        Nothing is deleted while the file itself is still the one at the path."""
-        if self.is_still_at_path():
+        Nothing is deleted while the file itself is still the one at the path: its journal
+        files, even those this connection opened, may be another process's now."""
+        if self.file_is_at_path():
             return
         for suffix, opened in self._journal.items():
             if opened is not None and identity(self._beside(suffix)) == opened:
@@ -220,8 +237,24 @@ class StateFile:
                     self._beside(suffix).unlink()
 
     def is_still_at_path(self) -> bool:
+        """True while the file this connection writes to is the one at its path, and so are
+        the journal files it opened beside it (``journal_is_own``): three stats."""
+        return self.file_is_at_path() and self.journal_is_own()
+
+    def file_is_at_path(self) -> bool:
         """True while the file this connection writes to is the one at its path."""
         return identity(self.path) == self.identity
+
+    def journal_is_own(self) -> bool:
+        """True while the ``-wal`` and ``-shm`` files at the path are those this connection
+        opened (one it opened without, not in WAL mode, is not looked at).
+
+        SQLite never replaces them while a connection of ours is open (only the last one to
+        close deletes them; checkpoints, even TRUNCATE, keep the inode): one removed
+        (``rm state.db-wal`` on a full disk) left our commits in an unlinked WAL that other
+        processes no longer see, and their writes beside ours would corrupt the file.
+        """
+        return all(identity(path) == opened for path, opened in self._journal_at)
 
     def close(self) -> None:
         """Close the connection, unless it was left to the process's exit (``left_to_exit``:
