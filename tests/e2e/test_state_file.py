@@ -90,7 +90,7 @@ def test_state_file_replaced_by_another_is_loaded_while_serving(tmp_path: Path) 
             assert answer.status in (200, 503)
             return answer if answer.status == 200 else None
 
-        answer = eventually(reloaded, timeout=15, what="the replacement loaded")  # polled each 1 s
+        answer = eventually(reloaded, timeout=15, what="the replacement loaded")  # a poll: 0.25 s
         assert answer.json()["refreshed"] == ["demo/w3"]
         assert refreshed(state, "w3") is not None
     finally:
