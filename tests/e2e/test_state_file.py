@@ -28,6 +28,13 @@ SQLite then says ``disk I/O error`` (EFBIG) where a full filesystem (ENOSPC) giv
 or disk is full``; either way every write to the state file fails and every read can pass."""
 
 
+NO_SPACE_LEFT = (
+    "import os;"
+    "os.statvfs = lambda path: os.statvfs_result((4096, 4096, 512, 0, 0, 64, 0, 0, 0, 255));"
+)
+"""... and its filesystem says it has no space left, as a full one does."""
+
+
 def manifests(*warehouses: str) -> str:
     return to_yaml(*one_receiver("demo", *warehouses))
 
@@ -150,10 +157,10 @@ def test_other_commands_on_the_served_file_never_make_it_look_removed(tmp_path: 
 
 
 def on_full_disk(
-    *args: str, state: Path, stdin: str | None = None
+    *args: str, state: Path, stdin: str | None = None, reported: bool = False
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", FULL_DISK, *args],
+        [sys.executable, "-c", (NO_SPACE_LEFT if reported else "") + FULL_DISK, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -201,3 +208,18 @@ def test_apply_and_delete_on_a_full_disk_fail_in_one_line_and_change_nothing(
     ] == ["w1"]
     with contextlib.closing(sqlite3.connect(state)) as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_command_on_a_full_disk_says_it_has_no_space_left(tmp_path: Path) -> None:
+    """No serve holds the file: no room for its journal files, which SQLite calls an I/O error."""
+    state = tmp_path / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests("w1"))
+    for reported, said in (
+        (True, "disk I/O error (its filesystem has no space left)"),
+        (False, "disk I/O error"),
+    ):
+        shown = on_full_disk("get", "warehouses", "-A", state=state, reported=reported)
+        assert (shown.returncode, shown.stderr) == (
+            1,
+            f"kargo-bitbucket: state file {state}: {said}\n",
+        )

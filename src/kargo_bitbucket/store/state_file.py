@@ -149,6 +149,16 @@ def _close(db: sqlite3.Connection | None) -> None:
         db.close()
 
 
+def _cannot_write(path: Path, error: sqlite3.Error) -> str:
+    """Why a write to the state file failed, saying so when its filesystem has no space left:
+    SQLite says only "disk I/O error" when a full disk leaves no room for the journal files."""
+    try:
+        full = os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        full = False
+    return f"{error} (its filesystem has no space left)" if full else str(error)
+
+
 def _create_private(path: Path) -> None:
     """Create the state file readable by its owner only, as its folder when that is new: it
     holds every receiver's secret (SQLite gives its journal files the same mode)."""
@@ -203,7 +213,9 @@ class StateFile:
         except sqlite3.DatabaseError as error:
             _close(db)
             if error.sqlite_errorcode & 0xFF in CANNOT_WRITE:
-                raise StateFileUnwritable(f"state file {self.path}: {error}") from error
+                raise StateFileUnwritable(
+                    f"state file {self.path}: {_cannot_write(self.path, error)}"
+                ) from error
             raise StateFileError(f"state file {self.path}: {error}") from error
         self.identity = identity(self.path)
         self._journal = {suffix: identity(self._beside(suffix)) for suffix in ("-wal", "-shm")}
@@ -337,7 +349,9 @@ class StateFile:
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode & 0xFF not in CANNOT_WRITE:
                 raise
-            raise StateFileUnwritable(f"state file {self.path}: cannot write: {error}") from error
+            raise StateFileUnwritable(
+                f"state file {self.path}: cannot write: {_cannot_write(self.path, error)}"
+            ) from error
 
     def _next_rv(self, db: sqlite3.Connection) -> int:
         """Bump and return the change counter (inside a transaction)."""
