@@ -209,3 +209,52 @@ def test_journal_removed_while_another_connection_holds_it_is_reloaded_once_that
     logged(caplog, scenario)
     assert caplog.text.count("cannot be reloaded yet") == 1  # not at every poll
     assert "refused" not in caplog.text
+
+
+def test_journal_removed_on_a_full_disk_is_said_once_and_reloaded_once_there_is_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rm state.db-wal`` on a full disk: the reload opens and reads the file, but trimming
+    the history to its window is a write and fails. That failure escaped the reload, to be
+    logged as ``state file poll failed`` at every poll (4 lines a second) until space was
+    freed, where the reload's own failures are said once."""
+    path = tmp_path / "state.db"
+    seeded(path, warehouse("a", "w1"))
+    w1 = Target("Warehouse", "a", "w1")
+    full = False
+    tries = 0
+    keep_history = StateFile.keep_history
+
+    def on_full_disk(state: StateFile, size: int) -> None:
+        nonlocal tries
+        if full:
+            tries += 1
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        keep_history(state, size)
+
+    monkeypatch.setattr(StateFile, "keep_history", on_full_disk)
+
+    async def scenario() -> None:
+        nonlocal full
+        store = await started(path)
+        try:
+            assert (await store.refresh([w1], "v1")).refreshed == [w1]
+            full = True
+            (tmp_path / "state.db-wal").unlink()
+            await until(lambda: tries >= 3, what="3 reloads refused by the full disk")
+            assert not store.can_refresh("Warehouse")
+            full = False
+            await until(
+                lambda: store.can_refresh("Warehouse"), what="the reload once there is room"
+            )
+            assert (await store.refresh([w1], "v2")).refreshed == [w1]
+        finally:
+            await store.close()
+
+    logged(caplog, scenario)
+    assert "poll failed" not in caplog.text
+    assert caplog.text.count("cannot be reloaded yet: database or disk is full") == 1
+    assert caplog.text.count("is back: reloaded") == 1
+    assert refresh_in_file(path, "w1") == "v2"

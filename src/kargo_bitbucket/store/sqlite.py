@@ -326,6 +326,7 @@ class SqliteStore:
             self.state = await self._run(opened)
             self._released = False
             await self.sync(anew=True)
+            await self._serve_from_state()  # writes too (the history window): a full disk
         except (StateFileError, sqlite3.DatabaseError) as error:
             if not self._released:
                 await self._release()
@@ -350,7 +351,6 @@ class SqliteStore:
             log.error("state file %s refused: %s; deliveries are still answered 503", path, reason)
             return
         self._retrying = False
-        await self._serve_from_state()
         self._available = True
         log.warning(
             "state file %s is back: reloaded, deliveries are answered again",
