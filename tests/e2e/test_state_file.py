@@ -223,3 +223,28 @@ def test_a_command_on_a_full_disk_says_it_has_no_space_left(tmp_path: Path) -> N
             1,
             f"kargo-bitbucket: state file {state}: {said}\n",
         )
+
+
+def test_serve_on_a_full_disk_with_no_room_for_its_journal_fails_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Before the state file, serve writes who holds it into ``state.db.serve``: a new one on
+    a full disk failed that write with a traceback (``OSError: [Errno 28] No space left on
+    device``) where the docs promise the state file's one line."""
+    state = tmp_path / "state.db"
+    cli("apply", "-f", "-", state=state, stdin=manifests("w1"))
+    served = on_full_disk(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--base-url",
+        "http://127.0.0.1:1",
+        "--admin-listen",
+        "off",
+        state=state,
+        reported=True,
+    )
+    assert (served.returncode, served.stderr) == (
+        1,
+        f"kargo-bitbucket: state file {state}: disk I/O error (its filesystem has no space left)\n",
+    )

@@ -121,8 +121,10 @@ def serve_only_here(path: str | os.PathLike[str], who: str) -> TextIO:
         ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{who}\n")
-    handle.flush()
+    # Who has it is for the next serve's message; the lock is the claim. On a full disk the
+    # state file's open says so in one line (unbuffered: nothing left to fail at close).
+    with contextlib.suppress(OSError):
+        os.write(handle.fileno(), f"{who}\n".encode())
     return handle
 
 
