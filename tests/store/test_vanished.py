@@ -14,8 +14,9 @@ from typing import Any, cast
 import pytest
 
 from kargo_bitbucket.core.manifests import Resource
+from kargo_bitbucket.store import sqlite as sqlite_store
 from kargo_bitbucket.store.base import REFRESH_ANNOTATION, StoreUnavailable, Target
-from kargo_bitbucket.store.state_file import StateFile
+from kargo_bitbucket.store.state_file import Identity, StateFile, identity
 from tests.store.support import config, started, warehouse
 from tests.support import until
 
@@ -258,3 +259,46 @@ def test_journal_removed_on_a_full_disk_is_said_once_and_reloaded_once_there_is_
     assert caplog.text.count("cannot be reloaded yet: database or disk is full") == 1
     assert caplog.text.count("is back: reloaded") == 1
     assert refresh_in_file(path, "w1") == "v2"
+
+
+def test_another_file_that_opens_but_fails_its_first_read_is_refused_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file moved over the served one whose first read fails (a journal left beside it):
+    refused once, as one that fails the open, not reloaded at every poll."""
+    path = tmp_path / "state.db"
+    seeded(path, warehouse("a", "w1"))
+    other = tmp_path / "other" / "state.db"
+    seeded(other, warehouse("a", "w2"))
+    reloads = looks = 0
+
+    def looked(at: Path) -> Identity:
+        nonlocal looks
+        looks += 1
+        return identity(at)
+
+    monkeypatch.setattr(sqlite_store, "identity", looked)
+
+    async def scenario() -> None:
+        store = await started(path)
+        sync = store.sync
+
+        async def unreadable(anew: bool = False) -> None:
+            nonlocal reloads
+            if anew:
+                reloads += 1
+                raise sqlite3.DatabaseError("file is not a database")
+            await sync(anew)
+
+        monkeypatch.setattr(store, "sync", unreadable)
+        try:
+            os.replace(other, path)
+            await until(lambda: "refused" in caplog.text, what="the other file refused")
+            after = looks
+            await until(lambda: looks >= after + 4, what="four more polls")
+        finally:
+            await store.close()
+
+    logged(caplog, scenario)
+    assert reloads == 1
+    assert caplog.text.count("refused") == 1

@@ -315,7 +315,7 @@ class SqliteStore:
         """Load the file now at the state file's path, if there is one we have not refused."""
         if not self._released:
             await self._release()
-        path = self.state.path
+        path, served = self.state.path, self.state.identity
         found = identity(path)
         if found is None or found == self._rejected:
             return
@@ -331,7 +331,7 @@ class SqliteStore:
             if not self._released:
                 await self._release()
             reason = error.__cause__ or error
-            if found == self.state.identity:
+            if found == served:
                 # The file we served, its journal files removed: another process may still
                 # hold the old ones (its close checkpoints them), or the disk is full.
                 # Tried again at every poll, said once.
