@@ -714,3 +714,24 @@ def test_records_a_full_disk_kept_from_the_history_at_shutdown_are_said_to_be_so
         f"2 delivery records not written to the history in state file {path}: "
         "database or disk is full"
     ]
+
+
+def test_a_refused_write_blames_a_full_filesystem_only_for_a_full_disk_or_io_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held by another process is said as it is, whatever the free space."""
+    path = tmp_path / "state.db"
+    StateFile(path).close()
+    holder, writer = sqlite3.connect(path), sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        writer.execute("BEGIN IMMEDIATE")
+    holder.close()
+    writer.close()
+    full = os.statvfs_result((4096, 4096, 512, 0, 0, 64, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda at: full)
+    assert state_file._cannot_write(path, locked.value) == "database is locked"
+    locked.value.sqlite_errorcode = sqlite3.SQLITE_IOERR
+    assert state_file._cannot_write(path, locked.value) == (
+        "database is locked (its filesystem has no space left)"
+    )

@@ -154,6 +154,8 @@ def _close(db: sqlite3.Connection | None) -> None:
 def _cannot_write(path: Path, error: sqlite3.Error) -> str:
     """Why a write to the state file failed, saying so when its filesystem has no space left:
     SQLite says only "disk I/O error" when a full disk leaves no room for the journal files."""
+    if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return str(error)  # a lock or a read-only file: the free space is beside the point
     try:
         full = os.statvfs(path.parent).f_bavail == 0
     except OSError:
