@@ -28,12 +28,13 @@ from kargo_bitbucket.outcomes import Outcome
 from kargo_bitbucket.store.base import Note, RefreshResult, StoreUnavailable, Target
 from kargo_bitbucket.store.index import Indexes
 from kargo_bitbucket.store.state_file import (
-    CANNOT_WRITE,
     Identity,
     StateFile,
     StateFileError,
+    cannot_write,
     identity,
     newest_of,
+    primary_code,
 )
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class SqliteStore:
                 await self._serve_from_state()
                 break
             except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode & 0xFF not in CANNOT_WRITE:
+                if not cannot_write(error):
                     raise
                 failed += 1
                 if failed == 1:
@@ -519,7 +520,7 @@ class SqliteStore:
             try:
                 found = inline.write_batch(writes, records, self.history_size)
             except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # or BUSY_SNAPSHOT...
+                if primary_code(error) != sqlite3.SQLITE_BUSY:
                     raise
         if found is None:
             found = await self._run(state.write_batch, writes, records, self.history_size)

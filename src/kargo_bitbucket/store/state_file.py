@@ -89,6 +89,17 @@ CANNOT_WRITE = frozenset(
 """The primary result codes of a write that failed on the machine's side, not the file's."""
 
 
+def primary_code(error: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (``SQLITE_BUSY`` for ``BUSY_SNAPSHOT`` too)."""
+    return (error.sqlite_errorcode or 0) & 0xFF
+
+
+def cannot_write(error: sqlite3.Error) -> bool:
+    """Whether a write failed on the machine's side (``CANNOT_WRITE``): space, permission,
+    I/O or another process's lock, not this file."""
+    return primary_code(error) in CANNOT_WRITE
+
+
 class StateFileServed(RuntimeError):
     """Another ``serve`` serves this state file."""
 
@@ -154,7 +165,7 @@ def _close(db: sqlite3.Connection | None) -> None:
 def _cannot_write(path: Path, error: sqlite3.Error) -> str:
     """Why a write to the state file failed, saying so when its filesystem has no space left:
     SQLite says only "disk I/O error" when a full disk leaves no room for the journal files."""
-    if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+    if primary_code(error) not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
         return str(error)  # a lock or a read-only file: the free space is beside the point
     try:
         full = os.statvfs(path.parent).f_bavail == 0
@@ -216,7 +227,7 @@ class StateFile:
             raise StateFileError(f"state file {self.path}: {error.strerror or error}") from error
         except sqlite3.DatabaseError as error:
             _close(db)
-            if error.sqlite_errorcode & 0xFF in CANNOT_WRITE:
+            if cannot_write(error):
                 raise StateFileUnwritable(
                     f"state file {self.path}: {_cannot_write(self.path, error)}"
                 ) from error
@@ -328,7 +339,7 @@ class StateFile:
             # executescript steps the pragma to its end; execute() frees one page per call.
             self._db.executescript(f"PRAGMA incremental_vacuum({step})")
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            if primary_code(error) != sqlite3.SQLITE_BUSY:
                 raise
 
     @contextlib.contextmanager
@@ -351,7 +362,7 @@ class StateFile:
             with self._transaction() as db:
                 yield db
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode & 0xFF not in CANNOT_WRITE:
+            if not cannot_write(error):
                 raise
             raise StateFileUnwritable(
                 f"state file {self.path}: cannot write: {_cannot_write(self.path, error)}"
